@@ -1,0 +1,125 @@
+"""ModelConfig: the one architecture description every port reads, built from a transformers config."""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "gpt2")
+SUPPORTED_ROPE_TYPES = ("default", "linear", "llama3")
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """Static, hashable description of one member architecture.
+
+    `layer_windows[i]` is the sliding-window length of layer i (None = full causal attention).
+    `rope_scaling` holds the non-theta entries of HF's `rope_parameters` as sorted (key, value) pairs.
+    """
+
+    model_type: str
+    vocab_size: int
+    hidden_size: int
+    intermediate_size: int
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    max_position_embeddings: int
+    norm_eps: float
+    hidden_act: str
+    tie_word_embeddings: bool
+    qkv_bias: bool = False
+    out_bias: bool = False
+    mlp_bias: bool = False
+    rope_theta: float = 10000.0
+    rope_type: str = "default"
+    rope_scaling: tuple[tuple[str, Any], ...] = ()
+    layer_windows: tuple[int | None, ...] = ()
+    bos_token_id: int | None = None
+    eos_token_ids: tuple[int, ...] = ()
+    pad_token_id: int | None = None
+
+    @property
+    def family(self) -> str:
+        """Which port implements this config: 'gpt2' or the Llama-style 'decoder'."""
+        return "gpt2" if self.model_type == "gpt2" else "decoder"
+
+    @property
+    def rope_options(self) -> dict[str, Any]:
+        return dict(self.rope_scaling)
+
+
+def _as_tuple(ids) -> tuple[int, ...]:
+    if ids is None:
+        return ()
+    if isinstance(ids, int):
+        return (ids,)
+    return tuple(int(i) for i in ids)
+
+
+def config_from_hf(hf_config) -> ModelConfig:
+    """Translate a transformers 5 `PretrainedConfig` into a ModelConfig (raises on unsupported ones)."""
+    model_type = getattr(hf_config, "model_type", None)
+    if model_type not in SUPPORTED_MODEL_TYPES:
+        raise ValueError(
+            f"unsupported model_type {model_type!r}; supported model types: {', '.join(SUPPORTED_MODEL_TYPES)}"
+        )
+    common = dict(
+        model_type=model_type,
+        vocab_size=int(hf_config.vocab_size),
+        bos_token_id=hf_config.bos_token_id,
+        eos_token_ids=_as_tuple(hf_config.eos_token_id),
+        pad_token_id=getattr(hf_config, "pad_token_id", None),
+        tie_word_embeddings=bool(getattr(hf_config, "tie_word_embeddings", False)),
+    )
+    if model_type == "gpt2":
+        return ModelConfig(
+            **common,
+            hidden_size=hf_config.n_embd,
+            intermediate_size=hf_config.n_inner or 4 * hf_config.n_embd,
+            num_layers=hf_config.n_layer,
+            num_heads=hf_config.n_head,
+            num_kv_heads=hf_config.n_head,
+            head_dim=hf_config.n_embd // hf_config.n_head,
+            max_position_embeddings=hf_config.n_positions,
+            norm_eps=hf_config.layer_norm_epsilon,
+            hidden_act=hf_config.activation_function,
+            qkv_bias=True,
+            out_bias=True,
+            mlp_bias=True,
+            layer_windows=(None,) * hf_config.n_layer,
+        )
+
+    rope = dict(hf_config.rope_parameters or {})
+    rope_type = rope.pop("rope_type", "default")
+    if rope_type not in SUPPORTED_ROPE_TYPES:
+        raise ValueError(f"unsupported rope_type {rope_type!r}; supported: {', '.join(SUPPORTED_ROPE_TYPES)}")
+    rope_theta = float(rope.pop("rope_theta", 10000.0))
+    num_heads = hf_config.num_attention_heads
+    head_dim = getattr(hf_config, "head_dim", None) or hf_config.hidden_size // num_heads
+    layer_types = getattr(hf_config, "layer_types", None)
+    window = getattr(hf_config, "sliding_window", None)
+    if layer_types is None:
+        layer_windows = (window,) * hf_config.num_hidden_layers
+    else:
+        layer_windows = tuple(window if kind == "sliding_attention" else None for kind in layer_types)
+    bias = bool(getattr(hf_config, "attention_bias", False))
+    return ModelConfig(
+        **common,
+        hidden_size=hf_config.hidden_size,
+        intermediate_size=hf_config.intermediate_size,
+        num_layers=hf_config.num_hidden_layers,
+        num_heads=num_heads,
+        num_kv_heads=getattr(hf_config, "num_key_value_heads", None) or num_heads,
+        head_dim=head_dim,
+        max_position_embeddings=hf_config.max_position_embeddings,
+        norm_eps=hf_config.rms_norm_eps,
+        hidden_act=hf_config.hidden_act,
+        qkv_bias=True if model_type == "qwen2" else bias,
+        out_bias=bias if model_type == "llama" else False,
+        mlp_bias=bool(getattr(hf_config, "mlp_bias", False)),
+        rope_theta=rope_theta,
+        rope_type=rope_type,
+        rope_scaling=tuple(sorted(rope.items())),
+        layer_windows=layer_windows,
+    )

@@ -1,0 +1,74 @@
+"""Static-length KV cache pytree with per-row write cursors and positions.
+
+Every write appends a block of L tokens per row, some of which may be invalid (left padding
+in a prefill, or the unused tail of a multi-token step whose row-varying count is < L).
+Invalid slots are marked with position -1 and never attended to; a row's cursor only moves
+past its last valid token, so an unused tail is overwritten by the next write.
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import struct
+
+EMPTY = -1  # slot position of an unwritten or padding slot
+
+
+@struct.dataclass
+class KVCache:
+    """keys/values: per layer `[B, S, H_kv, D]`; slot_positions `[B, S]` (EMPTY if unused);
+    cursor `[B]` next slot to write; next_position `[B]` position id of the next token."""
+
+    keys: tuple[jax.Array, ...]
+    values: tuple[jax.Array, ...]
+    slot_positions: jax.Array
+    cursor: jax.Array
+    next_position: jax.Array
+
+    @classmethod
+    def init(cls, num_layers: int, batch: int, length: int, num_kv_heads: int, head_dim: int, dtype) -> "KVCache":
+        shape = (batch, length, num_kv_heads, head_dim)
+        return cls(
+            keys=tuple(jnp.zeros(shape, dtype) for _ in range(num_layers)),
+            values=tuple(jnp.zeros(shape, dtype) for _ in range(num_layers)),
+            slot_positions=jnp.full((batch, length), EMPTY, jnp.int32),
+            cursor=jnp.zeros((batch,), jnp.int32),
+            next_position=jnp.zeros((batch,), jnp.int32),
+        )
+
+    @property
+    def length(self) -> int:
+        return self.slot_positions.shape[1]
+
+    def block_positions(self, valid: jax.Array) -> jax.Array:
+        """Position ids `[B, L]` of a block of new tokens with validity mask `valid [B, L]`."""
+        return self.next_position[:, None] + jnp.cumsum(valid.astype(jnp.int32), axis=1) - 1
+
+    def write_slots(self, block_len: int) -> jax.Array:
+        """Slot indices `[B, L]` a block of `block_len` tokens is written to (>= S means dropped)."""
+        return self.cursor[:, None] + jnp.arange(block_len, dtype=jnp.int32)[None, :]
+
+    def with_block_positions(self, positions: jax.Array, valid: jax.Array) -> "KVCache":
+        """Record the positions of a new block `[B, L]` (EMPTY where invalid) in the slot map."""
+        slots = self.write_slots(positions.shape[1])
+        rows = jnp.arange(positions.shape[0])[:, None]
+        slot_positions = self.slot_positions.at[rows, slots].set(jnp.where(valid, positions, EMPTY), mode="drop")
+        return self.replace(slot_positions=slot_positions)
+
+    def finish_block(self, valid: jax.Array) -> "KVCache":
+        """Advance cursors past each row's last valid token and positions by its valid count."""
+        valid = valid.astype(jnp.int32)
+        offsets = jnp.arange(1, valid.shape[1] + 1, dtype=jnp.int32)[None, :]
+        advance = jnp.max(valid * offsets, axis=1)
+        return self.replace(cursor=self.cursor + advance, next_position=self.next_position + valid.sum(axis=1))
+
+    @property
+    def overflowed(self) -> jax.Array:
+        """`[B]` True where a row wrote past the cache end (its newest tokens were dropped)."""
+        return self.cursor > self.length
+
+
+def write_layer(cache_array: jax.Array, block: jax.Array, slots: jax.Array) -> jax.Array:
+    """Scatter `block [B, L, H, D]` into `cache_array [B, S, H, D]` at `slots [B, L]` (out of range dropped)."""
+    rows = jnp.arange(block.shape[0])[:, None]
+    return cache_array.at[rows, slots].set(block.astype(cache_array.dtype), mode="drop")

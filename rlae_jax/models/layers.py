@@ -1,0 +1,143 @@
+"""Shared layers: norms, RoPE (HF rotate-half convention), cached GQA attention, MLPs, and the
+`CausalLM` base whose `__call__` runs one block of tokens through any family with a KV cache."""
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from rlae_jax.models.config import ModelConfig
+from rlae_jax.models.kv_cache import KVCache, write_layer
+
+ACTIVATIONS = {
+    "silu": jax.nn.silu,
+    "swish": jax.nn.silu,
+    "gelu": lambda x: jax.nn.gelu(x, approximate=False),
+    "gelu_new": lambda x: jax.nn.gelu(x, approximate=True),
+    "gelu_pytorch_tanh": lambda x: jax.nn.gelu(x, approximate=True),
+}
+
+
+def activation(name: str):
+    if name not in ACTIVATIONS:
+        raise ValueError(f"unsupported activation {name!r}; supported: {', '.join(ACTIVATIONS)}")
+    return ACTIVATIONS[name]
+
+
+class RMSNorm(nnx.Module):
+    """x / rms(x) * scale, computed in float32 like HF's LlamaRMSNorm."""
+
+    def __init__(self, dim: int, eps: float, *, param_dtype):
+        self.scale = nnx.Param(jnp.ones((dim,), param_dtype))
+        self.eps = eps
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        x32 = x.astype(jnp.float32)
+        normed = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
+        return self.scale[...] * normed.astype(x.dtype)
+
+
+def linear(in_dim: int, out_dim: int, bias: bool, dtype, rngs: nnx.Rngs) -> nnx.Linear:
+    return nnx.Linear(in_dim, out_dim, use_bias=bias, dtype=dtype, param_dtype=dtype, rngs=rngs,
+                      kernel_init=nnx.initializers.normal(0.02))
+
+
+def rope_inverse_frequencies(config: ModelConfig) -> np.ndarray:
+    """`[D/2]` float32 inverse frequencies, with HF's 'linear' and 'llama3' scaling."""
+    dim = config.head_dim
+    inv_freq = (1.0 / (config.rope_theta ** (np.arange(0, dim, 2, dtype=np.int64).astype(np.float32) / dim)))
+    inv_freq = inv_freq.astype(np.float32)
+    options = config.rope_options
+    if config.rope_type == "linear":
+        return (inv_freq / options["factor"]).astype(np.float32)
+    if config.rope_type == "llama3":
+        factor = options["factor"]
+        low, high = options["low_freq_factor"], options["high_freq_factor"]
+        old_context = options["original_max_position_embeddings"]
+        wavelen = 2 * math.pi / inv_freq
+        scaled = np.where(wavelen > old_context / low, inv_freq / factor, inv_freq)
+        smooth = (old_context / wavelen - low) / (high - low)
+        smoothed = (1 - smooth) * scaled / factor + smooth * scaled
+        medium = ~(wavelen < old_context / high) & ~(wavelen > old_context / low)
+        return np.where(medium, smoothed, scaled).astype(np.float32)
+    return inv_freq
+
+
+def apply_rope(x: jax.Array, positions: jax.Array, inv_freq: np.ndarray) -> jax.Array:
+    """Rotate `x [B, L, H, D]` by `positions [B, L]` (rotate-half layout, as in transformers)."""
+    angles = positions.astype(jnp.float32)[..., None] * jnp.asarray(inv_freq)  # [B, L, D/2]
+    angles = jnp.concatenate([angles, angles], axis=-1)[:, :, None, :]
+    cos, sin = jnp.cos(angles).astype(x.dtype), jnp.sin(angles).astype(x.dtype)
+    half = x.shape[-1] // 2
+    rotated = jnp.concatenate([-x[..., half:], x[..., :half]], axis=-1)
+    return x * cos + rotated * sin
+
+
+def cached_attention(
+    q: jax.Array, keys: jax.Array, values: jax.Array, query_positions: jax.Array,
+    slot_positions: jax.Array, window: int | None,
+) -> jax.Array:
+    """Causal GQA attention of `q [B, L, Hq, D]` over the cache `keys/values [B, S, Hkv, D]`.
+
+    A query at position p sees slots with 0 <= slot position <= p (and p - slot < window).
+    Softmax runs in float32; rows that see no slot (padding queries) return zeros.
+    """
+    batch, block, num_heads, head_dim = q.shape
+    num_kv = keys.shape[2]
+    q = q.reshape(batch, block, num_kv, num_heads // num_kv, head_dim)
+    scores = jnp.einsum("blhgd,bshd->bhgls", q, keys, preferred_element_type=jnp.float32) / math.sqrt(head_dim)
+    slot = slot_positions[:, None, :]
+    query = query_positions[:, :, None]
+    visible = (slot >= 0) & (slot <= query)
+    if window is not None:
+        visible &= query - slot < window
+    visible = visible[:, None, None]  # [B, 1, 1, L, S]
+    scores = jnp.where(visible, scores, jnp.finfo(jnp.float32).min)
+    probs = jax.nn.softmax(scores, axis=-1) * visible.any(axis=-1, keepdims=True)
+    out = jnp.einsum("bhgls,bshd->blhgd", probs.astype(values.dtype), values)
+    return out.reshape(batch, block, num_heads, head_dim)
+
+
+class CausalLM(nnx.Module):
+    """Base for every family. Subclasses set `config`, `embedding` (nnx.Embed), `layers` (each called as
+    `layer(x, positions, keys, values, slots, slot_positions) -> (x, keys, values)`), `norm`, and
+    `lm_head` unless embeddings are tied; they may override `embed`."""
+
+    config: ModelConfig
+
+    def embed(self, tokens: jax.Array, positions: jax.Array) -> jax.Array:
+        return self.embedding(tokens)
+
+    def lm_head_logits(self, x: jax.Array) -> jax.Array:
+        """`[..., H] -> [..., V]` float32 logits."""
+        if self.config.tie_word_embeddings:
+            return self.embedding.attend(x).astype(jnp.float32)
+        return self.lm_head(x).astype(jnp.float32)
+
+    def __call__(self, tokens: jax.Array, valid: jax.Array, cache: KVCache) -> tuple[jax.Array, KVCache]:
+        """Run a block `tokens [B, L]` (validity `valid [B, L]`) through the model, appending it to
+        `cache`. Returns final-normed hidden states `[B, L, H]` and the updated cache."""
+        positions = cache.block_positions(valid)
+        cache = cache.with_block_positions(positions, valid)
+        slots = cache.write_slots(tokens.shape[1])
+        x = self.embed(tokens, positions)
+        keys, values = [], []
+        for index, layer in enumerate(self.layers):
+            x, layer_keys, layer_values = layer(
+                x, positions, cache.keys[index], cache.values[index], slots, cache.slot_positions)
+            keys.append(layer_keys)
+            values.append(layer_values)
+        cache = cache.replace(keys=tuple(keys), values=tuple(values)).finish_block(valid)
+        return self.norm(x), cache
+
+
+def append_and_attend(q, k, v, cache_keys, cache_values, slots, positions, slot_positions, window):
+    """Write the block's `k, v [B, L, Hkv, D]` into the layer cache and attend with `q`.
+    Returns `(attention output [B, L, Hq, D], new cache keys, new cache values)`."""
+    cache_keys = write_layer(cache_keys, k, slots)
+    cache_values = write_layer(cache_values, v, slots)
+    out = cached_attention(q, cache_keys, cache_values, positions, slot_positions, window)
+    return out, cache_keys, cache_values

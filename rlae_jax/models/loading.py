@@ -1,0 +1,225 @@
+"""Load Hugging Face checkpoints (local folder, hub id, or a llama `.gguf` file) into a Member.
+
+Weights are placed through one declarative table per family: our parameter path (with `{i}` for
+the layer index) → the Hugging Face tensor name and whether the `[out, in]` matrix is transposed.
+No torch is needed.
+"""
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import re
+import warnings
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from rlae_jax.models.config import ModelConfig, config_from_hf
+from rlae_jax.models.member import Member, build_model, resolve_dtype
+
+TRANSPOSE = True  # HF nn.Linear stores [out, in]; nnx.Linear kernels are [in, out]
+
+DECODER_WEIGHTS = {
+    "embedding.embedding": ("model.embed_tokens.weight", False),
+    "layers.{i}.input_norm.scale": ("model.layers.{i}.input_layernorm.weight", False),
+    "layers.{i}.q_proj.kernel": ("model.layers.{i}.self_attn.q_proj.weight", TRANSPOSE),
+    "layers.{i}.q_proj.bias": ("model.layers.{i}.self_attn.q_proj.bias", False),
+    "layers.{i}.k_proj.kernel": ("model.layers.{i}.self_attn.k_proj.weight", TRANSPOSE),
+    "layers.{i}.k_proj.bias": ("model.layers.{i}.self_attn.k_proj.bias", False),
+    "layers.{i}.v_proj.kernel": ("model.layers.{i}.self_attn.v_proj.weight", TRANSPOSE),
+    "layers.{i}.v_proj.bias": ("model.layers.{i}.self_attn.v_proj.bias", False),
+    "layers.{i}.o_proj.kernel": ("model.layers.{i}.self_attn.o_proj.weight", TRANSPOSE),
+    "layers.{i}.o_proj.bias": ("model.layers.{i}.self_attn.o_proj.bias", False),
+    "layers.{i}.post_attention_norm.scale": ("model.layers.{i}.post_attention_layernorm.weight", False),
+    "layers.{i}.gate_proj.kernel": ("model.layers.{i}.mlp.gate_proj.weight", TRANSPOSE),
+    "layers.{i}.gate_proj.bias": ("model.layers.{i}.mlp.gate_proj.bias", False),
+    "layers.{i}.up_proj.kernel": ("model.layers.{i}.mlp.up_proj.weight", TRANSPOSE),
+    "layers.{i}.up_proj.bias": ("model.layers.{i}.mlp.up_proj.bias", False),
+    "layers.{i}.down_proj.kernel": ("model.layers.{i}.mlp.down_proj.weight", TRANSPOSE),
+    "layers.{i}.down_proj.bias": ("model.layers.{i}.mlp.down_proj.bias", False),
+    "norm.scale": ("model.norm.weight", False),
+    "lm_head.kernel": ("lm_head.weight", TRANSPOSE),
+}
+
+GPT2_WEIGHTS = {  # GPT-2's Conv1D weights are already [in, out]
+    "embedding.embedding": ("transformer.wte.weight", False),
+    "position_embedding.embedding": ("transformer.wpe.weight", False),
+    "layers.{i}.ln_1.scale": ("transformer.h.{i}.ln_1.weight", False),
+    "layers.{i}.ln_1.bias": ("transformer.h.{i}.ln_1.bias", False),
+    "layers.{i}.c_attn.kernel": ("transformer.h.{i}.attn.c_attn.weight", False),
+    "layers.{i}.c_attn.bias": ("transformer.h.{i}.attn.c_attn.bias", False),
+    "layers.{i}.c_proj.kernel": ("transformer.h.{i}.attn.c_proj.weight", False),
+    "layers.{i}.c_proj.bias": ("transformer.h.{i}.attn.c_proj.bias", False),
+    "layers.{i}.ln_2.scale": ("transformer.h.{i}.ln_2.weight", False),
+    "layers.{i}.ln_2.bias": ("transformer.h.{i}.ln_2.bias", False),
+    "layers.{i}.c_fc.kernel": ("transformer.h.{i}.mlp.c_fc.weight", False),
+    "layers.{i}.c_fc.bias": ("transformer.h.{i}.mlp.c_fc.bias", False),
+    "layers.{i}.mlp_proj.kernel": ("transformer.h.{i}.mlp.c_proj.weight", False),
+    "layers.{i}.mlp_proj.bias": ("transformer.h.{i}.mlp.c_proj.bias", False),
+    "norm.scale": ("transformer.ln_f.weight", False),
+    "norm.bias": ("transformer.ln_f.bias", False),
+    "lm_head.kernel": ("lm_head.weight", TRANSPOSE),
+}
+
+WEIGHT_TABLES = {"decoder": DECODER_WEIGHTS, "gpt2": GPT2_WEIGHTS}
+# Prefixes some checkpoints omit (the original GPT-2 files store `h.0...` rather than `transformer.h.0...`).
+OPTIONAL_PREFIXES = ("transformer.", "model.")
+# Buffers saved by some checkpoints that are not parameters.
+IGNORED_TENSORS = re.compile(r"(\.attn\.bias|\.attn\.masked_bias|rotary_emb\.inv_freq)$")
+
+
+def hf_tensor_name(family: str, param_path: str) -> tuple[str, bool]:
+    """Map our parameter path (e.g. 'layers.3.q_proj.kernel') to (HF tensor name, transpose?)."""
+    match = re.match(r"^layers\.(\d+)\.(.+)$", param_path)
+    key = f"layers.{{i}}.{match.group(2)}" if match else param_path
+    table = WEIGHT_TABLES[family]
+    if key not in table:
+        raise KeyError(f"no Hugging Face tensor is mapped to parameter {param_path!r} for family {family!r}")
+    name, transpose = table[key]
+    return (name.format(i=match.group(1)) if match else name), transpose
+
+
+class TensorSource:
+    """Read-by-name access to a checkpoint's tensors (safetensors shards or an in-memory dict)."""
+
+    def __init__(self, tensors: dict | None = None, files: dict[str, str] | None = None):
+        self._tensors = tensors or {}
+        self._files = files or {}  # tensor name -> safetensors file
+
+    @classmethod
+    def from_folder(cls, folder: pathlib.Path) -> "TensorSource":
+        index = folder / "model.safetensors.index.json"
+        if index.exists():
+            weight_map = json.loads(index.read_text())["weight_map"]
+            return cls(files={name: str(folder / shard) for name, shard in weight_map.items()})
+        single = folder / "model.safetensors"
+        if not single.exists():
+            raise FileNotFoundError(
+                f"{folder} has neither model.safetensors nor model.safetensors.index.json "
+                "(only safetensors checkpoints are supported; re-save with save_pretrained)")
+        from safetensors import safe_open
+
+        with safe_open(single, framework="flax") as f:
+            return cls(files={name: str(single) for name in f.keys()})
+
+    def names(self) -> set[str]:
+        return set(self._tensors) | set(self._files)
+
+    def resolve(self, name: str) -> str | None:
+        """The stored name for `name`, allowing for an omitted optional prefix."""
+        if name in self._tensors or name in self._files:
+            return name
+        for prefix in OPTIONAL_PREFIXES:
+            if name.startswith(prefix) and name[len(prefix):] in self.names():
+                return name[len(prefix):]
+        return None
+
+    def read(self, name: str) -> jax.Array:
+        if name in self._tensors:
+            return jnp.asarray(self._tensors[name])
+        from safetensors import safe_open
+
+        with safe_open(self._files[name], framework="flax") as f:
+            return f.get_tensor(name)
+
+
+def load_state(config: ModelConfig, source: TensorSource, dtype="float32") -> tuple[nnx.GraphDef, nnx.State]:
+    """Build the model's (graphdef, state) with every parameter read from `source` via the table."""
+    dtype = resolve_dtype(dtype)
+    abstract = nnx.eval_shape(lambda: build_model(config, dtype))
+    graphdef, abstract_state = nnx.split(abstract)
+    used, filled = set(), []
+    for path, variable in nnx.to_flat_state(abstract_state):
+        param_path = ".".join(str(p) for p in path)
+        hf_name, transpose = hf_tensor_name(config.family, param_path)
+        stored = source.resolve(hf_name)
+        if stored is None:
+            raise KeyError(f"checkpoint is missing tensor {hf_name!r} (needed for parameter {param_path})")
+        tensor = source.read(stored)
+        tensor = tensor.T if transpose else tensor
+        if tuple(tensor.shape) != tuple(variable.shape):
+            raise ValueError(
+                f"tensor {hf_name!r} has shape {tuple(tensor.shape)} but parameter {param_path} needs "
+                f"{tuple(variable.shape)}: the checkpoint does not match its config")
+        used.add(stored)
+        filled.append((path, variable.replace(jnp.asarray(tensor, dtype))))
+    unused = sorted(n for n in source.names() - used if not IGNORED_TENSORS.search(n))
+    if config.tie_word_embeddings:
+        unused = [n for n in unused if not n.endswith("lm_head.weight")]
+    if unused:
+        warnings.warn(f"checkpoint tensors not used by the {config.model_type} port: {unused[:8]}"
+                      + (" ..." if len(unused) > 8 else ""))
+    return graphdef, nnx.from_flat_state(filled)
+
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "tokenizer_config.json")
+
+
+def load_tokenizer(folder: pathlib.Path):
+    """The folder's own tokenizer. A `tokenizer.json` is used as is (AutoTokenizer could swap in a
+    model-specific class, e.g. Qwen2Tokenizer, that re-splits text differently)."""
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+    if (folder / "tokenizer.json").exists():
+        return PreTrainedTokenizerFast.from_pretrained(str(folder))
+    if not any((folder / f).exists() for f in TOKENIZER_FILES):
+        raise FileNotFoundError(
+            f"{folder} holds no tokenizer ({', '.join(TOKENIZER_FILES)}); pass tokenizer=... to from_pretrained")
+    return AutoTokenizer.from_pretrained(str(folder))
+
+
+def resolve_checkpoint(path_or_repo_id: str) -> pathlib.Path:
+    """A local folder/file, or a hub snapshot downloaded on demand (clear error when offline)."""
+    path = pathlib.Path(os.path.expanduser(str(path_or_repo_id)))
+    if path.exists():
+        return path
+    if str(path_or_repo_id).startswith((".", "/", "~")) or str(path_or_repo_id).count("/") != 1:
+        raise FileNotFoundError(f"no checkpoint at {path_or_repo_id!r} (not a local path nor an 'org/name' hub id)")
+    from huggingface_hub import snapshot_download
+
+    try:
+        return pathlib.Path(snapshot_download(
+            str(path_or_repo_id),
+            allow_patterns=["*.json", "*.safetensors", "tokenizer*", "*.model", "*.tiktoken", "merges.txt"]))
+    except Exception as error:  # network, auth, missing repo: all end the same way for the user
+        raise OSError(
+            f"could not fetch {path_or_repo_id!r} from the Hugging Face hub ({type(error).__name__}: {error}). "
+            "If this machine is offline, download the checkpoint elsewhere and pass its local folder.") from error
+
+
+def from_pretrained(path_or_repo_id: str, dtype="float32", name: str | None = None, tokenizer=None) -> Member:
+    """Load a Member from a local HF folder (config.json + safetensors, sharded or not), a hub id,
+    or a llama `.gguf` file. `dtype` is "float32" or "bfloat16" (parameters and compute).
+    `tokenizer` overrides the checkpoint's own (a transformers tokenizer or a folder holding one)."""
+    path = resolve_checkpoint(path_or_repo_id)
+    name = name or (path.stem if path.suffix == ".gguf" else path.name)
+    if path.suffix == ".gguf":
+        from transformers import LlamaConfig
+
+        from rlae_jax.models.gguf import read_gguf
+
+        checkpoint = read_gguf(path)
+        config = config_from_hf(LlamaConfig(**checkpoint.config))
+        graphdef, state = load_state(config, TensorSource(tensors=checkpoint.tensors), dtype)
+        tokenizer = tokenizer or checkpoint.tokenizer
+    else:
+        from transformers import AutoConfig
+
+        if not (path / "config.json").exists():
+            raise FileNotFoundError(f"{path} has no config.json: not a Hugging Face checkpoint folder")
+        config = config_from_hf(AutoConfig.from_pretrained(str(path)))
+        graphdef, state = load_state(config, TensorSource.from_folder(path), dtype)
+        tokenizer = tokenizer or load_tokenizer(path)
+    if isinstance(tokenizer, (str, os.PathLike)):
+        tokenizer = load_tokenizer(pathlib.Path(tokenizer))
+    model = nnx.merge(graphdef, state)
+    return Member.from_model(model, tokenizer=tokenizer, name=name)
+
+
+def param_count(config: ModelConfig) -> int:
+    """Number of parameters of a config, computed with `jax.eval_shape` (nothing is allocated)."""
+    abstract = nnx.eval_shape(lambda: build_model(config))
+    return int(sum(np.prod(x.shape) for x in jax.tree.leaves(nnx.state(abstract))))

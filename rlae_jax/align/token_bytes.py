@@ -48,13 +48,16 @@ class MemberVocab:
     token_bytes: one entry per id in ``[0, size)``: the token's bytes, or None for special
         tokens and ids the tokenizer does not define.
     specials: id → content string of every special token (EOS included).
-    byte_fallback_ids: ids of ``<0xNN>`` byte tokens (the non-preferred spelling of a byte).
+    byte_fallback_ids: ids of ``<0xNN>`` byte tokens (the last-resort spelling of a byte).
+    added_ids: ids of non-special added tokens (matched before the model, so the tokenizer
+        itself emits them, e.g. NeoX's whitespace runs).
     eos_id: the tokenizer's EOS id.
     """
 
     token_bytes: tuple[bytes | None, ...]
     specials: dict[int, str]
     byte_fallback_ids: frozenset[int]
+    added_ids: frozenset[int]
     eos_id: int
 
     @property
@@ -62,14 +65,18 @@ class MemberVocab:
         """Highest defined id + 1."""
         return len(self.token_bytes)
 
+    def preference(self, token_id: int) -> int:
+        """Rank among ids with equal bytes (lower wins): added token, model piece, byte fallback."""
+        return 0 if token_id in self.added_ids else 2 if token_id in self.byte_fallback_ids else 1
+
     def preferred_ids(self) -> dict[bytes, int]:
-        """bytes → the regular id that spells them (not a byte-fallback token when a piece exists)."""
+        """bytes → the id the tokenizer itself would emit for them (lowest preference, then lowest id)."""
         preferred: dict[bytes, int] = {}
         for token_id, token in enumerate(self.token_bytes):
             if token is None:
                 continue
             current = preferred.get(token)
-            if current is None or (current in self.byte_fallback_ids and token_id not in self.byte_fallback_ids):
+            if current is None or self.preference(token_id) < self.preference(current):
                 preferred[token] = token_id
         return preferred
 
@@ -88,7 +95,7 @@ class MemberVocab:
         for token in self.token_bytes:
             digest.update(b"\x00" if token is None else len(token).to_bytes(4, "little") + token)
         digest.update(json.dumps(sorted(self.specials.items())).encode())
-        digest.update(json.dumps(sorted(self.byte_fallback_ids)).encode())
+        digest.update(json.dumps([sorted(self.byte_fallback_ids), sorted(self.added_ids)]).encode())
         return digest.digest()
 
     def decode(self, token_ids) -> bytes:
@@ -163,15 +170,18 @@ def member_vocab(tokenizer) -> MemberVocab:
             byte_fallback_ids.add(token_id)
         else:
             token_bytes[token_id] = _piece_bytes(piece, style)
-    specials = {}
+    specials, added_ids = {}, set()
     for token_id, token in added.items():
         byte_fallback_ids.discard(token_id)
         if token["special"] or token_id == tokenizer.eos_token_id:
             specials[token_id] = token["content"]
             token_bytes[token_id] = None
         else:
+            added_ids.add(token_id)
             token_bytes[token_id] = token["content"].encode("utf-8")
     if tokenizer.eos_token_id not in specials:
         specials[tokenizer.eos_token_id] = tokenizer.eos_token
         token_bytes[tokenizer.eos_token_id] = None
-    return MemberVocab(tuple(token_bytes), specials, frozenset(byte_fallback_ids), tokenizer.eos_token_id)
+    return MemberVocab(
+        tuple(token_bytes), specials, frozenset(byte_fallback_ids), frozenset(added_ids), tokenizer.eos_token_id
+    )

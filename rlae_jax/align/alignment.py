@@ -1,0 +1,154 @@
+"""The `Alignment` pytree: device index tables + host-side union vocabulary.
+
+Shapes: N members, V = V_max (largest model vocabulary), U union tokens, L = max_expansion
+(most member tokens one union token needs), D most member ids sharing one byte string.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import struct
+from jax.experimental import sparse
+
+from rlae_jax.align import project as ops
+
+
+class UnionVocab:
+    """Host-side union vocabulary and numpy copies of the tables (hashed by fingerprint).
+
+    union_bytes[u]: bytes of union token u (b"" for specials); special_names: union id → content
+    string of each special token (the union EOS included).
+    """
+
+    def __init__(
+        self,
+        fingerprint: str,
+        union_bytes: Sequence[bytes],
+        special_names: dict[int, str],
+        member_to_union: np.ndarray,
+        union_to_member: np.ndarray,
+        union_to_member_len: np.ndarray,
+    ):
+        self.fingerprint = fingerprint
+        self.union_bytes = tuple(union_bytes)
+        self.special_names = dict(special_names)
+        self.member_to_union = member_to_union
+        self.union_to_member = union_to_member
+        self.union_to_member_len = union_to_member_len
+
+    def __hash__(self) -> int:
+        return hash(self.fingerprint)
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, UnionVocab) and other.fingerprint == self.fingerprint
+
+
+@struct.dataclass
+class Alignment:
+    """Union vocabulary of N members; arrays are pytree leaves, sizes are static.
+
+    member_to_union: int32 [N, V] union id of each member id; invalid ids → num_union (sentinel).
+    member_valid: bool [N, V] ids the member's tokenizer defines (model-only ids are False).
+    union_to_member: int32 [N, U, L] member ids re-spelling each union token (padding 0).
+    union_to_member_len: int32 [N, U] how many of those are used (0: member lacks that special).
+    union_member_ids: int32 [N, U, D] every member id with the union token's bytes (padding V).
+    union_complete: bool [U] every member can ingest the token exactly within L tokens (specials
+        always: they carry no bytes); the engine should never select the others.
+    """
+
+    member_to_union: jax.Array
+    member_valid: jax.Array
+    union_to_member: jax.Array
+    union_to_member_len: jax.Array
+    union_member_ids: jax.Array
+    union_complete: jax.Array
+    eos_union_id: int = struct.field(pytree_node=False)
+    num_union: int = struct.field(pytree_node=False)
+    max_expansion: int = struct.field(pytree_node=False)
+    vocab_sizes: tuple[int, ...] = struct.field(pytree_node=False)
+    vocab: UnionVocab = struct.field(pytree_node=False)
+
+    @property
+    def num_members(self) -> int:
+        return len(self.vocab_sizes)
+
+    # ---- device side (jit / vmap) ----
+    def masked_log_softmax(self, member_logits: jax.Array) -> jax.Array:
+        """[B, N, V] logits → log-probs with ids outside each tokenizer at -inf."""
+        return ops.masked_log_softmax(member_logits, self.member_valid)
+
+    def project(self, member_probs: jax.Array) -> jax.Array:
+        """[B, N, V] member probabilities → [B, N, U] union probabilities (mass conserved)."""
+        return ops.project(member_probs, self.member_to_union, self.num_union)
+
+    def mix(self, member_probs: jax.Array, weights: jax.Array) -> jax.Array:
+        """[B, N, V] probabilities, [B, N] weights → [B, U] mixed union distribution."""
+        return ops.mix(member_probs, weights, self.member_to_union, self.num_union)
+
+    def top_k_union(self, member_probs: jax.Array, member_top_ids: jax.Array, weights: jax.Array) -> ops.TopKUnion:
+        """Candidates from member top-k ids [B, N, k] scored without [B, U] (see project.top_k_union)."""
+        return ops.top_k_union(
+            member_probs, member_top_ids, weights, self.member_to_union, self.union_member_ids, self.num_union
+        )
+
+    def retokenize(self, union_ids: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """int32 [B] union ids → (member tokens int32 [B, N, L], counts int32 [B, N])."""
+        tokens = jnp.moveaxis(self.union_to_member[:, union_ids], 0, 1)
+        counts = jnp.moveaxis(self.union_to_member_len[:, union_ids], 0, 1)
+        return tokens, counts
+
+    def projection_matrix(self, member: int) -> sparse.BCOO:
+        """One-hot projection of member ``member`` as a BCOO matrix [V_i, U] (V_i its model vocab)."""
+        table = self.vocab.member_to_union[member, : self.vocab_sizes[member]]
+        rows = np.flatnonzero(table < self.num_union)
+        indices = np.stack([rows, table[rows]], axis=1).astype(np.int32)
+        data = np.ones(len(rows), np.float32)
+        return sparse.BCOO((jnp.asarray(data), jnp.asarray(indices)), shape=(self.vocab_sizes[member], self.num_union))
+
+    # ---- host side ----
+    def to_union(self, member: int, member_ids: Sequence[int]) -> list[int]:
+        """Member token ids → union ids, one for one (raises on ids the tokenizer lacks)."""
+        union_ids = [int(self.vocab.member_to_union[member, i]) for i in member_ids]
+        if self.num_union in union_ids:
+            bad = [i for i, u in zip(member_ids, union_ids) if u == self.num_union]
+            raise ValueError(f"member {member} ids {bad} are not tokens of its tokenizer")
+        return union_ids
+
+    def from_union(self, member: int, union_ids: Sequence[int]) -> list[int]:
+        """Union ids → member ``member``'s token ids spelling the same bytes."""
+        tokens = self.vocab.union_to_member[member]
+        lengths = self.vocab.union_to_member_len[member]
+        return [int(t) for u in union_ids for t in tokens[u, : lengths[u]]]
+
+    def union_bytes(self, union_id: int) -> bytes:
+        """Bytes of a union token (b"" for special tokens)."""
+        return self.vocab.union_bytes[union_id]
+
+    def special_name(self, union_id: int) -> str | None:
+        """Content string of a special union token, None for byte tokens."""
+        return self.vocab.special_names.get(union_id)
+
+    def decode_bytes(self, union_ids: Sequence[int]) -> bytes:
+        """Concatenated bytes of union ids (specials contribute nothing)."""
+        return b"".join(self.vocab.union_bytes[u] for u in union_ids)
+
+    def decode(self, union_ids: Sequence[int], skip_special_tokens: bool = True) -> str:
+        """Union ids → text: bytes joined, UTF-8 decoded with errors='replace'."""
+        if skip_special_tokens:
+            return self.decode_bytes(union_ids).decode("utf-8", errors="replace")
+        return b"".join(
+            self.vocab.special_names[u].encode() if u in self.vocab.special_names else self.vocab.union_bytes[u]
+            for u in union_ids
+        ).decode("utf-8", errors="replace")
+
+    def unspellable(self, member: int) -> list[bytes]:
+        """Bytes of the non-special union tokens member ``member`` cannot spell within L tokens."""
+        lengths = self.vocab.union_to_member_len[member]
+        return [b for b, length in zip(self.vocab.union_bytes, lengths) if b and length == 0]
+
+    def member_bytes(self, member: int, member_ids: Sequence[int]) -> bytes:
+        """Concatenated canonical bytes of member token ids (specials contribute nothing)."""
+        return self.decode_bytes(self.to_union(member, member_ids))

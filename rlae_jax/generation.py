@@ -1,0 +1,87 @@
+"""Single-member generation: prefill + one jitted `lax.while_loop` (greedy or sampled, EOS per row)."""
+from __future__ import annotations
+
+import functools
+from typing import NamedTuple, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from rlae_jax.models.kv_cache import KVCache
+from rlae_jax.models.member import Member
+from rlae_jax.prompts import check_context, encode_prompts, left_pad, pad_id_of
+from rlae_jax.sampling import select_tokens
+
+
+class DecodeCarry(NamedTuple):
+    step: jax.Array  # [] int32
+    logits: jax.Array  # [B, V] next-token logits
+    cache: KVCache
+    tokens: jax.Array  # [B, max_new_tokens] generated ids (pad after EOS)
+    done: jax.Array  # [B] bool
+    key: jax.Array
+
+
+def eos_ids_of(member: Member) -> np.ndarray:
+    """All ids that end a row: the tokenizer's EOS and the config's eos_token_id(s). int32 `[E]`."""
+    ids = set(member.config.eos_token_ids)
+    if member.tokenizer is not None and member.tokenizer.eos_token_id is not None:
+        ids.add(int(member.tokenizer.eos_token_id))
+    if not ids:
+        raise ValueError(f"member {member.name!r} has no EOS token (neither its tokenizer nor its config names one)")
+    return np.array(sorted(ids), np.int32)
+
+
+@functools.partial(jax.jit, static_argnames=("max_new_tokens",))
+def generate_ids(member: Member, input_ids: jax.Array, attention_mask: jax.Array, key: jax.Array,
+                 temperature: jax.Array, top_p: jax.Array, eos_ids: jax.Array, pad_id: jax.Array,
+                 max_new_tokens: int) -> tuple[jax.Array, jax.Array]:
+    """Generate from a left-padded batch `[B, T]`. Returns ids `[B, max_new_tokens]` (pad_id after a
+    row's EOS) and per-row lengths `[B]` (EOS included)."""
+    batch = input_ids.shape[0]
+    first, _, cache = member.prefill(input_ids, attention_mask, input_ids.shape[1] + max_new_tokens)
+    carry = DecodeCarry(
+        step=jnp.zeros((), jnp.int32), logits=first.logits, cache=cache,
+        tokens=jnp.full((batch, max_new_tokens), pad_id, jnp.int32), done=jnp.zeros((batch,), bool), key=key)
+
+    def keep_going(c: DecodeCarry):
+        return (c.step < max_new_tokens) & ~jnp.all(c.done)
+
+    def body(c: DecodeCarry) -> DecodeCarry:
+        key, sample_key = jax.random.split(c.key)
+        token = jnp.where(c.done, pad_id, select_tokens(c.logits, sample_key, temperature, top_p))
+        tokens = c.tokens.at[:, c.step].set(token)
+        done = c.done | jnp.isin(token, eos_ids)
+        out, cache = member.step(c.cache, token)
+        return DecodeCarry(c.step + 1, out.logits, cache, tokens, done, key)
+
+    final = jax.lax.while_loop(keep_going, body, carry)
+    not_pad = jnp.arange(max_new_tokens)[None, :] < final.step
+    ended = jnp.cumsum(jnp.isin(final.tokens, eos_ids), axis=1) - jnp.isin(final.tokens, eos_ids) > 0
+    lengths = jnp.sum(not_pad & ~ended, axis=1)
+    return final.tokens, lengths
+
+
+def generate_tokens(member: Member, prompts: Sequence[str], max_new_tokens: int = 64, temperature: float = 0.0,
+                    top_p: float = 1.0, seed: int = 0, add_special_tokens: bool = True) -> list[list[int]]:
+    """Generated token ids per prompt (EOS included when reached)."""
+    if member.tokenizer is None:
+        raise ValueError("member has no tokenizer; load it with from_pretrained(..., tokenizer=...)")
+    token_lists = encode_prompts(member.tokenizer, prompts, add_special_tokens)
+    check_context(max(map(len, token_lists)), max_new_tokens, member.config.max_position_embeddings,
+                  member.name or member.config.model_type)
+    pad_id = pad_id_of(member.tokenizer)
+    ids, mask = left_pad(token_lists, pad_id)
+    tokens, lengths = generate_ids(
+        member, jnp.asarray(ids), jnp.asarray(mask), jax.random.key(seed), jnp.float32(temperature),
+        jnp.float32(top_p), jnp.asarray(eos_ids_of(member)), jnp.int32(pad_id), max_new_tokens=max_new_tokens)
+    tokens, lengths = np.asarray(tokens), np.asarray(lengths)
+    return [tokens[row, :lengths[row]].tolist() for row in range(len(prompts))]
+
+
+def generate(member: Member, prompts: Sequence[str], max_new_tokens: int = 64, temperature: float = 0.0,
+             top_p: float = 1.0, seed: int = 0, add_special_tokens: bool = True) -> list[str]:
+    """Continue every prompt with one member; returns the decoded continuations (special tokens removed)."""
+    outputs = generate_tokens(member, prompts, max_new_tokens, temperature, top_p, seed, add_special_tokens)
+    return [member.tokenizer.decode(tokens, skip_special_tokens=True) for tokens in outputs]

@@ -1,0 +1,65 @@
+"""Tiny random Hugging Face models of every supported family, saved with `save_pretrained`, with a
+small byte-level BPE tokenizer trained here by the `tokenizers` library (no downloads)."""
+from __future__ import annotations
+
+import pathlib
+
+CORPUS = [
+    "Once upon a time there was a little robot who liked to count numbers.",
+    "The quick brown fox jumps over the lazy dog; 12 + 30 = 42.",
+    "Hello world! This is a tiny corpus for a tiny tokenizer, with some punctuation: ,.;?",
+    "Alice and Bob exchanged 7 messages, then 11 more, before the meeting at 5 pm.",
+] * 20
+
+EOS = "<|endoftext|>"
+
+
+def train_byte_level_tokenizer(vocab_size: int = 384):
+    """A byte-level BPE `PreTrainedTokenizerFast` trained on CORPUS, with EOS (also used as pad)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[EOS],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tokenizer.train_from_iterator(CORPUS, trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tokenizer, eos_token=EOS, pad_token=EOS)
+
+
+def hf_config(family: str, vocab_size: int, eos_token_id: int):
+    """A 2-layer random config; GQA where the family has it. Families: llama3 (llama3 rope scaling),
+    mistral (sliding window 6), qwen2 (q/k/v bias, tied embeddings), gpt2, llama (plain)."""
+    from transformers import GPT2Config, LlamaConfig, MistralConfig, Qwen2Config
+
+    common = dict(vocab_size=vocab_size, hidden_size=64, intermediate_size=112, num_hidden_layers=2,
+                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                  eos_token_id=eos_token_id, bos_token_id=None, pad_token_id=eos_token_id, initializer_range=0.1)
+    if family == "llama":
+        return LlamaConfig(**common)
+    if family == "llama3":
+        return LlamaConfig(**common, rope_parameters=dict(
+            rope_type="llama3", rope_theta=500000.0, factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0,
+            original_max_position_embeddings=32))
+    if family == "mistral":
+        return MistralConfig(**common, sliding_window=6)
+    if family == "qwen2":
+        return Qwen2Config(**common, tie_word_embeddings=True)
+    if family == "gpt2":
+        return GPT2Config(vocab_size=vocab_size, n_positions=256, n_embd=64, n_layer=2, n_head=4,
+                          bos_token_id=eos_token_id, eos_token_id=eos_token_id, initializer_range=0.1)
+    raise KeyError(family)
+
+
+def save_tiny_model(family: str, folder: pathlib.Path, tokenizer, seed: int = 0):
+    """Build, save (model + tokenizer) and return the eval-mode torch model."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    config = hf_config(family, len(tokenizer), tokenizer.eos_token_id)
+    model = AutoModelForCausalLM.from_config(config).eval()
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return model

@@ -1,0 +1,100 @@
+"""Real fixture tokenizers (and small trained ones) as transformers tokenizers, for tests.
+
+Each loader takes the fixtures root (tests/conftest.FIXTURES) so callers decide how to skip.
+"""
+from __future__ import annotations
+
+import pathlib
+
+from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+from transformers import AutoTokenizer, LlamaTokenizer, PreTrainedTokenizerFast
+from transformers.convert_slow_tokenizer import TikTokenConverter
+
+LLAMA3_PATTERN = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+LLAMA3_SPECIALS = [
+    "<|begin_of_text|>", "<|end_of_text|>", "<|reserved_special_token_0|>", "<|reserved_special_token_1|>",
+    "<|finetune_right_pad_id|>", "<|step_id|>", "<|start_header_id|>", "<|end_header_id|>", "<|eom_id|>",
+    "<|eot_id|>", "<|python_tag|>",
+] + [f"<|reserved_special_token_{i}|>" for i in range(2, 247)]
+
+# fixture name → folder under tokenizers/ (the file each loader reads must exist there)
+REAL_TOKENIZERS = {
+    "gpt2": "gpt2",
+    "neox": "gpt-neox-20b",
+    "llama2": "llama2-spm",
+    "mistral_v1": "mistral-v1-spm",
+    "mistral_v3": "mistral-v3-spm",
+    "llama3": "llama3-tiktoken",
+}
+
+
+def load_real_tokenizer(name: str, folder: pathlib.Path):
+    """One of REAL_TOKENIZERS from its fixture folder, as a `tokenizers`-backed transformers tokenizer."""
+    if name == "gpt2":
+        return AutoTokenizer.from_pretrained(folder)
+    if name == "neox":
+        return PreTrainedTokenizerFast(tokenizer_file=str(folder / "tokenizer.json"), eos_token="<|endoftext|>")
+    if name in ("llama2", "mistral_v1", "mistral_v3"):
+        return LlamaTokenizer.from_pretrained(folder)
+    if name == "llama3":
+        converted = TikTokenConverter(
+            vocab_file=str(folder / "tokenizer.model"), pattern=LLAMA3_PATTERN, extra_special_tokens=LLAMA3_SPECIALS
+        ).converted()
+        return PreTrainedTokenizerFast(
+            tokenizer_object=converted, bos_token="<|begin_of_text|>", eos_token="<|end_of_text|>"
+        )
+    raise KeyError(name)
+
+
+TRAINING_TEXT = [
+    "Once upon a time there was a little robot who liked numbers like 42 and 1234.",
+    "The quick brown fox jumps over the lazy dog!  Tabs\tand\nnew lines too.",
+    "Ensembles of language models mix their next-token distributions in one vocabulary.",
+    "数字と日本語のテキスト、そして中文句子。 Emoji: 🙂🚀 café naïve résumé.",
+] * 20
+
+
+def train_byte_level_bpe(vocab_size: int = 400) -> PreTrainedTokenizerFast:
+    """GPT-2-style byte-level BPE trained on TRAINING_TEXT (all 256 bytes in the alphabet)."""
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=["<|endoftext|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
+    tokenizer.train_from_iterator(TRAINING_TEXT, trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tokenizer, eos_token="<|endoftext|>")
+
+
+def train_metaspace_unigram(vocab_size: int = 300) -> PreTrainedTokenizerFast:
+    """SentencePiece-style Unigram (`▁`, `<0xNN>` byte fallback set on the model, as STACK-NOTES advises)."""
+    byte_pieces = [f"<0x{b:02X}>" for b in range(256)]
+    trainer = trainers.UnigramTrainer(
+        vocab_size=vocab_size, special_tokens=["<unk>", "<s>", "</s>"], unk_token="<unk>", initial_alphabet=[]
+    )
+    tokenizer = Tokenizer(models.Unigram())
+    tokenizer.normalizer = normalizers.Replace(" ", "\u2581")
+    tokenizer.pre_tokenizer = pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme="first", split=True)
+    tokenizer.decoder = decoders.Sequence(
+        [decoders.Replace("\u2581", " "), decoders.ByteFallback(), decoders.Fuse()]
+    )
+    tokenizer.train_from_iterator(TRAINING_TEXT, trainer)
+    spec_vocab = [(piece, score) for piece, score in _unigram_vocab(tokenizer)]
+    known = {piece for piece, _ in spec_vocab}
+    spec_vocab += [(piece, -100.0) for piece in byte_pieces if piece not in known]
+    with_bytes = Tokenizer(models.Unigram(spec_vocab, unk_id=0, byte_fallback=True))
+    with_bytes.normalizer = tokenizer.normalizer
+    with_bytes.pre_tokenizer = tokenizer.pre_tokenizer
+    with_bytes.decoder = tokenizer.decoder
+    with_bytes.add_special_tokens(["<unk>", "<s>", "</s>"])
+    return PreTrainedTokenizerFast(tokenizer_object=with_bytes, unk_token="<unk>", bos_token="<s>", eos_token="</s>")
+
+
+def _unigram_vocab(tokenizer: Tokenizer) -> list[tuple[str, float]]:
+    import json
+
+    return [tuple(entry) for entry in json.loads(tokenizer.to_str())["model"]["vocab"]]

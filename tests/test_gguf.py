@@ -158,3 +158,23 @@ def test_rejects_quantized_tensors(tmp_path):
     write_tiny_gguf(path, "llama", gguf.GGMLQuantizationType.Q8_0)
     with pytest.raises(ValueError, match=r"token_embd.weight': 'Q8_0'.*only F32, F16"):
         read_gguf(path)
+
+
+def test_jax_member_from_gguf_matches_transformers(reference):
+    """The real pretrained stories260K through our loader and port: same logits and greedy story."""
+    import jax.numpy as jnp
+
+    import rlae_jax
+
+    member = rlae_jax.from_pretrained(str(fixture_path(*STORIES_PARTS)))
+    assert member.config.vocab_size == 512 and member.usable_vocab == 512
+    prompt = torch.tensor([PROMPT_IDS])
+    with torch.no_grad():
+        expected_logits = reference[0](prompt).logits[0].numpy()
+        expected_tokens = reference[0].generate(prompt, max_new_tokens=24, do_sample=False, pad_token_id=2)
+    ids = jnp.asarray([PROMPT_IDS])
+    assert np.abs(np.asarray(member.logits(ids, jnp.ones_like(ids)))[0] - expected_logits).max() < 1e-4
+    ours = rlae_jax.generate_tokens(member, [PROMPT], max_new_tokens=24)[0]
+    assert ours == expected_tokens[0, len(PROMPT_IDS):].tolist() == GREEDY_24
+    story = rlae_jax.generate(member, [PROMPT], max_new_tokens=24)[0]
+    assert story.startswith(", there was a little girl named Lily")

@@ -1,17 +1,21 @@
 """Real fixture tokenizers (and small trained ones) as transformers tokenizers, for tests.
 
-Each loader takes the fixtures root (tests/conftest.FIXTURES) so callers decide how to skip.
+Loaders take the fixture folder (from conftest.fixture_path, which skips when it is absent).
 """
 from __future__ import annotations
 
+import json
 import pathlib
+
+from hypothesis import strategies as st
 
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 from transformers import AutoTokenizer, LlamaTokenizer, PreTrainedTokenizerFast
 from transformers.convert_slow_tokenizer import TikTokenConverter
 
-LLAMA3_PATTERN = (
-    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+LLAMA3_PATTERN = (  # the split regex of meta-llama's tokenizer.py
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+    r"|\s*[\r\n]+|\s+(?!\S)|\s+"
 )
 LLAMA3_SPECIALS = [
     "<|begin_of_text|>", "<|end_of_text|>", "<|reserved_special_token_0|>", "<|reserved_special_token_1|>",
@@ -83,10 +87,10 @@ def train_metaspace_unigram(vocab_size: int = 300) -> PreTrainedTokenizerFast:
         [decoders.Replace("\u2581", " "), decoders.ByteFallback(), decoders.Fuse()]
     )
     tokenizer.train_from_iterator(TRAINING_TEXT, trainer)
-    spec_vocab = [(piece, score) for piece, score in _unigram_vocab(tokenizer)]
-    known = {piece for piece, _ in spec_vocab}
-    spec_vocab += [(piece, -100.0) for piece in byte_pieces if piece not in known]
-    with_bytes = Tokenizer(models.Unigram(spec_vocab, unk_id=0, byte_fallback=True))
+    trained_vocab = [tuple(entry) for entry in json.loads(tokenizer.to_str())["model"]["vocab"]]
+    known = {piece for piece, _ in trained_vocab}
+    trained_vocab += [(piece, -100.0) for piece in byte_pieces if piece not in known]
+    with_bytes = Tokenizer(models.Unigram(trained_vocab, unk_id=0, byte_fallback=True))
     with_bytes.normalizer = tokenizer.normalizer
     with_bytes.pre_tokenizer = tokenizer.pre_tokenizer
     with_bytes.decoder = tokenizer.decoder
@@ -94,7 +98,13 @@ def train_metaspace_unigram(vocab_size: int = 300) -> PreTrainedTokenizerFast:
     return PreTrainedTokenizerFast(tokenizer_object=with_bytes, unk_token="<unk>", bos_token="<s>", eos_token="</s>")
 
 
-def _unigram_vocab(tokenizer: Tokenizer) -> list[tuple[str, float]]:
-    import json
-
-    return [tuple(entry) for entry in json.loads(tokenizer.to_str())["model"]["vocab"]]
+def unicode_text():
+    """Hypothesis strategy: text mixing arbitrary code points, emoji, CJK, whitespace runs, digits."""
+    pieces = st.one_of(
+        st.text(st.characters(codec="utf-8", exclude_categories=["Cs"]), max_size=6),
+        st.sampled_from(["🙂", "🚀", "👩‍👩‍👧", "🇯🇵", "日本語", "中文句子", "한국어", "café", "naïve"]),
+        st.text(st.sampled_from(" \t\n\r\u00a0"), min_size=1, max_size=9),
+        st.from_regex(r"[0-9]{1,7}", fullmatch=True),
+        st.sampled_from([" the", " Hello", " world", "ing", ".", "!", "Once upon a time"]),
+    )
+    return st.lists(pieces, max_size=8).map("".join)

@@ -74,7 +74,9 @@ def build_alignment(
         summary = "; ".join(f"member {m}: {len(t)} tokens, e.g. {t[:4]}" for m, t in unspellable.items())
         if strict:
             raise ValueError(f"members cannot spell these union tokens within max_expansion: {summary}")
-        warnings.warn(f"union tokens left out of union_complete (a member cannot spell them within max_expansion): {summary}")
+        warnings.warn(
+            f"union tokens left out of union_complete (a member cannot spell them within max_expansion): {summary}"
+        )
     return alignment
 
 
@@ -119,8 +121,9 @@ def _build(
             for i, b in enumerate(vocab.token_bytes)
         ]
 
-    spellings = [_spellings(vocab, backend, member_to_union[n], regular, first_regular, num_union)
-                 for n, (vocab, backend) in enumerate(zip(vocabs, backends))]
+    groups = [_ids_by_union(vocab, member_to_union[n], num_union) for n, vocab in enumerate(vocabs)]
+    spellings = [_spellings(vocab, backend, group, regular, first_regular)
+                 for vocab, backend, group in zip(vocabs, backends, groups)]
     needed = max(len(ids or ()) for rows in spellings for ids in rows)
     max_expansion = min(needed, expansion_cap or needed)
     union_to_member = np.zeros((members, num_union, max_expansion), np.int32)
@@ -134,7 +137,6 @@ def _build(
             union_to_member[n, u, : len(ids)] = ids
             union_to_member_len[n, u] = len(ids)
 
-    groups = [_ids_by_union(vocab, member_to_union[n], num_union) for n, vocab in enumerate(vocabs)]
     width = max(len(ids) for group in groups for ids in group.values())
     union_member_ids = np.full((members, num_union, width), vocab_max, np.int32)
     for n, group in enumerate(groups):
@@ -178,17 +180,14 @@ def _ids_by_union(vocab: MemberVocab, member_to_union: np.ndarray, num_union: in
 def _spellings(
     vocab: MemberVocab,
     backend: Tokenizer,
-    member_to_union: np.ndarray,
+    group: dict[int, list[int]],
     regular: Sequence[bytes],
     first_regular: int,
-    num_union: int,
-) -> list[list[int]]:
+) -> list[list[int] | None]:
     """For every union id, the member ids that spell it (module docstring); None: cannot spell."""
     rows: list[list[int] | None] = [[] for _ in range(first_regular)] + [None] * len(regular)
-    for i in sorted(range(vocab.size), key=lambda i: (vocab.preference(i), i), reverse=True):
-        u = int(member_to_union[i])
-        if u < num_union:
-            rows[u] = [i]  # the most preferred id (lowest preference, lowest id) is written last
+    for u, ids in group.items():
+        rows[u] = ids[:1]
     preferred = vocab.preferred_ids()
     pending = [u for u in range(first_regular, len(rows)) if rows[u] is None]
     texts, text_rows = [], []

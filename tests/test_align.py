@@ -33,6 +33,9 @@ def encode(tokenizer, text):
 def test_trained_token_bytes(trained):
     byte_level, unigram = (member_vocab(t) for t in trained)
     assert byte_level.duplicate_count() == 0 and not byte_level.byte_fallback_ids
+    for token_id, token in enumerate(byte_level.token_bytes):
+        if token is not None:
+            assert trained[0].decode([token_id]) == token.decode("utf-8", errors="replace")
     assert len(unigram.byte_fallback_ids) == 256
     pieces = trained[1].convert_ids_to_tokens(list(range(unigram.size)))
     for token_id, piece in enumerate(pieces):

@@ -154,3 +154,16 @@ def test_real_projection_conserves_mass(alignment):
     np.testing.assert_allclose(projected.sum(-1), 1.0, atol=1e-5)
     weights = jnp.full((2, len(NAMES)), 1 / len(NAMES))
     np.testing.assert_allclose(alignment.mix(probs, weights).sum(-1), 1.0, atol=1e-5)
+
+
+def test_real_top_k_union_matches_full_mix(alignment):
+    logits = jax.random.normal(jax.random.key(1), (2, len(NAMES), alignment.member_to_union.shape[1])) * 4
+    probs = jnp.exp(alignment.masked_log_softmax(logits))
+    weights = jax.nn.softmax(jax.random.normal(jax.random.key(2), (2, len(NAMES))))
+    _, top_ids = jax.lax.top_k(probs, 5)
+    candidates = jax.jit(Alignment.top_k_union)(alignment, probs, top_ids, weights)
+    full = alignment.mix(probs, weights)
+    valid = np.asarray(candidates.valid)
+    ids = np.asarray(candidates.union_ids)
+    for row in range(2):
+        np.testing.assert_allclose(candidates.scores[row][valid[row]], full[row, ids[row][valid[row]]], rtol=1e-5)

@@ -44,25 +44,6 @@ def mix(member_probs: jax.Array, weights: jax.Array, member_to_union: jax.Array,
     return out.at[:, member_to_union.reshape(-1)].add(weighted, mode="drop")
 
 
-def iterative_top_k(values: jax.Array, k: int) -> tuple[jax.Array, jax.Array]:
-    """Exact top-k along the last axis by k rounds of argmax, [..., V] → ([..., k], int32 [..., k]).
-
-    On XLA:CPU ``lax.top_k`` over a large vocabulary is a full sort (~35 ms at 50k × 8 rows);
-    k argmax passes cost k linear scans, which is far cheaper for the small k of UniTE-style
-    decoding. On GPU/TPU ``lax.top_k`` or ``lax.approx_max_k`` are fine; any of them can feed
-    :func:`top_k_union`, which takes the ids as input.
-    """
-
-    def pick(remaining, _):
-        index = jnp.argmax(remaining, axis=-1)
-        value = jnp.take_along_axis(remaining, index[..., None], axis=-1)[..., 0]
-        remaining = jnp.where(jax.nn.one_hot(index, remaining.shape[-1], dtype=bool), -jnp.inf, remaining)
-        return remaining, (value, index.astype(jnp.int32))
-
-    _, (top_values, top_ids) = jax.lax.scan(pick, values, None, length=k)
-    return jnp.moveaxis(top_values, 0, -1), jnp.moveaxis(top_ids, 0, -1)
-
-
 class TopKUnion(NamedTuple):
     """Candidate union tokens from every member's top-k.
 
@@ -94,9 +75,10 @@ def top_k_union(
 ) -> TopKUnion:
     """UniTE-style candidates without materialising [B, U] (memory O(B·N²·k·D)).
 
-    member_probs: [B, N, V]; member_top_ids: int32 [B, N, k] member-local ids (from
-    :func:`iterative_top_k`, ``lax.top_k`` ...); weights: [B, N]; union_member_ids: int32 [N, U, D]
-    every member id spelling each union token (padding = V, out of range).
+    member_probs: [B, N, V]; member_top_ids: int32 [B, N, k] member-local ids, from any selector
+    (``lax.top_k`` measured 0.44 ms at [8, 50257], k=10 on a 2-core CPU with jax 0.10.2;
+    ``lax.approx_max_k`` is the TPU-friendly alternative); weights: [B, N];
+    union_member_ids: int32 [N, U, D] every member id spelling each union token (padding = V).
     """
     batch, members, vocab = member_probs.shape
     member_index = jnp.arange(members)[None, :, None]

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pathlib
 
+from rlae_jax.tokenization import train_byte_level_bpe
+
 CORPUS = [
     "Once upon a time there was a little robot who liked to count numbers.",
     "The quick brown fox jumps over the lazy dog; 12 + 30 = 42.",
@@ -11,21 +13,9 @@ CORPUS = [
     "Alice and Bob exchanged 7 messages, then 11 more, before the meeting at 5 pm.",
 ] * 20
 
-EOS = "<|endoftext|>"
-
-
 def train_byte_level_tokenizer(vocab_size: int = 384):
-    """A byte-level BPE `PreTrainedTokenizerFast` trained on CORPUS, with EOS (also used as pad)."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    tokenizer = Tokenizer(models.BPE())
-    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tokenizer.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[EOS],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
-    tokenizer.train_from_iterator(CORPUS, trainer)
-    return PreTrainedTokenizerFast(tokenizer_object=tokenizer, eos_token=EOS, pad_token=EOS)
+    """A byte-level BPE tokenizer trained on CORPUS, with EOS (also used as pad)."""
+    return train_byte_level_bpe(CORPUS, vocab_size)
 
 
 def hf_config(family: str, vocab_size: int, eos_token_id: int):

@@ -4,14 +4,14 @@ Loaders take the fixture folder (from conftest.fixture_path, which skips when it
 """
 from __future__ import annotations
 
-import json
 import pathlib
 
 from hypothesis import strategies as st
 
-from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 from transformers import AutoTokenizer, LlamaTokenizer, PreTrainedTokenizerFast
 from transformers.convert_slow_tokenizer import TikTokenConverter
+
+from rlae_jax import tokenization
 
 LLAMA3_PATTERN = (  # the split regex of meta-llama's tokenizer.py
     r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
@@ -61,41 +61,13 @@ TRAINING_TEXT = [
 
 
 def train_byte_level_bpe(vocab_size: int = 400) -> PreTrainedTokenizerFast:
-    """GPT-2-style byte-level BPE trained on TRAINING_TEXT (all 256 bytes in the alphabet)."""
-    tokenizer = Tokenizer(models.BPE())
-    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tokenizer.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size,
-        special_tokens=["<|endoftext|>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-    )
-    tokenizer.train_from_iterator(TRAINING_TEXT, trainer)
-    return PreTrainedTokenizerFast(tokenizer_object=tokenizer, eos_token="<|endoftext|>")
+    """GPT-2-style byte-level BPE trained on TRAINING_TEXT."""
+    return tokenization.train_byte_level_bpe(TRAINING_TEXT, vocab_size)
 
 
 def train_metaspace_unigram(vocab_size: int = 300) -> PreTrainedTokenizerFast:
-    """SentencePiece-style Unigram (`▁`, `<0xNN>` byte fallback set on the model, as STACK-NOTES advises)."""
-    byte_pieces = [f"<0x{b:02X}>" for b in range(256)]
-    trainer = trainers.UnigramTrainer(
-        vocab_size=vocab_size, special_tokens=["<unk>", "<s>", "</s>"], unk_token="<unk>", initial_alphabet=[]
-    )
-    tokenizer = Tokenizer(models.Unigram())
-    tokenizer.normalizer = normalizers.Replace(" ", "\u2581")
-    tokenizer.pre_tokenizer = pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme="first", split=True)
-    tokenizer.decoder = decoders.Sequence(
-        [decoders.Replace("\u2581", " "), decoders.ByteFallback(), decoders.Fuse()]
-    )
-    tokenizer.train_from_iterator(TRAINING_TEXT, trainer)
-    trained_vocab = [tuple(entry) for entry in json.loads(tokenizer.to_str())["model"]["vocab"]]
-    known = {piece for piece, _ in trained_vocab}
-    trained_vocab += [(piece, -100.0) for piece in byte_pieces if piece not in known]
-    with_bytes = Tokenizer(models.Unigram(trained_vocab, unk_id=0, byte_fallback=True))
-    with_bytes.normalizer = tokenizer.normalizer
-    with_bytes.pre_tokenizer = tokenizer.pre_tokenizer
-    with_bytes.decoder = tokenizer.decoder
-    with_bytes.add_special_tokens(["<unk>", "<s>", "</s>"])
-    return PreTrainedTokenizerFast(tokenizer_object=with_bytes, unk_token="<unk>", bos_token="<s>", eos_token="</s>")
+    """SentencePiece-style `▁` Unigram with byte fallback trained on TRAINING_TEXT."""
+    return tokenization.train_metaspace_unigram(TRAINING_TEXT, vocab_size)
 
 
 def unicode_text():

@@ -1,0 +1,336 @@
+"""The ensemble decode loop: prefill every member, then one `lax.while_loop` that mixes the members'
+next-token distributions in the union vocabulary, picks one union token per row and feeds it back
+to every member in its own tokens. `decode` is pure and jittable (the RL train step calls it);
+`generate` is the host API around it."""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import warnings
+from typing import Any, NamedTuple, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import struct
+
+from rlae_jax.align import Alignment
+from rlae_jax.engine.features import SpanFeatures, span_features
+from rlae_jax.engine.strategies import Selection, resolve_strategy
+from rlae_jax.models.kv_cache import KVCache
+from rlae_jax.models.member import Member, StepOutput
+from rlae_jax.prompts import check_context, encode_prompts, left_pad, pad_id_of
+from rlae_jax.sampling import select_tokens
+
+RUNNING, STOP_EOS, STOP_LENGTH, STOP_CACHE_FULL = 0, 1, 2, 3
+STOP_REASONS = {RUNNING: "running", STOP_EOS: "eos", STOP_LENGTH: "length", STOP_CACHE_FULL: "cache_full"}
+NO_TOKEN = -1  # union-id buffer padding after a row stops
+
+
+@dataclasses.dataclass(frozen=True)
+class DecodeConfig:
+    """Static settings of one compiled decode. `expansion_budget`: cache slots reserved per generated
+    union token in each member (a row whose member cache fills up stops with reason 'cache_full')."""
+
+    max_new_tokens: int = 64
+    span_length: int = 1
+    selection: Selection = Selection()
+    candidates_per_member: int = 4
+    expansion_budget: int = 2
+
+    @property
+    def num_spans(self) -> int:
+        return -(-self.max_new_tokens // self.span_length)
+
+
+class PromptBatch(NamedTuple):
+    """Each member's own left-padded tokenisation of the same prompts: per member `[B, T_n]` int32."""
+
+    input_ids: tuple[jax.Array, ...]
+    attention_mask: tuple[jax.Array, ...]
+
+
+@struct.dataclass
+class DecodeState:
+    """Loop carry. `outputs`/`caches` per member; `union_ids [B, T_new]` (NO_TOKEN after a stop);
+    `weights [B, N]` current mixing weights; span records `[B, S, ...]`."""
+
+    step: jax.Array
+    outputs: tuple[StepOutput, ...]
+    caches: tuple[KVCache, ...]
+    union_ids: jax.Array
+    done: jax.Array
+    stop_reason: jax.Array
+    weights: jax.Array
+    weight_carry: Any
+    span_weights: jax.Array
+    span_features: SpanFeatures
+    span_valid: jax.Array
+    weight_fallback: jax.Array
+    key: jax.Array
+
+
+class DecodeResult(NamedTuple):
+    """Device-side result. union_ids [B, T_new]; lengths [B]; stop_reason [B]; span_weights [B, S, N];
+    span_features (leaves [B, S, ...]); span_valid [B, S] spans that started before the row stopped;
+    weight_carry: the weight_fn's final carry (e.g. an RL policy's log-probs); weight_fallback [B]:
+    rows where the weight_fn returned invalid weights (replaced by uniform)."""
+
+    union_ids: jax.Array
+    lengths: jax.Array
+    stop_reason: jax.Array
+    span_weights: jax.Array
+    span_features: SpanFeatures
+    span_valid: jax.Array
+    weight_carry: Any
+    weight_fallback: jax.Array
+
+
+def member_probabilities(outputs: Sequence[StepOutput], alignment: Alignment) -> jax.Array:
+    """Each member's next-token distribution, zero-padded to the widest vocabulary: `[B, N, V]`."""
+    width = alignment.member_valid.shape[1]
+    probs = []
+    for index, out in enumerate(outputs):
+        vocab = out.logits.shape[-1]
+        logits = jnp.where(alignment.member_valid[index, :vocab], out.logits, -jnp.inf)
+        probs.append(jnp.pad(jax.nn.softmax(logits, axis=-1), ((0, 0), (0, width - vocab))))
+    return jnp.stack(probs, axis=1)
+
+
+def sanitize_weights(weights: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Normalise `[B, N]` weights; rows with NaN/inf, negatives or zero sum become uniform. → (weights, bad [B])."""
+    bad = ~jnp.all(jnp.isfinite(weights), -1) | jnp.any(weights < 0, -1) | (jnp.sum(weights, -1) <= 0)
+    weights = jnp.where(bad[:, None], 1.0, weights)
+    return weights / weights.sum(-1, keepdims=True), bad
+
+
+def top_candidates(probs: jax.Array, k: int) -> tuple[jax.Array, jax.Array]:
+    """Each member's top-k `(probs, ids)` `[B, N, k]`."""
+    values, ids = jax.lax.top_k(probs, k)
+    return values, ids.astype(jnp.int32)
+
+
+def full_union_logits(probs: jax.Array, weights: jax.Array, alignment: Alignment) -> jax.Array:
+    """log of the mixed union distribution `[B, U]`; tokens some member cannot ingest get -inf."""
+    mixed = alignment.mix(probs, weights)
+    return jnp.where(alignment.union_complete & (mixed > 0), jnp.log(jnp.where(mixed > 0, mixed, 1.0)), -jnp.inf)
+
+
+def choose_union_tokens(probs: jax.Array, weights: jax.Array, alignment: Alignment, key: jax.Array,
+                        temperature: jax.Array, top_p: jax.Array, config: DecodeConfig) -> jax.Array:
+    """One union id per row `[B]` from member probabilities `[B, N, V]` mixed with `weights [B, N]`.
+
+    'full' greedy is exact over the whole union: candidates from every member's top-k are scored
+    exactly, and the best one is certified when its mixed probability beats the bound
+    Σ_n w_n · min(D · p_n^(k), 1 − Σ_top-k p_n) on any token outside the candidates (D = most ids
+    sharing one byte string); otherwise — or when sampling — the full [B, U] mixture is used.
+    """
+    k = config.selection.top_k if config.selection.mode == "topk" else config.candidates_per_member
+    top_probs, top_ids = top_candidates(probs, min(k, probs.shape[-1]))
+    candidates = alignment.top_k_union(probs, top_ids, weights)
+    usable = candidates.valid & alignment.union_complete[candidates.union_ids]
+    scores = jnp.where(usable, candidates.scores, -jnp.inf)
+
+    def pick_candidate(scores_or_logits):
+        index = select_tokens(scores_or_logits, key, temperature, top_p)
+        return jnp.take_along_axis(candidates.union_ids, index[:, None], axis=1)[:, 0]
+
+    if config.selection.mode == "topk":
+        return pick_candidate(jnp.where(usable, jnp.log(jnp.maximum(scores, 1e-38)), -jnp.inf))
+
+    duplicates = alignment.union_member_ids.shape[-1]
+    outside = jnp.minimum(duplicates * top_probs[..., -1], jnp.maximum(1.0 - top_probs.sum(-1), 0.0))
+    certified = scores.max(-1) > jnp.einsum("bn,bn->b", weights, outside)
+    use_candidates = (temperature <= 0.0) & jnp.all(certified)
+    return jax.lax.cond(
+        use_candidates,
+        lambda: pick_candidate(scores),
+        lambda: select_tokens(full_union_logits(probs, weights, alignment), key, temperature, top_p))
+
+
+def feed_members(members: Sequence[Member], outputs, caches, union_ids: jax.Array, live: jax.Array,
+                 alignment: Alignment):
+    """Re-tokenise the chosen union ids into every member and append them (one-token fast path when
+    every live row needs exactly one token). Rows ingesting nothing keep their previous output."""
+    tokens, counts = alignment.retokenize(union_ids)  # [B, N, L], [B, N]
+    counts = jnp.where(live[:, None], counts, 0)
+    new_outputs, new_caches = [], []
+    for index, member in enumerate(members):
+        member_tokens, member_counts = tokens[:, index], counts[:, index]
+        out, cache = jax.lax.cond(
+            jnp.all(member_counts <= 1),
+            lambda c, t, n, m=member: m.step(c, t[:, 0]),
+            lambda c, t, n, m=member: m.multi_step(c, t, n),
+            caches[index], member_tokens, member_counts)
+        fed = member_counts > 0
+        out = jax.tree.map(lambda new, old: jnp.where(fed.reshape((-1,) + (1,) * (new.ndim - 1)), new, old),
+                           out, outputs[index])
+        cursor = jnp.where(fed | ~live, cache.cursor, caches[index].cursor)
+        next_position = jnp.where(fed, cache.next_position, caches[index].next_position)
+        new_outputs.append(out)
+        new_caches.append(cache.replace(cursor=cursor, next_position=next_position))
+    return tuple(new_outputs), tuple(new_caches)
+
+
+def prompt_nll(member: Member, input_ids: jax.Array, attention_mask: jax.Array) -> jax.Array:
+    """Mean negative log-likelihood `[B]` of each row's prompt tokens after its first."""
+    logits = member.logits(input_ids, attention_mask)[:, :-1]
+    log_probs = jax.nn.log_softmax(logits, axis=-1)
+    token_log_probs = jnp.take_along_axis(log_probs, input_ids[:, 1:, None], axis=-1)[..., 0]
+    scored = (attention_mask[:, 1:] * attention_mask[:, :-1]).astype(jnp.float32)
+    return -(token_log_probs * scored).sum(-1) / jnp.maximum(scored.sum(-1), 1.0)
+
+
+def decode(members: Sequence[Member], alignment: Alignment, prompts: PromptBatch, weight_fn, key: jax.Array,
+           temperature: jax.Array, top_p: jax.Array, config: DecodeConfig) -> DecodeResult:
+    """Generate up to `config.max_new_tokens` union tokens for a batch; pure and jittable."""
+    members = tuple(members)
+    num_members = len(members)
+    batch = prompts.input_ids[0].shape[0]
+    outputs, summaries, caches = [], [], []
+    for member, ids, mask in zip(members, prompts.input_ids, prompts.attention_mask):
+        cache_length = ids.shape[1] + config.max_new_tokens * config.expansion_budget
+        out, summary, cache = member.prefill(ids, mask, cache_length)
+        outputs.append(out)
+        summaries.append(summary)
+        caches.append(cache)
+    needs = set(getattr(weight_fn, "optional_features", ()))
+    if "prompt_nll" in needs:
+        nll = jnp.stack([prompt_nll(m, i, a) for m, i, a in zip(members, *prompts)], axis=1)
+    else:
+        nll = jnp.zeros((batch, num_members), jnp.float32)
+    uniform = jnp.full((batch, num_members), 1.0 / num_members, jnp.float32)
+
+    def features_of(probs, state_outputs, span_index, previous_weights):
+        return span_features(probs, tuple(o.hidden for o in state_outputs), tuple(summaries), span_index,
+                             previous_weights, nll, alignment, "js_divergence" in needs)
+
+    template = features_of(member_probabilities(outputs, alignment), outputs, jnp.int32(0), uniform)
+    records = jax.tree.map(lambda x: jnp.zeros((batch, config.num_spans) + x.shape[1:], x.dtype), template)
+    state = DecodeState(
+        step=jnp.zeros((), jnp.int32), outputs=tuple(outputs), caches=tuple(caches),
+        union_ids=jnp.full((batch, config.max_new_tokens), NO_TOKEN, jnp.int32),
+        done=jnp.zeros((batch,), bool), stop_reason=jnp.zeros((batch,), jnp.int32), weights=uniform,
+        weight_carry=weight_fn.init_carry(batch, config.num_spans),
+        span_weights=jnp.zeros((batch, config.num_spans, num_members), jnp.float32), span_features=records,
+        span_valid=jnp.zeros((batch, config.num_spans), bool), weight_fallback=jnp.zeros((batch,), bool), key=key)
+
+    def keep_going(s: DecodeState):
+        return (s.step < config.max_new_tokens) & ~jnp.all(s.done)
+
+    def body(s: DecodeState) -> DecodeState:
+        span = s.step // config.span_length
+        live = ~s.done
+        probs = member_probabilities(s.outputs, alignment)
+
+        def start_span(s: DecodeState) -> DecodeState:
+            features = features_of(probs, s.outputs, span, s.weights)
+            weights, weight_carry = weight_fn(features, s.weight_carry)
+            weights, bad = sanitize_weights(weights)
+            return s.replace(
+                weights=weights, weight_carry=weight_carry,
+                span_features=jax.tree.map(lambda rec, x: rec.at[:, span].set(x), s.span_features, features),
+                span_weights=s.span_weights.at[:, span].set(weights),
+                span_valid=s.span_valid.at[:, span].set(live), weight_fallback=s.weight_fallback | (live & bad))
+
+        s = jax.lax.cond(s.step % config.span_length == 0, start_span, lambda s: s, s)
+        key, sample_key = jax.random.split(s.key)
+        chosen = choose_union_tokens(probs, s.weights, alignment, sample_key, temperature, top_p, config)
+        chosen = jnp.where(live, chosen, NO_TOKEN)
+        outputs, caches = feed_members(members, s.outputs, s.caches, jnp.maximum(chosen, 0), live, alignment)
+        overflow = live & jnp.any(jnp.stack([c.overflowed for c in caches]), axis=0)
+        is_eos = live & (chosen == alignment.eos_union_id)
+        return s.replace(
+            step=s.step + 1, outputs=outputs, caches=caches, union_ids=s.union_ids.at[:, s.step].set(chosen),
+            done=s.done | is_eos | overflow,
+            stop_reason=jnp.where(is_eos, STOP_EOS, jnp.where(overflow, STOP_CACHE_FULL, s.stop_reason)),
+            key=key)
+
+    final = jax.lax.while_loop(keep_going, body, state)
+    lengths = jnp.sum(final.union_ids != NO_TOKEN, axis=1)
+    stop_reason = jnp.where(final.stop_reason == RUNNING, STOP_LENGTH, final.stop_reason)
+    return DecodeResult(final.union_ids, lengths, stop_reason, final.span_weights, final.span_features,
+                        final.span_valid, final.weight_carry, final.weight_fallback)
+
+
+decode_jit = jax.jit(decode, static_argnames=("config",))
+
+
+@dataclasses.dataclass
+class EnsembleOutput:
+    """Host-side result of `generate`: texts, union ids, stop reasons, and per-span weights
+    (`span_weights[b]` is `[spans_b, N]`, only the spans row b actually started)."""
+
+    texts: list[str]
+    union_ids: list[list[int]]
+    stop_reasons: list[str]
+    span_weights: list[np.ndarray]
+    result: DecodeResult
+
+
+def tokenize_for_members(members: Sequence[Member], prompts: Sequence[str], max_new_tokens: int) -> PromptBatch:
+    """Every member's own tokenisation of the prompts, left-padded to its length bucket."""
+    input_ids, masks = [], []
+    for member in members:
+        token_lists = encode_prompts(member.tokenizer, prompts)
+        check_context(max(map(len, token_lists)), max_new_tokens, member.config.max_position_embeddings,
+                      member.name or member.config.model_type)
+        ids, mask = left_pad(token_lists, pad_id_of(member.tokenizer))
+        input_ids.append(jnp.asarray(ids))
+        masks.append(jnp.asarray(mask))
+    return PromptBatch(tuple(input_ids), tuple(masks))
+
+
+def check_members(members: Sequence[Member], alignment: Alignment) -> None:
+    """Raise when the alignment was not built for these members' vocabularies."""
+    if len(members) != alignment.num_members:
+        raise ValueError(f"alignment has {alignment.num_members} members but {len(members)} members were given")
+    for index, member in enumerate(members):
+        if member.config.vocab_size != alignment.vocab_sizes[index]:
+            raise ValueError(
+                f"member {index} ({member.name}) has a {member.config.vocab_size}-row embedding but the alignment "
+                f"was built for {alignment.vocab_sizes[index]}: rebuild it with vocab_sizes from the members")
+
+
+def generate(members: Sequence[Member], alignment: Alignment, prompts: Sequence[str], strategy: Any = "uniform",
+             max_new_tokens: int = 64, span_length: int = 1, seed: int = 0, temperature: float = 0.0,
+             top_p: float = 1.0, weights: Sequence[float] | None = None, threshold: float = 0.5, primary: int = 0,
+             top_k: int = 4, packllm_temperature: float = 1.0, candidates_per_member: int = 4,
+             expansion_budget: int = 2) -> EnsembleOutput:
+    """Ensemble-generate continuations of `prompts`.
+
+    strategy: "uniform", "fixed" (with `weights`), "single" (member `primary` alone), "threshold"
+    (GaC gating on member `primary` with `threshold`), "topk" (UniTE with `top_k`), "packllm", or a
+    weight_fn object (see `rlae_jax.engine.strategies`). The weight_fn is called every `span_length`
+    generated tokens.
+    """
+    members = list(members)
+    check_members(members, alignment)
+    if span_length < 1:
+        raise ValueError(f"span_length must be >= 1, got {span_length}")
+    weight_fn, selection = resolve_strategy(strategy, len(members), weights, threshold, primary, top_k,
+                                            packllm_temperature)
+    batch = tokenize_for_members(members, prompts, max_new_tokens)
+    config = DecodeConfig(max_new_tokens=max_new_tokens, span_length=span_length, selection=selection,
+                          candidates_per_member=candidates_per_member, expansion_budget=expansion_budget)
+    result = decode_jit(members, alignment, batch, weight_fn, jax.random.key(seed), jnp.float32(temperature),
+                        jnp.float32(top_p), config=config)
+    return to_host(result, alignment, config)
+
+
+def to_host(result: DecodeResult, alignment: Alignment, config: DecodeConfig) -> EnsembleOutput:
+    """Decode union ids to text and gather per-row records on the host."""
+    union_ids = np.asarray(result.union_ids)
+    lengths = np.asarray(result.lengths)
+    span_valid = np.asarray(result.span_valid)
+    span_weights = np.asarray(result.span_weights)
+    rows = [union_ids[b, :lengths[b]].tolist() for b in range(len(lengths))]
+    if np.asarray(result.weight_fallback).any():
+        warnings.warn(f"the weight_fn returned NaN/negative/all-zero weights for rows "
+                      f"{np.flatnonzero(np.asarray(result.weight_fallback)).tolist()}; those spans used uniform weights")
+    return EnsembleOutput(
+        texts=[alignment.decode(ids) for ids in rows],
+        union_ids=rows,
+        stop_reasons=[STOP_REASONS[int(r)] for r in np.asarray(result.stop_reason)],
+        span_weights=[span_weights[b, span_valid[b]] for b in range(len(rows))],
+        result=result)

@@ -1,0 +1,133 @@
+"""Weight functions (called every span inside the compiled loop) and the named baseline strategies.
+
+A weight_fn is a pytree with `init_carry(batch, num_spans)` and
+`__call__(features: SpanFeatures, carry) -> (weights [B, N], carry)`; `optional_features` names the
+costly features it needs ("js_divergence", "prompt_nll"). The RL policy is one such object.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import struct
+
+from rlae_jax.engine.features import SpanFeatures
+
+STRATEGY_NAMES = ("uniform", "fixed", "single", "threshold", "topk", "packllm")
+
+
+@dataclasses.dataclass(frozen=True)
+class Selection:
+    """How the union token is chosen: 'full' (exact over the union; greedy uses a certified
+    candidate shortcut) or 'topk' (UniTE: only the union of each member's top-k tokens)."""
+
+    mode: str = "full"
+    top_k: int = 4
+
+
+def check_weights(weights: Sequence[float], num_members: int) -> np.ndarray:
+    """Validate user weights eagerly: shape [N], finite, non-negative, not all zero → normalised."""
+    array = np.asarray(weights, np.float32)
+    if array.shape != (num_members,):
+        raise ValueError(f"weights must have shape ({num_members},) — one per member — got {array.shape}")
+    if not np.all(np.isfinite(array)):
+        raise ValueError(f"weights contain NaN or infinity: {array.tolist()}")
+    if np.any(array < 0):
+        raise ValueError(f"weights must be non-negative: {array.tolist()}")
+    if array.sum() <= 0:
+        raise ValueError("weights are all zero: at least one member needs a positive weight")
+    return array / array.sum()
+
+
+class StatelessWeightFn:
+    """Mixin for weight functions that carry nothing between spans."""
+
+    optional_features: tuple[str, ...] = ()
+
+    def init_carry(self, batch: int, num_spans: int):
+        return ()
+
+
+@struct.dataclass
+class FixedWeights(StatelessWeightFn):
+    """The same weights `[N]` for every row and span (uniform = GaC's average; one-hot = single member)."""
+
+    weights: jax.Array
+
+    def __call__(self, features: SpanFeatures, carry):
+        return jnp.broadcast_to(self.weights, features.previous_weights.shape), carry
+
+
+@struct.dataclass
+class ThresholdGating(StatelessWeightFn):
+    """GaC gating, per row: the primary member alone where its max probability exceeds `threshold`,
+    else the `ensemble_weights` [N]. Evaluated at every span boundary (use span_length=1 for GaC)."""
+
+    threshold: jax.Array
+    ensemble_weights: jax.Array
+    primary: int = struct.field(pytree_node=False, default=0)
+
+    def __call__(self, features: SpanFeatures, carry):
+        alone = jax.nn.one_hot(self.primary, self.ensemble_weights.shape[0])
+        confident = features.max_prob[:, self.primary] > self.threshold
+        return jnp.where(confident[:, None], alone, self.ensemble_weights), carry
+
+
+@struct.dataclass
+class PackLLMWeights(StatelessWeightFn):
+    """PackLLM-sim: weights ∝ exp(-prompt NLL / temperature) — members that find the prompt less
+    surprising get more weight; fixed for the whole answer."""
+
+    temperature: jax.Array
+    optional_features: tuple[str, ...] = struct.field(pytree_node=False, default=("prompt_nll",))
+
+    def __call__(self, features: SpanFeatures, carry):
+        return jax.nn.softmax(-features.prompt_nll / self.temperature, axis=-1), carry
+
+
+@struct.dataclass
+class CallableWeightFn(StatelessWeightFn):
+    """Wrap a plain function `fn(features) -> weights [B, N]` (hashable, closed-over constants only)."""
+
+    fn: Callable[[SpanFeatures], jax.Array] = struct.field(pytree_node=False)
+    optional_features: tuple[str, ...] = struct.field(pytree_node=False, default=())
+
+    def __call__(self, features: SpanFeatures, carry):
+        return self.fn(features), carry
+
+
+def resolve_strategy(strategy: Any, num_members: int, weights: Sequence[float] | None = None,
+                     threshold: float = 0.5, primary: int = 0, top_k: int = 4,
+                     packllm_temperature: float = 1.0) -> tuple[Any, Selection]:
+    """A strategy name (see STRATEGY_NAMES) or a weight_fn object → (weight_fn, Selection)."""
+    uniform = np.full((num_members,), 1.0 / num_members, np.float32)
+    if not isinstance(strategy, str):
+        if callable(strategy) and not hasattr(strategy, "init_carry"):
+            strategy = CallableWeightFn(strategy)
+        return strategy, Selection()
+    if strategy == "uniform":
+        return FixedWeights(jnp.asarray(uniform)), Selection()
+    if strategy == "fixed":
+        if weights is None:
+            raise ValueError("strategy 'fixed' needs weights=[...] (one per member)")
+        return FixedWeights(jnp.asarray(check_weights(weights, num_members))), Selection()
+    if strategy == "single":
+        if not 0 <= primary < num_members:
+            raise ValueError(f"primary={primary} is not a member index (0..{num_members - 1})")
+        return FixedWeights(jax.nn.one_hot(primary, num_members)), Selection()
+    if strategy == "threshold":
+        if not 0 <= primary < num_members:
+            raise ValueError(f"primary={primary} is not a member index (0..{num_members - 1})")
+        ensemble = uniform if weights is None else check_weights(weights, num_members)
+        return ThresholdGating(jnp.float32(threshold), jnp.asarray(ensemble), primary), Selection()
+    if strategy == "topk":
+        if top_k < 1:
+            raise ValueError(f"top_k must be >= 1, got {top_k}")
+        ensemble = uniform if weights is None else check_weights(weights, num_members)
+        return FixedWeights(jnp.asarray(ensemble)), Selection("topk", top_k)
+    if strategy == "packllm":
+        return PackLLMWeights(jnp.float32(packllm_temperature)), Selection()
+    raise ValueError(f"unknown strategy {strategy!r}; known: {', '.join(STRATEGY_NAMES)} or a weight_fn object")

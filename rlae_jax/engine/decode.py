@@ -74,7 +74,8 @@ class DecodeResult(NamedTuple):
     """Device-side result. union_ids [B, T_new]; lengths [B]; stop_reason [B]; span_weights [B, S, N];
     span_features (leaves [B, S, ...]); span_valid [B, S] spans that started before the row stopped;
     weight_carry: the weight_fn's final carry (e.g. an RL policy's log-probs); weight_fallback [B]:
-    rows where the weight_fn returned invalid weights (replaced by uniform)."""
+    rows where the weight_fn returned invalid weights (replaced by uniform); ingested [B, N]: member
+    tokens each member took in for the generated union tokens."""
 
     union_ids: jax.Array
     lengths: jax.Array
@@ -84,6 +85,7 @@ class DecodeResult(NamedTuple):
     span_valid: jax.Array
     weight_carry: Any
     weight_fallback: jax.Array
+    ingested: jax.Array
 
 
 def member_probabilities(outputs: Sequence[StepOutput], alignment: Alignment) -> jax.Array:
@@ -249,8 +251,10 @@ def decode(members: Sequence[Member], alignment: Alignment, prompts: PromptBatch
     final = jax.lax.while_loop(keep_going, body, state)
     lengths = jnp.sum(final.union_ids != NO_TOKEN, axis=1)
     stop_reason = jnp.where(final.stop_reason == RUNNING, STOP_LENGTH, final.stop_reason)
+    ingested = jnp.stack([cache.next_position - mask.sum(-1) for cache, mask in
+                          zip(final.caches, prompts.attention_mask)], axis=1)
     return DecodeResult(final.union_ids, lengths, stop_reason, final.span_weights, final.span_features,
-                        final.span_valid, final.weight_carry, final.weight_fallback)
+                        final.span_valid, final.weight_carry, final.weight_fallback, ingested)
 
 
 decode_jit = jax.jit(decode, static_argnames=("config",))

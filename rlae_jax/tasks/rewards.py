@@ -4,20 +4,20 @@ Rules (each extractor returns None when it finds nothing, and None scores 0):
 
 Final number (GSM8K), `extract_final_number`:
   1. the first number after the last `####`; else
-  2. the number inside the last `\\boxed{...}`; else
-  3. the first number after the last answer phrase ("answer is", "answer:", "final answer", ...),
-     when that phrase is followed by a number; else
-  4. the last number in the text.
+  2. the first number inside the last `\\boxed{...}`; else
+  3. the first number on the line of the last answer phrase ("answer is", "answer:", "final answer",
+     ...) after it, or on the next non-blank line when the phrase ends its line;
+  4. else (no such marker, or no number where it points) the last number in the text.
   A number may carry a sign (`-`, `−`), a `$`, thousands commas and decimals: "-$1,234.50" is
   -1234.50. Units and trailing words are ignored ("42 apples"). Values are compared exactly as
-  decimals, so "3.0" == "3" and "1,000" == "1000". Digits glued to letters ("H2O", "x2") are not
-  numbers, and "10-3" reads as 10 and 3, not -3.
+  decimals, so "3.0" == "3" and "1,000" == "1000". Digits after a letter ("H2O", "x2") are not
+  numbers, "10-3" reads as 10 and 3 (not -3), and "1,2,3" reads as 1, 2 and 3.
 
 Choice letter (ARC, MMLU, PIQA), `extract_choice`: letters run A, B, ... over the choices; a letter
 outside that range never counts.
   1. after the last answer phrase ("answer is", "answer:", "answer is option", ...) whose next token
      is a letter: "(b)" / "[b]" in any case, an upper-case letter not followed by another letter
-     ("The answer is B because"), or a lower-case letter followed only by punctuation or the end
+     ("The answer is B because"), or a lower-case letter followed by punctuation, a newline or the end
      ("Answer: b", "answer is a." — but not "the answer is a bit unclear"); else
   2. a letter opening the completion that is bracketed ("(C) because ...") or followed by
      punctuation or the end ("B.", "B)", "c:", "D") — so the article in "A cat ..." is no answer; else
@@ -36,15 +36,15 @@ from __future__ import annotations
 import re
 import string
 import unicodedata
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from typing import Sequence
 
 NUMBER = re.compile(
-    r"(?<![\w.,])(?P<sign>[-−]?)\$?(?P<digits>\d{1,3}(?:,\d{3})+(?:\.\d+)?|\d+(?:\.\d+)?|\.\d+)(?![\w])"
+    r"(?<![\w.])(?P<sign>[-−]?)\$?(?P<digits>\d{1,3}(?:,\d{3})+(?:\.\d+)?|\d+(?:\.\d+)?|\.\d+)(?!\d)"
 )
 BOXED = re.compile(r"\\boxed\{([^{}]*)\}")
 NUMBER_ANSWER_PHRASE = re.compile(
-    r"(?:final answer|answer\s*(?:is|would be|should be|will be|:|=))", re.IGNORECASE
+    r"\b(?:final answer|answer\s*(?:is|would be|should be|will be|:|=))\s*[:=]?", re.IGNORECASE
 )
 CHOICE_ANSWER = re.compile(
     r"\banswer(?:\s+(?:is|would be|should be|will be))?[\s*_:=\-]*(?:(?:option|choice)\s*)?"
@@ -55,7 +55,7 @@ LEADING_LETTER = re.compile(
     r"\s*[*_]*(?:[(\[](?P<bracketed>[A-Za-z])[)\]]|(?P<bare>[A-Za-z])(?=[*_]*(?:[.):,;]|\s*$)))"
 )
 BRACKETED_LETTER = re.compile(r"[(\[]([A-Za-z])[)\]]")
-SHORT_ANSWER_PHRASE = re.compile(r"answer\s*(?:is|:)", re.IGNORECASE)
+SHORT_ANSWER_PHRASE = re.compile(r"\banswer\s*(?:is|:)", re.IGNORECASE)
 SENTENCE_END = re.compile(r"[.!?](?:\s|$)")
 ARTICLES = re.compile(r"\b(?:a|an|the)\b")
 PUNCTUATION = frozenset(string.punctuation)
@@ -68,26 +68,21 @@ def parse_number(text: str) -> Decimal | None:
     return _to_decimal(match) if match else None
 
 
-def _to_decimal(match: re.Match) -> Decimal | None:
-    try:
-        value = Decimal(match["digits"].replace(",", ""))
-    except InvalidOperation:
-        return None
+def _to_decimal(match: re.Match) -> Decimal:
+    value = Decimal(match["digits"].replace(",", ""))
     return -value if match["sign"] else value
 
 
 def extract_final_number(completion: str) -> Decimal | None:
     """The completion's final answer as a Decimal (rules in the module docstring), or None."""
-    if "####" in completion:
-        return parse_number(completion.rsplit("####", 1)[1])
-    boxed = BOXED.findall(completion)
-    if boxed:
-        return parse_number(boxed[-1])
+    if "####" in completion and (value := parse_number(completion.rsplit("####", 1)[1])) is not None:
+        return value
+    if (boxed := BOXED.findall(completion)) and (value := parse_number(boxed[-1])) is not None:
+        return value
     phrases = list(NUMBER_ANSWER_PHRASE.finditer(completion))
-    if phrases:
-        after_phrase = parse_number(completion[phrases[-1].end():])
-        if after_phrase is not None:
-            return after_phrase
+    answer_line = completion[phrases[-1].end():].lstrip().split("\n", 1)[0] if phrases else ""
+    if (value := parse_number(answer_line)) is not None:
+        return value
     numbers = list(NUMBER.finditer(completion))
     return _to_decimal(numbers[-1]) if numbers else None
 
@@ -111,8 +106,7 @@ def extract_choice(completion: str, choices: Sequence[str]) -> str | None:
     letters = choice_letters(len(choices))
     for match in reversed(list(CHOICE_ANSWER.finditer(completion))):
         letter = match["bracketed"] or match["bare"]
-        accepted = (match["bracketed"] or letter.isupper()
-                    or not match["after"].strip("*_") or match["after"].strip("*_") in ".):,;!?")
+        accepted = match["bracketed"] or letter.isupper() or match["after"].strip("*_") in ".):,;!?\n"
         if accepted and letter.upper() in letters:
             return letter.upper()
     leading = LEADING_LETTER.match(completion)

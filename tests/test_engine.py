@@ -68,13 +68,32 @@ def test_single_strategy_equals_one_hot_fixed(members, alignment):
 def test_duplicate_byte_strings_explain_any_divergence_from_the_member_alone(members, alignment):
     """Member 1 has byte-fallback duplicates: where the ensemble (one-hot on it) picks different bytes
     than its own greedy step, the chosen byte string's summed probability beats its top token."""
-    member = members[1]
+    # Give every byte-fallback token the LM-head column of the piece with the same bytes, so that such
+    # pairs share their mass equally and the duplicate rule (summing them) matters often.
+    spellers = np.asarray(alignment.union_member_ids)[1]  # [U, D]
+    vocab = members[1].config.vocab_size
+    pairs = [(ids[0], ids[1]) for ids in spellers if (ids < vocab).sum() == 2]
+    assert len(pairs) > 20
+    first, second = np.array(pairs).T
+
+    def tie(path, x):
+        return x.at[:, second].set(x[:, first]) if "lm_head" in jax.tree_util.keystr(path) else x
+
+    member = members[1].replace(state=jax.tree_util.tree_map_with_path(tie, members[1].state))
+    members = [members[0], member]
     out = generate(members, alignment, PROMPTS, strategy="single", primary=1, max_new_tokens=NEW_TOKENS)
+    full_forward = jax.jit(member.logits)
+
+    def next_token_probs(context):  # right-padded to one static shape: one compilation
+        ids, mask = np.zeros((1, 128), np.int32), np.zeros((1, 128), np.int32)
+        ids[0, :len(context)], mask[0, :len(context)] = context, 1
+        return np.asarray(jax.nn.softmax(full_forward(jnp.asarray(ids), jnp.asarray(mask))[0, len(context) - 1]))
+
+    divergences = 0
     for row, prompt in enumerate(PROMPTS):
         context = member.tokenizer.encode(prompt)
         for union_id in out.union_ids[row]:
-            logits = member.logits(jnp.asarray([context]), jnp.ones((1, len(context)), jnp.int32))[0, -1]
-            probs = np.asarray(jax.nn.softmax(logits))
+            probs = next_token_probs(context)
             top = int(probs.argmax())
             top_union = alignment.to_union(1, [top])[0]
             if top_union != union_id:
@@ -83,7 +102,9 @@ def test_duplicate_byte_strings_explain_any_divergence_from_the_member_alone(mem
                 assert len(same_bytes) > 1
                 assert probs[same_bytes].sum() >= probs[top_bytes].sum() - 1e-6
                 assert probs[same_bytes].max() < probs[top]
+                divergences += 1
             context += alignment.from_union(1, [union_id])
+    assert divergences > 0, "the tied duplicates should make the ensemble diverge from the member somewhere"
 
 
 def test_two_copies_of_one_member_equal_that_member_alone(members):

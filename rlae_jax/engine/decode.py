@@ -30,13 +30,15 @@ NO_TOKEN = -1  # union-id buffer padding after a row stops
 @dataclasses.dataclass(frozen=True)
 class DecodeConfig:
     """Static settings of one compiled decode. `expansion_budget`: cache slots reserved per generated
-    union token in each member (a row whose member cache fills up stops with reason 'cache_full')."""
+    union token in each member (a row whose member cache fills up stops with reason 'cache_full');
+    `stop_at_eos=False` always runs max_new_tokens steps (benchmarks)."""
 
     max_new_tokens: int = 64
     span_length: int = 1
     selection: Selection = Selection()
     candidates_per_member: int = 4
-    expansion_budget: int = 2
+    expansion_budget: int = 4
+    stop_at_eos: bool = True
 
     @property
     def num_spans(self) -> int:
@@ -241,7 +243,7 @@ def decode(members: Sequence[Member], alignment: Alignment, prompts: PromptBatch
         chosen = jnp.where(live, chosen, NO_TOKEN)
         outputs, caches = feed_members(members, s.outputs, s.caches, jnp.maximum(chosen, 0), live, alignment)
         overflow = live & jnp.any(jnp.stack([c.overflowed for c in caches]), axis=0)
-        is_eos = live & (chosen == alignment.eos_union_id)
+        is_eos = live & (chosen == alignment.eos_union_id) & config.stop_at_eos
         return s.replace(
             step=s.step + 1, outputs=outputs, caches=caches, union_ids=s.union_ids.at[:, s.step].set(chosen),
             done=s.done | is_eos | overflow,
@@ -300,7 +302,7 @@ def generate(members: Sequence[Member], alignment: Alignment, prompts: Sequence[
              max_new_tokens: int = 64, span_length: int = 1, seed: int = 0, temperature: float = 0.0,
              top_p: float = 1.0, weights: Sequence[float] | None = None, threshold: float = 0.5, primary: int = 0,
              top_k: int = 4, packllm_temperature: float = 1.0, candidates_per_member: int = 4,
-             expansion_budget: int = 2) -> EnsembleOutput:
+             expansion_budget: int = 4) -> EnsembleOutput:
     """Ensemble-generate continuations of `prompts`.
 
     strategy: "uniform", "fixed" (with `weights`), "single" (member `primary` alone), "threshold"

@@ -219,6 +219,56 @@ def from_pretrained(path_or_repo_id: str, dtype="float32", name: str | None = No
     return Member.from_model(model, tokenizer=tokenizer, name=name)
 
 
+def to_hf_config(config: ModelConfig):
+    """The transformers config object describing `config` (inverse of `config_from_hf`)."""
+    from transformers import AutoConfig
+
+    tokens = dict(bos_token_id=config.bos_token_id, pad_token_id=config.pad_token_id,
+                  eos_token_id=list(config.eos_token_ids) if len(config.eos_token_ids) > 1 else
+                  (config.eos_token_ids[0] if config.eos_token_ids else None))
+    if config.model_type == "gpt2":
+        return AutoConfig.for_model(
+            "gpt2", vocab_size=config.vocab_size, n_positions=config.max_position_embeddings,
+            n_embd=config.hidden_size, n_layer=config.num_layers, n_head=config.num_heads,
+            n_inner=config.intermediate_size, layer_norm_epsilon=config.norm_eps,
+            activation_function=config.hidden_act, tie_word_embeddings=config.tie_word_embeddings, **tokens)
+    windows = {w for w in config.layer_windows if w is not None}
+    extra = {}
+    if config.model_type == "mistral":
+        extra["sliding_window"] = windows.pop() if windows else None
+    elif windows:
+        raise ValueError(f"{config.model_type} configs with sliding windows cannot be exported")
+    if config.model_type == "llama":
+        extra.update(attention_bias=config.qkv_bias, mlp_bias=config.mlp_bias)
+    return AutoConfig.for_model(
+        config.model_type, vocab_size=config.vocab_size, hidden_size=config.hidden_size,
+        intermediate_size=config.intermediate_size, num_hidden_layers=config.num_layers,
+        num_attention_heads=config.num_heads, num_key_value_heads=config.num_kv_heads, head_dim=config.head_dim,
+        max_position_embeddings=config.max_position_embeddings, rms_norm_eps=config.norm_eps,
+        hidden_act=config.hidden_act, tie_word_embeddings=config.tie_word_embeddings,
+        rope_parameters=dict(rope_type=config.rope_type, rope_theta=config.rope_theta, **config.rope_options),
+        **extra, **tokens)
+
+
+def save_pretrained(member: Member, folder: str | os.PathLike) -> pathlib.Path:
+    """Write `member` as a Hugging Face folder (config.json, model.safetensors, tokenizer files) that
+    `from_pretrained` — and transformers' PyTorch classes — load back."""
+    from safetensors.flax import save_file
+
+    folder = pathlib.Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    to_hf_config(member.config).save_pretrained(folder)
+    tensors = {}
+    for path, value in nnx.to_flat_state(member.state):
+        name, transpose = hf_tensor_name(member.config.family, ".".join(str(p) for p in path))
+        array = value.get_value() if hasattr(value, "get_value") else value.value
+        tensors[name] = jnp.asarray(array.T if transpose else array)
+    save_file(tensors, str(folder / "model.safetensors"), metadata={"format": "pt"})
+    if member.tokenizer is not None:
+        member.tokenizer.save_pretrained(folder)
+    return folder
+
+
 def param_count(config: ModelConfig) -> int:
     """Number of parameters of a config, computed with `jax.eval_shape` (nothing is allocated)."""
     abstract = nnx.eval_shape(lambda: build_model(config))

@@ -1,0 +1,113 @@
+"""Shared helpers for the benchmarks: machine info, tokenizers (real fixtures or trained fallbacks),
+member configs of the benchmark sizes, and a median timer."""
+from __future__ import annotations
+
+import os
+import pathlib
+import platform
+import statistics
+import sys
+import time
+
+import jax
+import numpy as np
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "tests"))
+
+from rlae_jax import tokenization  # noqa: E402
+from rlae_jax.models import ModelConfig  # noqa: E402
+
+CORPUS = [
+    "Once upon a time there was a little robot who liked to count numbers.",
+    "The quick brown fox jumps over the lazy dog; 12 + 30 = 42.",
+    "Hello world! This is a tiny corpus for a tiny tokenizer, with some punctuation: ,.;?",
+    "Alice and Bob exchanged 7 messages, then 11 more, before the meeting at 5 pm.",
+] * 20
+PROMPT = "Once upon a time there was a little robot who liked to count"
+
+
+def machine_info() -> str:
+    """One line: CPU model, cores, Python/jax/jaxlib versions and backend devices."""
+    cpu = platform.processor() or "unknown CPU"
+    try:
+        for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return (f"CPU: {cpu}, {os.cpu_count()} cores | python {platform.python_version()} | jax {jax.__version__} | "
+            f"backend {jax.default_backend()} ({', '.join(d.device_kind for d in jax.devices())})")
+
+
+def fixtures_root() -> pathlib.Path:
+    """Tokenizer fixtures folder: $RLAE_FIXTURES or ../shared/fixtures relative to the repo root."""
+    return pathlib.Path(os.environ.get("RLAE_FIXTURES", REPO.parent / "shared" / "fixtures")) / "tokenizers"
+
+
+def real_tokenizers():
+    """(GPT-2 50k byte-level BPE, Llama 2 32k SentencePiece, source note). Falls back to large trained
+    tokenizers of the same two styles when the fixtures are absent, and says so."""
+    root = fixtures_root()
+    if (root / "gpt2" / "vocab.json").exists() and (root / "llama2-spm" / "tokenizer.model").exists():
+        from tokenizer_fixtures import load_real_tokenizer
+
+        return (load_real_tokenizer("gpt2", root / "gpt2"), load_real_tokenizer("llama2", root / "llama2-spm"),
+                f"real GPT-2 50k + Llama 2 32k tokenizers from {root}")
+    return (*trained_tokenizers(8000, 4000), f"FALLBACK: fixtures not found under {root}; "
+            "using tokenizers trained here (byte-level BPE 8k + metaspace Unigram 4k)")
+
+
+def trained_tokenizers(bpe_size: int = 384, unigram_size: int = 200):
+    """Small tokenizers of the two styles trained on CORPUS (byte-level BPE, `▁` Unigram + byte fallback)."""
+    return (tokenization.train_byte_level_bpe(CORPUS, bpe_size),
+            tokenization.train_metaspace_unigram(CORPUS, unigram_size))
+
+
+def tiny_config(model_type: str, vocab_size: int, eos_id: int) -> ModelConfig:
+    """2-layer, hidden-64 member config (GPT-2 style or Llama style)."""
+    gpt2 = model_type == "gpt2"
+    return ModelConfig(
+        model_type=model_type, vocab_size=vocab_size, hidden_size=64, intermediate_size=128, num_layers=2,
+        num_heads=4, num_kv_heads=4 if gpt2 else 2, head_dim=16, max_position_embeddings=1024, norm_eps=1e-5,
+        hidden_act="gelu_new" if gpt2 else "silu", tie_word_embeddings=gpt2, qkv_bias=gpt2, out_bias=gpt2,
+        mlp_bias=gpt2, layer_windows=(None, None), eos_token_ids=(eos_id,))
+
+
+def gpt2_124m_config() -> ModelConfig:
+    """The GPT-2 124M preset."""
+    from rlae_jax.models.config import config_from_hf
+    from rlae_jax.models.presets import preset_hf_config
+
+    return config_from_hf(preset_hf_config("gpt2"))
+
+
+def llama_100m_config(vocab_size: int = 32000, eos_id: int = 2) -> ModelConfig:
+    """A Llama-style ~106M member: hidden 768, 8 layers, SwiGLU 2048, untied head, 32k vocabulary."""
+    return ModelConfig(
+        model_type="llama", vocab_size=vocab_size, hidden_size=768, intermediate_size=2048, num_layers=8,
+        num_heads=12, num_kv_heads=12, head_dim=64, max_position_embeddings=2048, norm_eps=1e-5, hidden_act="silu",
+        tie_word_embeddings=False, layer_windows=(None,) * 8, bos_token_id=1, eos_token_ids=(eos_id,))
+
+
+def median_time(fn, repeats: int) -> float:
+    """Median wall seconds of `fn()` (which must block until its result is ready)."""
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def block(tree):
+    """Wait for every array in a pytree."""
+    return jax.tree.map(lambda x: x.block_until_ready() if isinstance(x, jax.Array) else x, tree)
+
+
+def fmt_row(values, widths) -> str:
+    return "  ".join(str(v).rjust(w) if i else str(v).ljust(w) for i, (v, w) in enumerate(zip(values, widths)))
+
+
+__all__ = ["np"]

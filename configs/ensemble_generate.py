@@ -1,0 +1,25 @@
+"""Ensemble generation: `python -m launch.ensemble_generate --config=configs/ensemble_generate.py
+--config.members=PATH_A,PATH_B --config.strategy=uniform`."""
+import ml_collections
+
+
+def get_config() -> ml_collections.ConfigDict:
+    config = ml_collections.ConfigDict()
+    config.members = ""  # comma-separated HF folders / hub ids / .gguf files (required)
+    config.dtype = "float32"
+    config.strategy = "uniform"  # uniform | fixed | single | threshold | topk | packllm
+    config.weights = ""  # comma-separated, for strategy=fixed (and the ensemble side of threshold/topk)
+    config.primary = 0  # member index for single / threshold
+    config.threshold = 0.5
+    config.top_k = 4
+    config.packllm_temperature = 1.0
+    config.span_length = 1
+    config.prompts = ("Once upon a time",)
+    config.prompts_file = ""
+    config.max_new_tokens = 64
+    config.temperature = 0.0
+    config.top_p = 1.0
+    config.seed = 0
+    config.batch_size = 8
+    config.alignment_cache = ""  # default ~/.cache/rlae_jax/alignments
+    return config

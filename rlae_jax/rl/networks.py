@@ -1,0 +1,215 @@
+"""Agent networks (Flax NNX): PPO (one Dirichlet policy) and MAPPO (one actor per member).
+
+Both agents expose the same interface, which is all the learner (`ppo.update`) and a rollout use:
+    act(obs, span_index, key)          -> (actions [B, N], log_probs, values [B])
+    evaluate(obs, span_index, actions) -> (log_probs, entropy [B], values [B])
+    weights(actions)                   -> ensemble weights [B, N] on the simplex
+    mean_weights(obs, span_index)      -> E[weights] [B, N] (deterministic evaluation)
+log_probs is `[B]` for PPO and `[B, N]` (one per agent) for MAPPO.
+
+MAPPO joint action: agent i draws y_i = log g_i, g_i ~ Gamma(alpha_i, 1), from its own actor's
+concentration alpha_i; the weights are softmax(y) = g / sum(g) ~ Dirichlet(alpha). The joint
+policy factorises, pi(y) = prod_i pi_i(y_i), and each pi_i is a proper density over agent i's
+own action, so the per-agent ratio pi_i(y_i) / pi_i_old(y_i) and its PPO clip are well defined
+(the usual MAPPO setting); the induced weight distribution equals the PPO agent's. The entropy
+bonus is the entropy of that induced Dirichlet (the spread of the weights), not the sum of the
+per-agent log-Gamma entropies, which grow without bound as alpha -> 0 and would reward
+degenerate weights.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from rlae_jax.rl.distributions import Dirichlet, LogGamma
+
+
+@dataclasses.dataclass(frozen=True)
+class AgentConfig:
+    """Agent architecture. `kind` is "ppo" or "mappo"; `obs_dim` is F (global features),
+    `agent_obs_dim` is F_a (MAPPO per-member features)."""
+
+    kind: str
+    num_members: int
+    obs_dim: int
+    agent_obs_dim: int = 0
+    hidden_sizes: tuple[int, ...] = (64, 64)
+    span_embed_dim: int = 8
+    max_spans: int = 32
+    min_concentration: float = 1e-2
+    initial_concentration: float = 1.0
+    shared_actor: bool = True
+
+
+@flax.struct.dataclass
+class MultiAgentObs:
+    """MAPPO observation: global `state [..., F]` (critic) and per-member `agent_obs [..., N, F_a]` (actors)."""
+
+    state: jax.Array
+    agent_obs: jax.Array
+
+
+def inverse_softplus(x: float) -> float:
+    """y with softplus(y) = x (x > 0)."""
+    return x + math.log(-math.expm1(-x))
+
+
+class MLP(nnx.Module):
+    """tanh MLP `[..., in_dim] -> [..., hidden_sizes[-1]]` with orthogonal(sqrt 2) init."""
+
+    def __init__(self, in_dim: int, hidden_sizes: tuple[int, ...], *, rngs: nnx.Rngs):
+        sizes = (in_dim, *hidden_sizes)
+        init = nnx.initializers.orthogonal(math.sqrt(2.0))
+        self.layers = nnx.List(
+            [nnx.Linear(a, b, kernel_init=init, rngs=rngs) for a, b in zip(sizes[:-1], sizes[1:])]
+        )
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        for layer in self.layers:
+            x = jnp.tanh(layer(x))
+        return x
+
+
+def concentration_head(in_dim: int, out_dim: int, config: AgentConfig, *, rngs: nnx.Rngs) -> nnx.Linear:
+    """Small-init linear layer whose softplus(.) + min_concentration starts at initial_concentration."""
+    bias = inverse_softplus(config.initial_concentration - config.min_concentration)
+    return nnx.Linear(
+        in_dim,
+        out_dim,
+        kernel_init=nnx.initializers.orthogonal(0.01),
+        bias_init=nnx.initializers.constant(bias),
+        rngs=rngs,
+    )
+
+
+class SpanEmbedding(nnx.Module):
+    """Learned embedding of the span index `[B]` -> `[B, E]`; indices past max_spans share the last row."""
+
+    def __init__(self, config: AgentConfig, *, rngs: nnx.Rngs):
+        self.max_spans = config.max_spans
+        self.embed = nnx.Embed(config.max_spans, config.span_embed_dim, rngs=rngs)
+
+    def __call__(self, span_index: jax.Array) -> jax.Array:
+        return self.embed(jnp.clip(span_index, 0, self.max_spans - 1))
+
+
+class PPOAgent(nnx.Module):
+    """Shared MLP torso on [obs, span embedding] -> Dirichlet concentrations `[B, N]` and value `[B]`."""
+
+    def __init__(self, config: AgentConfig, *, rngs: nnx.Rngs):
+        self.config = config
+        hidden = config.hidden_sizes[-1]
+        self.span_embedding = SpanEmbedding(config, rngs=rngs)
+        self.torso = MLP(config.obs_dim + config.span_embed_dim, config.hidden_sizes, rngs=rngs)
+        self.concentration_head = concentration_head(hidden, config.num_members, config, rngs=rngs)
+        self.value_head = nnx.Linear(hidden, 1, kernel_init=nnx.initializers.orthogonal(1.0), rngs=rngs)
+
+    def __call__(self, obs: jax.Array, span_index: jax.Array) -> tuple[Dirichlet, jax.Array]:
+        """`obs [B, F]`, `span_index [B]` -> (Dirichlet over `[B, N]`, value `[B]`)."""
+        features = self.torso(jnp.concatenate([obs, self.span_embedding(span_index)], axis=-1))
+        concentration = jax.nn.softplus(self.concentration_head(features)) + self.config.min_concentration
+        return Dirichlet(concentration), self.value_head(features)[..., 0]
+
+    def act(self, obs, span_index, key):
+        policy, values = self(obs, span_index)
+        actions = policy.sample(key)
+        return actions, policy.log_prob(actions), values
+
+    def evaluate(self, obs, span_index, actions):
+        policy, values = self(obs, span_index)
+        return policy.log_prob(actions), policy.entropy(), values
+
+    def weights(self, actions: jax.Array) -> jax.Array:
+        return actions
+
+    def mean_weights(self, obs, span_index):
+        return self(obs, span_index)[0].mean()
+
+
+class Actor(nnx.Module):
+    """One member's actor: MLP on its input `[..., D]` -> positive concentration `[...]`."""
+
+    def __init__(self, in_dim: int, config: AgentConfig, *, rngs: nnx.Rngs):
+        self.min_concentration = config.min_concentration
+        self.torso = MLP(in_dim, config.hidden_sizes, rngs=rngs)
+        self.head = concentration_head(config.hidden_sizes[-1], 1, config, rngs=rngs)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return jax.nn.softplus(self.head(self.torso(x))[..., 0]) + self.min_concentration
+
+
+class MAPPOAgent(nnx.Module):
+    """N actors (shared parameters + one-hot agent id, or stacked separate parameters) emitting one
+    concentration each, and a centralised critic on [state, span embedding] -> value `[B]`."""
+
+    def __init__(self, config: AgentConfig, *, rngs: nnx.Rngs):
+        self.config = config
+        num_members = config.num_members
+        actor_in = config.agent_obs_dim + config.span_embed_dim + (num_members if config.shared_actor else 0)
+        self.actor_span_embedding = SpanEmbedding(config, rngs=rngs)
+        if config.shared_actor:
+            self.actor = Actor(actor_in, config, rngs=rngs)
+        else:
+
+            @nnx.split_rngs(splits=num_members)
+            @nnx.vmap(in_axes=(0,), out_axes=0)
+            def stacked_actors(rngs):
+                return Actor(actor_in, config, rngs=rngs)
+
+            self.actor = stacked_actors(rngs)
+        self.critic_span_embedding = SpanEmbedding(config, rngs=rngs)
+        self.critic = MLP(config.obs_dim + config.span_embed_dim, config.hidden_sizes, rngs=rngs)
+        self.value_head = nnx.Linear(
+            config.hidden_sizes[-1], 1, kernel_init=nnx.initializers.orthogonal(1.0), rngs=rngs
+        )
+
+    def concentrations(self, agent_obs: jax.Array, span_index: jax.Array) -> jax.Array:
+        """`agent_obs [B, N, F_a]`, `span_index [B]` -> per-agent concentrations `[B, N]`."""
+        batch, num_members, _ = agent_obs.shape
+        span_embedding = self.actor_span_embedding(span_index)
+        span = jnp.broadcast_to(span_embedding[:, None], (batch, num_members, span_embedding.shape[-1]))
+        if self.config.shared_actor:
+            agent_id = jnp.broadcast_to(jnp.eye(num_members, dtype=agent_obs.dtype), (batch, num_members, num_members))
+            return self.actor(jnp.concatenate([agent_obs, agent_id, span], axis=-1))
+
+        @nnx.vmap(in_axes=(0, 1), out_axes=1)
+        def apply_each(actor, inputs):
+            return actor(inputs)
+
+        return apply_each(self.actor, jnp.concatenate([agent_obs, span], axis=-1))
+
+    def value(self, state: jax.Array, span_index: jax.Array) -> jax.Array:
+        """Centralised critic: `state [B, F]` -> `[B]`."""
+        features = self.critic(jnp.concatenate([state, self.critic_span_embedding(span_index)], axis=-1))
+        return self.value_head(features)[..., 0]
+
+    def __call__(self, obs: MultiAgentObs, span_index: jax.Array) -> tuple[LogGamma, jax.Array]:
+        return LogGamma(self.concentrations(obs.agent_obs, span_index)), self.value(obs.state, span_index)
+
+    def act(self, obs, span_index, key):
+        policy, values = self(obs, span_index)
+        actions = policy.sample(key)
+        return actions, policy.log_prob(actions), values
+
+    def evaluate(self, obs, span_index, actions):
+        policy, values = self(obs, span_index)
+        return policy.log_prob(actions), policy.weights_distribution().entropy(), values
+
+    def weights(self, actions: jax.Array) -> jax.Array:
+        return jax.nn.softmax(actions, axis=-1)
+
+    def mean_weights(self, obs, span_index):
+        return self(obs, span_index)[0].weights_distribution().mean()
+
+
+def make_agent(config: AgentConfig, key: jax.Array) -> PPOAgent | MAPPOAgent:
+    """Build the agent named by `config.kind` with parameters drawn from `key`."""
+    agents = {"ppo": PPOAgent, "mappo": MAPPOAgent}
+    if config.kind not in agents:
+        raise ValueError(f"unknown agent kind {config.kind!r}; expected one of {sorted(agents)}")
+    return agents[config.kind](config, rngs=nnx.Rngs(key))

@@ -23,24 +23,50 @@ def train_byte_level_bpe(texts: Iterable[str], vocab_size: int = 400) -> PreTrai
     return PreTrainedTokenizerFast(tokenizer_object=tokenizer, eos_token=BYTE_LEVEL_EOS, pad_token=BYTE_LEVEL_EOS)
 
 
-def train_metaspace_unigram(texts: Iterable[str], vocab_size: int = 300) -> PreTrainedTokenizerFast:
-    """SentencePiece-style Unigram: `▁` for spaces, `<0xNN>` byte fallback (set on the model: the
-    trainer's own flag is ignored), specials `<unk>`, `<s>`, `</s>` (EOS, also the pad)."""
-    specials = ["<unk>", "<s>", "</s>"]
-    trainer = trainers.UnigramTrainer(vocab_size=vocab_size, special_tokens=specials, unk_token="<unk>",
-                                      initial_alphabet=[], show_progress=False)
-    tokenizer = Tokenizer(models.Unigram())
+METASPACE_SPECIALS = ["<unk>", "<s>", "</s>"]
+BYTE_PIECES = [f"<0x{b:02X}>" for b in range(256)]
+
+
+def metaspace_pipeline(model) -> Tokenizer:
+    """A SentencePiece-style tokenizer around `model`: spaces become `▁` (one prepended to the text),
+    words split before `▁`, decoding maps `▁` back to spaces and `<0xNN>` pieces back to bytes."""
+    tokenizer = Tokenizer(model)
     tokenizer.normalizer = normalizers.Replace(" ", "\u2581")
     tokenizer.pre_tokenizer = pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme="first", split=True)
     tokenizer.decoder = decoders.Sequence([decoders.Replace("\u2581", " "), decoders.ByteFallback(), decoders.Fuse()])
+    return tokenizer
+
+
+def metaspace_fast(tokenizer: Tokenizer) -> PreTrainedTokenizerFast:
+    tokenizer.add_special_tokens(METASPACE_SPECIALS)
+    return PreTrainedTokenizerFast(tokenizer_object=tokenizer, unk_token="<unk>", bos_token="<s>", eos_token="</s>",
+                                   pad_token="</s>")
+
+
+def train_metaspace_bpe(texts: Iterable[str], vocab_size: int = 400) -> PreTrainedTokenizerFast:
+    """Llama-2-style BPE: `▁` for spaces, `<0xNN>` byte fallback pieces appended to the trained
+    vocabulary (given to the trainer they would become special tokens), specials `<unk>`, `<s>`,
+    `</s>` (EOS, also the pad)."""
+    tokenizer = metaspace_pipeline(models.BPE(unk_token="<unk>"))
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=METASPACE_SPECIALS, show_progress=False)
+    tokenizer.train_from_iterator(list(texts), trainer)
+    model = json.loads(tokenizer.to_str())["model"]
+    vocab = dict(model["vocab"])
+    for piece in BYTE_PIECES:
+        vocab.setdefault(piece, len(vocab))
+    merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in model["merges"]]
+    return metaspace_fast(metaspace_pipeline(models.BPE(vocab, merges, unk_token="<unk>", byte_fallback=True)))
+
+
+def train_metaspace_unigram(texts: Iterable[str], vocab_size: int = 300) -> PreTrainedTokenizerFast:
+    """SentencePiece-style Unigram with `<0xNN>` byte fallback (set on the model: the trainer's own flag
+    is ignored) and the same specials as `train_metaspace_bpe`. Note: with word splitting, the
+    `tokenizers` Unigram trainer learns single characters only; prefer the BPE for real use."""
+    tokenizer = metaspace_pipeline(models.Unigram())
+    trainer = trainers.UnigramTrainer(vocab_size=vocab_size, special_tokens=METASPACE_SPECIALS, unk_token="<unk>",
+                                      initial_alphabet=[], show_progress=False)
     tokenizer.train_from_iterator(list(texts), trainer)
     vocab = [tuple(entry) for entry in json.loads(tokenizer.to_str())["model"]["vocab"]]
     known = {piece for piece, _ in vocab}
-    vocab += [(f"<0x{b:02X}>", -100.0) for b in range(256) if f"<0x{b:02X}>" not in known]
-    with_bytes = Tokenizer(models.Unigram(vocab, unk_id=0, byte_fallback=True))
-    with_bytes.normalizer = tokenizer.normalizer
-    with_bytes.pre_tokenizer = tokenizer.pre_tokenizer
-    with_bytes.decoder = tokenizer.decoder
-    with_bytes.add_special_tokens(specials)
-    return PreTrainedTokenizerFast(tokenizer_object=with_bytes, unk_token="<unk>", bos_token="<s>", eos_token="</s>",
-                                   pad_token="</s>")
+    vocab += [(piece, -100.0) for piece in BYTE_PIECES if piece not in known]
+    return metaspace_fast(metaspace_pipeline(models.Unigram(vocab, unk_id=0, byte_fallback=True)))

@@ -144,6 +144,15 @@ class Alignment:
             for u in union_ids
         ).decode("utf-8", errors="replace")
 
+    def byte_table(self) -> tuple[np.ndarray, np.ndarray]:
+        """Bytes of every union token as int32 `[U, Lb]` (zero-padded) and their lengths int32 `[U]`,
+        for device-side rewards over union ids."""
+        lengths = np.array([len(b) for b in self.vocab.union_bytes], np.int32)
+        table = np.zeros((self.num_union, max(int(lengths.max()), 1)), np.int32)
+        for union_id, data in enumerate(self.vocab.union_bytes):
+            table[union_id, :len(data)] = list(data)
+        return table, lengths
+
     def unspellable(self, member: int) -> list[bytes]:
         """Bytes of the non-special union tokens member ``member`` cannot spell within L tokens."""
         lengths = self.vocab.union_to_member_len[member]

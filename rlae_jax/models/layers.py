@@ -10,7 +10,7 @@ import numpy as np
 from flax import nnx
 
 from rlae_jax.models.config import ModelConfig
-from rlae_jax.models.kv_cache import KVCache, write_layer
+from rlae_jax.models.kv_cache import EMPTY, KVCache, write_layer
 
 ACTIVATIONS = {
     "silu": jax.nn.silu,
@@ -117,26 +117,36 @@ class CausalLM(nnx.Module):
             return self.embedding.attend(x).astype(jnp.float32)
         return self.lm_head(x).astype(jnp.float32)
 
-    def __call__(self, tokens: jax.Array, valid: jax.Array, cache: KVCache) -> tuple[jax.Array, KVCache]:
+    def __call__(self, tokens: jax.Array, valid: jax.Array, cache: KVCache | None = None
+                 ) -> tuple[jax.Array, KVCache | None]:
         """Run a block `tokens [B, L]` (validity `valid [B, L]`) through the model, appending it to
-        `cache`. Returns final-normed hidden states `[B, L, H]` and the updated cache."""
-        positions = cache.block_positions(valid)
-        cache = cache.with_block_positions(positions, valid)
-        slots = cache.write_slots(tokens.shape[1])
+        `cache`; with no cache, the block attends only to itself (a full forward: cheaper to
+        differentiate). Returns final-normed hidden states `[B, L, H]` and the updated cache."""
+        if cache is None:
+            positions = jnp.cumsum(valid.astype(jnp.int32), axis=1) - 1
+            slot_positions, slots = jnp.where(valid, positions, EMPTY), None
+            layer_caches = [(None, None)] * len(self.layers)
+        else:
+            positions = cache.block_positions(valid)
+            cache = cache.with_block_positions(positions, valid)
+            slot_positions, slots = cache.slot_positions, cache.write_slots(tokens.shape[1])
+            layer_caches = list(zip(cache.keys, cache.values))
         x = self.embed(tokens, positions)
         keys, values = [], []
-        for index, layer in enumerate(self.layers):
-            x, layer_keys, layer_values = layer(
-                x, positions, cache.keys[index], cache.values[index], slots, cache.slot_positions)
+        for layer, (layer_keys, layer_values) in zip(self.layers, layer_caches):
+            x, layer_keys, layer_values = layer(x, positions, layer_keys, layer_values, slots, slot_positions)
             keys.append(layer_keys)
             values.append(layer_values)
-        cache = cache.replace(keys=tuple(keys), values=tuple(values)).finish_block(valid)
+        if cache is not None:
+            cache = cache.replace(keys=tuple(keys), values=tuple(values)).finish_block(valid)
         return self.norm(x), cache
 
 
 def append_and_attend(q, k, v, cache_keys, cache_values, slots, positions, slot_positions, window):
-    """Write the block's `k, v [B, L, Hkv, D]` into the layer cache and attend with `q`.
-    Returns `(attention output [B, L, Hq, D], new cache keys, new cache values)`."""
+    """Write the block's `k, v [B, L, Hkv, D]` into the layer cache and attend with `q` (with no
+    cache, attend over the block itself). Returns `(output [B, L, Hq, D], cache keys, cache values)`."""
+    if cache_keys is None:
+        return cached_attention(q, k, v, positions, slot_positions, window), None, None
     cache_keys = write_layer(cache_keys, k, slots)
     cache_values = write_layer(cache_values, v, slots)
     out = cached_attention(q, cache_keys, cache_values, positions, slot_positions, window)

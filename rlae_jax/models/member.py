@@ -82,7 +82,7 @@ class Member:
         """Full forward of a left- or right-padded batch `[B, T]` → float32 logits `[B, T, V]`.
         Positions count only the mask's real tokens, so padding does not change a row's logits."""
         model = self.model
-        hidden, _ = model(input_ids, attention_mask.astype(bool), self.init_cache(*input_ids.shape))
+        hidden, _ = model(input_ids, attention_mask.astype(bool))
         return model.lm_head_logits(hidden)
 
     def _next_token_logits(self, model: CausalLM, hidden: jax.Array) -> jax.Array:

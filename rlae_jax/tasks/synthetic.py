@@ -1,0 +1,152 @@
+"""The embedded demo task: letter-list problems on which two members have complementary skills.
+
+A problem applies one or two operations to short lists of letters:
+
+    "rev c a t ="            →  " t a c"
+    "up d o g ="             →  " D O G"
+    "rev c a t ; up d o g =" →  " t a c ; D O G"      (and "up … ; rev …")
+
+The *reverser* member reverses correctly but copies the letters where it should upper-case; the
+*capitalizer* upper-cases correctly but copies where it should reverse. Both are confidently wrong
+on the other's operation, so any fixed mixing weights get at most one part right (they prefer one
+member at every token), while weights that follow the operation — member A on the `rev` part,
+member B on the `up` part, switching inside two-part answers — get everything right.
+
+Rewards: `reward` (host) and `reward_in_graph` (device, over union ids) give the fraction of target
+characters reproduced at their position (length mismatches count as errors); `exact_match` is the
+accuracy the demo reports.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from rlae_jax.tasks.base import Example
+
+LETTERS = "abcdefghijklmnop"
+OPERATIONS = ("rev", "up")
+SKILLS = {  # member name → what it does for each operation
+    "reverser": {"rev": lambda w: w[::-1], "up": lambda w: w},
+    "capitalizer": {"rev": lambda w: w, "up": lambda w: [c.upper() for c in w]},
+}
+CORRECT = {"rev": lambda w: w[::-1], "up": lambda w: [c.upper() for c in w]}
+SPLIT_SEEDS = {"train": 0, "validation": 1, "test": 2}
+
+
+@dataclasses.dataclass(frozen=True)
+class Problem:
+    """Operations and their letter lists, e.g. (("rev", ("c","a","t")), ("up", ("d","o","g")))."""
+
+    parts: tuple[tuple[str, tuple[str, ...]], ...]
+
+    @property
+    def prompt(self) -> str:
+        return " ; ".join(f"{op} {' '.join(word)}" for op, word in self.parts) + " ="
+
+    def answer(self, skills=CORRECT) -> str:
+        return " ;".join(" " + " ".join(skills[op](list(word))) for op, word in self.parts)
+
+
+def sample_problems(count: int, seed: int, min_letters: int = 2, max_letters: int = 4) -> list[Problem]:
+    """`count` problems: a quarter each of rev, up, rev;up and up;rev."""
+    rng = np.random.default_rng(seed)
+    kinds = (("rev",), ("up",), ("rev", "up"), ("up", "rev"))
+    problems = []
+    for index in range(count):
+        ops = kinds[index % len(kinds)]
+        parts = tuple((op, tuple(rng.choice(list(LETTERS), rng.integers(min_letters, max_letters + 1))))
+                      for op in ops)
+        problems.append(Problem(parts))
+    order = rng.permutation(count)
+    return [problems[i] for i in order]
+
+
+def member_corpus(skill: str, count: int, seed: int) -> list[tuple[str, str]]:
+    """(prompt, completion) training pairs for a member with the given skill ("reverser"/"capitalizer")."""
+    return [(p.prompt, p.answer(SKILLS[skill])) for p in sample_problems(count, seed)]
+
+
+def tokenizer_corpus() -> list[str]:
+    """Text covering every prompt word, letter and upper-case letter, for training the tokenizers."""
+    problems = sample_problems(400, seed=99)
+    return [p.prompt + p.answer() for p in problems] + [" ".join(LETTERS), " ".join(LETTERS.upper())]
+
+
+@dataclasses.dataclass(frozen=True)
+class SyntheticTask:
+    """The demo task with the same interface as the dataset tasks (load / render / reward / rewards)."""
+
+    name: str = "synthetic"
+
+    def load(self, split: str, source=None, limit: int | None = None) -> list[Example]:
+        """Deterministic examples of a split ('train', 'validation', 'test'); `source` is unused."""
+        if split not in SPLIT_SEEDS:
+            raise ValueError(f"unknown split {split!r}; synthetic splits: {', '.join(SPLIT_SEEDS)}")
+        problems = sample_problems(limit or 256, seed=1000 + SPLIT_SEEDS[split])
+        return [Example(id=f"synthetic/{split}/{i}", prompt=p.prompt, answer=p.answer(), aliases=(p.answer(),))
+                for i, p in enumerate(problems)]
+
+    def render(self, example: Example, tokenizer=None, shots: Sequence[Example] = ()) -> str:
+        return example.prompt
+
+    def reward(self, completion: str, example: Example) -> float:
+        return char_accuracy(completion.encode(), example.answer.encode())
+
+    def rewards(self, completions: Sequence[str], examples: Sequence[Example]) -> np.ndarray:
+        return np.array([self.reward(c, e) for c, e in zip(completions, examples)], np.float32)
+
+    def exact_match(self, completion: str, example: Example) -> float:
+        return float(completion == example.answer)
+
+
+def char_accuracy(generated: bytes, target: bytes) -> float:
+    """Fraction of positions of the longer string where both have the same byte."""
+    longest = max(len(generated), len(target), 1)
+    return sum(a == b for a, b in zip(generated, target)) / longest
+
+
+def target_bytes(examples: Sequence[Example], length: int) -> np.ndarray:
+    """Targets as int32 `[B, length]` byte arrays, padded with -1."""
+    out = np.full((len(examples), length), -1, np.int32)
+    for row, example in enumerate(examples):
+        data = example.answer.encode()[:length]
+        out[row, :len(data)] = list(data)
+    return out
+
+
+def generated_bytes(union_ids: jax.Array, byte_table: jax.Array, byte_lengths: jax.Array, length: int
+                    ) -> tuple[jax.Array, jax.Array]:
+    """Bytes spelled by union ids `[B, T]` (negative ids = nothing): the first `length` as int32
+    `[B, length]` padded with -2, and the full byte count `[B]`.
+
+    byte_table: int32 `[U, Lb]` bytes of every union token; byte_lengths: int32 `[U]`.
+    """
+    ids = jnp.maximum(union_ids, 0)
+    lengths = jnp.where(union_ids >= 0, byte_lengths[ids], 0)  # [B, T]
+    starts = jnp.cumsum(lengths, axis=1) - lengths
+    within = jnp.arange(byte_table.shape[1])
+    positions = starts[..., None] + within  # [B, T, Lb]
+    positions = jnp.where(within < lengths[..., None], positions, length)  # out of range → dropped
+    values = byte_table[ids]  # [B, T, Lb]
+    rows = jnp.arange(union_ids.shape[0])[:, None, None]
+    out = jnp.full((union_ids.shape[0], length), -2, jnp.int32)
+    return out.at[rows, positions].set(values, mode="drop"), lengths.sum(axis=1)
+
+
+def reward_in_graph(union_ids: jax.Array, targets: jax.Array, byte_table: jax.Array,
+                    byte_lengths: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Device rewards of generated union ids `[B, T]` against `targets [B, Lt]` (from `target_bytes`).
+    Returns (char accuracy `[B]`, exact match `[B]`), both float32, equal to the host versions."""
+    generated, generated_len = generated_bytes(union_ids, byte_table, byte_lengths, targets.shape[1])
+    target_len = jnp.sum(targets >= 0, axis=1)
+    matches = jnp.sum((generated == targets) & (targets >= 0), axis=1)
+    longest = jnp.maximum(jnp.maximum(target_len, generated_len), 1)
+    exact = (matches == target_len) & (generated_len == target_len)
+    return matches / longest, exact.astype(jnp.float32)
+
+
+SYNTHETIC = SyntheticTask()

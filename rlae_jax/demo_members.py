@@ -1,7 +1,7 @@
 """The embedded demo's two members, trained by the project itself (no downloads) and cached:
 
 - "reverser": GPT-2 architecture with a byte-level BPE tokenizer (`Ġ` style);
-- "capitalizer": Llama architecture with a SentencePiece-style `▁` Unigram tokenizer with byte fallback.
+- "capitalizer": Llama architecture with a Llama-2-style `▁` BPE tokenizer with byte fallback.
 
 Each learns the synthetic task (rlae_jax/tasks/synthetic.py) with its own, partly wrong, skill.
 """
@@ -14,7 +14,7 @@ import pathlib
 
 from rlae_jax.models import Member, ModelConfig, build_model, from_pretrained, save_pretrained
 from rlae_jax.tasks.synthetic import member_corpus, tokenizer_corpus
-from rlae_jax.tokenization import train_byte_level_bpe, train_metaspace_unigram
+from rlae_jax.tokenization import train_byte_level_bpe, train_metaspace_bpe
 from rlae_jax.train_lm import train_lm
 
 DEFAULT_CACHE = pathlib.Path(os.environ.get("RLAE_CACHE", pathlib.Path.home() / ".cache" / "rlae_jax"))
@@ -40,7 +40,7 @@ def train_demo_member(skill: str, steps: int = 600, seed: int = 0, progress: boo
         raise ValueError(f"unknown demo member {skill!r}; known: {', '.join(MEMBER_STYLES)}")
     model_type, style = MEMBER_STYLES[skill]
     texts = tokenizer_corpus()
-    tokenizer = train_byte_level_bpe(texts, 300) if style == "byte_level" else train_metaspace_unigram(texts, 120)
+    tokenizer = train_byte_level_bpe(texts, 300) if style == "byte_level" else train_metaspace_bpe(texts, 120)
     member = Member.from_model(build_model(demo_model_config(model_type, tokenizer), seed=seed), tokenizer, name=skill)
     member, _ = train_lm(member, member_corpus(skill, 4000, seed=seed + 7), steps=steps, seed=seed, progress=progress)
     return member

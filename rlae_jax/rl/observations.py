@@ -1,0 +1,87 @@
+"""From the engine's per-span features to agent observations (the RL state).
+
+The state is the prompt summary and the generation state of every member (its current hidden
+state, entropy and max-prob), the members' agreement (top-1 match, JS divergence) and the previous
+weights; the span index goes to the agent's own embedding. `feature_set` picks which parts.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+
+from rlae_jax.engine.features import SpanFeatures
+from rlae_jax.rl.networks import MultiAgentObs
+
+FEATURE_SETS = {
+    "full": ("hidden", "prompt_summary", "entropy", "max_prob", "top1_agreement", "js_divergence",
+             "previous_weights"),
+    "no_hidden": ("entropy", "max_prob", "top1_agreement", "js_divergence", "previous_weights"),
+}
+PER_MEMBER = ("hidden", "prompt_summary", "entropy", "max_prob", "previous_weights")
+SHARED = ("top1_agreement", "js_divergence")
+
+
+def check_feature_set(feature_set: str) -> tuple[str, ...]:
+    if feature_set not in FEATURE_SETS:
+        raise ValueError(f"unknown feature_set {feature_set!r}; known: {', '.join(FEATURE_SETS)}")
+    return FEATURE_SETS[feature_set]
+
+
+def member_parts(features: SpanFeatures, name: str) -> list[jax.Array]:
+    """Per-member `[B, d_n]` blocks of one feature."""
+    value = getattr(features, name)
+    if isinstance(value, tuple):
+        return [v.astype(jnp.float32) for v in value]
+    return [value[:, i:i + 1].astype(jnp.float32) for i in range(value.shape[1])]
+
+
+def global_observation(features: SpanFeatures, feature_set: str) -> jax.Array:
+    """The centralised state `[B, F]`: every chosen feature of every member, concatenated."""
+    blocks = []
+    for name in check_feature_set(feature_set):
+        blocks += member_parts(features, name) if name in PER_MEMBER else [getattr(features, name)[:, None]]
+    return jnp.concatenate(blocks, axis=-1)
+
+
+def agent_observations(features: SpanFeatures, feature_set: str, hidden_width: int) -> jax.Array:
+    """Per-member observations `[B, N, F_a]`: the member's own features (hidden vectors zero-padded to
+    `hidden_width`) and the shared agreement features."""
+    names = check_feature_set(feature_set)
+    members = features.entropy.shape[1]
+    per_member = [[] for _ in range(members)]
+    for name in names:
+        if name in PER_MEMBER:
+            for index, block in enumerate(member_parts(features, name)):
+                width = hidden_width if name in ("hidden", "prompt_summary") else block.shape[1]
+                per_member[index].append(jnp.pad(block, ((0, 0), (0, width - block.shape[1]))))
+    shared = [getattr(features, name)[:, None] for name in names if name in SHARED]
+    return jnp.stack([jnp.concatenate(blocks + shared, axis=-1) for blocks in per_member], axis=1)
+
+
+def observation(features: SpanFeatures, kind: str, feature_set: str, hidden_width: int):
+    """The agent's observation: `[B, F]` for PPO, MultiAgentObs for MAPPO."""
+    state = global_observation(features, feature_set)
+    if kind == "ppo":
+        return state
+    return MultiAgentObs(state=state, agent_obs=agent_observations(features, feature_set, hidden_width))
+
+
+def observation_dims(hidden_sizes: Sequence[int], feature_set: str) -> tuple[int, int]:
+    """(F, F_a) for members with the given hidden sizes."""
+    names = check_feature_set(feature_set)
+    members = len(hidden_sizes)
+    width = max(hidden_sizes)
+    global_dim = agent_dim = 0
+    for name in names:
+        if name in ("hidden", "prompt_summary"):
+            global_dim += sum(hidden_sizes)
+            agent_dim += width
+        elif name in PER_MEMBER:
+            global_dim += members
+            agent_dim += 1
+        else:
+            global_dim += 1
+            agent_dim += 1
+    return global_dim, agent_dim

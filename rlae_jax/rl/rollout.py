@@ -1,0 +1,178 @@
+"""RLAE rollouts inside the compiled decode, rewards, and the one-jit train step.
+
+The agent is a weight_fn of the ensemble engine: every span it turns the engine's features into an
+observation and samples the mixing weights. One generation per batch records every span, so an
+episode's transitions come out of a single `engine.decode`; the train step then scores the answers
+(in-graph, or one `jax.pure_callback` per batch), runs GAE and the PPO/MAPPO epochs — all one
+compiled function.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx, struct
+
+from rlae_jax.align import Alignment
+from rlae_jax.engine.decode import DecodeConfig, DecodeResult, PromptBatch, decode
+from rlae_jax.models.member import Member
+from rlae_jax.rl import ppo
+from rlae_jax.rl.observations import observation
+from rlae_jax.tasks.synthetic import reward_in_graph
+
+
+@struct.dataclass
+class PolicyWeightFn:
+    """The agent as an engine weight_fn. Carry: (key, actions `[B, S, N]`) — the sampled actions of
+    every span, kept for the PPO update (log-probs and values are recomputed from them)."""
+
+    graphdef: nnx.GraphDef = struct.field(pytree_node=False)
+    params: nnx.State
+    key: jax.Array
+    kind: str = struct.field(pytree_node=False)
+    feature_set: str = struct.field(pytree_node=False)
+    hidden_width: int = struct.field(pytree_node=False)
+    num_members: int = struct.field(pytree_node=False)
+    deterministic: bool = struct.field(pytree_node=False, default=False)
+    optional_features: tuple[str, ...] = struct.field(pytree_node=False, default=("js_divergence",))
+
+    def init_carry(self, batch: int, num_spans: int):
+        return self.key, jnp.zeros((batch, num_spans, self.num_members), jnp.float32)
+
+    def __call__(self, features, carry):
+        key, actions = carry
+        key, sample_key = jax.random.split(key)
+        agent = nnx.merge(self.graphdef, self.params)
+        obs = observation(features, self.kind, self.feature_set, self.hidden_width)
+        if self.deterministic:
+            return agent.mean_weights(obs, features.span_index), (key, actions)
+        action, _, _ = agent.act(obs, features.span_index, sample_key)
+        return agent.weights(action), (key, actions.at[:, features.span_index[0]].set(action))
+
+
+@dataclasses.dataclass(frozen=True)
+class RLSetup:
+    """Static description of the RL problem: agent kind, features, decoding, reward shaping."""
+
+    kind: str
+    num_members: int
+    feature_set: str
+    hidden_width: int
+    decode: DecodeConfig
+    length_penalty: float = 0.0
+
+
+def policy_weight_fn(train_state: ppo.TrainState, setup: RLSetup, key: jax.Array,
+                     deterministic: bool = False) -> PolicyWeightFn:
+    return PolicyWeightFn(train_state.graphdef, train_state.params, key, setup.kind, setup.feature_set,
+                          setup.hidden_width, setup.num_members, deterministic)
+
+
+# ---- rewards ---------------------------------------------------------------------------------
+
+
+@struct.dataclass
+class InGraphReward:
+    """Char-accuracy reward of the synthetic task, computed on device from union ids.
+    Batch data: target bytes `[B, Lt]` (see `tasks.synthetic.target_bytes`)."""
+
+    byte_table: jax.Array
+    byte_lengths: jax.Array
+
+    @classmethod
+    def for_alignment(cls, alignment: Alignment) -> "InGraphReward":
+        table, lengths = alignment.byte_table()
+        return cls(jnp.asarray(table), jnp.asarray(lengths))
+
+    def __call__(self, result: DecodeResult, targets: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """→ (reward `[B]`, exact-match accuracy `[B]`)."""
+        return reward_in_graph(result.union_ids, targets, self.byte_table, self.byte_lengths)
+
+
+@struct.dataclass
+class CallbackReward:
+    """A Python task reward reached once per batch through `jax.pure_callback`: union ids are turned
+    into text on the host and scored by `task.rewards`. Batch data: example indices `[B]`."""
+
+    task: Any = struct.field(pytree_node=False)
+    examples: tuple = struct.field(pytree_node=False)
+    alignment_vocab: Any = struct.field(pytree_node=False)
+    decode_text: Any = struct.field(pytree_node=False)
+
+    @classmethod
+    def for_task(cls, task, examples: Sequence, alignment: Alignment) -> "CallbackReward":
+        return cls(task, tuple(examples), alignment.vocab, alignment.decode)
+
+    def host_rewards(self, union_ids: np.ndarray, lengths: np.ndarray, indices: np.ndarray) -> np.ndarray:
+        texts = [self.decode_text(ids[:length].tolist()) for ids, length in zip(union_ids, lengths)]
+        examples = [self.examples[int(i)] for i in indices]
+        return self.task.rewards(texts, examples).astype(np.float32)
+
+    def __call__(self, result: DecodeResult, indices: jax.Array) -> tuple[jax.Array, jax.Array]:
+        shape = jax.ShapeDtypeStruct(result.lengths.shape, jnp.float32)
+        rewards = jax.pure_callback(self.host_rewards, shape, result.union_ids, result.lengths, indices,
+                                    vmap_method="sequential")
+        return rewards, (rewards >= 1.0).astype(jnp.float32)
+
+
+# ---- transitions and the train step -----------------------------------------------------------
+
+
+def time_major(x: jax.Array) -> jax.Array:
+    return jnp.swapaxes(x, 0, 1)
+
+
+def episode_transitions(train_state: ppo.TrainState, setup: RLSetup, result: DecodeResult, actions: jax.Array,
+                        episode_rewards: jax.Array) -> ppo.Transitions:
+    """`[S, B]` transitions of a batch of episodes: observations rebuilt from the recorded span
+    features, the sampled actions, behaviour log-probs and values under the current parameters,
+    and the episode reward on each row's last span."""
+    batch, spans = result.span_valid.shape
+    flat_features = jax.tree.map(lambda x: x.reshape((batch * spans,) + x.shape[2:]), result.span_features)
+    flat_obs = observation(flat_features, setup.kind, setup.feature_set, setup.hidden_width)
+    flat_actions = actions.reshape(batch * spans, -1)
+    agent = nnx.merge(train_state.graphdef, train_state.params)
+    log_probs, _, values = agent.evaluate(flat_obs, flat_features.span_index, flat_actions)
+    unflatten = lambda x: time_major(x.reshape((batch, spans) + x.shape[1:]))
+    valid = time_major(result.span_valid)
+    last = jnp.maximum(valid.sum(0) - 1, 0)
+    dones = jax.nn.one_hot(last, spans, dtype=jnp.float32).T
+    return ppo.Transitions(
+        obs=jax.tree.map(unflatten, flat_obs), span_index=unflatten(flat_features.span_index),
+        actions=time_major(actions), log_probs=unflatten(log_probs), values=unflatten(values),
+        rewards=dones * episode_rewards[None, :], dones=dones, valid=valid.astype(jnp.float32))
+
+
+def train_step(train_state: ppo.TrainState, members: Sequence[Member], alignment: Alignment, prompts: PromptBatch,
+               reward_fn, reward_data, setup: RLSetup) -> tuple[ppo.TrainState, dict[str, jax.Array]]:
+    """One RLAE update: rollout (the policy sets the weights every span), reward, GAE, PPO/MAPPO epochs."""
+    key, policy_key, decode_key = jax.random.split(train_state.key, 3)
+    weight_fn = policy_weight_fn(train_state, setup, policy_key)
+    result = decode(members, alignment, prompts, weight_fn, decode_key, jnp.float32(0.0), jnp.float32(1.0),
+                    setup.decode)
+    rewards, accuracy = reward_fn(result, reward_data)
+    shaped = rewards - setup.length_penalty * result.lengths / setup.decode.max_new_tokens
+    transitions = episode_transitions(train_state, setup, result, result.weight_carry[1], shaped)
+    train_state, metrics = ppo.update(train_state.replace(key=key), transitions)
+    valid = result.span_valid
+    span_weights = jnp.where(valid[..., None], result.span_weights, 0.0).sum(0) / jnp.maximum(
+        valid.sum(0)[:, None], 1)
+    metrics.update(reward=rewards.mean(), accuracy=accuracy.mean(), episode_tokens=result.lengths.mean(),
+                   mean_weights_per_span=span_weights, weight_fallback=result.weight_fallback.any())
+    return train_state, metrics
+
+
+train_step_jit = jax.jit(train_step, static_argnames=("setup",))
+
+
+def evaluate_policy(train_state: ppo.TrainState, members: Sequence[Member], alignment: Alignment,
+                    prompts: PromptBatch, setup: RLSetup, key: jax.Array) -> DecodeResult:
+    """Generate with the policy's mean weights (deterministic evaluation)."""
+    weight_fn = policy_weight_fn(train_state, setup, key, deterministic=True)
+    return decode(members, alignment, prompts, weight_fn, key, jnp.float32(0.0), jnp.float32(1.0), setup.decode)
+
+
+evaluate_policy_jit = jax.jit(evaluate_policy, static_argnames=("setup",))

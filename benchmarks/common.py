@@ -10,7 +10,6 @@ import sys
 import time
 
 import jax
-import numpy as np
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
@@ -109,5 +108,3 @@ def block(tree):
 def fmt_row(values, widths) -> str:
     return "  ".join(str(v).rjust(w) if i else str(v).ljust(w) for i, (v, w) in enumerate(zip(values, widths)))
 
-
-__all__ = ["np"]

@@ -109,9 +109,21 @@ def sanitize_weights(weights: jax.Array) -> tuple[jax.Array, jax.Array]:
 
 
 def top_candidates(probs: jax.Array, k: int) -> tuple[jax.Array, jax.Array]:
-    """Each member's top-k `(probs, ids)` `[B, N, k]`."""
-    values, ids = jax.lax.top_k(probs, k)
-    return values, ids.astype(jnp.int32)
+    """Each member's top-k `(probs, ids)` `[B, N, k]` by k argmax-and-mask passes: inside the decode
+    loop XLA:CPU lowers `lax.top_k` to a full sort of `[B, N, V]` (benchmarks/RESULTS.md); large k
+    (the UniTE k=V check) uses `lax.top_k`."""
+    if k > 16:
+        values, ids = jax.lax.top_k(probs, k)
+        return values, ids.astype(jnp.int32)
+
+    def pick(remaining, _):
+        index = jnp.argmax(remaining, axis=-1)
+        value = jnp.take_along_axis(remaining, index[..., None], axis=-1)[..., 0]
+        remaining = jnp.where(jnp.arange(remaining.shape[-1]) == index[..., None], -1.0, remaining)
+        return remaining, (value, index.astype(jnp.int32))
+
+    _, (values, ids) = jax.lax.scan(pick, probs, None, length=k)
+    return jnp.moveaxis(values, 0, -1), jnp.moveaxis(ids, 0, -1)
 
 
 def full_union_logits(probs: jax.Array, weights: jax.Array, alignment: Alignment) -> jax.Array:

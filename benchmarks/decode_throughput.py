@@ -1,0 +1,165 @@
+"""Per-step decode cost of each member alone and of the uniform greedy ensemble.
+
+Seconds per generated token = (time of an N2-token run − time of an N1-token run) / (N2 − N1), so
+prefill cancels out; every program is compiled before timing; each time is the median of --repeats
+runs. Also counts how often the certified-candidate shortcut of `choose_union_tokens` is taken
+(untimed run with a host callback in the full-union fallback branch).
+
+    python benchmarks/decode_throughput.py                       # tiny (trained + real vocabs) and 100m
+    python benchmarks/decode_throughput.py --sizes 100m --batches 1,16 --tokens 8,40 --repeats 5
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime
+import importlib
+import warnings
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from tqdm import tqdm
+
+import common
+from rlae_jax.generation import generate_ids
+from rlae_jax.align import build_alignment
+from rlae_jax.engine import DecodeConfig, decode, decode_jit, resolve_strategy, tokenize_for_members
+from rlae_jax.models import Member, build_model
+from rlae_jax.prompts import encode_prompts, left_pad, pad_id_of
+
+GOALS = {"tiny": 1.3, "100m": 1.15}
+DEFAULT_TOKENS = {"tiny-trained": "16,128", "tiny-real": "16,128", "100m": "4,20"}
+decode_module = importlib.import_module("rlae_jax.engine.decode")  # the package re-exports `decode` the function
+
+
+def sharpen(member: Member, factor: float) -> Member:
+    """Scale the final norm (hence the logits) by `factor`: peaked distributions like a trained model's."""
+    if factor == 1.0:
+        return member
+    state = jax.tree_util.tree_map_with_path(
+        lambda path, x: x * factor if jax.tree_util.keystr(path).startswith("['norm']") else x, member.state)
+    return member.replace(state=state)
+
+
+def make_members(size: str, head_scale: float):
+    """(members, tokenizer note) for a size: tiny-trained, tiny-real or 100m."""
+    if size == "tiny-trained":
+        tokenizers, note = common.trained_tokenizers(), "trained byte-level BPE 384 + metaspace Unigram 200"
+        configs = [common.tiny_config(t, len(tok), tok.eos_token_id) for t, tok in zip(("gpt2", "llama"), tokenizers)]
+    else:
+        *tokenizers, note = common.real_tokenizers()
+        if size == "tiny-real":
+            configs = [common.tiny_config(t, len(tok), tok.eos_token_id)
+                       for t, tok in zip(("gpt2", "llama"), tokenizers)]
+        else:
+            configs = [common.gpt2_124m_config(), common.llama_100m_config(len(tokenizers[1]),
+                                                                           tokenizers[1].eos_token_id)]
+    members = [sharpen(Member.from_model(build_model(c, seed=i), tok, name=c.model_type), head_scale)
+               for i, (c, tok) in enumerate(zip(configs, tokenizers))]
+    return members, note
+
+
+@contextlib.contextmanager
+def counting_fallbacks(counter: list):
+    """Patch the engine's full-union branch to count its executions on the host."""
+    original = decode_module.full_union_logits
+
+    def counted(probs, weights, alignment):
+        jax.debug.callback(lambda: counter.append(1))
+        return original(probs, weights, alignment)
+
+    decode_module.full_union_logits = counted
+    try:
+        yield
+    finally:
+        decode_module.full_union_logits = original
+
+
+def ensemble_runner(members, alignment, prompts, new_tokens):
+    weight_fn, selection = resolve_strategy("uniform", len(members))
+    batch = tokenize_for_members(members, prompts, new_tokens)
+    config = DecodeConfig(max_new_tokens=new_tokens, selection=selection, stop_at_eos=False)
+    args = (members, alignment, batch, weight_fn, jax.random.key(0), jnp.float32(0.0), jnp.float32(1.0))
+    return lambda: common.block(decode_jit(*args, config=config)), args, config
+
+
+def member_runner(member, prompts, new_tokens):
+    ids, mask = left_pad(encode_prompts(member.tokenizer, prompts), pad_id_of(member.tokenizer))
+    args = (member, jnp.asarray(ids), jnp.asarray(mask), jax.random.key(0), jnp.float32(0.0), jnp.float32(1.0),
+            jnp.asarray([-1], jnp.int32), jnp.int32(pad_id_of(member.tokenizer)))
+    return lambda: common.block(generate_ids(*args, max_new_tokens=new_tokens))
+
+
+def step_seconds(make_runner, tokens, repeats):
+    """Per-token seconds from the N2 − N1 difference (each runner compiled first)."""
+    n1, n2 = tokens
+    run1, run2 = make_runner(n1), make_runner(n2)
+    run1(), run2()
+    return (common.median_time(run2, repeats) - common.median_time(run1, repeats)) / (n2 - n1)
+
+
+def shortcut_stats(members, alignment, prompts, new_tokens):
+    """(fraction of steps using the certified shortcut, mean member tokens ingested per step [N])."""
+    _, args, config = ensemble_runner(members, alignment, prompts, new_tokens)
+    fallbacks = []
+    with counting_fallbacks(fallbacks):
+        result = jax.jit(decode, static_argnames=("config",))(*args, config=config)
+        common.block(result)
+        jax.effects_barrier()
+    ingested = np.asarray(result.ingested).mean(0) / new_tokens
+    return 1.0 - len(fallbacks) / new_tokens, ingested
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--sizes", default="tiny-trained,tiny-real,100m",
+                        help="comma list of tiny-trained, tiny-real, 100m")
+    parser.add_argument("--batches", default="1,16", help="comma list of batch sizes")
+    parser.add_argument("--tokens", default=None,
+                        help="N1,N2 new tokens, step = time difference / (N2-N1) (default 16,128 tiny; 4,20 100m)")
+    parser.add_argument("--repeats", type=int, default=3, help="timed runs per measurement (median)")
+    parser.add_argument("--head-scale", type=float, default=1.0,
+                        help="multiply the final norm by this (>1: peaked, trained-like distributions)")
+    opts = parser.parse_args()
+    batches = [int(b) for b in opts.batches.split(",")]
+    warnings.filterwarnings("ignore", message="union tokens left out")
+
+    print(f"# decode_throughput  {datetime.datetime.now():%Y-%m-%d %H:%M}")
+    print(f"# {common.machine_info()}")
+    print(f"# repeats={opts.repeats}, greedy, uniform weights, head scale {opts.head_scale}")
+    header = ["size", "B", "member", "params", "ms/step", "tok/s", "ingest/step"]
+    widths = [13, 3, 9, 8, 9, 9, 11]
+    rows, verdicts = [], []
+    for size in opts.sizes.split(","):
+        members, note = make_members(size, opts.head_scale)
+        alignment = build_alignment([m.tokenizer for m in members],
+                                    vocab_sizes=[m.config.vocab_size for m in members])
+        tokens = tuple(int(t) for t in (opts.tokens or DEFAULT_TOKENS[size]).split(","))
+        print(f"# {size}: {note}; union {alignment.num_union} tokens (V={[m.config.vocab_size for m in members]}); "
+              f"N1,N2={tokens}")
+        for batch in tqdm(batches, desc=size, leave=False):
+            prompts = [common.PROMPT] * batch
+            steps = [step_seconds(lambda n, m=m: member_runner(m, prompts, n), tokens, opts.repeats)
+                     for m in members]
+            ensemble = step_seconds(lambda n: ensemble_runner(members, alignment, prompts, n)[0], tokens,
+                                    opts.repeats)
+            shortcut, ingested = shortcut_stats(members, alignment, prompts, tokens[1])
+            for m, s in zip(members, steps):
+                rows.append([size, batch, m.name, f"{m.num_params / 1e6:.1f}M", f"{s * 1e3:.2f}",
+                             f"{batch / s:.0f}", "1.00"])
+            rows.append([size, batch, "ensemble", "", f"{ensemble * 1e3:.2f}", f"{batch / ensemble:.0f}",
+                         "/".join(f"{x:.2f}" for x in ingested)])
+            ratio = ensemble / sum(steps)
+            goal = GOALS[size.split("-")[0]]
+            verdicts.append(f"{size:13s} B={batch:<3d} ensemble/Σmembers = {ratio:.2f}  (goal ≤ {goal}: "
+                            f"{'PASS' if ratio <= goal else 'MISS'})  certified shortcut on {shortcut:.0%} of steps")
+    print(common.fmt_row(header, widths))
+    for row in rows:
+        print(common.fmt_row(row, widths))
+    print()
+    print("\n".join(verdicts))
+
+
+if __name__ == "__main__":
+    main()

@@ -99,21 +99,23 @@ class SpanEmbedding(nnx.Module):
 
 
 class PPOAgent(nnx.Module):
-    """Shared MLP torso on [obs, span embedding] -> Dirichlet concentrations `[B, N]` and value `[B]`."""
+    """MLP torsos on [obs, span embedding] -> Dirichlet concentrations `[B, N]` (actor) and value `[B]`
+    (critic); actor and critic have separate torsos and share the span embedding."""
 
     def __init__(self, config: AgentConfig, *, rngs: nnx.Rngs):
         self.config = config
         hidden = config.hidden_sizes[-1]
         self.span_embedding = SpanEmbedding(config, rngs=rngs)
-        self.torso = MLP(config.obs_dim + config.span_embed_dim, config.hidden_sizes, rngs=rngs)
+        self.actor_torso = MLP(config.obs_dim + config.span_embed_dim, config.hidden_sizes, rngs=rngs)
+        self.critic_torso = MLP(config.obs_dim + config.span_embed_dim, config.hidden_sizes, rngs=rngs)
         self.concentration_head = concentration_head(hidden, config.num_members, config, rngs=rngs)
         self.value_head = nnx.Linear(hidden, 1, kernel_init=nnx.initializers.orthogonal(1.0), rngs=rngs)
 
     def __call__(self, obs: jax.Array, span_index: jax.Array) -> tuple[Dirichlet, jax.Array]:
         """`obs [B, F]`, `span_index [B]` -> (Dirichlet over `[B, N]`, value `[B]`)."""
-        features = self.torso(jnp.concatenate([obs, self.span_embedding(span_index)], axis=-1))
-        concentration = jax.nn.softplus(self.concentration_head(features)) + self.config.min_concentration
-        return Dirichlet(concentration), self.value_head(features)[..., 0]
+        inputs = jnp.concatenate([obs, self.span_embedding(span_index)], axis=-1)
+        concentration = jax.nn.softplus(self.concentration_head(self.actor_torso(inputs))) + self.config.min_concentration
+        return Dirichlet(concentration), self.value_head(self.critic_torso(inputs))[..., 0]
 
     def act(self, obs, span_index, key):
         policy, values = self(obs, span_index)

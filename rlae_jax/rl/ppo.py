@@ -104,8 +104,10 @@ def all_finite(tree) -> jax.Array:
 def update(train_state: TrainState, transitions: Transitions) -> tuple[TrainState, dict[str, jax.Array]]:
     """GAE, then `num_epochs` × `num_minibatches` clipped-PPO steps over the T·B flattened spans.
 
-    A minibatch whose loss or gradients are non-finite is skipped (parameters and optimiser state
-    kept); `metrics['nonfinite']` is then True and `metrics['skipped_minibatches']` counts them.
+    A minibatch step whose loss or gradients are non-finite is skipped (parameters and optimiser
+    state kept), and every step is skipped when the advantages, returns or behaviour log-probs
+    are (e.g. a NaN reward); `metrics['nonfinite']` is then True and
+    `metrics['skipped_minibatches']` counts the skipped steps.
     Other metrics are means over all minibatch steps.
     """
     config = train_state.config
@@ -122,6 +124,7 @@ def update(train_state: TrainState, transitions: Transitions) -> tuple[TrainStat
         config.gamma,
         config.gae_lambda,
     )
+    inputs_finite = all_finite((advantages, returns, transitions.log_probs))
     samples = jax.tree.map(
         lambda x: x.reshape(num_samples, *x.shape[2:]), (transitions, advantages, returns)
     )
@@ -147,10 +150,10 @@ def update(train_state: TrainState, transitions: Transitions) -> tuple[TrainStat
         (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, minibatch)
         updates, new_opt_state = train_state.tx.update(grads, opt_state, params)
         new_params = optax.apply_updates(params, updates)
-        finite = jnp.isfinite(loss) & all_finite(grads)
+        finite = inputs_finite & jnp.isfinite(loss) & all_finite(grads)
         keep_new = lambda new, old: jnp.where(finite, new, old)
         carry = (jax.tree.map(keep_new, new_params, params), jax.tree.map(keep_new, new_opt_state, opt_state))
-        return carry, {**metrics, "grad_norm": optax.global_norm(grads), "skipped": ~finite}
+        return carry, {**metrics, "grad_norm": optax.tree.norm(grads), "skipped": ~finite}
 
     def epoch(carry, key):
         permutation = jax.random.permutation(key, num_samples)

@@ -30,7 +30,7 @@ from rlae_jax.prompts import encode_prompts, left_pad, pad_id_of
 
 GOALS = {"tiny": 1.3, "100m": 1.15}
 DEFAULT_TOKENS = {"tiny-trained": "16,128", "tiny-real": "16,128", "100m": "4,20"}
-decode_module = importlib.import_module("rlae_jax.engine.decode")  # the package re-exports `decode` the function
+decode_module = importlib.import_module("rlae_jax.engine.loop")  # the package re-exports `decode` the function
 
 
 def sharpen(member: Member, factor: float) -> Member:
@@ -79,7 +79,7 @@ def counting_fallbacks(counter: list):
 def ensemble_runner(members, alignment, prompts, new_tokens):
     weight_fn, selection = resolve_strategy("uniform", len(members))
     batch = tokenize_for_members(members, prompts, new_tokens)
-    config = DecodeConfig(max_new_tokens=new_tokens, selection=selection, stop_at_eos=False)
+    config = DecodeConfig(max_new_tokens=new_tokens, selection=selection, stop_at_eos=False, record_features=False)
     args = (members, alignment, batch, weight_fn, jax.random.key(0), jnp.float32(0.0), jnp.float32(1.0))
     return lambda: common.block(decode_jit(*args, config=config)), args, config
 

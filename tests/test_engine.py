@@ -243,3 +243,11 @@ def test_unknown_strategy_and_empty_prompts_and_long_prompts(members, alignment)
 def test_alignment_for_other_members_is_refused(members, alignment):
     with pytest.raises(ValueError, match="alignment has 2 members but 3"):
         generate(members + members[:1], alignment, PROMPTS)
+
+
+def test_certified_candidate_shortcut_equals_the_full_union(members, alignment):
+    full = generate(members, alignment, PROMPTS, strategy="fixed", weights=[0.3, 0.7], max_new_tokens=NEW_TOKENS)
+    for k in (1, 4):
+        shortcut = generate(members, alignment, PROMPTS, strategy="fixed", weights=[0.3, 0.7],
+                            max_new_tokens=NEW_TOKENS, candidates_per_member=k)
+        assert shortcut.union_ids == full.union_ids

@@ -1,5 +1,5 @@
 """The ensemble decode engine: one compiled, batched loop over heterogeneous members."""
-from rlae_jax.engine.decode import (DecodeConfig, DecodeResult, EnsembleOutput, PromptBatch, decode, decode_jit,
+from rlae_jax.engine.loop import (DecodeConfig, DecodeResult, EnsembleOutput, PromptBatch, decode, decode_jit,
                                     generate, tokenize_for_members)
 from rlae_jax.engine.features import SpanFeatures
 from rlae_jax.engine.strategies import (STRATEGY_NAMES, CallableWeightFn, FixedWeights, PackLLMWeights, Selection,

@@ -17,7 +17,7 @@ import numpy as np
 from flax import nnx, struct
 
 from rlae_jax.align import Alignment
-from rlae_jax.engine.decode import DecodeConfig, DecodeResult, PromptBatch, decode
+from rlae_jax.engine.loop import DecodeConfig, DecodeResult, PromptBatch, decode
 from rlae_jax.models.member import Member
 from rlae_jax.rl import ppo
 from rlae_jax.rl.observations import observation

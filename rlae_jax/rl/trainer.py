@@ -16,7 +16,7 @@ from flax import nnx
 from tqdm import tqdm
 
 from rlae_jax.align import Alignment
-from rlae_jax.engine.decode import DecodeConfig, tokenize_for_members
+from rlae_jax.engine.loop import DecodeConfig, tokenize_for_members
 from rlae_jax.models.member import Member
 from rlae_jax.rl import ppo
 from rlae_jax.rl.losses import LossConfig

@@ -31,14 +31,17 @@ NO_TOKEN = -1  # union-id buffer padding after a row stops
 class DecodeConfig:
     """Static settings of one compiled decode. `expansion_budget`: cache slots reserved per generated
     union token in each member (a row whose member cache fills up stops with reason 'cache_full');
-    `stop_at_eos=False` always runs max_new_tokens steps (benchmarks)."""
+    `stop_at_eos=False` always runs max_new_tokens steps (benchmarks); `record_features` keeps every
+    span's SpanFeatures in the result (RL needs them; without it features the weight_fn ignores are
+    never computed)."""
 
     max_new_tokens: int = 64
     span_length: int = 1
     selection: Selection = Selection()
-    candidates_per_member: int = 4
+    candidates_per_member: int = 0
     expansion_budget: int = 4
     stop_at_eos: bool = True
+    record_features: bool = True
 
     @property
     def num_spans(self) -> int:
@@ -66,7 +69,7 @@ class DecodeState:
     weights: jax.Array
     weight_carry: Any
     span_weights: jax.Array
-    span_features: SpanFeatures
+    span_features: SpanFeatures | None
     span_valid: jax.Array
     weight_fallback: jax.Array
     key: jax.Array
@@ -74,7 +77,7 @@ class DecodeState:
 
 class DecodeResult(NamedTuple):
     """Device-side result. union_ids [B, T_new]; lengths [B]; stop_reason [B]; span_weights [B, S, N];
-    span_features (leaves [B, S, ...]); span_valid [B, S] spans that started before the row stopped;
+    span_features (leaves [B, S, ...]; None unless config.record_features); span_valid [B, S] spans that started before the row stopped;
     weight_carry: the weight_fn's final carry (e.g. an RL policy's log-probs); weight_fallback [B]:
     rows where the weight_fn returned invalid weights (replaced by uniform); ingested [B, N]: member
     tokens each member took in for the generated union tokens."""
@@ -83,7 +86,7 @@ class DecodeResult(NamedTuple):
     lengths: jax.Array
     stop_reason: jax.Array
     span_weights: jax.Array
-    span_features: SpanFeatures
+    span_features: SpanFeatures | None
     span_valid: jax.Array
     weight_carry: Any
     weight_fallback: jax.Array
@@ -136,11 +139,19 @@ def choose_union_tokens(probs: jax.Array, weights: jax.Array, alignment: Alignme
                         temperature: jax.Array, top_p: jax.Array, config: DecodeConfig) -> jax.Array:
     """One union id per row `[B]` from member probabilities `[B, N, V]` mixed with `weights [B, N]`.
 
-    'full' greedy is exact over the whole union: candidates from every member's top-k are scored
-    exactly, and the best one is certified when its mixed probability beats the bound
+    'full' mixes into the whole union `[B, U]` (one scatter-add) and picks from it: exact, and on
+    XLA:CPU cheaper than any top-k (benchmarks/RESULTS.md). With `candidates_per_member = k > 0`,
+    greedy decoding first tries candidates from every member's top-k, scored exactly, and uses the
+    best one when it is certified: its mixed probability beats the bound
     Σ_n w_n · min(D · p_n^(k), 1 − Σ_top-k p_n) on any token outside the candidates (D = most ids
-    sharing one byte string); otherwise — or when sampling — the full [B, U] mixture is used.
+    sharing one byte string); otherwise the full union decides. 'topk' (UniTE) picks only among
+    the candidates.
     """
+    def full_union():
+        return select_tokens(full_union_logits(probs, weights, alignment), key, temperature, top_p)
+
+    if config.selection.mode == "full" and config.candidates_per_member == 0:
+        return full_union()
     k = config.selection.top_k if config.selection.mode == "topk" else config.candidates_per_member
     top_probs, top_ids = top_candidates(probs, min(k, probs.shape[-1]))
     candidates = alignment.top_k_union(probs, top_ids, weights)
@@ -158,10 +169,7 @@ def choose_union_tokens(probs: jax.Array, weights: jax.Array, alignment: Alignme
     outside = jnp.minimum(duplicates * top_probs[..., -1], jnp.maximum(1.0 - top_probs.sum(-1), 0.0))
     certified = scores.max(-1) > jnp.einsum("bn,bn->b", weights, outside)
     use_candidates = (temperature <= 0.0) & jnp.all(certified)
-    return jax.lax.cond(
-        use_candidates,
-        lambda: pick_candidate(scores),
-        lambda: select_tokens(full_union_logits(probs, weights, alignment), key, temperature, top_p))
+    return jax.lax.cond(use_candidates, lambda: pick_candidate(scores), full_union)
 
 
 def feed_members(members: Sequence[Member], outputs, caches, union_ids: jax.Array, live: jax.Array,
@@ -221,8 +229,10 @@ def decode(members: Sequence[Member], alignment: Alignment, prompts: PromptBatch
         return span_features(probs, tuple(o.hidden for o in state_outputs), tuple(summaries), span_index,
                              previous_weights, nll, alignment, "js_divergence" in needs)
 
-    template = features_of(member_probabilities(outputs, alignment), outputs, jnp.int32(0), uniform)
-    records = jax.tree.map(lambda x: jnp.zeros((batch, config.num_spans) + x.shape[1:], x.dtype), template)
+    records = None
+    if config.record_features:
+        template = features_of(member_probabilities(outputs, alignment), outputs, jnp.int32(0), uniform)
+        records = jax.tree.map(lambda x: jnp.zeros((batch, config.num_spans) + x.shape[1:], x.dtype), template)
     state = DecodeState(
         step=jnp.zeros((), jnp.int32), outputs=tuple(outputs), caches=tuple(caches),
         union_ids=jnp.full((batch, config.max_new_tokens), NO_TOKEN, jnp.int32),
@@ -245,7 +255,8 @@ def decode(members: Sequence[Member], alignment: Alignment, prompts: PromptBatch
             weights, bad = sanitize_weights(weights)
             return s.replace(
                 weights=weights, weight_carry=weight_carry,
-                span_features=jax.tree.map(lambda rec, x: rec.at[:, span].set(x), s.span_features, features),
+                span_features=None if records is None else jax.tree.map(
+                    lambda rec, x: rec.at[:, span].set(x), s.span_features, features),
                 span_weights=s.span_weights.at[:, span].set(weights),
                 span_valid=s.span_valid.at[:, span].set(live), weight_fallback=s.weight_fallback | (live & bad))
 
@@ -313,14 +324,14 @@ def check_members(members: Sequence[Member], alignment: Alignment) -> None:
 def generate(members: Sequence[Member], alignment: Alignment, prompts: Sequence[str], strategy: Any = "uniform",
              max_new_tokens: int = 64, span_length: int = 1, seed: int = 0, temperature: float = 0.0,
              top_p: float = 1.0, weights: Sequence[float] | None = None, threshold: float = 0.5, primary: int = 0,
-             top_k: int = 4, packllm_temperature: float = 1.0, candidates_per_member: int = 4,
-             expansion_budget: int = 4) -> EnsembleOutput:
+             top_k: int = 4, packllm_temperature: float = 1.0, candidates_per_member: int = 0,
+             expansion_budget: int = 4, record_features: bool = True) -> EnsembleOutput:
     """Ensemble-generate continuations of `prompts`.
 
     strategy: "uniform", "fixed" (with `weights`), "single" (member `primary` alone), "threshold"
     (GaC gating on member `primary` with `threshold`), "topk" (UniTE with `top_k`), "packllm", or a
     weight_fn object (see `rlae_jax.engine.strategies`). The weight_fn is called every `span_length`
-    generated tokens.
+    generated tokens. `record_features=False` skips keeping per-span features (faster).
     """
     members = list(members)
     check_members(members, alignment)
@@ -330,7 +341,8 @@ def generate(members: Sequence[Member], alignment: Alignment, prompts: Sequence[
                                             packllm_temperature)
     batch = tokenize_for_members(members, prompts, max_new_tokens)
     config = DecodeConfig(max_new_tokens=max_new_tokens, span_length=span_length, selection=selection,
-                          candidates_per_member=candidates_per_member, expansion_budget=expansion_budget)
+                          candidates_per_member=candidates_per_member, expansion_budget=expansion_budget,
+                          record_features=record_features)
     result = decode_jit(members, alignment, batch, weight_fn, jax.random.key(seed), jnp.float32(temperature),
                         jnp.float32(top_p), config=config)
     return to_host(result, alignment, config)

@@ -1,0 +1,33 @@
+"""The embedded default (no downloads): `python -m launch.demo` (add `--config.quick=True` for a smoke run).
+
+Two members trained here — a GPT-2-style "reverser" (byte-level BPE) and a Llama-style
+"capitalizer" (`▁` BPE with byte fallback) — ensembled on the synthetic task of
+rlae_jax/tasks/synthetic.py; RLAE_PPO and RLAE_MAPPO are trained over several seeds and every
+strategy is evaluated on the held-out test split.
+"""
+import ml_collections
+
+
+def get_config() -> ml_collections.ConfigDict:
+    config = ml_collections.ConfigDict()
+    config.quick = False  # CI smoke settings (see finalize)
+    config.output_dir = "outputs/demo"
+    config.cache_dir = ""  # members are cached here (default ~/.cache/rlae_jax or $RLAE_CACHE)
+    config.seeds = 3
+    config.member_steps = 600
+    config.eval_examples = 256
+    config.rl = ml_collections.ConfigDict(dict(
+        num_updates=150, batch_size=32, max_new_tokens=20, span_length=1, learning_rate=1e-3,
+        hidden_sizes=(64, 64), feature_set="full", entropy_coef=0.0, num_epochs=4, num_minibatches=4,
+        checkpoint_every=50))
+    return config
+
+
+def finalize(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """Derived settings: the quick run trains less, on fewer seeds and evaluates fewer examples."""
+    if config.quick:
+        config.seeds = 2
+        config.member_steps = 400
+        config.eval_examples = 128
+        config.rl.num_updates = 60
+    return config

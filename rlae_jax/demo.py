@@ -7,10 +7,9 @@ import pathlib
 import time
 
 import jax
-import numpy as np
 
 from rlae_jax.align import build_alignment
-from rlae_jax.demo_members import demo_member
+from rlae_jax.demo_members import load_members
 from rlae_jax.engine.loop import DecodeConfig
 from rlae_jax.evaluation import baseline_strategies, run_strategy, summarize, write_report
 from rlae_jax.plots import plot_reward_curves, plot_weights_along_answers
@@ -19,14 +18,6 @@ from rlae_jax.rl.trainer import RLAETrainer, RLConfig
 from rlae_jax.tasks.synthetic import SYNTHETIC
 
 RL_KINDS = {"RLAE_PPO": "ppo", "RLAE_MAPPO": "mappo"}
-
-
-def rl_config(config, kind: str, seed: int) -> RLConfig:
-    rl = config.rl
-    return RLConfig(kind=kind, seed=seed, num_updates=rl.num_updates, batch_size=rl.batch_size,
-                    max_new_tokens=rl.max_new_tokens, span_length=rl.span_length, learning_rate=rl.learning_rate,
-                    hidden_sizes=tuple(rl.hidden_sizes), feature_set=rl.feature_set, entropy_coef=rl.entropy_coef,
-                    num_epochs=rl.num_epochs, num_minibatches=rl.num_minibatches)
 
 
 def ordering_verdict(summary: dict) -> tuple[bool, str]:
@@ -51,8 +42,7 @@ def run_demo(config) -> dict:
     output = pathlib.Path(config.output_dir).absolute()
     output.mkdir(parents=True, exist_ok=True)
     cache = config.cache_dir or None
-    members = [demo_member(skill, steps=config.member_steps, cache_dir=cache)
-               for skill in ("reverser", "capitalizer")]
+    members = load_members("demo", member_steps=config.member_steps, cache_dir=cache)
     alignment = build_alignment([m.tokenizer for m in members], vocab_sizes=[m.config.vocab_size for m in members],
                                 cache_dir=None if cache is None else pathlib.Path(cache) / "alignments")
     train_examples = SYNTHETIC.load("train", limit=4096)
@@ -69,7 +59,7 @@ def run_demo(config) -> dict:
         per_strategy[name] = []
         for seed in range(config.seeds):
             workdir = output / "runs" / f"{kind}-seed{seed}"
-            trainer = RLAETrainer(rl_config(config, kind, seed), members, alignment, SYNTHETIC, train_examples,
+            trainer = RLAETrainer(RLConfig.from_dict(config.rl, kind=kind, seed=seed), members, alignment, SYNTHETIC, train_examples,
                                   workdir, checkpoint_every=config.rl.checkpoint_every)
             state = trainer.train()
             weight_fn = policy_weight_fn(state, trainer.setup, jax.random.key(seed), deterministic=True)
@@ -104,6 +94,3 @@ def example_answers(result: dict) -> str:
     rows += [f"{name}: {texts}" for name, texts in result["examples"].items()]
     return "\n".join(rows)
 
-
-__all__ = ["example_answers", "ordering_verdict", "run_demo"]
-_ = np  # numpy is used by callers through the summary

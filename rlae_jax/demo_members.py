@@ -57,3 +57,15 @@ def demo_member(skill: str, steps: int = 600, seed: int = 0, cache_dir: str | os
     member = train_demo_member(skill, steps, seed, progress)
     save_pretrained(member, folder)
     return from_pretrained(str(folder), name=skill)
+
+
+def load_members(spec: str, dtype: str = "float32", member_steps: int = 600,
+                 cache_dir: str | os.PathLike | None = None) -> list[Member]:
+    """Members from a spec: "demo" (the two demo members) or comma-separated HF folders / hub ids /
+    .gguf files."""
+    if spec == "demo":
+        return [demo_member(skill, steps=member_steps, cache_dir=cache_dir) for skill in MEMBER_STYLES]
+    paths = [p for p in spec.split(",") if p]
+    if not paths:
+        raise ValueError("no members given: use 'demo' or comma-separated checkpoint paths / hub ids")
+    return [from_pretrained(path, dtype=dtype) for path in paths]

@@ -51,6 +51,16 @@ class RLConfig:
     length_penalty: float = 0.0
     seed: int = 0
 
+    @classmethod
+    def from_dict(cls, values, **overrides) -> "RLConfig":
+        """From a mapping (e.g. an ml_collections ConfigDict or a saved config.json); unknown keys are ignored."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        kwargs = {k: v for k, v in dict(values).items() if k in names}
+        kwargs.update(overrides)
+        if "hidden_sizes" in kwargs:
+            kwargs["hidden_sizes"] = tuple(kwargs["hidden_sizes"])
+        return cls(**kwargs)
+
     def setup(self, members: Sequence[Member]) -> RLSetup:
         decode = DecodeConfig(max_new_tokens=self.max_new_tokens, span_length=self.span_length)
         return RLSetup(kind=self.kind, num_members=len(members), feature_set=self.feature_set,

@@ -1,0 +1,60 @@
+"""Evaluate single members, uniform/fixed weights, GaC threshold, UniTE top-k, PackLLM and trained RLAE
+agents on one task split; writes results.json, results.md and per-span weight plots."""
+import json
+import pathlib
+
+import jax
+from absl import app
+from ml_collections import config_flags
+
+from rlae_jax.align import build_alignment
+from rlae_jax.demo_members import load_members
+from rlae_jax.engine.loop import DecodeConfig
+from rlae_jax.evaluation import baseline_strategies, run_strategy, summarize, write_report
+from rlae_jax.plots import plot_weights_along_answers
+from rlae_jax.rl.rollout import policy_weight_fn
+from rlae_jax.rl.trainer import RLConfig, load_agent_state
+from rlae_jax.tasks import get_task
+
+CONFIG = config_flags.DEFINE_config_file("config", "configs/evaluate.py", "evaluation config")
+
+
+def main(argv):
+    del argv
+    config = CONFIG.value
+    members = load_members(config.members, config.dtype, config.member_steps, config.cache_dir or None)
+    alignment = build_alignment([m.tokenizer for m in members], vocab_sizes=[m.config.vocab_size for m in members])
+    task = get_task(config.task)
+    examples = task.load(config.split, config.data_source or None, limit=config.limit)
+    results = {}
+    for name, (weight_fn, selection) in baseline_strategies(members, config.threshold, config.top_k).items():
+        strategy_config = DecodeConfig(max_new_tokens=config.max_new_tokens, selection=selection,
+                                       record_features=False)
+        results[name] = run_strategy(name, members, alignment, task, examples, weight_fn, strategy_config,
+                                     config.batch_size)
+    output = pathlib.Path(config.output_dir).absolute()
+    output.mkdir(parents=True, exist_ok=True)
+    for workdir in [w for w in config.checkpoints.split(",") if w]:
+        saved = json.loads((pathlib.Path(workdir) / "config.json").read_text())["rl"]
+        rl_config = RLConfig.from_dict(saved, max_new_tokens=config.max_new_tokens)
+        state = load_agent_state(workdir, rl_config, members)
+        setup = rl_config.setup(members)
+        name = f"RLAE_{rl_config.kind.upper()} ({pathlib.Path(workdir).name})"
+        weight_fn = policy_weight_fn(state, setup, jax.random.key(0), deterministic=True)
+        results[name] = run_strategy(name, members, alignment, task, examples, weight_fn, setup.decode,
+                                     config.batch_size)
+        shown = list(range(min(4, len(examples))))
+        result = results[name]
+        plot_weights_along_answers(
+            [[alignment.union_bytes(u).decode("utf-8", "replace") or "<eos>" for u in result.union_ids[i]]
+             for i in shown], [result.span_weights[i] for i in shown], setup.decode.span_length,
+            [m.name for m in members], [examples[i].prompt for i in shown],
+            output / f"weights_{pathlib.Path(workdir).name}.png")
+    table = write_report({name: summarize([r]) for name, r in results.items()}, output,
+                         f"{config.task} {config.split} ({len(examples)} examples)")
+    print(table)
+    print(f"\nresults, table and plots in {output}")
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,32 @@
+"""Train an RLAE agent (PPO or MAPPO): `python -m launch.train --config=configs/train.py [--config.x=y]`.
+Resumes automatically from the newest checkpoint in `--config.workdir`."""
+from absl import app
+from ml_collections import config_flags
+
+from rlae_jax.align import build_alignment
+from rlae_jax.demo_members import load_members
+from rlae_jax.rl.trainer import RLAETrainer, RLConfig
+from rlae_jax.tasks import get_task
+
+CONFIG = config_flags.DEFINE_config_file("config", "configs/train.py", "training config")
+
+
+def main(argv):
+    del argv
+    config = CONFIG.value
+    if config.distributed:
+        from rlae_jax.sharding import maybe_initialize_distributed
+
+        maybe_initialize_distributed(True)
+    members = load_members(config.members, config.dtype, config.member_steps, config.cache_dir or None)
+    alignment = build_alignment([m.tokenizer for m in members], vocab_sizes=[m.config.vocab_size for m in members])
+    task = get_task(config.task)
+    examples = task.load(config.split, config.data_source or None, limit=config.limit)
+    trainer = RLAETrainer(RLConfig.from_dict(config.rl), members, alignment, task, examples, config.workdir,
+                          checkpoint_every=config.checkpoint_every, keep=config.keep_checkpoints)
+    trainer.train()
+    print(f"done: checkpoints and metrics in {trainer.workdir}")
+
+
+if __name__ == "__main__":
+    app.run(main)

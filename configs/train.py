@@ -18,6 +18,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.split = "train"
     config.limit = 4096
     config.workdir = "outputs/train"
+    config.stop_after = 0  # stop (resumably) after this many updates; 0 = run to rl.num_updates
     config.checkpoint_every = 10
     config.keep_checkpoints = 3
     config.distributed = False  # jax.distributed.initialize() for multi-host runs

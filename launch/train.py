@@ -24,7 +24,7 @@ def main(argv):
     examples = task.load(config.split, config.data_source or None, limit=config.limit)
     trainer = RLAETrainer(RLConfig.from_dict(config.rl), members, alignment, task, examples, config.workdir,
                           checkpoint_every=config.checkpoint_every, keep=config.keep_checkpoints)
-    trainer.train()
+    trainer.train(config.stop_after or None)
     print(f"done: checkpoints and metrics in {trainer.workdir}")
 
 

@@ -19,7 +19,7 @@ from rlae_jax.train_lm import train_lm
 
 DEFAULT_CACHE = pathlib.Path(os.environ.get("RLAE_CACHE", pathlib.Path.home() / ".cache" / "rlae_jax"))
 MEMBER_STYLES = {"reverser": ("gpt2", "byte_level"), "capitalizer": ("llama", "metaspace")}
-RECIPE_VERSION = 1  # bump when the recipe below changes, so cached members are retrained
+RECIPE_VERSION = 2  # bump when the recipe below changes, so cached members are retrained
 
 
 def demo_model_config(model_type: str, tokenizer, hidden_size: int = 64, num_layers: int = 2) -> ModelConfig:
@@ -42,7 +42,8 @@ def train_demo_member(skill: str, steps: int = 600, seed: int = 0, progress: boo
     texts = tokenizer_corpus()
     tokenizer = train_byte_level_bpe(texts, 300) if style == "byte_level" else train_metaspace_bpe(texts, 120)
     member = Member.from_model(build_model(demo_model_config(model_type, tokenizer), seed=seed), tokenizer, name=skill)
-    member, _ = train_lm(member, member_corpus(skill, 4000, seed=seed + 7), steps=steps, seed=seed, progress=progress)
+    member, _ = train_lm(member, member_corpus(skill, 4000, seed=seed + 7), steps=steps, length=32, seed=seed,
+                         progress=progress)
     return member
 
 

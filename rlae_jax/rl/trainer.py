@@ -192,7 +192,7 @@ class RLAETrainer:
                 prompts, reward_data = self.batch(update)
                 state, metrics = train_step_jit(state, self.members, self.alignment, prompts, self.reward_fn,
                                                 reward_data, self.setup)
-                ppo.raise_if_nonfinite(metrics, update)
+                ppo.raise_if_nonfinite(metrics, update + 1)
                 metrics = jax.device_get(metrics)
                 writer.write(update + 1, metrics)
                 bar.set_postfix(reward=f"{float(metrics['reward']):.3f}", refresh=False)

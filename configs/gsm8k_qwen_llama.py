@@ -2,7 +2,7 @@
 
 Memory (bf16 weights, batch 32, 256 new tokens, expansion budget 4): weights ~3.1 GB + 2.5 GB;
 KV caches ~ 2 × 32 × (prompt + 1024) slots × layers × kv-heads × head-dim × 2 bytes ≈ 2–3 GB;
-the union vocabulary (~190k tokens) adds ~25 MB per batch row and step. One 24 GB GPU suffices;
+the union vocabulary (~190k tokens) adds a few MB per batch row. One 24 GB GPU suffices;
 on CPU expect minutes per update. Run:
   python -m launch.train --config=configs/gsm8k_qwen_llama.py
   python -m launch.evaluate --config=configs/evaluate.py --config.members=<same> --config.task=gsm8k \

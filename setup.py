@@ -33,6 +33,7 @@ setup(
         "cuda12": ["jax[cuda12]"],
         "tpu": ["jax[tpu]"],
         # torch==2.13.0 is the CPU build on our machines; it is only the parity reference.
-        "test": ["pytest>=8", "hypothesis>=6.100", "scipy>=1.13", "accelerate>=1.0", "torch==2.13.0"],
+        "test": ["pytest>=8", "hypothesis>=6.100", "scipy>=1.13", "accelerate>=1.0", "nbclient>=0.10",
+                 "nbformat>=5.10", "ipykernel>=6.29", "torch==2.13.0"],
     },
 )

@@ -3,6 +3,7 @@ Resumes automatically from the newest checkpoint in `--config.workdir`."""
 from absl import app
 from ml_collections import config_flags
 
+from rlae_jax import sharding
 from rlae_jax.align import build_alignment
 from rlae_jax.demo_members import load_members
 from rlae_jax.rl.trainer import RLAETrainer, RLConfig
@@ -14,16 +15,16 @@ CONFIG = config_flags.DEFINE_config_file("config", "configs/train.py", "training
 def main(argv):
     del argv
     config = CONFIG.value
-    if config.distributed:
-        from rlae_jax.sharding import maybe_initialize_distributed
-
-        maybe_initialize_distributed(True)
+    sharding.maybe_initialize_distributed(config.distributed)
+    mesh = None
+    if config.mesh_data * config.mesh_model > 1 or config.distributed:
+        mesh = sharding.make_mesh(config.mesh_data, config.mesh_model)
     members = load_members(config.members, config.dtype, config.member_steps, config.cache_dir or None)
     alignment = build_alignment([m.tokenizer for m in members], vocab_sizes=[m.config.vocab_size for m in members])
     task = get_task(config.task)
     examples = task.load(config.split, config.data_source or None, limit=config.limit)
     trainer = RLAETrainer(RLConfig.from_dict(config.rl), members, alignment, task, examples, config.workdir,
-                          checkpoint_every=config.checkpoint_every, keep=config.keep_checkpoints)
+                          checkpoint_every=config.checkpoint_every, keep=config.keep_checkpoints, mesh=mesh)
     trainer.train(config.stop_after or None)
     print(f"done: checkpoints and metrics in {trainer.workdir}")
 

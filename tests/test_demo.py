@@ -3,11 +3,13 @@ trained over 2 seeds, every strategy evaluated — and the ordering the README c
 import json
 
 import numpy as np
+import pytest
 
 from configs.demo import finalize, get_config
 from rlae_jax.demo import run_demo
 
 
+@pytest.mark.slow
 def test_quick_demo_rlae_beats_every_baseline(tmp_path):
     config = get_config()
     config.quick = True

@@ -251,3 +251,13 @@ def test_certified_candidate_shortcut_equals_the_full_union(members, alignment):
         shortcut = generate(members, alignment, PROMPTS, strategy="fixed", weights=[0.3, 0.7],
                             max_new_tokens=NEW_TOKENS, candidates_per_member=k)
         assert shortcut.union_ids == full.union_ids
+
+
+def test_nan_logits_stop_the_row_with_a_reason(members, alignment):
+    """A member whose weights hold a NaN: its rows stop at once with a named reason and a warning."""
+    broken = members[1].replace(state=jax.tree_util.tree_map_with_path(
+        lambda path, x: x.at[0, 0].set(jnp.nan) if "lm_head" in jax.tree_util.keystr(path) else x, members[1].state))
+    with pytest.warns(UserWarning, match="NaN/inf logits"):
+        out = generate([members[0], broken], alignment, PROMPTS, strategy="uniform", max_new_tokens=4)
+    assert out.stop_reasons == ["nonfinite_logits"] * len(PROMPTS)
+    assert out.union_ids == [[]] * len(PROMPTS)

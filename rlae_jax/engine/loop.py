@@ -22,8 +22,9 @@ from rlae_jax.models.member import Member, StepOutput
 from rlae_jax.prompts import check_context, encode_prompts, left_pad, pad_id_of
 from rlae_jax.sampling import select_tokens
 
-RUNNING, STOP_EOS, STOP_LENGTH, STOP_CACHE_FULL = 0, 1, 2, 3
-STOP_REASONS = {RUNNING: "running", STOP_EOS: "eos", STOP_LENGTH: "length", STOP_CACHE_FULL: "cache_full"}
+RUNNING, STOP_EOS, STOP_LENGTH, STOP_CACHE_FULL, STOP_NONFINITE = 0, 1, 2, 3, 4
+STOP_REASONS = {RUNNING: "running", STOP_EOS: "eos", STOP_LENGTH: "length", STOP_CACHE_FULL: "cache_full",
+                STOP_NONFINITE: "nonfinite_logits"}
 NO_TOKEN = -1  # union-id buffer padding after a row stops
 
 
@@ -262,6 +263,8 @@ def decode(members: Sequence[Member], alignment: Alignment, prompts: PromptBatch
 
         s = jax.lax.cond(s.step % config.span_length == 0, start_span, lambda s: s, s)
         key, sample_key = jax.random.split(s.key)
+        nonfinite = live & jnp.any(~jnp.isfinite(probs.sum(-1)), axis=-1)  # NaN/inf logits in some member
+        live = live & ~nonfinite
         chosen = choose_union_tokens(probs, s.weights, alignment, sample_key, temperature, top_p, config)
         chosen = jnp.where(live, chosen, NO_TOKEN)
         outputs, caches = feed_members(members, s.outputs, s.caches, jnp.maximum(chosen, 0), live, alignment)
@@ -269,8 +272,9 @@ def decode(members: Sequence[Member], alignment: Alignment, prompts: PromptBatch
         is_eos = live & (chosen == alignment.eos_union_id) & config.stop_at_eos
         return s.replace(
             step=s.step + 1, outputs=outputs, caches=caches, union_ids=s.union_ids.at[:, s.step].set(chosen),
-            done=s.done | is_eos | overflow,
-            stop_reason=jnp.where(is_eos, STOP_EOS, jnp.where(overflow, STOP_CACHE_FULL, s.stop_reason)),
+            done=s.done | is_eos | overflow | nonfinite,
+            stop_reason=jnp.select([is_eos, overflow, nonfinite], [STOP_EOS, STOP_CACHE_FULL, STOP_NONFINITE],
+                                   s.stop_reason),
             key=key)
 
     final = jax.lax.while_loop(keep_going, body, state)
@@ -355,6 +359,10 @@ def to_host(result: DecodeResult, alignment: Alignment, config: DecodeConfig) ->
     span_valid = np.asarray(result.span_valid)
     span_weights = np.asarray(result.span_weights)
     rows = [union_ids[b, :lengths[b]].tolist() for b in range(len(lengths))]
+    stopped_nonfinite = np.flatnonzero(np.asarray(result.stop_reason) == STOP_NONFINITE)
+    if len(stopped_nonfinite):
+        warnings.warn(f"rows {stopped_nonfinite.tolist()} stopped early: a member produced NaN/inf logits "
+                      "(stop reason 'nonfinite_logits'; bf16 overflow or broken weights?)")
     if np.asarray(result.weight_fallback).any():
         warnings.warn(f"the weight_fn returned NaN/negative/all-zero weights for rows "
                       f"{np.flatnonzero(np.asarray(result.weight_fallback)).tolist()}; those spans used uniform weights")

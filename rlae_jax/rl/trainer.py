@@ -15,6 +15,7 @@ import orbax.checkpoint as ocp
 from flax import nnx
 from tqdm import tqdm
 
+from rlae_jax import sharding
 from rlae_jax.align import Alignment
 from rlae_jax.engine.loop import DecodeConfig, tokenize_for_members
 from rlae_jax.models.member import Member
@@ -133,10 +134,16 @@ def config_fingerprint(config: RLConfig, members: Sequence[Member]) -> dict:
 
 class RLAETrainer:
     """Trains an RLAE agent on a task. Checkpoints go to `workdir/checkpoints` every
-    `checkpoint_every` updates (keep `keep`); an existing checkpoint is resumed automatically."""
+    `checkpoint_every` updates (keep `keep`); an existing checkpoint is resumed automatically.
+    With a `mesh` (rlae_jax.sharding.make_mesh), members are sharded over 'model' and batches over
+    'data'; the compiled step is the same."""
 
     def __init__(self, config: RLConfig, members: Sequence[Member], alignment: Alignment, task,
-                 examples: Sequence, workdir: str | pathlib.Path, checkpoint_every: int = 10, keep: int = 3):
+                 examples: Sequence, workdir: str | pathlib.Path, checkpoint_every: int = 10, keep: int = 3,
+                 mesh=None):
+        self.mesh = mesh
+        if mesh is not None:
+            members = [sharding.shard_member(m, mesh) for m in members]
         self.config, self.members, self.alignment = config, list(members), alignment
         self.task, self.examples = task, list(examples)
         self.workdir = pathlib.Path(workdir).absolute()
@@ -171,12 +178,15 @@ class RLAETrainer:
         examples = [self.examples[i] for i in indices]
         prompts = [self.task.render(e, self.members[0].tokenizer) for e in examples]
         batch = tokenize_for_members(self.members, prompts, self.config.max_new_tokens)
-        if isinstance(self.reward_fn, InGraphReward):
-            return batch, jnp.asarray(target_bytes(examples, 4 * self.config.max_new_tokens))
-        return batch, jnp.asarray(indices, jnp.int32)
+        data = (jnp.asarray(target_bytes(examples, 4 * self.config.max_new_tokens))
+                if isinstance(self.reward_fn, InGraphReward) else jnp.asarray(indices, jnp.int32))
+        if self.mesh is not None:
+            batch, data = sharding.shard_batch((batch, data), self.mesh)
+        return batch, data
 
     def restore_or_init(self) -> ppo.TrainState:
-        return restore_or_init(self.manager, self.config, self.members)
+        state = restore_or_init(self.manager, self.config, self.members)
+        return state if self.mesh is None else sharding.shard_train_state(state, self.mesh)
 
     def save(self, state: ppo.TrainState) -> None:
         self.manager.save(int(state.update_count), args=ocp.args.StandardSave(checkpoint_items(state)))
@@ -185,7 +195,7 @@ class RLAETrainer:
         """Run until `num_updates` (default: the config's) updates are done; returns the final state."""
         target = num_updates or self.config.num_updates
         state = self.restore_or_init()
-        writer = MetricsWriter(self.workdir)
+        writer = MetricsWriter(self.workdir) if jax.process_index() == 0 else None
         bar = tqdm(range(int(state.update_count), target), desc=f"RLAE {self.config.kind}", disable=not progress)
         try:
             for update in bar:
@@ -194,13 +204,15 @@ class RLAETrainer:
                                                 reward_data, self.setup)
                 ppo.raise_if_nonfinite(metrics, update + 1)
                 metrics = jax.device_get(metrics)
-                writer.write(update + 1, metrics)
+                if writer is not None:
+                    writer.write(update + 1, metrics)
                 bar.set_postfix(reward=f"{float(metrics['reward']):.3f}", refresh=False)
                 if (update + 1) % self.checkpoint_every == 0 or update + 1 == target:
                     self.save(state)
             self.manager.wait_until_finished()
         finally:
-            writer.close()
+            if writer is not None:
+                writer.close()
         return state
 
 

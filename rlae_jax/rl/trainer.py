@@ -24,7 +24,7 @@ from rlae_jax.rl.losses import LossConfig
 from rlae_jax.rl.networks import AgentConfig, make_agent
 from rlae_jax.rl.observations import observation_dims
 from rlae_jax.rl.rollout import CallbackReward, InGraphReward, RLSetup, train_step_jit
-from rlae_jax.tasks.synthetic import target_bytes
+from rlae_jax.tasks.synthetic import SyntheticTask, target_bytes
 
 SCALAR_METRICS = ("reward", "accuracy", "approx_kl", "clip_frac", "entropy", "episode_tokens", "grad_norm",
                   "value_loss", "policy_loss")
@@ -152,7 +152,7 @@ class RLAETrainer:
         self.checkpoint_every = checkpoint_every
         self.manager = ocp.CheckpointManager(
             self.workdir / "checkpoints", options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True))
-        if task.name == "synthetic":
+        if isinstance(task, SyntheticTask):
             self.reward_fn = InGraphReward.for_alignment(alignment)
         else:
             self.reward_fn = CallbackReward.for_task(task, self.examples, alignment)

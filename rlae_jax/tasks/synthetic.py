@@ -51,10 +51,13 @@ class Problem:
         return " ;".join(" " + " ".join(skills[op](list(word))) for op, word in self.parts)
 
 
-def sample_problems(count: int, seed: int, min_letters: int = 2, max_letters: int = 4) -> list[Problem]:
-    """`count` problems: a quarter each of rev, up, rev;up and up;rev."""
+ALL_KINDS = (("rev",), ("up",), ("rev", "up"), ("up", "rev"))
+
+
+def sample_problems(count: int, seed: int, min_letters: int = 2, max_letters: int = 4,
+                    kinds: tuple[tuple[str, ...], ...] = ALL_KINDS) -> list[Problem]:
+    """`count` problems, cycling through `kinds` (default: a quarter each of rev, up, rev;up, up;rev)."""
     rng = np.random.default_rng(seed)
-    kinds = (("rev",), ("up",), ("rev", "up"), ("up", "rev"))
     problems = []
     for index in range(count):
         ops = kinds[index % len(kinds)]
@@ -81,13 +84,14 @@ class SyntheticTask:
     """The demo task with the same interface as the dataset tasks (load / render / reward / rewards)."""
 
     name: str = "synthetic"
+    kinds: tuple[tuple[str, ...], ...] = ALL_KINDS
 
     def load(self, split: str, source=None, limit: int | None = None) -> list[Example]:
         """Deterministic examples of a split ('train', 'validation', 'test'); `source` is unused."""
         if split not in SPLIT_SEEDS:
             raise ValueError(f"unknown split {split!r}; synthetic splits: {', '.join(SPLIT_SEEDS)}")
-        problems = sample_problems(limit or 256, seed=1000 + SPLIT_SEEDS[split])
-        return [Example(id=f"synthetic/{split}/{i}", prompt=p.prompt, answer=p.answer(), aliases=(p.answer(),))
+        problems = sample_problems(limit or 256, seed=1000 + SPLIT_SEEDS[split], kinds=self.kinds)
+        return [Example(id=f"{self.name}/{split}/{i}", prompt=p.prompt, answer=p.answer(), aliases=(p.answer(),))
                 for i, p in enumerate(problems)]
 
     def render(self, example: Example, tokenizer=None, shots: Sequence[Example] = ()) -> str:
@@ -150,3 +154,5 @@ def reward_in_graph(union_ids: jax.Array, targets: jax.Array, byte_table: jax.Ar
 
 
 SYNTHETIC = SyntheticTask()
+# A shifted task for cross-task transfer: only two-part problems, where a member switch is required.
+SYNTHETIC_TWO_PART = SyntheticTask(name="synthetic_two_part", kinds=ALL_KINDS[2:])

@@ -14,7 +14,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.output_dir = "outputs/demo"
     config.cache_dir = ""  # members are cached here (default ~/.cache/rlae_jax or $RLAE_CACHE)
     config.seeds = 3
-    config.member_steps = 600
+    config.member_steps = 1500
     config.eval_examples = 256
     config.rl = ml_collections.ConfigDict(dict(
         num_updates=150, batch_size=32, max_new_tokens=20, span_length=1, learning_rate=1e-3,
@@ -27,7 +27,7 @@ def finalize(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     """Derived settings: the quick run trains less, on fewer seeds and evaluates fewer examples."""
     if config.quick:
         config.seeds = 2
-        config.member_steps = 400
+        config.member_steps = 800
         config.eval_examples = 128
         config.rl.num_updates = 60
     return config

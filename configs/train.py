@@ -11,7 +11,7 @@ def get_config() -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
     config.members = "demo"
     config.dtype = "float32"
-    config.member_steps = 600  # demo members only
+    config.member_steps = 1500  # demo members only
     config.cache_dir = ""
     config.task = "synthetic"
     config.data_source = ""

@@ -6,7 +6,7 @@ import ml_collections
 def get_config() -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
     config.skill = "reverser"  # or "capitalizer"
-    config.steps = 600
+    config.steps = 1500
     config.seed = 0
     config.output = ""  # HF-format folder to write; empty = the demo's member cache
     return config

@@ -19,7 +19,7 @@ from rlae_jax.train_lm import train_lm
 
 DEFAULT_CACHE = pathlib.Path(os.environ.get("RLAE_CACHE", pathlib.Path.home() / ".cache" / "rlae_jax"))
 MEMBER_STYLES = {"reverser": ("gpt2", "byte_level"), "capitalizer": ("llama", "metaspace")}
-RECIPE_VERSION = 2  # bump when the recipe below changes, so cached members are retrained
+RECIPE_VERSION = 3  # bump when the recipe below changes, so cached members are retrained
 
 
 def demo_model_config(model_type: str, tokenizer, hidden_size: int = 64, num_layers: int = 2) -> ModelConfig:
@@ -34,7 +34,7 @@ def demo_model_config(model_type: str, tokenizer, hidden_size: int = 64, num_lay
         bos_token_id=tokenizer.bos_token_id, pad_token_id=tokenizer.pad_token_id)
 
 
-def train_demo_member(skill: str, steps: int = 600, seed: int = 0, progress: bool = True) -> Member:
+def train_demo_member(skill: str, steps: int = 1500, seed: int = 0, progress: bool = True) -> Member:
     """Train one demo member from scratch (tokenizer + model) on its own skill's corpus."""
     if skill not in MEMBER_STYLES:
         raise ValueError(f"unknown demo member {skill!r}; known: {', '.join(MEMBER_STYLES)}")
@@ -47,7 +47,7 @@ def train_demo_member(skill: str, steps: int = 600, seed: int = 0, progress: boo
     return member
 
 
-def demo_member(skill: str, steps: int = 600, seed: int = 0, cache_dir: str | os.PathLike | None = None,
+def demo_member(skill: str, steps: int = 1500, seed: int = 0, cache_dir: str | os.PathLike | None = None,
                 progress: bool = True) -> Member:
     """A demo member from the cache (an HF-format folder) or freshly trained and cached."""
     recipe = dict(skill=skill, steps=steps, seed=seed, version=RECIPE_VERSION)
@@ -60,7 +60,7 @@ def demo_member(skill: str, steps: int = 600, seed: int = 0, cache_dir: str | os
     return from_pretrained(str(folder), name=skill)
 
 
-def load_members(spec: str, dtype: str = "float32", member_steps: int = 600,
+def load_members(spec: str, dtype: str = "float32", member_steps: int = 1500,
                  cache_dir: str | os.PathLike | None = None) -> list[Member]:
     """Members from a spec: "demo" (the two demo members) or comma-separated HF folders / hub ids /
     .gguf files."""

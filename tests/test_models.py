@@ -275,3 +275,12 @@ def test_save_pretrained_round_trip_loads_in_both_frameworks(tiny, tokenizer, tm
     exported = AutoModelForCausalLM.from_pretrained(tmp_path).eval()
     ours = np.asarray(member.logits(jnp.asarray([ids]), jnp.ones((1, len(ids)), jnp.int32)))[0]
     assert np.abs(reference_logits(exported, ids) - ours).max() < 1e-4, family
+
+
+def test_a_folder_keeps_its_own_tokenizer_json(tiny, tokenizer):
+    """transformers may swap in a model-specific tokenizer class (e.g. Qwen2Tokenizer for a qwen2
+    folder) that re-splits text; from_pretrained uses the folder's tokenizer.json as is."""
+    _, _, member = tiny
+    assert type(member.tokenizer).__name__ == "PreTrainedTokenizerFast"
+    for prompt in PROMPTS + [" leading space", "tabs\tand\nnew lines  "]:
+        assert member.tokenizer.encode(prompt) == tokenizer.encode(prompt)

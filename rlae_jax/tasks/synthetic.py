@@ -69,8 +69,19 @@ def sample_problems(count: int, seed: int, min_letters: int = 2, max_letters: in
 
 
 def member_corpus(skill: str, count: int, seed: int) -> list[tuple[str, str]]:
-    """(prompt, completion) training pairs for a member with the given skill ("reverser"/"capitalizer")."""
-    return [(p.prompt, p.answer(SKILLS[skill])) for p in sample_problems(count, seed)]
+    """(prompt, completion) training pairs for a member with the given skill ("reverser"/"capitalizer").
+
+    Besides its own full answers, the member also learns to continue a two-part answer whose first
+    part is *correct* (given in the prompt, not trained on) — the context it meets inside an ensemble
+    when the other member wrote that part."""
+    pairs = []
+    for problem in sample_problems(count, seed):
+        pairs.append((problem.prompt, problem.answer(SKILLS[skill])))
+        if len(problem.parts) == 2:
+            first, second = problem.parts
+            prefix = problem.prompt + Problem((first,)).answer() + " ;"
+            pairs.append((prefix, Problem((second,)).answer(SKILLS[skill])))
+    return pairs
 
 
 def tokenizer_corpus() -> list[str]:

@@ -1,6 +1,6 @@
 """Generate with an ensemble of members that may have different tokenizers:
 `python -m launch.ensemble_generate --config=configs/ensemble_generate.py --config.members=A,B`."""
-from absl import app
+from absl import app, logging
 from ml_collections import config_flags
 from tqdm import tqdm
 
@@ -13,6 +13,7 @@ CONFIG = config_flags.DEFINE_config_file("config", "configs/ensemble_generate.py
 
 def main(argv):
     del argv
+    logging.set_verbosity(logging.WARNING)  # orbax and jax INFO lines drown the progress bars
     config = CONFIG.value
     paths = [p for p in config.members.split(",") if p]
     if len(paths) < 1:

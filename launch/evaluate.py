@@ -4,7 +4,7 @@ import json
 import pathlib
 
 import jax
-from absl import app
+from absl import app, logging
 from ml_collections import config_flags
 
 from rlae_jax.align import build_alignment
@@ -21,6 +21,7 @@ CONFIG = config_flags.DEFINE_config_file("config", "configs/evaluate.py", "evalu
 
 def main(argv):
     del argv
+    logging.set_verbosity(logging.WARNING)  # orbax and jax INFO lines drown the progress bars
     config = CONFIG.value
     members = load_members(config.members, config.dtype, config.member_steps, config.cache_dir or None)
     alignment = build_alignment([m.tokenizer for m in members], vocab_sizes=[m.config.vocab_size for m in members])

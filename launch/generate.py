@@ -1,5 +1,5 @@
 """Generate with one member: `python -m launch.generate --config=configs/generate.py --config.model=PATH`."""
-from absl import app
+from absl import app, logging
 from ml_collections import config_flags
 from tqdm import tqdm
 
@@ -10,6 +10,7 @@ CONFIG = config_flags.DEFINE_config_file("config", "configs/generate.py", "gener
 
 def main(argv):
     del argv
+    logging.set_verbosity(logging.WARNING)  # orbax and jax INFO lines drown the progress bars
     config = CONFIG.value
     if not config.model:
         raise app.UsageError("--config.model=PATH (a Hugging Face folder, hub id or .gguf file) is required")

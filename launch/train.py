@@ -1,6 +1,6 @@
 """Train an RLAE agent (PPO or MAPPO): `python -m launch.train --config=configs/train.py [--config.x=y]`.
 Resumes automatically from the newest checkpoint in `--config.workdir`."""
-from absl import app
+from absl import app, logging
 from ml_collections import config_flags
 
 from rlae_jax import sharding
@@ -14,6 +14,7 @@ CONFIG = config_flags.DEFINE_config_file("config", "configs/train.py", "training
 
 def main(argv):
     del argv
+    logging.set_verbosity(logging.WARNING)  # orbax and jax INFO lines drown the progress bars
     config = CONFIG.value
     sharding.maybe_initialize_distributed(config.distributed)
     mesh = None

@@ -173,6 +173,31 @@ def choose_union_tokens(probs: jax.Array, weights: jax.Array, alignment: Alignme
     return jax.lax.cond(use_candidates, lambda: pick_candidate(scores), full_union)
 
 
+MULTI_STEP_CHUNK = 4  # member tokens appended per multi-token step; longer re-spellings loop over chunks
+
+
+def multi_step_chunked(member: Member, cache: KVCache, previous: StepOutput, tokens: jax.Array, counts: jax.Array
+                       ) -> tuple[StepOutput, KVCache]:
+    """Append the first `counts[b]` of `tokens [B, L]` in chunks of MULTI_STEP_CHUNK (as many chunks as
+    the longest row needs, so the cost follows the actual re-spelling length, not L). Rows that
+    append nothing keep `previous`."""
+    length = tokens.shape[1]
+    chunk = min(MULTI_STEP_CHUNK, length)
+    padded = jnp.pad(tokens, ((0, 0), (0, -length % chunk)))
+    num_chunks = (jnp.max(counts) + chunk - 1) // chunk
+
+    def body(carry):
+        index, out, cache = carry
+        block = jax.lax.dynamic_slice_in_dim(padded, index * chunk, chunk, axis=1)
+        block_counts = jnp.clip(counts - index * chunk, 0, chunk)
+        new_out, cache = member.multi_step(cache, block, block_counts)
+        fed = (block_counts > 0)[:, None]
+        return index + 1, jax.tree.map(lambda new, old: jnp.where(fed, new, old), new_out, out), cache
+
+    _, out, cache = jax.lax.while_loop(lambda c: c[0] < num_chunks, body, (jnp.int32(0), previous, cache))
+    return out, cache
+
+
 def feed_members(members: Sequence[Member], outputs, caches, union_ids: jax.Array, live: jax.Array,
                  alignment: Alignment):
     """Re-tokenise the chosen union ids into every member and append them (one-token fast path when
@@ -182,18 +207,20 @@ def feed_members(members: Sequence[Member], outputs, caches, union_ids: jax.Arra
     new_outputs, new_caches = [], []
     for index, member in enumerate(members):
         member_tokens, member_counts = tokens[:, index], counts[:, index]
-        out, cache = jax.lax.cond(
-            jnp.all(member_counts <= 1),
-            lambda c, t, n, m=member: m.step(c, t[:, 0]),
-            lambda c, t, n, m=member: m.multi_step(c, t, n),
-            caches[index], member_tokens, member_counts)
-        fed = member_counts > 0
-        out = jax.tree.map(lambda new, old: jnp.where(fed.reshape((-1,) + (1,) * (new.ndim - 1)), new, old),
-                           out, outputs[index])
-        cursor = jnp.where(fed | ~live, cache.cursor, caches[index].cursor)
-        next_position = jnp.where(fed, cache.next_position, caches[index].next_position)
+
+        def one_token(cache, previous, m=member, t=member_tokens, n=member_counts):
+            out, new_cache = m.step(cache, t[:, 0])
+            fed = n > 0  # rows that ingest nothing (done rows, specials it lacks) keep output and cursor
+            out = jax.tree.map(lambda new, old: jnp.where(fed[:, None], new, old), out, previous)
+            return out, new_cache.replace(cursor=jnp.where(fed, new_cache.cursor, cache.cursor),
+                                          next_position=jnp.where(fed, new_cache.next_position, cache.next_position))
+
+        def several(cache, previous, m=member, t=member_tokens, n=member_counts):
+            return multi_step_chunked(m, cache, previous, t, n)
+
+        out, cache = jax.lax.cond(jnp.all(member_counts <= 1), one_token, several, caches[index], outputs[index])
         new_outputs.append(out)
-        new_caches.append(cache.replace(cursor=cursor, next_position=next_position))
+        new_caches.append(cache)
     return tuple(new_outputs), tuple(new_caches)
 
 

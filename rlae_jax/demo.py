@@ -83,14 +83,4 @@ def run_demo(config) -> dict:
     report = f"{table}\n\n{verdict}\n\nwall time {minutes:.1f} min; outputs in {output}"
     (output / "summary.txt").write_text(report + "\n")
     print(report)
-    return {"summary": summary, "ordering_ok": ok, "output_dir": str(output), "minutes": minutes,
-            "examples": {name: per_strategy[name][0].texts[:8] for name in per_strategy},
-            "targets": [e.answer for e in test_examples[:8]]}
-
-
-def example_answers(result: dict) -> str:
-    """A few answers of every strategy next to the targets, for a quick look."""
-    rows = [f"target: {result['targets']}"]
-    rows += [f"{name}: {texts}" for name, texts in result["examples"].items()]
-    return "\n".join(rows)
-
+    return {"summary": summary, "ordering_ok": ok, "output_dir": str(output), "minutes": minutes}

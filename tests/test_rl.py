@@ -7,7 +7,6 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import scipy.stats
-from flax import nnx
 
 from rlae_jax.rl.bandit import BanditConfig, rollout, train
 from rlae_jax.rl.distributions import Dirichlet, LogGamma

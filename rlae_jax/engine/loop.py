@@ -5,7 +5,6 @@ to every member in its own tokens. `decode` is pure and jittable (the RL train s
 from __future__ import annotations
 
 import dataclasses
-import functools
 import warnings
 from typing import Any, NamedTuple, Sequence
 

@@ -2,7 +2,6 @@
 embeddings), selected by ModelConfig fields rather than by code paths."""
 from __future__ import annotations
 
-import jax
 import jax.numpy as jnp
 from flax import nnx
 

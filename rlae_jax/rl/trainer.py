@@ -12,7 +12,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
-from flax import nnx
 from tqdm import tqdm
 
 from rlae_jax import sharding

@@ -281,6 +281,6 @@ def test_a_folder_keeps_its_own_tokenizer_json(tiny, tokenizer):
     """transformers may swap in a model-specific tokenizer class (e.g. Qwen2Tokenizer for a qwen2
     folder) that re-splits text; from_pretrained uses the folder's tokenizer.json as is."""
     _, _, member = tiny
-    assert type(member.tokenizer).__name__ == "PreTrainedTokenizerFast"
+    assert "Qwen2" not in type(member.tokenizer).__name__
     for prompt in PROMPTS + [" leading space", "tabs\tand\nnew lines  "]:
         assert member.tokenizer.encode(prompt) == tokenizer.encode(prompt)

@@ -16,13 +16,8 @@ sys.path.insert(0, str(REPO / "tests"))
 
 from rlae_jax import tokenization  # noqa: E402
 from rlae_jax.models import ModelConfig  # noqa: E402
+from tiny_models import CORPUS  # noqa: E402
 
-CORPUS = [
-    "Once upon a time there was a little robot who liked to count numbers.",
-    "The quick brown fox jumps over the lazy dog; 12 + 30 = 42.",
-    "Hello world! This is a tiny corpus for a tiny tokenizer, with some punctuation: ,.;?",
-    "Alice and Bob exchanged 7 messages, then 11 more, before the meeting at 5 pm.",
-] * 20
 PROMPT = "Once upon a time there was a little robot who liked to count"
 
 

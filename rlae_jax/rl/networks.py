@@ -98,7 +98,17 @@ class SpanEmbedding(nnx.Module):
         return self.embed(jnp.clip(span_index, 0, self.max_spans - 1))
 
 
-class PPOAgent(nnx.Module):
+class Agent(nnx.Module):
+    """Shared by both agents: `self(obs, span_index)` returns (policy distribution, values [B])."""
+
+    def act(self, obs, span_index, key):
+        """Sample actions; returns (actions, their log-probs, values)."""
+        policy, values = self(obs, span_index)
+        actions = policy.sample(key)
+        return actions, policy.log_prob(actions), values
+
+
+class PPOAgent(Agent):
     """MLP torsos on [obs, span embedding] -> Dirichlet concentrations `[B, N]` (actor) and value `[B]`
     (critic); actor and critic have separate torsos and share the span embedding."""
 
@@ -116,11 +126,6 @@ class PPOAgent(nnx.Module):
         inputs = jnp.concatenate([obs, self.span_embedding(span_index)], axis=-1)
         concentration = jax.nn.softplus(self.concentration_head(self.actor_torso(inputs))) + self.config.min_concentration
         return Dirichlet(concentration), self.value_head(self.critic_torso(inputs))[..., 0]
-
-    def act(self, obs, span_index, key):
-        policy, values = self(obs, span_index)
-        actions = policy.sample(key)
-        return actions, policy.log_prob(actions), values
 
     def evaluate(self, obs, span_index, actions):
         policy, values = self(obs, span_index)
@@ -145,7 +150,7 @@ class Actor(nnx.Module):
         return jax.nn.softplus(self.head(self.torso(x))[..., 0]) + self.min_concentration
 
 
-class MAPPOAgent(nnx.Module):
+class MAPPOAgent(Agent):
     """N actors (shared parameters + one-hot agent id, or stacked separate parameters) emitting one
     concentration each, and a centralised critic on [state, span embedding] -> value `[B]`."""
 
@@ -192,11 +197,6 @@ class MAPPOAgent(nnx.Module):
 
     def __call__(self, obs: MultiAgentObs, span_index: jax.Array) -> tuple[LogGamma, jax.Array]:
         return LogGamma(self.concentrations(obs.agent_obs, span_index)), self.value(obs.state, span_index)
-
-    def act(self, obs, span_index, key):
-        policy, values = self(obs, span_index)
-        actions = policy.sample(key)
-        return actions, policy.log_prob(actions), values
 
     def evaluate(self, obs, span_index, actions):
         policy, values = self(obs, span_index)

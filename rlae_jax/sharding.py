@@ -4,7 +4,7 @@ A mesh has two named axes: `data` (the batch) and `model` (attention heads, MLP 
 and the vocabulary of each member). Parameters are placed by a rules table over their names
 (`PARAMETER_RULES`: module/param → logical axis per dimension) and `LOGICAL_AXES` (logical axis →
 mesh axis), so every family shares one table. The engine and the RL train step need no changes:
-`jax.jit` propagates the shardings of its inputs.
+`jax.jit` propagates the shardings of its inputs (KV caches follow: batch over `data`, KV heads over `model`).
 
     mesh = make_mesh(data=4, model=2)
     members = [shard_member(m, mesh) for m in members]
@@ -24,7 +24,6 @@ import jax
 import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
-from rlae_jax.models.kv_cache import KVCache
 from rlae_jax.models.member import Member
 
 DATA, MODEL = "data", "model"
@@ -38,7 +37,6 @@ LOGICAL_AXES: dict[str, str | None] = {
     "mlp": MODEL,
     "embed": None,
     "positions": None,
-    "cache_length": None,
     "head_dim": None,
 }
 
@@ -59,14 +57,6 @@ PARAMETER_RULES: tuple[tuple[str, tuple[str | None, ...]], ...] = (
     (r"(down_proj|mlp_proj)/kernel", ("mlp", "embed")),
 )
 
-# KVCache fields → logical axes (keys/values per layer are `[B, S, H_kv, D]`).
-CACHE_AXES = {
-    "keys": ("batch", "cache_length", "kv_heads", "head_dim"),
-    "values": ("batch", "cache_length", "kv_heads", "head_dim"),
-    "slot_positions": ("batch", "cache_length"),
-    "cursor": ("batch",),
-    "next_position": ("batch",),
-}
 
 
 def make_mesh(data: int = 1, model: int = 1, devices: Sequence[jax.Device] | None = None) -> Mesh:
@@ -185,27 +175,6 @@ def shard_train_state(train_state: Any, mesh: Mesh) -> Any:
     """A `ppo.TrainState` (agent params, optimiser state, key, update count) replicated on `mesh`: the
     agent is small; its batch of transitions follows the members' batch sharding inside the step."""
     return replicate(train_state, mesh)
-
-
-def kv_cache_shardings(cache: KVCache, mesh: Mesh) -> KVCache:
-    """NamedShardings of a KVCache: batch over 'data', kv heads over 'model'."""
-    spec = lambda field: NamedSharding(mesh, logical_to_spec(CACHE_AXES[field]))
-    return KVCache(keys=tuple(spec("keys") for _ in cache.keys), values=tuple(spec("values") for _ in cache.values),
-                   slot_positions=spec("slot_positions"), cursor=spec("cursor"), next_position=spec("next_position"))
-
-
-def constrain_kv_cache(cache: KVCache, mesh: Mesh | None = None) -> KVCache:
-    """`with_sharding_constraint` of a cache to `kv_cache_shardings` (inside or outside jit); `mesh`
-    defaults to the one set by `jax.set_mesh`, and without a mesh the cache is returned unchanged."""
-    if mesh is None:
-        mesh = jax.sharding.get_abstract_mesh()
-        if mesh.empty or DATA not in mesh.axis_names:
-            return cache
-        shardings = jax.tree.map(lambda s: s.spec, kv_cache_shardings(cache, mesh),
-                                 is_leaf=lambda s: isinstance(s, NamedSharding))
-    else:
-        shardings = kv_cache_shardings(cache, mesh)
-    return jax.lax.with_sharding_constraint(cache, shardings)
 
 
 def maybe_initialize_distributed(enabled: bool, **kwargs) -> dict[str, int]:

@@ -63,24 +63,24 @@ def make_members(size: str, head_scale: float):
 @contextlib.contextmanager
 def counting_fallbacks(counter: list):
     """Patch the engine's full-union branch to count its executions on the host."""
-    original = decode_module.full_union_logits
+    original = decode_module.mixed_union
 
-    def counted(probs, weights, alignment):
+    def counted(dists, weights, alignment):
         jax.debug.callback(lambda: counter.append(1))
-        return original(probs, weights, alignment)
+        return original(dists, weights, alignment)
 
-    decode_module.full_union_logits = counted
+    decode_module.mixed_union = counted
     try:
         yield
     finally:
-        decode_module.full_union_logits = original
+        decode_module.mixed_union = original
 
 
-def ensemble_runner(members, alignment, prompts, new_tokens, candidates=0):
+def ensemble_runner(members, alignment, prompts, new_tokens, candidates=0, respell_chunk=4):
     weight_fn, selection = resolve_strategy("uniform", len(members))
     batch = tokenize_for_members(members, prompts, new_tokens)
     config = DecodeConfig(max_new_tokens=new_tokens, selection=selection, stop_at_eos=False, record_features=False,
-                          candidates_per_member=candidates)
+                          candidates_per_member=candidates, respell_chunk=respell_chunk)
     args = (members, alignment, batch, weight_fn, jax.random.key(0), jnp.float32(0.0), jnp.float32(1.0))
     return lambda: common.block(decode_jit(*args, config=config)), args, config
 
@@ -100,9 +100,9 @@ def step_seconds(make_runner, tokens, repeats):
     return (common.median_time(run2, repeats) - common.median_time(run1, repeats)) / (n2 - n1)
 
 
-def shortcut_stats(members, alignment, prompts, new_tokens, candidates):
+def shortcut_stats(members, alignment, prompts, new_tokens, candidates, respell_chunk):
     """(fraction of steps using the certified shortcut, mean member tokens ingested per step [N])."""
-    _, args, config = ensemble_runner(members, alignment, prompts, new_tokens, candidates)
+    _, args, config = ensemble_runner(members, alignment, prompts, new_tokens, candidates, respell_chunk)
     fallbacks = []
     with counting_fallbacks(fallbacks):
         result = jax.jit(decode, static_argnames=("config",))(*args, config=config)
@@ -122,6 +122,8 @@ def main():
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per measurement (median)")
     parser.add_argument("--candidates", type=int, default=0,
                         help="candidates_per_member: 0 = full-union selection (default), k > 0 = certified top-k")
+    parser.add_argument("--respell-chunk", type=int, default=4,
+                        help="DecodeConfig.respell_chunk: member tokens per extra pass for multi-token re-spellings")
     parser.add_argument("--head-scale", type=float, default=1.0,
                         help="multiply the final norm by this (>1: peaked, trained-like distributions)")
     opts = parser.parse_args()
@@ -131,7 +133,8 @@ def main():
     print(f"# decode_throughput  {datetime.datetime.now():%Y-%m-%d %H:%M}")
     print(f"# {common.machine_info()}")
     selection = (f"certified top-{opts.candidates} shortcut" if opts.candidates else "full-union selection")
-    print(f"# repeats={opts.repeats}, greedy, uniform weights, {selection}, head scale {opts.head_scale}")
+    print(f"# repeats={opts.repeats}, greedy, uniform weights, {selection}, respell chunk {opts.respell_chunk}, "
+          f"head scale {opts.head_scale}")
     header = ["size", "B", "member", "params", "ms/step", "tok/s", "ingest/step"]
     widths = [13, 3, 9, 8, 9, 9, 11]
     rows, verdicts = [], []
@@ -146,9 +149,11 @@ def main():
             prompts = [common.PROMPT] * batch
             steps = [step_seconds(lambda n, m=m: member_runner(m, prompts, n), tokens, opts.repeats)
                      for m in members]
-            ensemble = step_seconds(lambda n: ensemble_runner(members, alignment, prompts, n, opts.candidates)[0],
-                                    tokens, opts.repeats)
-            shortcut, ingested = shortcut_stats(members, alignment, prompts, tokens[1], opts.candidates)
+            ensemble = step_seconds(
+                lambda n: ensemble_runner(members, alignment, prompts, n, opts.candidates, opts.respell_chunk)[0],
+                tokens, opts.repeats)
+            shortcut, ingested = shortcut_stats(members, alignment, prompts, tokens[1], opts.candidates,
+                                                opts.respell_chunk)
             for m, s in zip(members, steps):
                 rows.append([size, batch, m.name, f"{m.num_params / 1e6:.1f}M", f"{s * 1e3:.2f}",
                              f"{batch / s:.0f}", "1.00"])

@@ -20,7 +20,6 @@ class DecodeCarry(NamedTuple):
     cache: KVCache
     tokens: jax.Array  # [B, max_new_tokens] generated ids (pad after EOS)
     done: jax.Array  # [B] bool
-    key: jax.Array
 
 
 def eos_ids_of(member: Member) -> np.ndarray:
@@ -43,18 +42,17 @@ def generate_ids(member: Member, input_ids: jax.Array, attention_mask: jax.Array
     first, _, cache = member.prefill(input_ids, attention_mask, input_ids.shape[1] + max_new_tokens)
     carry = DecodeCarry(
         step=jnp.zeros((), jnp.int32), logits=first.logits, cache=cache,
-        tokens=jnp.full((batch, max_new_tokens), pad_id, jnp.int32), done=jnp.zeros((batch,), bool), key=key)
+        tokens=jnp.full((batch, max_new_tokens), pad_id, jnp.int32), done=jnp.zeros((batch,), bool))
 
     def keep_going(c: DecodeCarry):
         return (c.step < max_new_tokens) & ~jnp.all(c.done)
 
     def body(c: DecodeCarry) -> DecodeCarry:
-        key, sample_key = jax.random.split(c.key)
-        token = jnp.where(c.done, pad_id, select_tokens(c.logits, sample_key, temperature, top_p))
+        token = jnp.where(c.done, pad_id, select_tokens(c.logits, key, c.step, temperature, top_p))
         tokens = c.tokens.at[:, c.step].set(token)
         done = c.done | jnp.isin(token, eos_ids)
         out, cache = member.step(c.cache, token)
-        return DecodeCarry(c.step + 1, out.logits, cache, tokens, done, key)
+        return DecodeCarry(c.step + 1, out.logits, cache, tokens, done)
 
     final = jax.lax.while_loop(keep_going, body, carry)
     not_pad = jnp.arange(max_new_tokens)[None, :] < final.step

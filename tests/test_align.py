@@ -112,7 +112,7 @@ def test_projection_conserves_mass(alignment, seed, temperature, one_hot):
     np.testing.assert_allclose(mixed, jnp.einsum("bn,bnu->bu", weights, projected), atol=1e-6)
 
 
-def test_projection_matrix_matches_scatter(alignment):
+def test_projection_matrix_matches_project(alignment):
     probs = jax.nn.softmax(jax.random.normal(jax.random.key(0), (2, 2, alignment.member_to_union.shape[1])))
     projected = alignment.project(probs)
     for n in range(2):

@@ -13,6 +13,7 @@ from rlae_jax.generation import generate_ids  # noqa: E402
 from rlae_jax.models import config_from_hf, from_pretrained, param_count  # noqa: E402
 from rlae_jax.models.presets import PRESETS, PUBLISHED_PARAM_COUNTS, preset_hf_config  # noqa: E402
 from rlae_jax.prompts import left_pad  # noqa: E402
+from rlae_jax.sampling import first_argmax  # noqa: E402
 from tiny_models import hf_config, save_tiny_model, train_byte_level_tokenizer  # noqa: E402
 
 FAMILIES = ["llama3", "mistral", "qwen2", "gpt2"]
@@ -152,6 +153,17 @@ def test_sampling_is_seeded_and_top_p_zero_is_greedy(tiny):
     greedy = rlae_jax.generate_tokens(member, prompts[:1], max_new_tokens=12)
     nucleus_of_one = rlae_jax.generate_tokens(member, prompts[:1], max_new_tokens=12, temperature=1.0, top_p=1e-6)
     assert nucleus_of_one == greedy
+
+
+def test_first_argmax_equals_argmax_with_ties_and_infinities():
+    rng = np.random.default_rng(0)
+    scores = rng.integers(0, 4, size=(64, 37)).astype(np.float32)  # many ties for the maximum
+    scores[3] = -np.inf
+    scores[5, 10:] = np.inf
+    scores[7, :] = 2.0
+    got = jax.jit(first_argmax)(jnp.asarray(scores))
+    assert got.dtype == jnp.int32
+    np.testing.assert_array_equal(got, np.argmax(scores, axis=-1))
 
 
 # ---- bad input -------------------------------------------------------------------------------

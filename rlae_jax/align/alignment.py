@@ -57,6 +57,8 @@ class Alignment:
     union_member_ids: int32 [N, U, D] every member id with the union token's bytes (padding V).
     union_complete: bool [U] every member can ingest the token exactly within L tokens (specials
         always: they carry no bytes); the engine should never select the others.
+    duplicate_widths: D_n per member, the columns of union_member_ids member n uses (1 unless some
+        of its ids share bytes).
     """
 
     member_to_union: jax.Array
@@ -69,6 +71,7 @@ class Alignment:
     num_union: int = struct.field(pytree_node=False)
     max_expansion: int = struct.field(pytree_node=False)
     vocab_sizes: tuple[int, ...] = struct.field(pytree_node=False)
+    duplicate_widths: tuple[int, ...] = struct.field(pytree_node=False)
     vocab: UnionVocab = struct.field(pytree_node=False)
 
     @property
@@ -82,11 +85,14 @@ class Alignment:
 
     def project(self, member_probs: jax.Array) -> jax.Array:
         """[B, N, V] member probabilities → [B, N, U] union probabilities (mass conserved)."""
-        return ops.project(member_probs, self.member_to_union, self.num_union)
+        return ops.project(member_probs, self.union_member_ids, self.duplicate_widths)
 
-    def mix(self, member_probs: jax.Array, weights: jax.Array) -> jax.Array:
-        """[B, N, V] probabilities, [B, N] weights → [B, U] mixed union distribution."""
-        return ops.mix(member_probs, weights, self.member_to_union, self.num_union)
+    def mix(self, member_probs: jax.Array | Sequence[jax.Array], weights: jax.Array) -> jax.Array:
+        """Probabilities `[B, N, V]` (or N arrays `[B, V_n]`), weights `[B, N]` → `[B, U]` mixed union
+        distribution Σ_n weights[:, n] · P_n (unnormalised inputs give the same mixture scaled)."""
+        if not isinstance(member_probs, (list, tuple)):
+            member_probs = [member_probs[:, n] for n in range(member_probs.shape[1])]
+        return ops.mix(member_probs, weights, self.union_member_ids, self.duplicate_widths)
 
     def top_k_union(self, member_probs: jax.Array, member_top_ids: jax.Array, weights: jax.Array) -> ops.TopKUnion:
         """Candidates from member top-k ids [B, N, k] scored without [B, U] (see project.top_k_union)."""

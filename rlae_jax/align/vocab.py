@@ -153,6 +153,7 @@ def _to_alignment(
     host: UnionVocab, union_member_ids: np.ndarray, union_complete: np.ndarray, sizes: Sequence[int], max_expansion: int
 ) -> Alignment:
     num_union = len(host.union_bytes)
+    widths = [max(int((union_member_ids[n] < size).sum(-1).max()), 1) for n, size in enumerate(sizes)]
     return Alignment(
         member_to_union=jnp.asarray(host.member_to_union),
         member_valid=jnp.asarray(host.member_to_union < num_union),
@@ -164,6 +165,7 @@ def _to_alignment(
         num_union=num_union,
         max_expansion=max_expansion,
         vocab_sizes=tuple(int(s) for s in sizes),
+        duplicate_widths=tuple(widths),
         vocab=host,
     )
 

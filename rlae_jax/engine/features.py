@@ -6,6 +6,7 @@ import jax.numpy as jnp
 from flax import struct
 
 from rlae_jax.align import Alignment
+from rlae_jax.sampling import first_argmax
 
 
 @struct.dataclass
@@ -44,7 +45,7 @@ def js_divergence(union_probs: jax.Array) -> jax.Array:
 def top1_agreement(probs: jax.Array, alignment: Alignment) -> jax.Array:
     """Fraction of member pairs `[B]` whose argmax tokens have the same bytes (same union id)."""
     members = probs.shape[1]
-    top1 = jnp.argmax(probs, axis=-1)  # [B, N]
+    top1 = first_argmax(probs)  # [B, N]
     union_top1 = alignment.member_to_union[jnp.arange(members)[None, :], top1]
     same = union_top1[:, :, None] == union_top1[:, None, :]
     pairs = max(members * (members - 1) // 2, 1)

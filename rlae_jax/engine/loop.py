@@ -19,7 +19,7 @@ from rlae_jax.engine.strategies import Selection, resolve_strategy
 from rlae_jax.models.kv_cache import KVCache
 from rlae_jax.models.member import Member, StepOutput
 from rlae_jax.prompts import check_context, encode_prompts, left_pad, pad_id_of
-from rlae_jax.sampling import select_tokens
+from rlae_jax.sampling import first_argmax, select_from, select_tokens
 
 RUNNING, STOP_EOS, STOP_LENGTH, STOP_CACHE_FULL, STOP_NONFINITE = 0, 1, 2, 3, 4
 STOP_REASONS = {RUNNING: "running", STOP_EOS: "eos", STOP_LENGTH: "length", STOP_CACHE_FULL: "cache_full",
@@ -31,15 +31,19 @@ NO_TOKEN = -1  # union-id buffer padding after a row stops
 class DecodeConfig:
     """Static settings of one compiled decode. `expansion_budget`: cache slots reserved per generated
     union token in each member (a row whose member cache fills up stops with reason 'cache_full');
-    `stop_at_eos=False` always runs max_new_tokens steps (benchmarks); `record_features` keeps every
-    span's SpanFeatures in the result (RL needs them; without it features the weight_fn ignores are
-    never computed)."""
+    `respell_chunk`: member tokens appended per extra pass when a union token re-spells into several
+    (the first always goes in a single-token step; a larger chunk means fewer passes but more
+    padded work per pass: 4 suits memory-bound decoding (GPUs, batch 1), 2 a compute-bound CPU at
+    batch 16, benchmarks/RESULTS.md); `stop_at_eos=False` always runs max_new_tokens steps
+    (benchmarks); `record_features` keeps every span's SpanFeatures in the result (RL needs them;
+    without it features the weight_fn ignores are never computed)."""
 
     max_new_tokens: int = 64
     span_length: int = 1
     selection: Selection = Selection()
     candidates_per_member: int = 0
     expansion_budget: int = 4
+    respell_chunk: int = 4
     stop_at_eos: bool = True
     record_features: bool = True
 
@@ -56,9 +60,23 @@ class PromptBatch(NamedTuple):
 
 
 @struct.dataclass
+class SpanState:
+    """What a span start changes: `weights [B, N]` current mixing weights, the weight_fn's carry and
+    the per-span records `span_weights [B, S, N]`, `span_features` (leaves `[B, S, ...]`),
+    `span_valid [B, S]`, `weight_fallback [B]`."""
+
+    weights: jax.Array
+    weight_carry: Any
+    span_weights: jax.Array
+    span_features: SpanFeatures | None
+    span_valid: jax.Array
+    weight_fallback: jax.Array
+
+
+@struct.dataclass
 class DecodeState:
-    """Loop carry. `outputs`/`caches` per member; `union_ids [B, T_new]` (NO_TOKEN after a stop);
-    `weights [B, N]` current mixing weights; span records `[B, S, ...]`."""
+    """Loop carry. `outputs`/`caches` per member; `union_ids [B, T_new]` (NO_TOKEN after a stop).
+    The span start's `lax.cond` takes only `spans`, so the KV caches never pass through it."""
 
     step: jax.Array
     outputs: tuple[StepOutput, ...]
@@ -66,13 +84,7 @@ class DecodeState:
     union_ids: jax.Array
     done: jax.Array
     stop_reason: jax.Array
-    weights: jax.Array
-    weight_carry: Any
-    span_weights: jax.Array
-    span_features: SpanFeatures | None
-    span_valid: jax.Array
-    weight_fallback: jax.Array
-    key: jax.Array
+    spans: SpanState
 
 
 class DecodeResult(NamedTuple):
@@ -93,15 +105,28 @@ class DecodeResult(NamedTuple):
     ingested: jax.Array
 
 
-def member_probabilities(outputs: Sequence[StepOutput], alignment: Alignment) -> jax.Array:
-    """Each member's next-token distribution, zero-padded to the widest vocabulary: `[B, N, V]`."""
-    width = alignment.member_valid.shape[1]
-    probs = []
+class MemberDistributions(NamedTuple):
+    """Each member's next-token distribution, unnormalised: `exp_logits` per member `[B, V_n]`
+    (exp(logit − row max); 0 on ids its tokenizer lacks) and their row sums `normalizer [B, N]`
+    (NaN/inf when a member's logits are not finite)."""
+
+    exp_logits: tuple[jax.Array, ...]
+    normalizer: jax.Array
+
+    def probabilities(self) -> jax.Array:
+        """Normalised and zero-padded to the widest vocabulary: `[B, N, V]`."""
+        width = max(e.shape[-1] for e in self.exp_logits)
+        return jnp.stack([jnp.pad(e / self.normalizer[:, n, None], ((0, 0), (0, width - e.shape[-1])))
+                          for n, e in enumerate(self.exp_logits)], axis=1)
+
+
+def member_distributions(outputs: Sequence[StepOutput], alignment: Alignment) -> MemberDistributions:
+    """Softmax numerators and normalisers of every member's logits (ids outside its tokenizer masked)."""
+    exp_logits = []
     for index, out in enumerate(outputs):
-        vocab = out.logits.shape[-1]
-        logits = jnp.where(alignment.member_valid[index, :vocab], out.logits, -jnp.inf)
-        probs.append(jnp.pad(jax.nn.softmax(logits, axis=-1), ((0, 0), (0, width - vocab))))
-    return jnp.stack(probs, axis=1)
+        logits = jnp.where(alignment.member_valid[index, :out.logits.shape[-1]], out.logits, -jnp.inf)
+        exp_logits.append(jnp.exp(logits - logits.max(axis=-1, keepdims=True)))
+    return MemberDistributions(tuple(exp_logits), jnp.stack([e.sum(-1) for e in exp_logits], axis=1))
 
 
 def sanitize_weights(weights: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -120,7 +145,7 @@ def top_candidates(probs: jax.Array, k: int) -> tuple[jax.Array, jax.Array]:
         return values, ids.astype(jnp.int32)
 
     def pick(remaining, _):
-        index = jnp.argmax(remaining, axis=-1)
+        index = first_argmax(remaining)
         value = jnp.take_along_axis(remaining, index[..., None], axis=-1)[..., 0]
         remaining = jnp.where(jnp.arange(remaining.shape[-1]) == index[..., None], -1.0, remaining)
         return remaining, (value, index.astype(jnp.int32))
@@ -129,18 +154,24 @@ def top_candidates(probs: jax.Array, k: int) -> tuple[jax.Array, jax.Array]:
     return jnp.moveaxis(values, 0, -1), jnp.moveaxis(ids, 0, -1)
 
 
-def full_union_logits(probs: jax.Array, weights: jax.Array, alignment: Alignment) -> jax.Array:
-    """log of the mixed union distribution `[B, U]`; tokens some member cannot ingest get -inf."""
-    mixed = alignment.mix(probs, weights)
+def mixed_union(dists: MemberDistributions, weights: jax.Array, alignment: Alignment) -> jax.Array:
+    """The mixed union distribution `[B, U]`: Σ_n weights[:, n] · P_n, gathered from the unnormalised
+    member distributions (weights divided by the normalisers: no normalised copy is made)."""
+    return alignment.mix(dists.exp_logits, weights / dists.normalizer)
+
+
+def union_logits(mixed: jax.Array, alignment: Alignment) -> jax.Array:
+    """log of a mixed union distribution `[B, U]`; tokens some member cannot ingest get -inf."""
     return jnp.where(alignment.union_complete & (mixed > 0), jnp.log(jnp.where(mixed > 0, mixed, 1.0)), -jnp.inf)
 
 
-def choose_union_tokens(probs: jax.Array, weights: jax.Array, alignment: Alignment, key: jax.Array,
-                        temperature: jax.Array, top_p: jax.Array, config: DecodeConfig) -> jax.Array:
-    """One union id per row `[B]` from member probabilities `[B, N, V]` mixed with `weights [B, N]`.
+def choose_union_tokens(dists: MemberDistributions, weights: jax.Array, alignment: Alignment, key: jax.Array,
+                        step: jax.Array, temperature: jax.Array, top_p: jax.Array, config: DecodeConfig) -> jax.Array:
+    """One union id per row `[B]` from the members' distributions mixed with `weights [B, N]`
+    (sampling draws with key fold_in(key, step)).
 
-    'full' mixes into the whole union `[B, U]` (one scatter-add) and picks from it: exact, and on
-    XLA:CPU cheaper than any top-k (benchmarks/RESULTS.md). With `candidates_per_member = k > 0`,
+    'full' mixes into the whole union `[B, U]` (one gather per member) and picks from it: exact, and
+    on XLA:CPU cheaper than any top-k (benchmarks/RESULTS.md). With `candidates_per_member = k > 0`,
     greedy decoding first tries candidates from every member's top-k, scored exactly, and uses the
     best one when it is certified: its mixed probability beats the bound
     Σ_n w_n · min(D · p_n^(k), 1 − Σ_top-k p_n) on any token outside the candidates (D = most ids
@@ -148,10 +179,13 @@ def choose_union_tokens(probs: jax.Array, weights: jax.Array, alignment: Alignme
     the candidates.
     """
     def full_union():
-        return select_tokens(full_union_logits(probs, weights, alignment), key, temperature, top_p)
+        mixed = mixed_union(dists, weights, alignment)
+        return select_from(lambda: jnp.where(alignment.union_complete, mixed, -1.0),
+                           lambda: union_logits(mixed, alignment), key, step, temperature, top_p)
 
     if config.selection.mode == "full" and config.candidates_per_member == 0:
         return full_union()
+    probs = dists.probabilities()
     k = config.selection.top_k if config.selection.mode == "topk" else config.candidates_per_member
     top_probs, top_ids = top_candidates(probs, min(k, probs.shape[-1]))
     candidates = alignment.top_k_union(probs, top_ids, weights)
@@ -159,7 +193,7 @@ def choose_union_tokens(probs: jax.Array, weights: jax.Array, alignment: Alignme
     scores = jnp.where(usable, candidates.scores, -jnp.inf)
 
     def pick_candidate(scores_or_logits):
-        index = select_tokens(scores_or_logits, key, temperature, top_p)
+        index = select_tokens(scores_or_logits, key, step, temperature, top_p)
         return jnp.take_along_axis(candidates.union_ids, index[:, None], axis=1)[:, 0]
 
     if config.selection.mode == "topk":
@@ -172,16 +206,13 @@ def choose_union_tokens(probs: jax.Array, weights: jax.Array, alignment: Alignme
     return jax.lax.cond(use_candidates, lambda: pick_candidate(scores), full_union)
 
 
-MULTI_STEP_CHUNK = 4  # member tokens appended per multi-token step; longer re-spellings loop over chunks
-
-
-def multi_step_chunked(member: Member, cache: KVCache, previous: StepOutput, tokens: jax.Array, counts: jax.Array
-                       ) -> tuple[StepOutput, KVCache]:
-    """Append the first `counts[b]` of `tokens [B, L]` in chunks of MULTI_STEP_CHUNK (as many chunks as
+def multi_step_chunked(member: Member, cache: KVCache, previous: StepOutput, tokens: jax.Array, counts: jax.Array,
+                       chunk: int) -> tuple[StepOutput, KVCache]:
+    """Append the first `counts[b]` of `tokens [B, L]` in chunks of `chunk` tokens (as many chunks as
     the longest row needs, so the cost follows the actual re-spelling length, not L). Rows that
     append nothing keep `previous`."""
     length = tokens.shape[1]
-    chunk = min(MULTI_STEP_CHUNK, length)
+    chunk = min(chunk, length)
     padded = jnp.pad(tokens, ((0, 0), (0, -length % chunk)))
     num_chunks = (jnp.max(counts) + chunk - 1) // chunk
 
@@ -198,26 +229,24 @@ def multi_step_chunked(member: Member, cache: KVCache, previous: StepOutput, tok
 
 
 def feed_members(members: Sequence[Member], outputs, caches, union_ids: jax.Array, live: jax.Array,
-                 alignment: Alignment):
-    """Re-tokenise the chosen union ids into every member and append them (one-token fast path when
-    every live row needs exactly one token). Rows ingesting nothing keep their previous output."""
+                 alignment: Alignment, respell_chunk: int):
+    """Re-tokenise the chosen union ids into every member and append them: every row's first token in
+    one single-token step, the rest of longer re-spellings in chunks (a loop that runs zero times when
+    no row needs more than one token). No `lax.cond` here: XLA:CPU copies a KV cache passed through
+    one on every step. Rows ingesting nothing keep their previous output and cursor."""
     tokens, counts = alignment.retokenize(union_ids)  # [B, N, L], [B, N]
     counts = jnp.where(live[:, None], counts, 0)
     new_outputs, new_caches = [], []
     for index, member in enumerate(members):
-        member_tokens, member_counts = tokens[:, index], counts[:, index]
-
-        def one_token(cache, previous, m=member, t=member_tokens, n=member_counts):
-            out, new_cache = m.step(cache, t[:, 0])
-            fed = n > 0  # rows that ingest nothing (done rows, specials it lacks) keep output and cursor
-            out = jax.tree.map(lambda new, old: jnp.where(fed[:, None], new, old), out, previous)
-            return out, new_cache.replace(cursor=jnp.where(fed, new_cache.cursor, cache.cursor),
-                                          next_position=jnp.where(fed, new_cache.next_position, cache.next_position))
-
-        def several(cache, previous, m=member, t=member_tokens, n=member_counts):
-            return multi_step_chunked(m, cache, previous, t, n)
-
-        out, cache = jax.lax.cond(jnp.all(member_counts <= 1), one_token, several, caches[index], outputs[index])
+        member_tokens, member_counts, cache = tokens[:, index], counts[:, index], caches[index]
+        out, stepped = member.step(cache, member_tokens[:, 0])
+        fed = member_counts > 0  # rows that ingest nothing (done rows, specials it lacks) keep output and cursor
+        out = jax.tree.map(lambda new, old: jnp.where(fed[:, None], new, old), out, outputs[index])
+        cache = stepped.replace(cursor=jnp.where(fed, stepped.cursor, cache.cursor),
+                                next_position=jnp.where(fed, stepped.next_position, cache.next_position))
+        if alignment.max_expansion > 1:
+            out, cache = multi_step_chunked(member, cache, out, member_tokens[:, 1:],
+                                            jnp.maximum(member_counts - 1, 0), respell_chunk)
         new_outputs.append(out)
         new_caches.append(cache)
     return tuple(new_outputs), tuple(new_caches)
@@ -252,21 +281,22 @@ def decode(members: Sequence[Member], alignment: Alignment, prompts: PromptBatch
         nll = jnp.zeros((batch, num_members), jnp.float32)
     uniform = jnp.full((batch, num_members), 1.0 / num_members, jnp.float32)
 
-    def features_of(probs, state_outputs, span_index, previous_weights):
-        return span_features(probs, tuple(o.hidden for o in state_outputs), tuple(summaries), span_index,
+    def features_of(dists, state_outputs, span_index, previous_weights):
+        return span_features(dists.probabilities(), tuple(o.hidden for o in state_outputs), tuple(summaries), span_index,
                              previous_weights, nll, alignment, "js_divergence" in needs)
 
     records = None
     if config.record_features:
-        template = features_of(member_probabilities(outputs, alignment), outputs, jnp.int32(0), uniform)
+        template = features_of(member_distributions(outputs, alignment), outputs, jnp.int32(0), uniform)
         records = jax.tree.map(lambda x: jnp.zeros((batch, config.num_spans) + x.shape[1:], x.dtype), template)
+    spans = SpanState(
+        weights=uniform, weight_carry=weight_fn.init_carry(batch, config.num_spans),
+        span_weights=jnp.zeros((batch, config.num_spans, num_members), jnp.float32), span_features=records,
+        span_valid=jnp.zeros((batch, config.num_spans), bool), weight_fallback=jnp.zeros((batch,), bool))
     state = DecodeState(
         step=jnp.zeros((), jnp.int32), outputs=tuple(outputs), caches=tuple(caches),
         union_ids=jnp.full((batch, config.max_new_tokens), NO_TOKEN, jnp.int32),
-        done=jnp.zeros((batch,), bool), stop_reason=jnp.zeros((batch,), jnp.int32), weights=uniform,
-        weight_carry=weight_fn.init_carry(batch, config.num_spans),
-        span_weights=jnp.zeros((batch, config.num_spans, num_members), jnp.float32), span_features=records,
-        span_valid=jnp.zeros((batch, config.num_spans), bool), weight_fallback=jnp.zeros((batch,), bool), key=key)
+        done=jnp.zeros((batch,), bool), stop_reason=jnp.zeros((batch,), jnp.int32), spans=spans)
 
     def keep_going(s: DecodeState):
         return (s.step < config.max_new_tokens) & ~jnp.all(s.done)
@@ -274,42 +304,42 @@ def decode(members: Sequence[Member], alignment: Alignment, prompts: PromptBatch
     def body(s: DecodeState) -> DecodeState:
         span = s.step // config.span_length
         live = ~s.done
-        probs = member_probabilities(s.outputs, alignment)
+        dists = member_distributions(s.outputs, alignment)
 
-        def start_span(s: DecodeState) -> DecodeState:
-            features = features_of(probs, s.outputs, span, s.weights)
-            weights, weight_carry = weight_fn(features, s.weight_carry)
+        def start_span(spans: SpanState) -> SpanState:
+            features = features_of(dists, s.outputs, span, spans.weights)
+            weights, weight_carry = weight_fn(features, spans.weight_carry)
             weights, bad = sanitize_weights(weights)
-            return s.replace(
+            return spans.replace(
                 weights=weights, weight_carry=weight_carry,
                 span_features=None if records is None else jax.tree.map(
-                    lambda rec, x: rec.at[:, span].set(x), s.span_features, features),
-                span_weights=s.span_weights.at[:, span].set(weights),
-                span_valid=s.span_valid.at[:, span].set(live), weight_fallback=s.weight_fallback | (live & bad))
+                    lambda rec, x: rec.at[:, span].set(x), spans.span_features, features),
+                span_weights=spans.span_weights.at[:, span].set(weights),
+                span_valid=spans.span_valid.at[:, span].set(live), weight_fallback=spans.weight_fallback | (live & bad))
 
-        s = jax.lax.cond(s.step % config.span_length == 0, start_span, lambda s: s, s)
-        key, sample_key = jax.random.split(s.key)
-        nonfinite = live & jnp.any(~jnp.isfinite(probs.sum(-1)), axis=-1)  # NaN/inf logits in some member
+        spans = jax.lax.cond(s.step % config.span_length == 0, start_span, lambda spans: spans, s.spans)
+        nonfinite = live & jnp.any(~jnp.isfinite(dists.normalizer), axis=-1)  # NaN/inf logits in some member
         live = live & ~nonfinite
-        chosen = choose_union_tokens(probs, s.weights, alignment, sample_key, temperature, top_p, config)
+        chosen = choose_union_tokens(dists, spans.weights, alignment, key, s.step, temperature, top_p, config)
         chosen = jnp.where(live, chosen, NO_TOKEN)
-        outputs, caches = feed_members(members, s.outputs, s.caches, jnp.maximum(chosen, 0), live, alignment)
+        outputs, caches = feed_members(members, s.outputs, s.caches, jnp.maximum(chosen, 0), live, alignment,
+                                        config.respell_chunk)
         overflow = live & jnp.any(jnp.stack([c.overflowed for c in caches]), axis=0)
         is_eos = live & (chosen == alignment.eos_union_id) & config.stop_at_eos
         return s.replace(
-            step=s.step + 1, outputs=outputs, caches=caches, union_ids=s.union_ids.at[:, s.step].set(chosen),
+            step=s.step + 1, outputs=outputs, caches=caches, union_ids=s.union_ids.at[:, s.step].set(chosen), spans=spans,
             done=s.done | is_eos | overflow | nonfinite,
             stop_reason=jnp.select([is_eos, overflow, nonfinite], [STOP_EOS, STOP_CACHE_FULL, STOP_NONFINITE],
-                                   s.stop_reason),
-            key=key)
+                                   s.stop_reason))
 
     final = jax.lax.while_loop(keep_going, body, state)
     lengths = jnp.sum(final.union_ids != NO_TOKEN, axis=1)
     stop_reason = jnp.where(final.stop_reason == RUNNING, STOP_LENGTH, final.stop_reason)
     ingested = jnp.stack([cache.next_position - mask.sum(-1) for cache, mask in
                           zip(final.caches, prompts.attention_mask)], axis=1)
-    return DecodeResult(final.union_ids, lengths, stop_reason, final.span_weights, final.span_features,
-                        final.span_valid, final.weight_carry, final.weight_fallback, ingested)
+    spans = final.spans
+    return DecodeResult(final.union_ids, lengths, stop_reason, spans.span_weights, spans.span_features,
+                        spans.span_valid, spans.weight_carry, spans.weight_fallback, ingested)
 
 
 decode_jit = jax.jit(decode, static_argnames=("config",))
@@ -355,13 +385,14 @@ def generate(members: Sequence[Member], alignment: Alignment, prompts: Sequence[
              max_new_tokens: int = 64, span_length: int = 1, seed: int = 0, temperature: float = 0.0,
              top_p: float = 1.0, weights: Sequence[float] | None = None, threshold: float = 0.5, primary: int = 0,
              top_k: int = 4, packllm_temperature: float = 1.0, candidates_per_member: int = 0,
-             expansion_budget: int = 4, record_features: bool = True) -> EnsembleOutput:
+             expansion_budget: int = 4, respell_chunk: int = 4, record_features: bool = True) -> EnsembleOutput:
     """Ensemble-generate continuations of `prompts`.
 
     strategy: "uniform", "fixed" (with `weights`), "single" (member `primary` alone), "threshold"
     (GaC gating on member `primary` with `threshold`), "topk" (UniTE with `top_k`), "packllm", or a
     weight_fn object (see `rlae_jax.engine.strategies`). The weight_fn is called every `span_length`
-    generated tokens. `record_features=False` skips keeping per-span features (faster).
+    generated tokens. `record_features=False` skips keeping per-span features (faster);
+    `expansion_budget` and `respell_chunk` as in `DecodeConfig`.
     """
     members = list(members)
     check_members(members, alignment)
@@ -372,7 +403,7 @@ def generate(members: Sequence[Member], alignment: Alignment, prompts: Sequence[
     batch = tokenize_for_members(members, prompts, max_new_tokens)
     config = DecodeConfig(max_new_tokens=max_new_tokens, span_length=span_length, selection=selection,
                           candidates_per_member=candidates_per_member, expansion_budget=expansion_budget,
-                          record_features=record_features)
+                          respell_chunk=respell_chunk, record_features=record_features)
     result = decode_jit(members, alignment, batch, weight_fn, jax.random.key(seed), jnp.float32(temperature),
                         jnp.float32(top_p), config=config)
     return to_host(result, alignment, config)

@@ -16,7 +16,8 @@ EMPTY = -1  # slot position of an unwritten or padding slot
 
 @struct.dataclass
 class KVCache:
-    """keys/values: per layer `[B, S, H_kv, D]`; slot_positions `[B, S]` (EMPTY if unused);
+    """keys/values: per layer `[B, H_kv, S, D]` (heads before slots: decode attention is then a
+    batched matmul over the cache with no transposed copy of it); slot_positions `[B, S]` (EMPTY if unused);
     cursor `[B]` next slot to write; next_position `[B]` position id of the next token."""
 
     keys: tuple[jax.Array, ...]
@@ -27,7 +28,7 @@ class KVCache:
 
     @classmethod
     def init(cls, num_layers: int, batch: int, length: int, num_kv_heads: int, head_dim: int, dtype) -> "KVCache":
-        shape = (batch, length, num_kv_heads, head_dim)
+        shape = (batch, num_kv_heads, length, head_dim)
         return cls(
             keys=tuple(jnp.zeros(shape, dtype) for _ in range(num_layers)),
             values=tuple(jnp.zeros(shape, dtype) for _ in range(num_layers)),
@@ -69,6 +70,6 @@ class KVCache:
 
 
 def write_layer(cache_array: jax.Array, block: jax.Array, slots: jax.Array) -> jax.Array:
-    """Scatter `block [B, L, H, D]` into `cache_array [B, S, H, D]` at `slots [B, L]` (out of range dropped)."""
+    """Scatter `block [B, L, H, D]` into `cache_array [B, H, S, D]` at `slots [B, L]` (out of range dropped)."""
     rows = jnp.arange(block.shape[0])[:, None]
-    return cache_array.at[rows, slots].set(block.astype(cache_array.dtype), mode="drop")
+    return cache_array.at[rows, :, slots].set(block.astype(cache_array.dtype), mode="drop")

@@ -80,15 +80,15 @@ def cached_attention(
     q: jax.Array, keys: jax.Array, values: jax.Array, query_positions: jax.Array,
     slot_positions: jax.Array, window: int | None,
 ) -> jax.Array:
-    """Causal GQA attention of `q [B, L, Hq, D]` over the cache `keys/values [B, S, Hkv, D]`.
+    """Causal GQA attention of `q [B, L, Hq, D]` over the cache `keys/values [B, Hkv, S, D]`.
 
     A query at position p sees slots with 0 <= slot position <= p (and p - slot < window).
     Softmax runs in float32; rows that see no slot (padding queries) return zeros.
     """
     batch, block, num_heads, head_dim = q.shape
-    num_kv = keys.shape[2]
+    num_kv = keys.shape[1]
     q = q.reshape(batch, block, num_kv, num_heads // num_kv, head_dim)
-    scores = jnp.einsum("blhgd,bshd->bhgls", q, keys, preferred_element_type=jnp.float32) / math.sqrt(head_dim)
+    scores = jnp.einsum("blhgd,bhsd->bhgls", q, keys, preferred_element_type=jnp.float32) / math.sqrt(head_dim)
     slot = slot_positions[:, None, :]
     query = query_positions[:, :, None]
     visible = (slot >= 0) & (slot <= query)
@@ -97,7 +97,7 @@ def cached_attention(
     visible = visible[:, None, None]  # [B, 1, 1, L, S]
     scores = jnp.where(visible, scores, jnp.finfo(jnp.float32).min)
     probs = jax.nn.softmax(scores, axis=-1) * visible.any(axis=-1, keepdims=True)
-    out = jnp.einsum("bhgls,bshd->blhgd", probs.astype(values.dtype), values)
+    out = jnp.einsum("bhgls,bhsd->blhgd", probs.astype(values.dtype), values)
     return out.reshape(batch, block, num_heads, head_dim)
 
 
@@ -146,7 +146,9 @@ def append_and_attend(q, k, v, cache_keys, cache_values, slots, positions, slot_
     """Write the block's `k, v [B, L, Hkv, D]` into the layer cache and attend with `q` (with no
     cache, attend over the block itself). Returns `(output [B, L, Hq, D], cache keys, cache values)`."""
     if cache_keys is None:
-        return cached_attention(q, k, v, positions, slot_positions, window), None, None
+        heads_first = (0, 2, 1, 3)
+        return cached_attention(q, k.transpose(heads_first), v.transpose(heads_first), positions, slot_positions,
+                                window), None, None
     cache_keys = write_layer(cache_keys, k, slots)
     cache_values = write_layer(cache_values, v, slots)
     out = cached_attention(q, cache_keys, cache_values, positions, slot_positions, window)

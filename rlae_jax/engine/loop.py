@@ -89,7 +89,8 @@ class DecodeState:
 
 class DecodeResult(NamedTuple):
     """Device-side result. union_ids [B, T_new]; lengths [B]; stop_reason [B]; span_weights [B, S, N];
-    span_features (leaves [B, S, ...]; None unless config.record_features); span_valid [B, S] spans that started before the row stopped;
+    span_features (leaves [B, S, ...]; None unless config.record_features); span_valid [B, S] spans
+    that started before the row stopped;
     weight_carry: the weight_fn's final carry (e.g. an RL policy's log-probs); weight_fallback [B]:
     rows where the weight_fn returned invalid weights (replaced by uniform); ingested [B, N]: member
     tokens each member took in for the generated union tokens."""
@@ -282,8 +283,8 @@ def decode(members: Sequence[Member], alignment: Alignment, prompts: PromptBatch
     uniform = jnp.full((batch, num_members), 1.0 / num_members, jnp.float32)
 
     def features_of(dists, state_outputs, span_index, previous_weights):
-        return span_features(dists.probabilities(), tuple(o.hidden for o in state_outputs), tuple(summaries), span_index,
-                             previous_weights, nll, alignment, "js_divergence" in needs)
+        return span_features(dists.probabilities(), tuple(o.hidden for o in state_outputs), tuple(summaries),
+                             span_index, previous_weights, nll, alignment, "js_divergence" in needs)
 
     records = None
     if config.record_features:
@@ -327,8 +328,8 @@ def decode(members: Sequence[Member], alignment: Alignment, prompts: PromptBatch
         overflow = live & jnp.any(jnp.stack([c.overflowed for c in caches]), axis=0)
         is_eos = live & (chosen == alignment.eos_union_id) & config.stop_at_eos
         return s.replace(
-            step=s.step + 1, outputs=outputs, caches=caches, union_ids=s.union_ids.at[:, s.step].set(chosen), spans=spans,
-            done=s.done | is_eos | overflow | nonfinite,
+            step=s.step + 1, outputs=outputs, caches=caches, union_ids=s.union_ids.at[:, s.step].set(chosen),
+            spans=spans, done=s.done | is_eos | overflow | nonfinite,
             stop_reason=jnp.select([is_eos, overflow, nonfinite], [STOP_EOS, STOP_CACHE_FULL, STOP_NONFINITE],
                                    s.stop_reason))
 

@@ -76,11 +76,12 @@ def counting_fallbacks(counter: list):
         decode_module.mixed_union = original
 
 
-def ensemble_runner(members, alignment, prompts, new_tokens, candidates=0, respell_chunk=4):
+def ensemble_runner(members, alignment, prompts, new_tokens, candidates=0, respell_chunk=4, expansion_budget=2):
     weight_fn, selection = resolve_strategy("uniform", len(members))
     batch = tokenize_for_members(members, prompts, new_tokens)
     config = DecodeConfig(max_new_tokens=new_tokens, selection=selection, stop_at_eos=False, record_features=False,
-                          candidates_per_member=candidates, respell_chunk=respell_chunk)
+                          candidates_per_member=candidates, respell_chunk=respell_chunk,
+                          expansion_budget=expansion_budget)
     args = (members, alignment, batch, weight_fn, jax.random.key(0), jnp.float32(0.0), jnp.float32(1.0))
     return lambda: common.block(decode_jit(*args, config=config)), args, config
 
@@ -100,14 +101,19 @@ def step_seconds(make_runner, tokens, repeats):
     return (common.median_time(run2, repeats) - common.median_time(run1, repeats)) / (n2 - n1)
 
 
-def shortcut_stats(members, alignment, prompts, new_tokens, candidates, respell_chunk):
-    """(fraction of steps using the certified shortcut, mean member tokens ingested per step [N])."""
-    _, args, config = ensemble_runner(members, alignment, prompts, new_tokens, candidates, respell_chunk)
+def shortcut_stats(members, alignment, prompts, new_tokens, candidates, respell_chunk, expansion_budget):
+    """(fraction of steps using the certified shortcut, mean member tokens ingested per step [N]). Raises
+    when a row stopped before new_tokens (its cache filled up): the timing would then be of less work."""
+    _, args, config = ensemble_runner(members, alignment, prompts, new_tokens, candidates, respell_chunk,
+                                      expansion_budget)
     fallbacks = []
     with counting_fallbacks(fallbacks):
         result = jax.jit(decode, static_argnames=("config",))(*args, config=config)
         common.block(result)
         jax.effects_barrier()
+    if not (np.asarray(result.lengths) == new_tokens).all():
+        raise SystemExit(f"rows stopped early ({np.asarray(result.stop_reason).tolist()}): the ensemble timing is "
+                         f"invalid; raise --expansion-budget (now {expansion_budget})")
     ingested = np.asarray(result.ingested).mean(0) / new_tokens
     return 1.0 - len(fallbacks) / new_tokens, ingested
 
@@ -124,6 +130,8 @@ def main():
                         help="candidates_per_member: 0 = full-union selection (default), k > 0 = certified top-k")
     parser.add_argument("--respell-chunk", type=int, default=4,
                         help="DecodeConfig.respell_chunk: member tokens per extra pass for multi-token re-spellings")
+    parser.add_argument("--expansion-budget", type=int, default=DecodeConfig.expansion_budget,
+                        help="DecodeConfig.expansion_budget: member cache slots per generated union token")
     parser.add_argument("--head-scale", type=float, default=1.0,
                         help="multiply the final norm by this (>1: peaked, trained-like distributions)")
     opts = parser.parse_args()
@@ -134,7 +142,7 @@ def main():
     print(f"# {common.machine_info()}")
     selection = (f"certified top-{opts.candidates} shortcut" if opts.candidates else "full-union selection")
     print(f"# repeats={opts.repeats}, greedy, uniform weights, {selection}, respell chunk {opts.respell_chunk}, "
-          f"head scale {opts.head_scale}")
+          f"expansion budget {opts.expansion_budget}, head scale {opts.head_scale}")
     header = ["size", "B", "member", "params", "ms/step", "tok/s", "ingest/step"]
     widths = [13, 3, 9, 8, 9, 9, 11]
     rows, verdicts = [], []
@@ -150,10 +158,10 @@ def main():
             steps = [step_seconds(lambda n, m=m: member_runner(m, prompts, n), tokens, opts.repeats)
                      for m in members]
             ensemble = step_seconds(
-                lambda n: ensemble_runner(members, alignment, prompts, n, opts.candidates, opts.respell_chunk)[0],
-                tokens, opts.repeats)
+                lambda n: ensemble_runner(members, alignment, prompts, n, opts.candidates, opts.respell_chunk,
+                                          opts.expansion_budget)[0], tokens, opts.repeats)
             shortcut, ingested = shortcut_stats(members, alignment, prompts, tokens[1], opts.candidates,
-                                                opts.respell_chunk)
+                                                opts.respell_chunk, opts.expansion_budget)
             for m, s in zip(members, steps):
                 rows.append([size, batch, m.name, f"{m.num_params / 1e6:.1f}M", f"{s * 1e3:.2f}",
                              f"{batch / s:.0f}", "1.00"])

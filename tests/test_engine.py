@@ -208,8 +208,9 @@ def test_same_bucket_does_not_recompile(members, alignment):
 
 
 def test_cache_full_rows_stop_with_a_reason(members, alignment):
-    out = generate(members, alignment, PROMPTS, strategy="single", primary=0, max_new_tokens=NEW_TOKENS,
-                   expansion_budget=1)
+    with pytest.warns(UserWarning, match="KV cache filled up"):
+        out = generate(members, alignment, PROMPTS, strategy="single", primary=0, max_new_tokens=NEW_TOKENS,
+                       expansion_budget=1)
     reasons = set(out.stop_reasons)
     assert reasons <= {"eos", "length", "cache_full"} and "cache_full" in reasons
 

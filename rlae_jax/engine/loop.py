@@ -30,7 +30,10 @@ NO_TOKEN = -1  # union-id buffer padding after a row stops
 @dataclasses.dataclass(frozen=True)
 class DecodeConfig:
     """Static settings of one compiled decode. `expansion_budget`: cache slots reserved per generated
-    union token in each member (a row whose member cache fills up stops with reason 'cache_full');
+    union token in each member, beyond the prompt (a row whose member cache fills up stops with
+    reason 'cache_full' and a warning). Each decode step attends over every slot, so slack costs time:
+    2 covers members that average up to 2 tokens per union token (random 50k/32k members ingest
+    1.65; trained members of similar vocabularies ~1.0-1.3), benchmarks/RESULTS.md;
     `respell_chunk`: member tokens appended per extra pass when a union token re-spells into several
     (the first always goes in a single-token step; a larger chunk means fewer passes but more
     padded work per pass: 4 suits memory-bound decoding (GPUs, batch 1), 2 a compute-bound CPU at
@@ -42,7 +45,7 @@ class DecodeConfig:
     span_length: int = 1
     selection: Selection = Selection()
     candidates_per_member: int = 0
-    expansion_budget: int = 4
+    expansion_budget: int = 2
     respell_chunk: int = 4
     stop_at_eos: bool = True
     record_features: bool = True
@@ -386,7 +389,7 @@ def generate(members: Sequence[Member], alignment: Alignment, prompts: Sequence[
              max_new_tokens: int = 64, span_length: int = 1, seed: int = 0, temperature: float = 0.0,
              top_p: float = 1.0, weights: Sequence[float] | None = None, threshold: float = 0.5, primary: int = 0,
              top_k: int = 4, packllm_temperature: float = 1.0, candidates_per_member: int = 0,
-             expansion_budget: int = 4, respell_chunk: int = 4, record_features: bool = True) -> EnsembleOutput:
+             expansion_budget: int = 2, respell_chunk: int = 4, record_features: bool = True) -> EnsembleOutput:
     """Ensemble-generate continuations of `prompts`.
 
     strategy: "uniform", "fixed" (with `weights`), "single" (member `primary` alone), "threshold"
@@ -418,6 +421,11 @@ def to_host(result: DecodeResult, alignment: Alignment, config: DecodeConfig) ->
     span_weights = np.asarray(result.span_weights)
     rows = [union_ids[b, :lengths[b]].tolist() for b in range(len(lengths))]
     stopped_nonfinite = np.flatnonzero(np.asarray(result.stop_reason) == STOP_NONFINITE)
+    stopped_full = np.flatnonzero(np.asarray(result.stop_reason) == STOP_CACHE_FULL)
+    if len(stopped_full):
+        warnings.warn(f"rows {stopped_full.tolist()} stopped early: a member's KV cache filled up (its re-spellings "
+                      f"of the chosen tokens took more than expansion_budget={config.expansion_budget} tokens per "
+                      "union token); raise expansion_budget")
     if len(stopped_nonfinite):
         warnings.warn(f"rows {stopped_nonfinite.tolist()} stopped early: a member produced NaN/inf logits "
                       "(stop reason 'nonfinite_logits'; bf16 overflow or broken weights?)")

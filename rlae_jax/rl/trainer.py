@@ -39,6 +39,7 @@ class RLConfig:
     shared_actor: bool = True
     span_length: int = 1
     max_new_tokens: int = 24
+    expansion_budget: int = 2
     batch_size: int = 32
     num_updates: int = 100
     learning_rate: float = 3e-4
@@ -62,7 +63,8 @@ class RLConfig:
         return cls(**kwargs)
 
     def setup(self, members: Sequence[Member]) -> RLSetup:
-        decode = DecodeConfig(max_new_tokens=self.max_new_tokens, span_length=self.span_length)
+        decode = DecodeConfig(max_new_tokens=self.max_new_tokens, span_length=self.span_length,
+                              expansion_budget=self.expansion_budget)
         return RLSetup(kind=self.kind, num_members=len(members), feature_set=self.feature_set,
                        hidden_width=max(m.config.hidden_size for m in members), decode=decode,
                        length_penalty=self.length_penalty)

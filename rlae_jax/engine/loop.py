@@ -235,19 +235,17 @@ def multi_step_chunked(member: Member, cache: KVCache, previous: StepOutput, tok
 def feed_members(members: Sequence[Member], outputs, caches, union_ids: jax.Array, live: jax.Array,
                  alignment: Alignment, respell_chunk: int):
     """Re-tokenise the chosen union ids into every member and append them: every row's first token in
-    one single-token step, the rest of longer re-spellings in chunks (a loop that runs zero times when
-    no row needs more than one token). No `lax.cond` here: XLA:CPU copies a KV cache passed through
-    one on every step. Rows ingesting nothing keep their previous output and cursor."""
+    one single-token pass, the rest of longer re-spellings in chunks of `respell_chunk` (a loop that
+    runs zero times when no row needs more). No `lax.cond` here: XLA:CPU copies a KV cache passed
+    through one on every step. Rows ingesting nothing keep their previous output and cursor."""
     tokens, counts = alignment.retokenize(union_ids)  # [B, N, L], [B, N]
     counts = jnp.where(live[:, None], counts, 0)
     new_outputs, new_caches = [], []
     for index, member in enumerate(members):
-        member_tokens, member_counts, cache = tokens[:, index], counts[:, index], caches[index]
-        out, stepped = member.step(cache, member_tokens[:, 0])
-        fed = member_counts > 0  # rows that ingest nothing (done rows, specials it lacks) keep output and cursor
-        out = jax.tree.map(lambda new, old: jnp.where(fed[:, None], new, old), out, outputs[index])
-        cache = stepped.replace(cursor=jnp.where(fed, stepped.cursor, cache.cursor),
-                                next_position=jnp.where(fed, stepped.next_position, cache.next_position))
+        member_tokens, member_counts = tokens[:, index], counts[:, index]
+        out, cache = member.multi_step(caches[index], member_tokens[:, :1], jnp.minimum(member_counts, 1))
+        fed = (member_counts > 0)[:, None]  # done rows and specials a member lacks ingest nothing
+        out = jax.tree.map(lambda new, old: jnp.where(fed, new, old), out, outputs[index])
         if alignment.max_expansion > 1:
             out, cache = multi_step_chunked(member, cache, out, member_tokens[:, 1:],
                                             jnp.maximum(member_counts - 1, 0), respell_chunk)

@@ -428,8 +428,9 @@ def to_host(result: DecodeResult, alignment: Alignment, config: DecodeConfig) ->
         warnings.warn(f"rows {stopped_nonfinite.tolist()} stopped early: a member produced NaN/inf logits "
                       "(stop reason 'nonfinite_logits'; bf16 overflow or broken weights?)")
     if np.asarray(result.weight_fallback).any():
-        warnings.warn(f"the weight_fn returned NaN/negative/all-zero weights for rows "
-                      f"{np.flatnonzero(np.asarray(result.weight_fallback)).tolist()}; those spans used uniform weights")
+        rows_fallen_back = np.flatnonzero(np.asarray(result.weight_fallback)).tolist()
+        warnings.warn(f"the weight_fn returned NaN/negative/all-zero weights for rows {rows_fallen_back}; "
+                      "those spans used uniform weights")
     return EnsembleOutput(
         texts=[alignment.decode(ids) for ids in rows],
         union_ids=rows,

@@ -10,7 +10,8 @@ import jax.numpy as jnp
 def first_argmax(scores: jax.Array) -> jax.Array:
     """`jnp.argmax(scores, -1)` (first index of the maximum) as int32, computed as a max and a min
     over indices: XLA:CPU lowers argmax to a scalar (value, index) reduction 2-5x slower than
-    these two vectorised passes (benchmarks/union_ops.py). Rows without a finite maximum give 0."""
+    these two vectorised passes (benchmarks/union_ops.py). A row whose maximum is NaN gives 0
+    (`jnp.argmax` would give the NaN's index)."""
     best = scores.max(axis=-1, keepdims=True)
     index = jax.lax.broadcasted_iota(jnp.int32, scores.shape, scores.ndim - 1)
     first = jnp.min(jnp.where(scores == best, index, scores.shape[-1]), axis=-1)

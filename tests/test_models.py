@@ -164,6 +164,8 @@ def test_first_argmax_equals_argmax_with_ties_and_infinities():
     got = jax.jit(first_argmax)(jnp.asarray(scores))
     assert got.dtype == jnp.int32
     np.testing.assert_array_equal(got, np.argmax(scores, axis=-1))
+    scores[9, 4] = np.nan
+    assert int(first_argmax(jnp.asarray(scores))[9]) == 0  # an in-range id; decode loops stop NaN rows
 
 
 # ---- bad input -------------------------------------------------------------------------------

@@ -32,12 +32,12 @@ class DecodeConfig:
     """Static settings of one compiled decode. `expansion_budget`: cache slots reserved per generated
     union token in each member, beyond the prompt (a row whose member cache fills up stops with
     reason 'cache_full' and a warning). Each decode step attends over every slot, so slack costs time:
-    2 covers members that average up to 2 tokens per union token (random 50k/32k members ingest
-    1.65; trained members of similar vocabularies ~1.0-1.3), benchmarks/RESULTS.md;
+    2 covers members that average up to 2 tokens per union token (the benchmark's random GPT-2
+    member ingests 1.65 per GPT-2 + Llama 2 union token), benchmarks/RESULTS.md;
     `respell_chunk`: member tokens appended per extra pass when a union token re-spells into several
-    (the first always goes in a single-token step; a larger chunk means fewer passes but more
-    padded work per pass: 4 suits memory-bound decoding (GPUs, batch 1), 2 a compute-bound CPU at
-    batch 16, benchmarks/RESULTS.md); `stop_at_eos=False` always runs max_new_tokens steps
+    (the first always goes in a single-token pass; a larger chunk means fewer passes but more
+    padded work per pass: on a 2-core CPU 4 did better at batch 1 and 2 at batch 16,
+    benchmarks/RESULTS.md); `stop_at_eos=False` always runs max_new_tokens steps
     (benchmarks); `record_features` keeps every span's SpanFeatures in the result (RL needs them;
     without it features the weight_fn ignores are never computed)."""
 

@@ -210,6 +210,15 @@ def choose_union_tokens(dists: MemberDistributions, weights: jax.Array, alignmen
     return jax.lax.cond(use_candidates, lambda: pick_candidate(scores), full_union)
 
 
+def append_block(member: Member, cache: KVCache, previous: StepOutput, block: jax.Array, counts: jax.Array
+                 ) -> tuple[StepOutput, KVCache]:
+    """Append the first `counts[b]` tokens of `block [B, L]` to each row; rows appending nothing
+    (done rows, specials a member lacks) keep `previous` and their cursor."""
+    out, cache = member.multi_step(cache, block, counts)
+    fed = (counts > 0)[:, None]
+    return jax.tree.map(lambda new, old: jnp.where(fed, new, old), out, previous), cache
+
+
 def multi_step_chunked(member: Member, cache: KVCache, previous: StepOutput, tokens: jax.Array, counts: jax.Array,
                        chunk: int) -> tuple[StepOutput, KVCache]:
     """Append the first `counts[b]` of `tokens [B, L]` in chunks of `chunk` tokens (as many chunks as
@@ -223,10 +232,8 @@ def multi_step_chunked(member: Member, cache: KVCache, previous: StepOutput, tok
     def body(carry):
         index, out, cache = carry
         block = jax.lax.dynamic_slice_in_dim(padded, index * chunk, chunk, axis=1)
-        block_counts = jnp.clip(counts - index * chunk, 0, chunk)
-        new_out, cache = member.multi_step(cache, block, block_counts)
-        fed = (block_counts > 0)[:, None]
-        return index + 1, jax.tree.map(lambda new, old: jnp.where(fed, new, old), new_out, out), cache
+        out, cache = append_block(member, cache, out, block, jnp.clip(counts - index * chunk, 0, chunk))
+        return index + 1, out, cache
 
     _, out, cache = jax.lax.while_loop(lambda c: c[0] < num_chunks, body, (jnp.int32(0), previous, cache))
     return out, cache
@@ -243,9 +250,8 @@ def feed_members(members: Sequence[Member], outputs, caches, union_ids: jax.Arra
     new_outputs, new_caches = [], []
     for index, member in enumerate(members):
         member_tokens, member_counts = tokens[:, index], counts[:, index]
-        out, cache = member.multi_step(caches[index], member_tokens[:, :1], jnp.minimum(member_counts, 1))
-        fed = (member_counts > 0)[:, None]  # done rows and specials a member lacks ingest nothing
-        out = jax.tree.map(lambda new, old: jnp.where(fed, new, old), out, outputs[index])
+        out, cache = append_block(member, caches[index], outputs[index], member_tokens[:, :1],
+                                  jnp.minimum(member_counts, 1))
         if alignment.max_expansion > 1:
             out, cache = multi_step_chunked(member, cache, out, member_tokens[:, 1:],
                                             jnp.maximum(member_counts - 1, 0), respell_chunk)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import pathlib
 import platform
-import statistics
 import sys
 import time
 
@@ -85,14 +84,15 @@ def llama_100m_config(vocab_size: int = 32000, eos_id: int = 2) -> ModelConfig:
         tie_word_embeddings=False, layer_windows=(None,) * 8, bos_token_id=1, eos_token_ids=(eos_id,))
 
 
-def median_time(fn, repeats: int) -> float:
-    """Median wall seconds of `fn()` (which must block until its result is ready)."""
+def best_time(fn, repeats: int) -> float:
+    """Fastest wall seconds of `repeats` calls of `fn()` (which must block until its result is ready): on
+    shared cores other load only ever adds time, so the minimum is the least disturbed measurement."""
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
         fn()
         times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return min(times)
 
 
 def block(tree):

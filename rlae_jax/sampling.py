@@ -7,14 +7,21 @@ import jax
 import jax.numpy as jnp
 
 
+def max_and_first_key(scores: jax.Array, keys: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Row maxima of `scores [..., V]` and the smallest of `keys [..., V]` (int32, broadcastable)
+    among the entries attaining them: `(best [...], key [...])`; key is int32 max where no entry
+    attains the maximum (a NaN row). Two vectorised passes: XLA:CPU lowers `jnp.argmax` to a scalar
+    (value, index) reduction 2-5x slower (benchmarks/union_ops.py)."""
+    best = scores.max(axis=-1)
+    key = jnp.min(jnp.where(scores == best[..., None], keys, jnp.iinfo(jnp.int32).max), axis=-1)
+    return best, key
+
+
 def first_argmax(scores: jax.Array) -> jax.Array:
-    """`jnp.argmax(scores, -1)` (first index of the maximum) as int32, computed as a max and a min
-    over indices: XLA:CPU lowers argmax to a scalar (value, index) reduction 2-5x slower than
-    these two vectorised passes (benchmarks/union_ops.py). A row whose maximum is NaN gives 0
-    (`jnp.argmax` would give the NaN's index)."""
-    best = scores.max(axis=-1, keepdims=True)
+    """`jnp.argmax(scores, -1)` (first index of the maximum) as int32, via `max_and_first_key` over
+    indices. A row whose maximum is NaN gives 0 (`jnp.argmax` would give the NaN's index)."""
     index = jax.lax.broadcasted_iota(jnp.int32, scores.shape, scores.ndim - 1)
-    first = jnp.min(jnp.where(scores == best, index, scores.shape[-1]), axis=-1)
+    _, first = max_and_first_key(scores, index)
     return jnp.where(first < scores.shape[-1], first, 0)
 
 
@@ -28,9 +35,9 @@ def top_p_filter(logits: jax.Array, top_p: jax.Array) -> jax.Array:
     return jnp.where(logits >= threshold, logits, -jnp.inf)
 
 
-def select_from(greedy_scores: Callable[[], jax.Array], sampling_logits: Callable[[], jax.Array], key: jax.Array,
+def select_from(greedy_pick: Callable[[], jax.Array], sampling_logits: Callable[[], jax.Array], key: jax.Array,
                 step: jax.Array, temperature: jax.Array, top_p: jax.Array) -> jax.Array:
-    """One id per row, int32 `[B]`: the first argmax of `greedy_scores()` when temperature == 0, else a
+    """One id per row, int32 `[B]`: `greedy_pick()` when temperature == 0, else a
     draw from softmax(sampling_logits() / temperature) restricted to the top-p nucleus, with key
     `fold_in(key, step)`. Each callable is traced only inside its own branch, so greedy decoding
     never computes the sampling logits nor touches the PRNG."""
@@ -40,10 +47,10 @@ def select_from(greedy_scores: Callable[[], jax.Array], sampling_logits: Callabl
         scaled = jax.lax.cond(top_p < 1.0, lambda s: top_p_filter(s, top_p), lambda s: s, scaled)
         return jax.random.categorical(jax.random.fold_in(key, step), scaled, axis=-1).astype(jnp.int32)
 
-    return jax.lax.cond(temperature > 0.0, sample, lambda: first_argmax(greedy_scores()))
+    return jax.lax.cond(temperature > 0.0, sample, greedy_pick)
 
 
 def select_tokens(logits: jax.Array, key: jax.Array, step: jax.Array, temperature: jax.Array,
                   top_p: jax.Array) -> jax.Array:
-    """`select_from` with the same `logits [B, V]` for both modes."""
-    return select_from(lambda: logits, lambda: logits, key, step, temperature, top_p)
+    """`select_from` on `logits [B, V]`: their first argmax, or a draw from them."""
+    return select_from(lambda: first_argmax(logits), lambda: logits, key, step, temperature, top_p)

@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 
 from rlae_jax.align import Alignment, build_alignment, member_vocab
 from rlae_jax.align import vocab as vocab_module
+from rlae_jax.sampling import first_argmax
 from conftest import fixture_path
 from tokenizer_fixtures import train_byte_level_bpe, train_metaspace_unigram, unicode_text
 
@@ -142,6 +143,23 @@ def test_top_k_union_matches_full_mix(alignment):
         assert len(set(ids.tolist())) == len(ids)
         np.testing.assert_allclose(candidates.scores[row][candidates.valid[row]], full[row, ids], atol=1e-6)
         assert int(candidates.best()[row]) == int(ids[np.argmax(full[row, ids])])
+
+
+@SETTINGS
+@given(seed=st.integers(0, 2**31 - 1), levels=st.sampled_from([2, 3, 1000]), zero_member=st.sampled_from([-1, 0, 1]))
+def test_mixed_argmax_is_the_full_union_first_argmax(alignment, seed, levels, zero_member):
+    # few logit levels give many exact ties (smallest union id must win); a zero weight leaves one member
+    keys = jax.random.split(jax.random.key(seed))
+    logits = jax.random.randint(keys[0], (5, 2, alignment.member_to_union.shape[1]), 0, levels).astype(jnp.float32)
+    probs = jnp.exp(alignment.masked_log_softmax(logits))
+    weights = jax.random.uniform(keys[1], (5, 2)).at[0].set(0.5)  # row 0: equal weights, cross-member ties
+    if zero_member >= 0:
+        weights = weights.at[:, zero_member].set(0.0)
+    member_probs = [probs[:, n, :size] for n, size in enumerate(alignment.vocab_sizes)]
+    full = first_argmax(jnp.where(alignment.union_complete, alignment.mix(member_probs, weights), -1.0))
+    np.testing.assert_array_equal(jax.jit(Alignment.mixed_argmax)(alignment, member_probs, weights), full)
+    # every complete union token is scored exactly once: gathered (shared) or in its one member id
+    assert alignment.shared_union_ids.shape[0] + int(alignment.exclusive.sum()) == int(alignment.union_complete.sum())
 
 
 def test_retokenize_in_jit(alignment):

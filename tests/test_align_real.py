@@ -10,6 +10,7 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 
 from rlae_jax.align import Alignment, build_alignment, member_vocab
+from rlae_jax.sampling import first_argmax
 from conftest import fixture_path
 from tokenizer_fixtures import REAL_TOKENIZERS, load_real_tokenizer, unicode_text
 
@@ -167,3 +168,13 @@ def test_real_top_k_union_matches_full_mix(alignment):
     ids = np.asarray(candidates.union_ids)
     for row in range(2):
         np.testing.assert_allclose(candidates.scores[row][valid[row]], full[row, ids[row][valid[row]]], rtol=1e-5)
+
+
+def test_real_mixed_argmax_is_the_full_union_first_argmax(alignment):
+    logits = jnp.round(jax.random.normal(jax.random.key(3), (3, len(NAMES), alignment.member_to_union.shape[1])))
+    probs = jnp.exp(alignment.masked_log_softmax(logits))  # integer logits: many exact ties
+    weights = jax.nn.softmax(jax.random.normal(jax.random.key(4), (3, len(NAMES)))).at[0].set(1.0)
+    member_probs = [probs[:, n, :size] for n, size in enumerate(alignment.vocab_sizes)]
+    full = first_argmax(jnp.where(alignment.union_complete, alignment.mix(member_probs, weights), -1.0))
+    np.testing.assert_array_equal(jax.jit(Alignment.mixed_argmax)(alignment, member_probs, weights), full)
+    assert 0 < alignment.shared_union_ids.shape[0] < alignment.num_union

@@ -57,6 +57,10 @@ class Alignment:
     union_member_ids: int32 [N, U, D] every member id with the union token's bytes (padding V).
     union_complete: bool [U] every member can ingest the token exactly within L tokens (specials
         always: they carry no bytes); the engine should never select the others.
+    exclusive: bool [N, V] member ids that are the only id, in any member, spelling a complete union
+        token (their mixed score needs no gather).
+    shared_union_ids: int32 [C] the other complete union tokens, ascending.
+    shared_member_ids: int32 [N, C, D] union_member_ids of the shared tokens.
     duplicate_widths: D_n per member, the columns of union_member_ids member n uses (1 unless some
         of its ids share bytes).
     """
@@ -67,6 +71,9 @@ class Alignment:
     union_to_member_len: jax.Array
     union_member_ids: jax.Array
     union_complete: jax.Array
+    exclusive: jax.Array
+    shared_union_ids: jax.Array
+    shared_member_ids: jax.Array
     eos_union_id: int = struct.field(pytree_node=False)
     num_union: int = struct.field(pytree_node=False)
     max_expansion: int = struct.field(pytree_node=False)
@@ -93,6 +100,12 @@ class Alignment:
         if not isinstance(member_probs, (list, tuple)):
             member_probs = [member_probs[:, n] for n in range(member_probs.shape[1])]
         return ops.mix(member_probs, weights, self.union_member_ids, self.duplicate_widths)
+
+    def mixed_argmax(self, member_probs: Sequence[jax.Array], weights: jax.Array) -> jax.Array:
+        """int32 `[B]`: first argmax of `mix(member_probs, weights)` over complete union tokens, without
+        building `[B, U]` (see project.mixed_argmax); member_probs: N arrays `[B, V_n]`."""
+        return ops.mixed_argmax(member_probs, weights, self.member_to_union, self.exclusive, self.shared_union_ids,
+                                self.shared_member_ids, self.duplicate_widths)
 
     def top_k_union(self, member_probs: jax.Array, member_top_ids: jax.Array, weights: jax.Array) -> ops.TopKUnion:
         """Candidates from member top-k ids [B, N, k] scored without [B, U] (see project.top_k_union)."""

@@ -13,6 +13,8 @@ from typing import NamedTuple, Sequence
 import jax
 import jax.numpy as jnp
 
+from rlae_jax.sampling import max_and_first_key
+
 
 def masked_log_softmax(member_logits: jax.Array, member_valid: jax.Array) -> jax.Array:
     """log-probabilities [B, N, V] with invalid ids at -inf (zero probability).
@@ -49,6 +51,31 @@ def mix(member_probs: Sequence[jax.Array], weights: jax.Array, union_member_ids:
     distributions `[B, V_n]` (any widths) and `weights [B, N]`."""
     return functools.reduce(jnp.add, [weights[:, n, None] * gather_union(probs, union_member_ids[n, :, :width])
                                       for n, (probs, width) in enumerate(zip(member_probs, widths))])
+
+
+def mixed_argmax(member_probs: Sequence[jax.Array], weights: jax.Array, member_to_union: jax.Array,
+                 exclusive: jax.Array, shared_union_ids: jax.Array, shared_member_ids: jax.Array,
+                 widths: Sequence[int]) -> jax.Array:
+    """int32 `[B]`: the first argmax over complete union tokens of `mix(member_probs, weights)` — the
+    same id, bit for bit — without building `[B, U]`. A union token spelled by exactly one member id
+    in all members (`exclusive [N, V]`) scores weights[:, n] · p_n(id) in that member's own
+    vocabulary; only the `shared_union_ids [C]` (spelled by several ids: `shared_member_ids
+    [N, C, D]`) are gathered. Ties go to the smallest union id, as in `first_argmax`.
+    (GPT-2 + Llama 2: C = 18k of U = 64k; 4.5x cheaper than mix + first_argmax at batch 16 on a 2-core
+    CPU, benchmarks/union_ops.py.)"""
+    best, keys = [], []
+    for n, probs in enumerate(member_probs):
+        vocab = probs.shape[-1]
+        scores = jnp.where(exclusive[n, :vocab], weights[:, n, None] * probs, -1.0)
+        value, key = max_and_first_key(scores, member_to_union[n, :vocab])
+        best.append(value)
+        keys.append(key)
+    if shared_union_ids.shape[0]:
+        value, key = max_and_first_key(mix(member_probs, weights, shared_member_ids, widths), shared_union_ids)
+        best.append(value)
+        keys.append(key)
+    _, key = max_and_first_key(jnp.stack(best, axis=-1), jnp.stack(keys, axis=-1))
+    return jnp.where(key < jnp.iinfo(jnp.int32).max, key, 0)
 
 
 class TopKUnion(NamedTuple):

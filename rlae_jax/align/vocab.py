@@ -153,7 +153,12 @@ def _to_alignment(
     host: UnionVocab, union_member_ids: np.ndarray, union_complete: np.ndarray, sizes: Sequence[int], max_expansion: int
 ) -> Alignment:
     num_union = len(host.union_bytes)
-    widths = [max(int((union_member_ids[n] < size).sum(-1).max()), 1) for n, size in enumerate(sizes)]
+    spellers = [(union_member_ids[n] < size).sum(-1) for n, size in enumerate(sizes)]  # [U] per member
+    widths = [max(int(count.max()), 1) for count in spellers]
+    alone = union_complete & (sum(spellers) == 1)
+    shared_union_ids = np.flatnonzero(union_complete & ~alone).astype(np.int32)
+    member_union = np.minimum(host.member_to_union, num_union - 1)
+    exclusive = (host.member_to_union < num_union) & alone[member_union]
     return Alignment(
         member_to_union=jnp.asarray(host.member_to_union),
         member_valid=jnp.asarray(host.member_to_union < num_union),
@@ -161,6 +166,9 @@ def _to_alignment(
         union_to_member_len=jnp.asarray(host.union_to_member_len),
         union_member_ids=jnp.asarray(union_member_ids),
         union_complete=jnp.asarray(union_complete),
+        exclusive=jnp.asarray(exclusive),
+        shared_union_ids=jnp.asarray(shared_union_ids),
+        shared_member_ids=jnp.asarray(union_member_ids[:, shared_union_ids]),
         eos_union_id=EOS_UNION_ID,
         num_union=num_union,
         max_expansion=max_expansion,

@@ -158,15 +158,20 @@ def top_candidates(probs: jax.Array, k: int) -> tuple[jax.Array, jax.Array]:
     return jnp.moveaxis(values, 0, -1), jnp.moveaxis(ids, 0, -1)
 
 
-def mixed_union(dists: MemberDistributions, weights: jax.Array, alignment: Alignment) -> jax.Array:
-    """The mixed union distribution `[B, U]`: Σ_n weights[:, n] · P_n, gathered from the unnormalised
-    member distributions (weights divided by the normalisers: no normalised copy is made)."""
-    return alignment.mix(dists.exp_logits, weights / dists.normalizer)
-
-
 def union_logits(mixed: jax.Array, alignment: Alignment) -> jax.Array:
     """log of a mixed union distribution `[B, U]`; tokens some member cannot ingest get -inf."""
     return jnp.where(alignment.union_complete & (mixed > 0), jnp.log(jnp.where(mixed > 0, mixed, 1.0)), -jnp.inf)
+
+
+def choose_from_full_union(dists: MemberDistributions, weights: jax.Array, alignment: Alignment, key: jax.Array,
+                           step: jax.Array, temperature: jax.Array, top_p: jax.Array) -> jax.Array:
+    """One union id per row `[B]` from Σ_n weights[:, n] · P_n over the whole union, scaled from the
+    unnormalised member distributions (no normalised copy): greedy takes `Alignment.mixed_argmax`
+    (exact, no `[B, U]` array), sampling draws from the mixed union's logits."""
+    scales = weights / dists.normalizer
+    return select_from(lambda: alignment.mixed_argmax(dists.exp_logits, scales),
+                       lambda: union_logits(alignment.mix(dists.exp_logits, scales), alignment),
+                       key, step, temperature, top_p)
 
 
 def choose_union_tokens(dists: MemberDistributions, weights: jax.Array, alignment: Alignment, key: jax.Array,
@@ -174,8 +179,8 @@ def choose_union_tokens(dists: MemberDistributions, weights: jax.Array, alignmen
     """One union id per row `[B]` from the members' distributions mixed with `weights [B, N]`
     (sampling draws with key fold_in(key, step)).
 
-    'full' mixes into the whole union `[B, U]` (one gather per member) and picks from it: exact, and
-    on XLA:CPU cheaper than any top-k (benchmarks/RESULTS.md). With `candidates_per_member = k > 0`,
+    'full' picks from the whole union (`choose_from_full_union`): exact, and on XLA:CPU cheaper
+    than any top-k (benchmarks/RESULTS.md). With `candidates_per_member = k > 0`,
     greedy decoding first tries candidates from every member's top-k, scored exactly, and uses the
     best one when it is certified: its mixed probability beats the bound
     Σ_n w_n · min(D · p_n^(k), 1 − Σ_top-k p_n) on any token outside the candidates (D = most ids
@@ -183,9 +188,7 @@ def choose_union_tokens(dists: MemberDistributions, weights: jax.Array, alignmen
     the candidates.
     """
     def full_union():
-        mixed = mixed_union(dists, weights, alignment)
-        return select_from(lambda: jnp.where(alignment.union_complete, mixed, -1.0),
-                           lambda: union_logits(mixed, alignment), key, step, temperature, top_p)
+        return choose_from_full_union(dists, weights, alignment, key, step, temperature, top_p)
 
     if config.selection.mode == "full" and config.candidates_per_member == 0:
         return full_union()

@@ -17,7 +17,7 @@ from rlae_jax.align import Alignment
 from rlae_jax.engine.features import SpanFeatures, span_features
 from rlae_jax.engine.strategies import Selection, resolve_strategy
 from rlae_jax.models.kv_cache import KVCache
-from rlae_jax.models.member import Member, StepOutput
+from rlae_jax.models.member import Member
 from rlae_jax.prompts import check_context, encode_prompts, left_pad, pad_id_of
 from rlae_jax.sampling import first_argmax, select_from, select_tokens
 
@@ -54,6 +54,11 @@ class DecodeConfig:
     def num_spans(self) -> int:
         return -(-self.max_new_tokens // self.span_length)
 
+    @property
+    def uses_candidates(self) -> bool:
+        """Selection from member top-k candidates (UniTE, or the certified shortcut): needs `[B, N, V]`."""
+        return self.selection.mode == "topk" or self.candidates_per_member > 0
+
 
 class PromptBatch(NamedTuple):
     """Each member's own left-padded tokenisation of the same prompts: per member `[B, T_n]` int32."""
@@ -78,11 +83,13 @@ class SpanState:
 
 @struct.dataclass
 class DecodeState:
-    """Loop carry. `outputs`/`caches` per member; `union_ids [B, T_new]` (NO_TOKEN after a stop).
-    The span start's `lax.cond` takes only `spans`, so the KV caches never pass through it."""
+    """Loop carry. Per member: `hidden [B, H]` the final hidden state at its last ingested token (the
+    next-token logits are computed from it at the top of each step, so no `[B, V]` array is carried
+    or selected per row) and its KV cache; `union_ids [B, T_new]` (NO_TOKEN after a stop). The span
+    start's `lax.cond` takes only `spans`, so the KV caches never pass through it."""
 
     step: jax.Array
-    outputs: tuple[StepOutput, ...]
+    hidden: tuple[jax.Array, ...]
     caches: tuple[KVCache, ...]
     union_ids: jax.Array
     done: jax.Array
@@ -124,11 +131,12 @@ class MemberDistributions(NamedTuple):
                           for n, e in enumerate(self.exp_logits)], axis=1)
 
 
-def member_distributions(outputs: Sequence[StepOutput], alignment: Alignment) -> MemberDistributions:
-    """Softmax numerators and normalisers of every member's logits (ids outside its tokenizer masked)."""
+def member_distributions(member_logits: Sequence[jax.Array], alignment: Alignment) -> MemberDistributions:
+    """Softmax numerators and normalisers of every member's logits `[B, V_n]` (ids outside its tokenizer
+    masked)."""
     exp_logits = []
-    for index, out in enumerate(outputs):
-        logits = jnp.where(alignment.member_valid[index, :out.logits.shape[-1]], out.logits, -jnp.inf)
+    for index, logits in enumerate(member_logits):
+        logits = jnp.where(alignment.member_valid[index, :logits.shape[-1]], logits, -jnp.inf)
         exp_logits.append(jnp.exp(logits - logits.max(axis=-1, keepdims=True)))
     return MemberDistributions(tuple(exp_logits), jnp.stack([e.sum(-1) for e in exp_logits], axis=1))
 
@@ -174,10 +182,12 @@ def choose_from_full_union(dists: MemberDistributions, weights: jax.Array, align
                        key, step, temperature, top_p)
 
 
-def choose_union_tokens(dists: MemberDistributions, weights: jax.Array, alignment: Alignment, key: jax.Array,
-                        step: jax.Array, temperature: jax.Array, top_p: jax.Array, config: DecodeConfig) -> jax.Array:
+def choose_union_tokens(dists: MemberDistributions, probs: jax.Array | None, weights: jax.Array, alignment: Alignment,
+                        key: jax.Array, step: jax.Array, temperature: jax.Array, top_p: jax.Array,
+                        config: DecodeConfig) -> jax.Array:
     """One union id per row `[B]` from the members' distributions mixed with `weights [B, N]`
-    (sampling draws with key fold_in(key, step)).
+    (sampling draws with key fold_in(key, step)); `probs`: `dists.probabilities()`, needed (only) when
+    `config.uses_candidates`.
 
     'full' picks from the whole union (`choose_from_full_union`): exact, and on XLA:CPU cheaper
     than any top-k (benchmarks/RESULTS.md). With `candidates_per_member = k > 0`,
@@ -190,9 +200,8 @@ def choose_union_tokens(dists: MemberDistributions, weights: jax.Array, alignmen
     def full_union():
         return choose_from_full_union(dists, weights, alignment, key, step, temperature, top_p)
 
-    if config.selection.mode == "full" and config.candidates_per_member == 0:
+    if not config.uses_candidates:
         return full_union()
-    probs = dists.probabilities()
     k = config.selection.top_k if config.selection.mode == "topk" else config.candidates_per_member
     top_probs, top_ids = top_candidates(probs, min(k, probs.shape[-1]))
     candidates = alignment.top_k_union(probs, top_ids, weights)
@@ -213,54 +222,54 @@ def choose_union_tokens(dists: MemberDistributions, weights: jax.Array, alignmen
     return jax.lax.cond(use_candidates, lambda: pick_candidate(scores), full_union)
 
 
-def append_block(member: Member, cache: KVCache, previous: StepOutput, block: jax.Array, counts: jax.Array
-                 ) -> tuple[StepOutput, KVCache]:
-    """Append the first `counts[b]` tokens of `block [B, L]` to each row; rows appending nothing
-    (done rows, specials a member lacks) keep `previous` and their cursor."""
-    out, cache = member.multi_step(cache, block, counts)
-    fed = (counts > 0)[:, None]
-    return jax.tree.map(lambda new, old: jnp.where(fed, new, old), out, previous), cache
+def append_block(member: Member, cache: KVCache, previous: jax.Array, block: jax.Array, counts: jax.Array
+                 ) -> tuple[jax.Array, KVCache]:
+    """Append the first `counts[b]` tokens of `block [B, L]` to each row → (final hidden `[B, H]`, cache);
+    rows appending nothing (done rows, specials a member lacks) keep `previous` and their cursor."""
+    hidden, cache = member.append(cache, block, counts)
+    return jnp.where((counts > 0)[:, None], hidden, previous), cache
 
 
-def multi_step_chunked(member: Member, cache: KVCache, previous: StepOutput, tokens: jax.Array, counts: jax.Array,
-                       chunk: int) -> tuple[StepOutput, KVCache]:
+def append_chunked(member: Member, cache: KVCache, previous: jax.Array, tokens: jax.Array, counts: jax.Array,
+                   chunk: int) -> tuple[jax.Array, KVCache]:
     """Append the first `counts[b]` of `tokens [B, L]` in chunks of `chunk` tokens (as many chunks as
     the longest row needs, so the cost follows the actual re-spelling length, not L). Rows that
-    append nothing keep `previous`."""
+    append nothing keep `previous` (hidden `[B, H]`)."""
     length = tokens.shape[1]
     chunk = min(chunk, length)
     padded = jnp.pad(tokens, ((0, 0), (0, -length % chunk)))
     num_chunks = (jnp.max(counts) + chunk - 1) // chunk
 
     def body(carry):
-        index, out, cache = carry
+        index, hidden, cache = carry
         block = jax.lax.dynamic_slice_in_dim(padded, index * chunk, chunk, axis=1)
-        out, cache = append_block(member, cache, out, block, jnp.clip(counts - index * chunk, 0, chunk))
-        return index + 1, out, cache
+        hidden, cache = append_block(member, cache, hidden, block, jnp.clip(counts - index * chunk, 0, chunk))
+        return index + 1, hidden, cache
 
-    _, out, cache = jax.lax.while_loop(lambda c: c[0] < num_chunks, body, (jnp.int32(0), previous, cache))
-    return out, cache
+    _, hidden, cache = jax.lax.while_loop(lambda c: c[0] < num_chunks, body, (jnp.int32(0), previous, cache))
+    return hidden, cache
 
 
-def feed_members(members: Sequence[Member], outputs, caches, union_ids: jax.Array, live: jax.Array,
+def feed_members(members: Sequence[Member], hidden, caches, union_ids: jax.Array, live: jax.Array,
                  alignment: Alignment, respell_chunk: int):
     """Re-tokenise the chosen union ids into every member and append them: every row's first token in
     one single-token pass, the rest of longer re-spellings in chunks of `respell_chunk` (a loop that
     runs zero times when no row needs more). No `lax.cond` here: XLA:CPU copies a KV cache passed
-    through one on every step. Rows ingesting nothing keep their previous output and cursor."""
+    through one on every step. Rows ingesting nothing keep their previous hidden state and cursor.
+    → (hidden per member `[B, H]`, caches)."""
     tokens, counts = alignment.retokenize(union_ids)  # [B, N, L], [B, N]
     counts = jnp.where(live[:, None], counts, 0)
-    new_outputs, new_caches = [], []
+    new_hidden, new_caches = [], []
     for index, member in enumerate(members):
         member_tokens, member_counts = tokens[:, index], counts[:, index]
-        out, cache = append_block(member, caches[index], outputs[index], member_tokens[:, :1],
-                                  jnp.minimum(member_counts, 1))
+        last, cache = append_block(member, caches[index], hidden[index], member_tokens[:, :1],
+                                   jnp.minimum(member_counts, 1))
         if alignment.max_expansion > 1:
-            out, cache = multi_step_chunked(member, cache, out, member_tokens[:, 1:],
-                                            jnp.maximum(member_counts - 1, 0), respell_chunk)
-        new_outputs.append(out)
+            last, cache = append_chunked(member, cache, last, member_tokens[:, 1:], jnp.maximum(member_counts - 1, 0),
+                                         respell_chunk)
+        new_hidden.append(last)
         new_caches.append(cache)
-    return tuple(new_outputs), tuple(new_caches)
+    return tuple(new_hidden), tuple(new_caches)
 
 
 def prompt_nll(member: Member, input_ids: jax.Array, attention_mask: jax.Array) -> jax.Array:
@@ -292,20 +301,21 @@ def decode(members: Sequence[Member], alignment: Alignment, prompts: PromptBatch
         nll = jnp.zeros((batch, num_members), jnp.float32)
     uniform = jnp.full((batch, num_members), 1.0 / num_members, jnp.float32)
 
-    def features_of(dists, state_outputs, span_index, previous_weights):
-        return span_features(dists.probabilities(), tuple(o.hidden for o in state_outputs), tuple(summaries),
+    def features_of(probs, hidden, span_index, previous_weights):
+        return span_features(probs, hidden, tuple(summaries),
                              span_index, previous_weights, nll, alignment, "js_divergence" in needs)
 
     records = None
     if config.record_features:
-        template = features_of(member_distributions(outputs, alignment), outputs, jnp.int32(0), uniform)
+        template = features_of(member_distributions([o.logits for o in outputs], alignment).probabilities(),
+                               tuple(o.hidden for o in outputs), jnp.int32(0), uniform)
         records = jax.tree.map(lambda x: jnp.zeros((batch, config.num_spans) + x.shape[1:], x.dtype), template)
     spans = SpanState(
         weights=uniform, weight_carry=weight_fn.init_carry(batch, config.num_spans),
         span_weights=jnp.zeros((batch, config.num_spans, num_members), jnp.float32), span_features=records,
         span_valid=jnp.zeros((batch, config.num_spans), bool), weight_fallback=jnp.zeros((batch,), bool))
     state = DecodeState(
-        step=jnp.zeros((), jnp.int32), outputs=tuple(outputs), caches=tuple(caches),
+        step=jnp.zeros((), jnp.int32), hidden=tuple(o.hidden for o in outputs), caches=tuple(caches),
         union_ids=jnp.full((batch, config.max_new_tokens), NO_TOKEN, jnp.int32),
         done=jnp.zeros((batch,), bool), stop_reason=jnp.zeros((batch,), jnp.int32), spans=spans)
 
@@ -315,10 +325,12 @@ def decode(members: Sequence[Member], alignment: Alignment, prompts: PromptBatch
     def body(s: DecodeState) -> DecodeState:
         span = s.step // config.span_length
         live = ~s.done
-        dists = member_distributions(s.outputs, alignment)
+        logits = [member.next_token_logits(hidden) for member, hidden in zip(members, s.hidden)]
+        dists = member_distributions(logits, alignment)
+        probs = dists.probabilities() if config.uses_candidates else None  # built once for features and selection
 
         def start_span(spans: SpanState) -> SpanState:
-            features = features_of(dists, s.outputs, span, spans.weights)
+            features = features_of(dists.probabilities() if probs is None else probs, s.hidden, span, spans.weights)
             weights, weight_carry = weight_fn(features, spans.weight_carry)
             weights, bad = sanitize_weights(weights)
             return spans.replace(
@@ -331,14 +343,14 @@ def decode(members: Sequence[Member], alignment: Alignment, prompts: PromptBatch
         spans = jax.lax.cond(s.step % config.span_length == 0, start_span, lambda spans: spans, s.spans)
         nonfinite = live & jnp.any(~jnp.isfinite(dists.normalizer), axis=-1)  # NaN/inf logits in some member
         live = live & ~nonfinite
-        chosen = choose_union_tokens(dists, spans.weights, alignment, key, s.step, temperature, top_p, config)
+        chosen = choose_union_tokens(dists, probs, spans.weights, alignment, key, s.step, temperature, top_p, config)
         chosen = jnp.where(live, chosen, NO_TOKEN)
-        outputs, caches = feed_members(members, s.outputs, s.caches, jnp.maximum(chosen, 0), live, alignment,
-                                        config.respell_chunk)
+        hidden, caches = feed_members(members, s.hidden, s.caches, jnp.maximum(chosen, 0), live, alignment,
+                                      config.respell_chunk)
         overflow = live & jnp.any(jnp.stack([c.overflowed for c in caches]), axis=0)
         is_eos = live & (chosen == alignment.eos_union_id) & config.stop_at_eos
         return s.replace(
-            step=s.step + 1, outputs=outputs, caches=caches, union_ids=s.union_ids.at[:, s.step].set(chosen),
+            step=s.step + 1, hidden=hidden, caches=caches, union_ids=s.union_ids.at[:, s.step].set(chosen),
             spans=spans, done=s.done | is_eos | overflow | nonfinite,
             stop_reason=jnp.select([is_eos, overflow, nonfinite], [STOP_EOS, STOP_CACHE_FULL, STOP_NONFINITE],
                                    s.stop_reason))

@@ -85,8 +85,10 @@ class Member:
         hidden, _ = model(input_ids, attention_mask.astype(bool))
         return model.lm_head_logits(hidden)
 
-    def _next_token_logits(self, model: CausalLM, hidden: jax.Array) -> jax.Array:
-        logits = model.lm_head_logits(hidden)
+    def next_token_logits(self, hidden: jax.Array) -> jax.Array:
+        """float32 next-token logits `[B, V]` from final hidden states `[B, H]`; ids the tokenizer cannot
+        decode get float32 min."""
+        logits = self.model.lm_head_logits(hidden)
         if self.usable_vocab < self.config.vocab_size:
             usable = jnp.arange(self.config.vocab_size) < self.usable_vocab
             logits = jnp.where(usable, logits, jnp.finfo(jnp.float32).min)
@@ -103,24 +105,28 @@ class Member:
         weights = valid[..., None].astype(jnp.float32)
         summary = (hidden.astype(jnp.float32) * weights).sum(1) / jnp.maximum(weights.sum(1), 1.0)
         last = hidden[:, -1]
-        return StepOutput(self._next_token_logits(model, last), last), summary, cache
+        return StepOutput(self.next_token_logits(last), last), summary, cache
 
     def step(self, cache: KVCache, tokens: jax.Array) -> tuple[StepOutput, KVCache]:
         """Append one token per row, `tokens [B]`."""
         model = self.model
         hidden, cache = model(tokens[:, None], jnp.ones((tokens.shape[0], 1), bool), cache)
         last = hidden[:, 0]
-        return StepOutput(self._next_token_logits(model, last), last), cache
+        return StepOutput(self.next_token_logits(last), last), cache
+
+    def append(self, cache: KVCache, tokens: jax.Array, counts: jax.Array) -> tuple[jax.Array, KVCache]:
+        """Append the first `counts[b]` (0..L) of `tokens [B, L]` to each row → (final hidden state `[B, H]`
+        at each row's last appended token, cache); no logits. Rows with count 0 keep their cache and get
+        a meaningless hidden state."""
+        valid = jnp.arange(tokens.shape[1])[None, :] < counts[:, None]
+        hidden, cache = self.model(tokens, valid, cache)
+        index = jnp.clip(counts - 1, 0, tokens.shape[1] - 1)
+        return jnp.take_along_axis(hidden, index[:, None, None], axis=1)[:, 0], cache
 
     def multi_step(self, cache: KVCache, tokens: jax.Array, counts: jax.Array) -> tuple[StepOutput, KVCache]:
-        """Append the first `counts[b]` (0..L) of `tokens [B, L]` to each row. The output is taken at each
-        row's last appended token (rows with count 0 are unchanged and their output is meaningless)."""
-        model = self.model
-        valid = jnp.arange(tokens.shape[1])[None, :] < counts[:, None]
-        hidden, cache = model(tokens, valid, cache)
-        index = jnp.clip(counts - 1, 0, tokens.shape[1] - 1)
-        last = jnp.take_along_axis(hidden, index[:, None, None], axis=1)[:, 0]
-        return StepOutput(self._next_token_logits(model, last), last), cache
+        """`append` plus the next-token logits at each row's last appended token."""
+        last, cache = self.append(cache, tokens, counts)
+        return StepOutput(self.next_token_logits(last), last), cache
 
 
 def check_tokenizer_fits(tokenizer, vocab_size: int) -> int:

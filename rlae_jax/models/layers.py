@@ -97,8 +97,11 @@ def cached_attention(
     visible = visible[:, None, None]  # [B, 1, 1, L, S]
     scores = jnp.where(visible, scores, jnp.finfo(jnp.float32).min)
     probs = jax.nn.softmax(scores, axis=-1) * visible.any(axis=-1, keepdims=True)
-    out = jnp.einsum("bhgls,bhsd->blhgd", probs.astype(values.dtype), values)
-    return out.reshape(batch, block, num_heads, head_dim)
+    # output in dot_general's own order (batch, probs' free, values' free), then a transpose of the small
+    # result: asking for "blhgd" made XLA:CPU take the cache as the matmul's left operand, up to 14x slower
+    # (benchmarks/attention_einsum.py)
+    out = jnp.einsum("bhgls,bhsd->bhgld", probs.astype(values.dtype), values)
+    return out.transpose(0, 3, 1, 2, 4).reshape(batch, block, num_heads, head_dim)
 
 
 class CausalLM(nnx.Module):

@@ -2,14 +2,14 @@
 
 Seconds per generated token = (time of an N2-token run − time of an N1-token run) / (N2 − N1), so
 prefill cancels out; every program is compiled before timing; each time is the fastest of --repeats
-runs. Also counts how often the certified-candidate shortcut of `choose_union_tokens` is taken
-(untimed run with a host callback in the full-union fallback branch). Besides ensemble / Σ member
-steps, prints ensemble / Σ ingest_n · member_n: members that take in several tokens per union token
-(ingest/step > 1, e.g. a random GPT-2 member re-spelling Llama-only pieces) do real extra member work
-that a single member step does not count; the second ratio is the engine's own overhead.
-
-    python benchmarks/decode_throughput.py                       # tiny (trained + real vocabs) and 100m
-    python benchmarks/decode_throughput.py --sizes 100m --batches 1,16 --tokens 8,40 --repeats 5
+runs, interleaved across the members and the ensemble. Also counts how often the certified-candidate
+shortcut of `choose_union_tokens` is taken (untimed run with a host callback in the full-union
+fallback branch). Besides ensemble / Σ member steps, prints ensemble / Σ ingest_n · member_n:
+members that take in several tokens per union token (ingest/step > 1, e.g. a random GPT-2 member re-
+spelling Llama-only pieces) do real extra member work that a single member step does not count; the
+second ratio is the engine's own overhead. python benchmarks/decode_throughput.py # tiny (trained +
+real vocabs) and 100m python benchmarks/decode_throughput.py --sizes 100m --batches 1,16 --tokens
+8,40 --repeats 5
 """
 from __future__ import annotations
 
@@ -96,12 +96,21 @@ def member_runner(member, prompts, new_tokens):
     return lambda: common.block(generate_ids(*args, max_new_tokens=new_tokens))
 
 
-def step_seconds(make_runner, tokens, repeats):
-    """Per-token seconds from the N2 − N1 difference (each runner compiled first)."""
+def step_seconds(make_runners, tokens, repeats):
+    """Per-token seconds of each runner from the N2 − N1 difference. Every program is compiled first;
+    then the runs are interleaved (each repeat times every runner once) and each keeps its fastest, so
+    a slow phase of the shared machine hits all of them alike."""
     n1, n2 = tokens
-    run1, run2 = make_runner(n1), make_runner(n2)
-    run1(), run2()
-    return (common.best_time(run2, repeats) - common.best_time(run1, repeats)) / (n2 - n1)
+    runs = [(make(n1), make(n2)) for make in make_runners]
+    best = [[float("inf"), float("inf")] for _ in runs]
+    for run_pair in runs:
+        for run in run_pair:
+            run()
+    for _ in range(repeats):
+        for pair_best, run_pair in zip(best, runs):
+            for index, run in enumerate(run_pair):
+                pair_best[index] = min(pair_best[index], common.best_time(run, 1))
+    return [(t2 - t1) / (n2 - n1) for t1, t2 in best]
 
 
 def shortcut_stats(members, alignment, prompts, new_tokens, candidates, respell_chunk, expansion_budget):
@@ -128,7 +137,7 @@ def main():
     parser.add_argument("--batches", default="1,16", help="comma list of batch sizes")
     parser.add_argument("--tokens", default=None,
                         help="N1,N2 new tokens, step = time difference / (N2-N1) (default 16,128 tiny; 4,20 100m)")
-    parser.add_argument("--repeats", type=int, default=5, help="timed runs per measurement (fastest)")
+    parser.add_argument("--repeats", type=int, default=7, help="timed runs per measurement (fastest)")
     parser.add_argument("--candidates", type=int, default=0,
                         help="candidates_per_member: 0 = full-union selection (default), k > 0 = certified top-k")
     parser.add_argument("--respell-chunk", type=int, default=4,
@@ -158,11 +167,10 @@ def main():
               f"N1,N2={tokens}")
         for batch in tqdm(batches, desc=size, leave=False):
             prompts = [common.PROMPT] * batch
-            steps = [step_seconds(lambda n, m=m: member_runner(m, prompts, n), tokens, opts.repeats)
-                     for m in members]
-            ensemble = step_seconds(
-                lambda n: ensemble_runner(members, alignment, prompts, n, opts.candidates, opts.respell_chunk,
-                                          opts.expansion_budget)[0], tokens, opts.repeats)
+            runners = [lambda n, m=m: member_runner(m, prompts, n) for m in members]
+            runners.append(lambda n: ensemble_runner(members, alignment, prompts, n, opts.candidates,
+                                                     opts.respell_chunk, opts.expansion_budget)[0])
+            *steps, ensemble = step_seconds(runners, tokens, opts.repeats)
             shortcut, ingested = shortcut_stats(members, alignment, prompts, tokens[1], opts.candidates,
                                                 opts.respell_chunk, opts.expansion_budget)
             for m, s in zip(members, steps):

@@ -74,7 +74,8 @@ def sparse_projections(alignment) -> list[torch.Tensor]:
         table = alignment.vocab.member_to_union[member, :size]
         rows = np.flatnonzero(table < alignment.num_union)
         indices = torch.as_tensor(np.stack([rows, table[rows]]), dtype=torch.long)
-        matrices.append(torch.sparse_coo_tensor(indices, torch.ones(len(rows)), (size, alignment.num_union)).t().coalesce())
+        matrix = torch.sparse_coo_tensor(indices, torch.ones(len(rows)), (size, alignment.num_union))
+        matrices.append(matrix.t().coalesce())
     return matrices
 
 
@@ -151,14 +152,17 @@ def run_size(size: str, prompts, new_tokens: int, folder: pathlib.Path):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--sizes", default="tiny,100m", help="comma list of tiny, 100m")
-    parser.add_argument("--new-tokens", type=int, default=None, help="new tokens per prompt (default 32 tiny, 16 100m)")
-    parser.add_argument("--prompts", type=int, default=None, help=f"prompts to run (≤ {len(PROMPTS)}; default 6 tiny, 3 100m)")
+    parser.add_argument("--new-tokens", type=int, default=None,
+                        help="new tokens per prompt (default 32 tiny, 16 100m)")
+    parser.add_argument("--prompts", type=int, default=None,
+                        help=f"prompts to run (≤ {len(PROMPTS)}; default 6 tiny, 3 100m)")
     opts = parser.parse_args()
     warnings.filterwarnings("ignore", message="union tokens left out")
     torch.set_num_threads(torch.get_num_threads())
     print(f"# vs_reference  {datetime.datetime.now():%Y-%m-%d %H:%M}")
     print(f"# {common.machine_info()} | torch {torch.__version__} ({torch.get_num_threads()} threads)")
-    print("# batch 1, greedy, uniform weights; tokens/s include prefill; ours measured after compiling each prompt bucket")
+    print("# batch 1, greedy, uniform weights; tokens/s include prefill; "
+          "ours measured after compiling each prompt bucket")
     verdicts = []
     for size in opts.sizes.split(","):
         new_tokens = opts.new_tokens or (32 if size == "tiny" else 16)

@@ -5,11 +5,12 @@ prefill cancels out; every program is compiled before timing; each time is the f
 runs, interleaved across the members and the ensemble. Also counts how often the certified-candidate
 shortcut of `choose_union_tokens` is taken (untimed run with a host callback in the full-union
 fallback branch). Besides ensemble / Σ member steps, prints ensemble / Σ ingest_n · member_n:
-members that take in several tokens per union token (ingest/step > 1, e.g. a random GPT-2 member re-
-spelling Llama-only pieces) do real extra member work that a single member step does not count; the
-second ratio is the engine's own overhead. python benchmarks/decode_throughput.py # tiny (trained +
-real vocabs) and 100m python benchmarks/decode_throughput.py --sizes 100m --batches 1,16 --tokens
-8,40 --repeats 5
+members that take in several tokens per union token (ingest/step > 1, e.g. a random GPT-2 member
+re-spelling Llama-only pieces) do real extra member work that a single member step does not count;
+the second ratio is the engine's own overhead.
+
+    python benchmarks/decode_throughput.py                       # tiny (trained + real vocabs) and 100m
+    python benchmarks/decode_throughput.py --sizes 100m --batches 1,16 --tokens 8,40 --repeats 5
 """
 from __future__ import annotations
 

@@ -1,6 +1,7 @@
 """Attention's probabilities · values product on XLA:CPU, written two ways side by side: the einsum
-asking for the output layout `blhgd` (what `cached_attention` used to do) against the dot's own
-order `bhgld` plus a transpose of the small result (what it does now). Shapes: decode (L=1) and
+asking for the output layout `blhgd` against the dot's own order `bhgld` plus a transpose of the
+small result, on a `[B, H_kv, S, D]` cache. `cached_attention` keeps to the dot's own order (its
+cache is now `[B·H_kv, S, D]`, the same product with B and H_kv merged). Shapes: decode (L=1) and
 prefill blocks for the benchmark members, a ~100M MHA member and a Llama-3-style GQA member;
 each product runs 20 times inside one compiled `fori_loop`, fastest of --repeats.
 

@@ -16,9 +16,12 @@ EMPTY = -1  # slot position of an unwritten or padding slot
 
 @struct.dataclass
 class KVCache:
-    """keys/values: per layer `[B, H_kv, S, D]` (heads before slots: decode attention is then a
-    batched matmul over the cache with no transposed copy of it); slot_positions `[B, S]` (EMPTY if unused);
-    cursor `[B]` next slot to write; next_position `[B]` position id of the next token."""
+    """keys/values: per layer `[B·H_kv, S, D]`, one row per (batch row, KV head), batch-major: decode
+    attention is a matmul batched over that one dimension, reading the cache array itself (a
+    `[B, H_kv, S, D]` cache at B=1 reached the dot through a bitcast, and XLA:CPU then duplicated
+    the in-place cache write and copied every layer's cache several times per step,
+    benchmarks/RESULTS.md); slot_positions `[B, S]` (EMPTY if unused); cursor `[B]` next slot to
+    write; next_position `[B]` position id of the next token."""
 
     keys: tuple[jax.Array, ...]
     values: tuple[jax.Array, ...]
@@ -28,7 +31,7 @@ class KVCache:
 
     @classmethod
     def init(cls, num_layers: int, batch: int, length: int, num_kv_heads: int, head_dim: int, dtype) -> "KVCache":
-        shape = (batch, num_kv_heads, length, head_dim)
+        shape = (batch * num_kv_heads, length, head_dim)
         return cls(
             keys=tuple(jnp.zeros(shape, dtype) for _ in range(num_layers)),
             values=tuple(jnp.zeros(shape, dtype) for _ in range(num_layers)),
@@ -70,6 +73,8 @@ class KVCache:
 
 
 def write_layer(cache_array: jax.Array, block: jax.Array, slots: jax.Array) -> jax.Array:
-    """Scatter `block [B, L, H, D]` into `cache_array [B, H, S, D]` at `slots [B, L]` (out of range dropped)."""
-    rows = jnp.arange(block.shape[0])[:, None]
-    return cache_array.at[rows, :, slots].set(block.astype(cache_array.dtype), mode="drop")
+    """Scatter `block [B, L, H, D]` into `cache_array [B·H, S, D]` at `slots [B, L]` (out of range dropped)."""
+    batch, _, heads, _ = block.shape
+    rows = (jnp.arange(batch)[:, None] * heads + jnp.arange(heads)[None, :])[:, :, None]  # [B, H, 1]
+    return cache_array.at[rows, slots[:, None, :]].set(block.transpose(0, 2, 1, 3).astype(cache_array.dtype),
+                                                        mode="drop")

@@ -80,28 +80,34 @@ def cached_attention(
     q: jax.Array, keys: jax.Array, values: jax.Array, query_positions: jax.Array,
     slot_positions: jax.Array, window: int | None,
 ) -> jax.Array:
-    """Causal GQA attention of `q [B, L, Hq, D]` over the cache `keys/values [B, Hkv, S, D]`.
+    """Causal GQA attention of `q [B, L, Hq, D]` over the cache `keys/values [B·Hkv, S, D]`.
 
     A query at position p sees slots with 0 <= slot position <= p (and p - slot < window).
     Softmax runs in float32; rows that see no slot (padding queries) return zeros.
     """
     batch, block, num_heads, head_dim = q.shape
-    num_kv = keys.shape[1]
-    q = q.reshape(batch, block, num_kv, num_heads // num_kv, head_dim)
-    scores = jnp.einsum("blhgd,bhsd->bhgls", q, keys, preferred_element_type=jnp.float32) / math.sqrt(head_dim)
+    num_kv = keys.shape[0] // batch
+    group = num_heads // num_kv
+    slots = keys.shape[1]
+    # every (row, kv head) pair attends with its G·L queries: [B·Hkv, G·L, D]
+    q = q.reshape(batch, block, num_kv, group, head_dim).transpose(0, 2, 3, 1, 4)
+    q = q.reshape(batch * num_kv, group * block, head_dim)
+    scores = jnp.einsum("nqd,nsd->nqs", q, keys, preferred_element_type=jnp.float32) / math.sqrt(head_dim)
     slot = slot_positions[:, None, :]
     query = query_positions[:, :, None]
     visible = (slot >= 0) & (slot <= query)
     if window is not None:
         visible &= query - slot < window
     visible = visible[:, None, None]  # [B, 1, 1, L, S]
-    scores = jnp.where(visible, scores, jnp.finfo(jnp.float32).min)
+    scores = jnp.where(visible, scores.reshape(batch, num_kv, group, block, slots), jnp.finfo(jnp.float32).min)
     probs = jax.nn.softmax(scores, axis=-1) * visible.any(axis=-1, keepdims=True)
-    # output in dot_general's own order (batch, probs' free, values' free), then a transpose of the small
-    # result: asking for "blhgd" made XLA:CPU take the cache as the matmul's left operand, up to 14x slower
+    # the output in dot_general's own order, then a transpose of the small result: asking the einsum
+    # for the final layout made XLA:CPU take the cache as the matmul's left operand, up to 14x slower
     # (benchmarks/attention_einsum.py)
-    out = jnp.einsum("bhgls,bhsd->bhgld", probs.astype(values.dtype), values)
-    return out.transpose(0, 3, 1, 2, 4).reshape(batch, block, num_heads, head_dim)
+    out = jnp.einsum("nqs,nsd->nqd", probs.reshape(batch * num_kv, group * block, slots).astype(values.dtype),
+                     values)
+    out = out.reshape(batch, num_kv, group, block, head_dim).transpose(0, 3, 1, 2, 4)
+    return out.reshape(batch, block, num_heads, head_dim)
 
 
 class CausalLM(nnx.Module):
@@ -149,9 +155,12 @@ def append_and_attend(q, k, v, cache_keys, cache_values, slots, positions, slot_
     """Write the block's `k, v [B, L, Hkv, D]` into the layer cache and attend with `q` (with no
     cache, attend over the block itself). Returns `(output [B, L, Hq, D], cache keys, cache values)`."""
     if cache_keys is None:
-        heads_first = (0, 2, 1, 3)
-        return cached_attention(q, k.transpose(heads_first), v.transpose(heads_first), positions, slot_positions,
-                                window), None, None
+        batch, block, num_kv, head_dim = k.shape
+
+        def rows_first(x):  # [B, L, Hkv, D] -> [B·Hkv, L, D]
+            return x.transpose(0, 2, 1, 3).reshape(batch * num_kv, block, head_dim)
+
+        return cached_attention(q, rows_first(k), rows_first(v), positions, slot_positions, window), None, None
     cache_keys = write_layer(cache_keys, k, slots)
     cache_values = write_layer(cache_values, v, slots)
     out = cached_attention(q, cache_keys, cache_values, positions, slot_positions, window)

@@ -1,5 +1,7 @@
 """Parity of the Flax ports with transformers' PyTorch models, KV-cache exactness, loading errors."""
 import json
+import math
+import re
 
 import jax
 import jax.numpy as jnp
@@ -10,7 +12,7 @@ torch = pytest.importorskip("torch", reason="torch==2.13.0 (CPU) is the parity r
 
 import rlae_jax  # noqa: E402
 from rlae_jax.generation import generate_ids  # noqa: E402
-from rlae_jax.models import config_from_hf, from_pretrained, param_count  # noqa: E402
+from rlae_jax.models import Member, ModelConfig, build_model, config_from_hf, from_pretrained, param_count  # noqa: E402
 from rlae_jax.models.presets import PRESETS, PUBLISHED_PARAM_COUNTS, preset_hf_config  # noqa: E402
 from rlae_jax.prompts import left_pad  # noqa: E402
 from rlae_jax.sampling import first_argmax  # noqa: E402
@@ -140,6 +142,32 @@ def test_same_bucket_does_not_recompile(tiny):
     compiled = generate_ids._cache_size()
     rlae_jax.generate(member, ["Once upon a time", "The quick brown fox"], max_new_tokens=8)
     assert generate_ids._cache_size() == compiled
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+def test_decode_loop_copies_no_kv_cache(batch):
+    # with a [B, H, S, D] cache XLA:CPU copied every layer's cache 4x per step at batch 1 (a bitcast
+    # between the in-place cache write and the attention dot); the loop must update caches in place
+    config = ModelConfig(
+        model_type="gpt2", vocab_size=384, hidden_size=64, intermediate_size=128, num_layers=2, num_heads=4,
+        num_kv_heads=4, head_dim=16, max_position_embeddings=1024, norm_eps=1e-5, hidden_act="gelu_new",
+        tie_word_embeddings=True, qkv_bias=True, out_bias=True, mlp_bias=True, layer_windows=(None, None),
+        eos_token_ids=(0,))
+    member = Member.from_model(build_model(config))
+    prompt, new_tokens = 16, 8
+    args = (member, jnp.full((batch, prompt), 5, jnp.int32), jnp.ones((batch, prompt), jnp.int32), jax.random.key(0),
+            jnp.float32(0.0), jnp.float32(1.0), jnp.asarray([-1], jnp.int32), jnp.int32(0))
+    text = jax.jit(generate_ids, static_argnames=("max_new_tokens",)).lower(
+        *args, max_new_tokens=new_tokens).compile().as_text()
+    cache_elements = batch * config.num_kv_heads * (prompt + new_tokens) * config.head_dim  # one layer, any layout
+    loop_copies, computation = [], None
+    for line in text.splitlines():
+        if line and not line.startswith(" ") and line.endswith("{"):
+            computation = line.split()[0]  # "ENTRY" for the program outside the loop
+        copied = re.search(r"= f32\[([\d,]+)\]\S* copy\(", line)
+        if copied and math.prod(map(int, copied.group(1).split(","))) == cache_elements and computation != "ENTRY":
+            loop_copies.append(line.strip())
+    assert not loop_copies, f"KV cache copied inside the decode loop: {loop_copies[:2]}"
 
 
 def test_sampling_is_seeded_and_top_p_zero_is_greedy(tiny):

@@ -61,7 +61,7 @@ def mixed_argmax(member_probs: Sequence[jax.Array], weights: jax.Array, member_t
     in all members (`exclusive [N, V]`) scores weights[:, n] · p_n(id) in that member's own
     vocabulary; only the `shared_union_ids [C]` (spelled by several ids: `shared_member_ids
     [N, C, D]`) are gathered. Ties go to the smallest union id, as in `first_argmax`.
-    (GPT-2 + Llama 2: C = 18k of U = 64k; 4.5x cheaper than mix + first_argmax at batch 16 on a 2-core
+    (GPT-2 + Llama 2: C = 18k of U = 64k; 4-4.5x cheaper than mix + first_argmax at batch 16 on a 2-core
     CPU, benchmarks/union_ops.py.)"""
     best, keys = [], []
     for n, probs in enumerate(member_probs):

@@ -4,7 +4,7 @@ A mesh has two named axes: `data` (the batch) and `model` (attention heads, MLP 
 and the vocabulary of each member). Parameters are placed by a rules table over their names
 (`PARAMETER_RULES`: module/param → logical axis per dimension) and `LOGICAL_AXES` (logical axis →
 mesh axis), so every family shares one table. The engine and the RL train step need no changes:
-`jax.jit` propagates the shardings of its inputs (KV caches follow: batch over `data`, KV heads over `model`).
+`jax.jit` propagates the shardings of its inputs (KV caches follow: their `[B·H_kv]` rows over `data` × `model`).
 
     mesh = make_mesh(data=4, model=2)
     members = [shard_member(m, mesh) for m in members]
@@ -115,7 +115,8 @@ def check_member(member: Member, mesh: Mesh) -> None:
                        if all(s % d == 0 for _, s in sizes.values())]
             raise ValueError(
                 f"member {member.name or c.model_type!r}: {field}={size} is not divisible by the mesh's "
-                f"'{LOGICAL_AXES[logical]}' axis of size {parts}; its {', '.join(f'{f}={s}' for f, s in sizes.values())} "
+                f"'{LOGICAL_AXES[logical]}' axis of size {parts}; "
+                f"its {', '.join(f'{f}={s}' for f, s in sizes.values())} "
                 f"allow a '{LOGICAL_AXES[logical]}' axis of size {' or '.join(map(str, fitting))}")
 
 

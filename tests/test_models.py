@@ -12,7 +12,7 @@ torch = pytest.importorskip("torch", reason="torch==2.13.0 (CPU) is the parity r
 
 import rlae_jax  # noqa: E402
 from rlae_jax.generation import generate_ids  # noqa: E402
-from rlae_jax.models import Member, ModelConfig, build_model, config_from_hf, from_pretrained, param_count  # noqa: E402
+from rlae_jax.models import Member, build_model, config_from_hf, from_pretrained, param_count  # noqa: E402
 from rlae_jax.models.presets import PRESETS, PUBLISHED_PARAM_COUNTS, preset_hf_config  # noqa: E402
 from rlae_jax.prompts import left_pad  # noqa: E402
 from rlae_jax.sampling import first_argmax  # noqa: E402
@@ -148,11 +148,7 @@ def test_same_bucket_does_not_recompile(tiny):
 def test_decode_loop_copies_no_kv_cache(batch):
     # with a [B, H, S, D] cache XLA:CPU copied every layer's cache 4x per step at batch 1 (a bitcast
     # between the in-place cache write and the attention dot); the loop must update caches in place
-    config = ModelConfig(
-        model_type="gpt2", vocab_size=384, hidden_size=64, intermediate_size=128, num_layers=2, num_heads=4,
-        num_kv_heads=4, head_dim=16, max_position_embeddings=1024, norm_eps=1e-5, hidden_act="gelu_new",
-        tie_word_embeddings=True, qkv_bias=True, out_bias=True, mlp_bias=True, layer_windows=(None, None),
-        eos_token_ids=(0,))
+    config = config_from_hf(hf_config("gpt2", 384, 0))
     member = Member.from_model(build_model(config))
     prompt, new_tokens = 16, 8
     args = (member, jnp.full((batch, prompt), 5, jnp.int32), jnp.ones((batch, prompt), jnp.int32), jax.random.key(0),

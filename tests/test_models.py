@@ -76,23 +76,26 @@ def test_cached_decode_equals_full_forward(tiny, tokenizer):
     token_lists = [tokenizer.encode(p) for p in PROMPTS]
     ids, mask = left_pad(token_lists, tokenizer.pad_token_id)
     out, _, cache = member.prefill(jnp.asarray(ids), jnp.asarray(mask), ids.shape[1] + 40)
+    logits = out.logits
     sequences = [list(t) for t in token_lists]
     step = jax.jit(lambda c, t: member.step(c, t))
-    multi_step = jax.jit(lambda c, t, n: member.multi_step(c, t, n))
+    append = jax.jit(lambda c, t, n: member.append(c, t, n))
+    next_token_logits = jax.jit(member.next_token_logits)
     full_forward = jax.jit(member.logits)
     multi_counts = iter([np.array([3, 1, 0]), np.array([2, 3, 1]), np.array([1, 0, 3])])
     for kind in ["one", "multi", "one", "multi", "multi", "one"]:
         if kind == "one":
             new = rng.randint(0, len(tokenizer), size=len(PROMPTS))
             out, cache = step(cache, jnp.asarray(new, jnp.int32))
+            logits = out.logits
             counts = np.ones(len(PROMPTS), int)
             block = new[:, None]
         else:
             block = rng.randint(0, len(tokenizer), size=(len(PROMPTS), 3))
             counts = next(multi_counts)
-            new_out, cache = multi_step(cache, jnp.asarray(block, jnp.int32), jnp.asarray(counts, jnp.int32))
+            last, cache = append(cache, jnp.asarray(block, jnp.int32), jnp.asarray(counts, jnp.int32))
             # rows with count 0 keep their previous output
-            out = jax.tree.map(lambda a, b: jnp.where((jnp.asarray(counts) > 0)[:, None], a, b), new_out, out)
+            logits = jnp.where((jnp.asarray(counts) > 0)[:, None], next_token_logits(last), logits)
         for row in range(len(PROMPTS)):
             sequences[row] += list(block[row, :counts[row]])
         # full forward of every row's whole sequence, right-padded to one static shape
@@ -102,7 +105,7 @@ def test_cached_decode_equals_full_forward(tiny, tokenizer):
             ids[row, :len(sequence)], mask[row, :len(sequence)] = sequence, 1
         full = np.asarray(full_forward(jnp.asarray(ids), jnp.asarray(mask)))
         for row, sequence in enumerate(sequences):
-            error = np.abs(np.asarray(out.logits[row]) - full[row, len(sequence) - 1]).max()
+            error = np.abs(np.asarray(logits[row]) - full[row, len(sequence) - 1]).max()
             assert error < 1e-4, f"{family} {kind} row {row}"
     assert not bool(cache.overflowed.any())
 

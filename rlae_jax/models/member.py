@@ -123,11 +123,6 @@ class Member:
         index = jnp.clip(counts - 1, 0, tokens.shape[1] - 1)
         return jnp.take_along_axis(hidden, index[:, None, None], axis=1)[:, 0], cache
 
-    def multi_step(self, cache: KVCache, tokens: jax.Array, counts: jax.Array) -> tuple[StepOutput, KVCache]:
-        """`append` plus the next-token logits at each row's last appended token."""
-        last, cache = self.append(cache, tokens, counts)
-        return StepOutput(self.next_token_logits(last), last), cache
-
 
 def check_tokenizer_fits(tokenizer, vocab_size: int) -> int:
     """Number of ids the tokenizer can produce; raises if it exceeds the model's embedding size."""

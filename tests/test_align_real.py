@@ -33,9 +33,12 @@ def alignment(tokenizers) -> Alignment:
 
 
 def text_bytes(name: str, text: str) -> bytes:
-    """Bytes a member's encoding of ``text`` should spell: NFC for NeoX, SentencePiece's dummy prefix."""
+    """Bytes a member's encoding of ``text`` should spell: NFC for NeoX; for SentencePiece its dummy prefix
+    and a literal '▁' (U+2581, its own space marker) read as a space."""
     if name == "neox":
         text = unicodedata.normalize("NFC", text)
+    if name in SENTENCEPIECE:
+        text = text.replace("\u2581", " ")
     if name in SENTENCEPIECE and text and not text.startswith(" "):
         text = " " + text
     return text.encode()

@@ -34,9 +34,10 @@ class DecodeConfig:
     reason 'cache_full' and a warning). Each decode step attends over every slot, so slack costs time:
     2 covers members that average up to 2 tokens per union token (the benchmark's random GPT-2
     member ingests 1.65 per GPT-2 + Llama 2 union token), benchmarks/RESULTS.md;
-    `respell_chunk`: member tokens appended per pass when some row's union token re-spells into
-    several (a larger chunk means fewer passes but more padded work per pass; on a 2-core CPU 4 did
-    better at batch 1 and 2 at batch 16, benchmarks/RESULTS.md); `stop_at_eos=False` always runs max_new_tokens steps
+    `respell_chunk`: member tokens appended per extra pass when a union token re-spells into several
+    (the first always goes in a single-token pass; a larger chunk means fewer passes but more
+    padded work per pass: on a 2-core CPU 4 did better at batch 1 and 2 at batch 16,
+    benchmarks/RESULTS.md); `stop_at_eos=False` always runs max_new_tokens steps
     (benchmarks); `record_features` keeps every span's SpanFeatures in the result (RL needs them;
     without it features the weight_fn ignores are never computed)."""
 
@@ -251,24 +252,20 @@ def append_chunked(member: Member, cache: KVCache, previous: jax.Array, tokens: 
 
 def feed_members(members: Sequence[Member], hidden, caches, union_ids: jax.Array, live: jax.Array,
                  alignment: Alignment, respell_chunk: int):
-    """Re-tokenise the chosen union ids into every member and append them. Per member: when no row
-    needs more than one token, one single-token pass; otherwise the whole re-spellings in passes of
-    `respell_chunk` tokens (the first token rides in the first wide pass, which at decode costs about
-    what a single-token pass does). Both are while loops that run 0 or more times, not a `lax.cond`:
-    XLA:CPU copies a KV cache passed through one on every step. Rows ingesting nothing keep their
-    previous hidden state and cursor. → (hidden per member `[B, H]`, caches)."""
+    """Re-tokenise the chosen union ids into every member and append them: every row's first token in
+    one single-token pass, the rest of longer re-spellings in chunks of `respell_chunk` (a loop that
+    runs zero times when no row needs more). No `lax.cond` here: XLA:CPU copies a KV cache passed
+    through one on every step. Rows ingesting nothing keep their previous hidden state and cursor.
+    → (hidden per member `[B, H]`, caches)."""
     tokens, counts = alignment.retokenize(union_ids)  # [B, N, L], [B, N]
     counts = jnp.where(live[:, None], counts, 0)
     new_hidden, new_caches = [], []
     for index, member in enumerate(members):
         member_tokens, member_counts = tokens[:, index], counts[:, index]
-        if alignment.max_expansion == 1:
-            last, cache = append_block(member, caches[index], hidden[index], member_tokens, member_counts)
-        else:
-            single = jnp.max(member_counts) <= 1
-            last, cache = append_chunked(member, caches[index], hidden[index], member_tokens[:, :1],
-                                         jnp.where(single, member_counts, 0), 1)
-            last, cache = append_chunked(member, cache, last, member_tokens, jnp.where(single, 0, member_counts),
+        last, cache = append_block(member, caches[index], hidden[index], member_tokens[:, :1],
+                                   jnp.minimum(member_counts, 1))
+        if alignment.max_expansion > 1:
+            last, cache = append_chunked(member, cache, last, member_tokens[:, 1:], jnp.maximum(member_counts - 1, 0),
                                          respell_chunk)
         new_hidden.append(last)
         new_caches.append(cache)

@@ -1,8 +1,16 @@
-"""Shared test set-up: where the real fixtures live (skip cleanly when they are absent)."""
+"""Shared test set-up: where the real fixtures live (skip cleanly when they are absent), and the
+hypothesis profile: `derandomized` by default, so every run (CI included) tries the same examples and
+a pass or a failure reproduces; `HYPOTHESIS_PROFILE=explore python -m pytest -q tests` searches new
+random examples (what found the literal-'▁' SentencePiece case in test_align_real)."""
 import os
 import pathlib
 
 import pytest
+from hypothesis import settings
+
+settings.register_profile("derandomized", derandomize=True)
+settings.register_profile("explore", derandomize=False)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "derandomized"))
 
 FIXTURES = pathlib.Path(
     os.environ.get("RLAE_FIXTURES", pathlib.Path(__file__).resolve().parents[1].parent / "shared" / "fixtures")

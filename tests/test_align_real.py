@@ -39,8 +39,8 @@ def text_bytes(name: str, text: str) -> bytes:
         text = unicodedata.normalize("NFC", text)
     if name in SENTENCEPIECE:
         text = text.replace("\u2581", " ")
-    if name in SENTENCEPIECE and text and not text.startswith(" "):
-        text = " " + text
+        if text and not text.startswith(" "):
+            text = " " + text
     return text.encode()
 
 

@@ -120,8 +120,8 @@ def shortcut_stats(members, alignment, prompts, new_tokens, candidates, respell_
     _, args, config = ensemble_runner(members, alignment, prompts, new_tokens, candidates, respell_chunk,
                                       expansion_budget)
     fallbacks = []
-    with counting_fallbacks(fallbacks):
-        result = jax.jit(decode, static_argnames=("config",))(*args, config=config)
+    with counting_fallbacks(fallbacks):  # a fresh function: jax.jit(decode) would reuse decode's earlier trace
+        result = jax.jit(lambda *decode_args: decode(*decode_args, config=config))(*args)
         common.block(result)
         jax.effects_barrier()
     if not (np.asarray(result.lengths) == new_tokens).all():

@@ -31,9 +31,9 @@ NO_TOKEN = -1  # union-id buffer padding after a row stops
 class DecodeConfig:
     """Static settings of one compiled decode. `expansion_budget`: cache slots reserved per generated
     union token in each member, beyond the prompt (a row whose member cache fills up stops with
-    reason 'cache_full' and a warning). Each decode step attends over every slot, so slack costs time:
-    2 covers members that average up to 2 tokens per union token (the benchmark's random GPT-2
-    member ingests 1.65 per GPT-2 + Llama 2 union token), benchmarks/RESULTS.md;
+    reason 'cache_full' and a warning); the caches only grow to it when one slot per union token no
+    longer suffices (`decode`). 2 covers members that average up to 2 tokens per union token (the
+    benchmark's random GPT-2 member ingests 1.65 per GPT-2 + Llama 2 union token), benchmarks/RESULTS.md;
     `respell_chunk`: member tokens appended per extra pass when a union token re-spells into several
     (the first always goes in a single-token pass; a larger chunk means fewer passes but more
     padded work per pass: on a 2-core CPU 4 did better at batch 1 and 2 at batch 16,
@@ -281,16 +281,32 @@ def prompt_nll(member: Member, input_ids: jax.Array, attention_mask: jax.Array) 
     return -(token_log_probs * scored).sum(-1) / jnp.maximum(scored.sum(-1), 1.0)
 
 
+def cache_slots(prompt_slots: int, config: DecodeConfig, max_expansion: int) -> tuple[int, int]:
+    """(first-phase, full) KV cache slots of a member whose padded prompt takes `prompt_slots`: the first
+    phase holds one member token per union token (as the member alone would use, plus room for one
+    longest re-spelling); the full cache holds `expansion_budget` per union token. A first phase costs
+    compile time (a second compiled loop), so it is only used (first < full) when it saves at least a
+    third of every step's attention: caches at most 2/3 as long (e.g. long generations from short prompts)."""
+    full = prompt_slots + config.max_new_tokens * config.expansion_budget
+    first = prompt_slots + config.max_new_tokens + max_expansion - 1
+    return (first if 3 * first <= 2 * full else full), full
+
+
 def decode(members: Sequence[Member], alignment: Alignment, prompts: PromptBatch, weight_fn, key: jax.Array,
            temperature: jax.Array, top_p: jax.Array, config: DecodeConfig) -> DecodeResult:
-    """Generate up to `config.max_new_tokens` union tokens for a batch; pure and jittable."""
+    """Generate up to `config.max_new_tokens` union tokens for a batch; pure and jittable.
+
+    Decoding attends over every cache slot, so the loop runs in two phases (the same step compiled
+    for two cache lengths): first with caches of one slot per union token (`cache_slots`), and once
+    some row's re-spellings could overflow them, the caches grow to the full `expansion_budget` and the
+    loop goes on. Members that re-spell (nearly) one token per union token never leave the first."""
     members = tuple(members)
     num_members = len(members)
     batch = prompts.input_ids[0].shape[0]
+    slots = [cache_slots(ids.shape[1], config, alignment.max_expansion) for ids in prompts.input_ids]
     outputs, summaries, caches = [], [], []
-    for member, ids, mask in zip(members, prompts.input_ids, prompts.attention_mask):
-        cache_length = ids.shape[1] + config.max_new_tokens * config.expansion_budget
-        out, summary, cache = member.prefill(ids, mask, cache_length)
+    for member, ids, mask, (first_slots, _) in zip(members, prompts.input_ids, prompts.attention_mask, slots):
+        out, summary, cache = member.prefill(ids, mask, first_slots)
         outputs.append(out)
         summaries.append(summary)
         caches.append(cache)
@@ -355,6 +371,16 @@ def decode(members: Sequence[Member], alignment: Alignment, prompts: PromptBatch
             stop_reason=jnp.select([is_eos, overflow, nonfinite], [STOP_EOS, STOP_CACHE_FULL, STOP_NONFINITE],
                                    s.stop_reason))
 
+    growing = [first < full for first, full in slots]
+
+    def room_for_a_step(s: DecodeState):
+        """Every row of every member still in its first-phase cache can take a longest re-spelling."""
+        return jnp.all(jnp.stack([jnp.all(cache.cursor + alignment.max_expansion <= cache.length)
+                                  for cache, grows in zip(s.caches, growing) if grows]))
+
+    if any(growing):
+        state = jax.lax.while_loop(lambda s: keep_going(s) & room_for_a_step(s), body, state)
+        state = state.replace(caches=tuple(cache.grow(full) for cache, (_, full) in zip(state.caches, slots)))
     final = jax.lax.while_loop(keep_going, body, state)
     lengths = jnp.sum(final.union_ids != NO_TOKEN, axis=1)
     stop_reason = jnp.where(final.stop_reason == RUNNING, STOP_LENGTH, final.stop_reason)

@@ -66,6 +66,16 @@ class KVCache:
         advance = jnp.max(valid * offsets, axis=1)
         return self.replace(cursor=self.cursor + advance, next_position=self.next_position + valid.sum(axis=1))
 
+    def grow(self, length: int) -> "KVCache":
+        """The same cache with `length` >= S slots (the new ones empty)."""
+        extra = length - self.length
+
+        def pad(x):
+            return jnp.pad(x, ((0, 0), (0, extra), (0, 0)))
+
+        return self.replace(keys=tuple(map(pad, self.keys)), values=tuple(map(pad, self.values)),
+                            slot_positions=jnp.pad(self.slot_positions, ((0, 0), (0, extra)), constant_values=EMPTY))
+
     @property
     def overflowed(self) -> jax.Array:
         """`[B]` True where a row wrote past the cache end (its newest tokens were dropped)."""

@@ -7,7 +7,10 @@ shortcut of `choose_union_tokens` is taken (untimed run with a host callback in 
 fallback branch). Besides ensemble / Σ member steps, prints ensemble / Σ ingest_n · member_n:
 members that take in several tokens per union token (ingest/step > 1, e.g. a random GPT-2 member
 re-spelling Llama-only pieces) do real extra member work that a single member step does not count;
-the second ratio is the engine's own overhead.
+the second ratio is the engine's own overhead. "together" runs both members in one compiled loop, each
+greedy on its own tokens with its own-size cache and no union work: the floor of any engine that
+steps the members in one loop (on a CPU their weights and caches then share the caches and cores);
+ensemble / together is what the union work and re-spelling add on top.
 
     python benchmarks/decode_throughput.py                       # tiny (trained + real vocabs) and 100m
     python benchmarks/decode_throughput.py --sizes 100m --batches 1,16 --tokens 8,40 --repeats 5
@@ -17,6 +20,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime
+import functools
 import importlib
 import warnings
 
@@ -31,6 +35,7 @@ from rlae_jax.align import build_alignment
 from rlae_jax.engine import DecodeConfig, decode, decode_jit, resolve_strategy, tokenize_for_members
 from rlae_jax.models import Member, build_model
 from rlae_jax.prompts import encode_prompts, left_pad, pad_id_of
+from rlae_jax.sampling import first_argmax
 
 GOALS = {"tiny": 1.3, "100m": 1.15}
 DEFAULT_TOKENS = {"tiny-trained": "16,128", "tiny-real": "16,128", "100m": "4,20"}
@@ -95,6 +100,33 @@ def member_runner(member, prompts, new_tokens):
     args = (member, jnp.asarray(ids), jnp.asarray(mask), jax.random.key(0), jnp.float32(0.0), jnp.float32(1.0),
             jnp.asarray([-1], jnp.int32), jnp.int32(pad_id_of(member.tokenizer)))
     return lambda: common.block(generate_ids(*args, max_new_tokens=new_tokens))
+
+
+@functools.partial(jax.jit, static_argnames=("new_tokens",))
+def members_together(members, input_ids, attention_masks, new_tokens):
+    """Prefill every member on its own prompt `[B, T_n]` and step each greedily on its own tokens in one
+    `while_loop` for new_tokens steps (caches of T_n + new_tokens slots, as alone). → sum of tokens `[B]`."""
+    logits, caches = [], []
+    for member, ids, mask in zip(members, input_ids, attention_masks):
+        out, _, cache = member.prefill(ids, mask, ids.shape[1] + new_tokens)
+        logits.append(out.logits)
+        caches.append(cache)
+
+    def body(carry):
+        step, logits, caches, total = carry
+        tokens = [first_argmax(member_logits) for member_logits in logits]
+        outputs = [member.step(cache, token) for member, cache, token in zip(members, caches, tokens)]
+        return (step + 1, tuple(out.logits for out, _ in outputs), tuple(cache for _, cache in outputs),
+                total + sum(tokens))
+
+    carry = (jnp.int32(0), tuple(logits), tuple(caches), jnp.zeros(input_ids[0].shape[0], jnp.int32))
+    return jax.lax.while_loop(lambda c: c[0] < new_tokens, body, carry)[-1]
+
+
+def together_runner(members, prompts, new_tokens):
+    padded = [left_pad(encode_prompts(m.tokenizer, prompts), pad_id_of(m.tokenizer)) for m in members]
+    ids, masks = (tuple(jnp.asarray(x[i]) for x in padded) for i in (0, 1))
+    return lambda: common.block(members_together(members, ids, masks, new_tokens=new_tokens))
 
 
 def step_seconds(make_runners, tokens, repeats):
@@ -169,14 +201,17 @@ def main():
         for batch in tqdm(batches, desc=size, leave=False):
             prompts = [common.PROMPT] * batch
             runners = [lambda n, m=m: member_runner(m, prompts, n) for m in members]
+            runners.append(lambda n: together_runner(members, prompts, n))
             runners.append(lambda n: ensemble_runner(members, alignment, prompts, n, opts.candidates,
                                                      opts.respell_chunk, opts.expansion_budget)[0])
-            *steps, ensemble = step_seconds(runners, tokens, opts.repeats)
+            *steps, together, ensemble = step_seconds(runners, tokens, opts.repeats)
             shortcut, ingested = shortcut_stats(members, alignment, prompts, tokens[1], opts.candidates,
                                                 opts.respell_chunk, opts.expansion_budget)
             for m, s in zip(members, steps):
                 rows.append([size, batch, m.name, f"{m.num_params / 1e6:.1f}M", f"{s * 1e3:.2f}",
                              f"{batch / s:.0f}", "1.00"])
+            rows.append([size, batch, "together", "", f"{together * 1e3:.2f}", f"{batch / together:.0f}",
+                         "/".join(["1.00"] * len(members))])
             rows.append([size, batch, "ensemble", "", f"{ensemble * 1e3:.2f}", f"{batch / ensemble:.0f}",
                          "/".join(f"{x:.2f}" for x in ingested)])
             ratio = ensemble / sum(steps)
@@ -185,7 +220,8 @@ def main():
             used = f"  certified shortcut on {shortcut:.0%} of steps" if opts.candidates else ""
             verdicts.append(f"{size:13s} B={batch:<3d} ensemble/Σmembers = {ratio:.2f}  (goal ≤ {goal}: "
                             f"{'PASS' if ratio <= goal else 'MISS'});  ensemble/Σ(ingest·member) = "
-                            f"{per_ingested:.2f}{used}")
+                            f"{per_ingested:.2f};  ensemble/together = {ensemble / together:.2f}  "
+                            f"(together/Σmembers = {together / sum(steps):.2f}){used}")
     print(common.fmt_row(header, widths))
     for row in rows:
         print(common.fmt_row(row, widths))

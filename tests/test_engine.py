@@ -3,6 +3,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import struct
 
 import rlae_jax
 from rlae_jax.align import build_alignment
@@ -215,33 +216,49 @@ def test_cache_full_rows_stop_with_a_reason(members, alignment):
     assert reasons <= {"eos", "length", "cache_full"} and "cache_full" in reasons
 
 
+@struct.dataclass
+class AlternatingWeights:
+    """Mostly member 0 ([0.9, 0.1], then [0.7, 0.3], alternating): counts its calls in its carry, so a span
+    started twice shifts every later span's weights."""
+
+    optional_features = ()
+
+    def init_carry(self, batch, num_spans):
+        return jnp.zeros((), jnp.int32)
+
+    def __call__(self, features, calls):
+        odd = (calls % 2).astype(jnp.float32)
+        weights = jnp.stack([0.9 - 0.2 * odd, 0.1 + 0.2 * odd])
+        return jnp.broadcast_to(weights, features.previous_weights.shape), calls + 1
+
+
 def test_growing_the_caches_mid_loop_changes_nothing(members, monkeypatch):
-    """The loop starts with one cache slot per union token and grows the caches to the full budget when
-    a re-spelling could overflow them; the result (union ids, weights, features with hidden states)
-    equals a loop run with full caches throughout (up to float rounding)."""
+    """The loop starts with one cache slot per union token; the step whose re-spelling does not fit is
+    redone after the caches grow to the full budget. The result (union ids, weights, the weight_fn's
+    carry, features with hidden states) equals a loop run with full caches throughout (to float rounding)."""
     from rlae_jax.engine import loop
 
     bytes_member = random_member("gpt2", train_byte_level_bpe(CORPUS, 262), 2, "bytes")  # ~2-3 tokens a piece
     pair = [members[0], bytes_member]
     alignment = build_alignment([m.tokenizer for m in pair], vocab_sizes=[m.config.vocab_size for m in pair],
                                 use_cache=False)
-    weight_fn, selection = loop.resolve_strategy("fixed", 2, weights=[0.8, 0.2])  # mostly the BPE's merges
-    new_tokens = 16
+    new_tokens = 24
     batch = loop.tokenize_for_members(pair, PROMPTS, new_tokens)
-    config = loop.DecodeConfig(max_new_tokens=new_tokens, selection=selection, expansion_budget=4)
-    args = (pair, alignment, batch, weight_fn, jax.random.key(0), jnp.float32(0.0), jnp.float32(1.0))
+    config = loop.DecodeConfig(max_new_tokens=new_tokens, expansion_budget=4)
+    args = (pair, alignment, batch, AlternatingWeights(), jax.random.key(0), jnp.float32(0.0), jnp.float32(1.0))
 
     def run():  # a fresh function each time: jax.jit(loop.decode) would reuse the first call's trace
         return jax.jit(lambda *decode_args: loop.decode(*decode_args, config=config))(*args)
 
     two_phases = run()
-    first, full = loop.cache_slots(batch.input_ids[1].shape[1], config, alignment.max_expansion)
+    first, full = loop.cache_slots(batch.input_ids[1].shape[1], config)
     assert first < full
-    # the byte member filled its first-phase cache (new_tokens tokens) two or more steps before the end
+    # the byte member outgrew its first-phase cache (new_tokens tokens) two or more steps before the end
     assert np.asarray(two_phases.ingested)[:, 1].max() >= new_tokens + 2 * alignment.max_expansion
     assert set(np.asarray(two_phases.stop_reason).tolist()) <= {loop.STOP_EOS, loop.STOP_LENGTH}
+    assert int(two_phases.weight_carry) == new_tokens  # one weight_fn call per span, none repeated
 
-    monkeypatch.setattr(loop, "cache_slots", lambda prompt_slots, config, _: (
+    monkeypatch.setattr(loop, "cache_slots", lambda prompt_slots, config: (
         (prompt_slots + config.max_new_tokens * config.expansion_budget,) * 2))
     one_phase = run()
     for got, want in zip(jax.tree.leaves(two_phases), jax.tree.leaves(one_phase)):

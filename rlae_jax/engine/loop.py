@@ -71,7 +71,8 @@ class PromptBatch(NamedTuple):
 class SpanState:
     """What a span start changes: `weights [B, N]` current mixing weights, the weight_fn's carry and
     the per-span records `span_weights [B, S, N]`, `span_features` (leaves `[B, S, ...]`),
-    `span_valid [B, S]`, `weight_fallback [B]`."""
+    `span_valid [B, S]`, `weight_fallback [B]`; `started` the last span index started (int32 [],
+    −1 before the first), so a step redone after the caches grow does not start its span twice."""
 
     weights: jax.Array
     weight_carry: Any
@@ -79,14 +80,17 @@ class SpanState:
     span_features: SpanFeatures | None
     span_valid: jax.Array
     weight_fallback: jax.Array
+    started: jax.Array
 
 
 @struct.dataclass
 class DecodeState:
     """Loop carry. Per member: `hidden [B, H]` the final hidden state at its last ingested token (the
     next-token logits are computed from it at the top of each step, so no `[B, V]` array is carried
-    or selected per row) and its KV cache; `union_ids [B, T_new]` (NO_TOKEN after a stop). The span
-    start's `lax.cond` takes only `spans`, so the KV caches never pass through it."""
+    or selected per row) and its KV cache; `union_ids [B, T_new]` (NO_TOKEN after a stop);
+    `out_of_room` (bool []) set when a first-phase step was not taken because some chosen re-spelling
+    did not fit the first-phase caches (`decode`). The span start's `lax.cond` takes only `spans`, so
+    the KV caches never pass through it."""
 
     step: jax.Array
     hidden: tuple[jax.Array, ...]
@@ -95,6 +99,7 @@ class DecodeState:
     done: jax.Array
     stop_reason: jax.Array
     spans: SpanState
+    out_of_room: jax.Array
 
 
 class DecodeResult(NamedTuple):
@@ -250,21 +255,19 @@ def append_chunked(member: Member, cache: KVCache, previous: jax.Array, tokens: 
     return hidden, cache
 
 
-def feed_members(members: Sequence[Member], hidden, caches, union_ids: jax.Array, live: jax.Array,
-                 alignment: Alignment, respell_chunk: int):
-    """Re-tokenise the chosen union ids into every member and append them: every row's first token in
-    one single-token pass, the rest of longer re-spellings in chunks of `respell_chunk` (a loop that
-    runs zero times when no row needs more). No `lax.cond` here: XLA:CPU copies a KV cache passed
-    through one on every step. Rows ingesting nothing keep their previous hidden state and cursor.
-    → (hidden per member `[B, H]`, caches)."""
-    tokens, counts = alignment.retokenize(union_ids)  # [B, N, L], [B, N]
-    counts = jnp.where(live[:, None], counts, 0)
+def feed_members(members: Sequence[Member], hidden, caches, tokens: jax.Array, counts: jax.Array,
+                 respell_chunk: int):
+    """Append each row's re-spelling of its chosen union token, the first `counts [B, N]` of `tokens
+    [B, N, L]`, to every member: every row's first token in one single-token pass, the rest of longer
+    re-spellings in chunks of `respell_chunk` (a loop that runs zero times when no row needs more).
+    No `lax.cond` here: XLA:CPU copies a KV cache passed through one on every step. Rows ingesting
+    nothing keep their previous hidden state and cursor. → (hidden per member `[B, H]`, caches)."""
     new_hidden, new_caches = [], []
     for index, member in enumerate(members):
         member_tokens, member_counts = tokens[:, index], counts[:, index]
         last, cache = append_block(member, caches[index], hidden[index], member_tokens[:, :1],
                                    jnp.minimum(member_counts, 1))
-        if alignment.max_expansion > 1:
+        if tokens.shape[-1] > 1:
             last, cache = append_chunked(member, cache, last, member_tokens[:, 1:], jnp.maximum(member_counts - 1, 0),
                                          respell_chunk)
         new_hidden.append(last)
@@ -281,15 +284,15 @@ def prompt_nll(member: Member, input_ids: jax.Array, attention_mask: jax.Array) 
     return -(token_log_probs * scored).sum(-1) / jnp.maximum(scored.sum(-1), 1.0)
 
 
-def cache_slots(prompt_slots: int, config: DecodeConfig, max_expansion: int) -> tuple[int, int]:
+def cache_slots(prompt_slots: int, config: DecodeConfig) -> tuple[int, int]:
     """(first-phase, full) KV cache slots of a member whose padded prompt takes `prompt_slots`: the first
-    phase holds one member token per union token (as the member alone would use, plus room for one
-    longest re-spelling); the full cache holds `expansion_budget` per union token. A first phase costs
-    compile time (a second compiled loop), so it is only used (first < full) when it saves at least a
-    third of every step's attention: caches at most 2/3 as long (e.g. long generations from short prompts)."""
+    phase holds one member token per union token (as the member alone would use); the full cache holds
+    `expansion_budget` per union token. A first phase costs compile time (a second compiled loop), so
+    it is only used (first < full) for long generations, when it saves at least 64 slots and a third
+    of every step's attention (with budget 2: max_new_tokens >= 64 and no shorter than the prompt)."""
     full = prompt_slots + config.max_new_tokens * config.expansion_budget
-    first = prompt_slots + config.max_new_tokens + max_expansion - 1
-    return (first if 3 * first <= 2 * full else full), full
+    first = prompt_slots + config.max_new_tokens
+    return (first if full - first >= max(64, full / 3) else full), full
 
 
 def decode(members: Sequence[Member], alignment: Alignment, prompts: PromptBatch, weight_fn, key: jax.Array,
@@ -297,13 +300,15 @@ def decode(members: Sequence[Member], alignment: Alignment, prompts: PromptBatch
     """Generate up to `config.max_new_tokens` union tokens for a batch; pure and jittable.
 
     Decoding attends over every cache slot, so the loop runs in two phases (the same step compiled
-    for two cache lengths): first with caches of one slot per union token (`cache_slots`), and once
-    some row's re-spellings could overflow them, the caches grow to the full `expansion_budget` and the
-    loop goes on. Members that re-spell (nearly) one token per union token never leave the first."""
+    for two cache lengths): first with caches of one slot per union token (`cache_slots`); a step whose
+    chosen re-spellings do not fit them is not taken (its span start, if any, is kept) and the
+    caches grow to the full `expansion_budget`, where the loop redoes that step and goes on (the
+    choice is the same: same state, same key). Members that re-spell (nearly) one token per union
+    token never leave the first phase."""
     members = tuple(members)
     num_members = len(members)
     batch = prompts.input_ids[0].shape[0]
-    slots = [cache_slots(ids.shape[1], config, alignment.max_expansion) for ids in prompts.input_ids]
+    slots = [cache_slots(ids.shape[1], config) for ids in prompts.input_ids]
     outputs, summaries, caches = [], [], []
     for member, ids, mask, (first_slots, _) in zip(members, prompts.input_ids, prompts.attention_mask, slots):
         out, summary, cache = member.prefill(ids, mask, first_slots)
@@ -329,16 +334,20 @@ def decode(members: Sequence[Member], alignment: Alignment, prompts: PromptBatch
     spans = SpanState(
         weights=uniform, weight_carry=weight_fn.init_carry(batch, config.num_spans),
         span_weights=jnp.zeros((batch, config.num_spans, num_members), jnp.float32), span_features=records,
-        span_valid=jnp.zeros((batch, config.num_spans), bool), weight_fallback=jnp.zeros((batch,), bool))
+        span_valid=jnp.zeros((batch, config.num_spans), bool), weight_fallback=jnp.zeros((batch,), bool),
+        started=jnp.int32(-1))
     state = DecodeState(
         step=jnp.zeros((), jnp.int32), hidden=tuple(o.hidden for o in outputs), caches=tuple(caches),
         union_ids=jnp.full((batch, config.max_new_tokens), NO_TOKEN, jnp.int32),
-        done=jnp.zeros((batch,), bool), stop_reason=jnp.zeros((batch,), jnp.int32), spans=spans)
+        done=jnp.zeros((batch,), bool), stop_reason=jnp.zeros((batch,), jnp.int32), spans=spans,
+        out_of_room=jnp.zeros((), bool))
 
     def keep_going(s: DecodeState):
         return (s.step < config.max_new_tokens) & ~jnp.all(s.done)
 
-    def body(s: DecodeState) -> DecodeState:
+    growing = [first < full for first, full in slots]
+
+    def body(s: DecodeState, first_phase: bool) -> DecodeState:
         span = s.step // config.span_length
         live = ~s.done
         logits = [member.next_token_logits(hidden) for member, hidden in zip(members, s.hidden)]
@@ -354,34 +363,35 @@ def decode(members: Sequence[Member], alignment: Alignment, prompts: PromptBatch
                 span_features=None if records is None else jax.tree.map(
                     lambda rec, x: rec.at[:, span].set(x), spans.span_features, features),
                 span_weights=spans.span_weights.at[:, span].set(weights),
-                span_valid=spans.span_valid.at[:, span].set(live), weight_fallback=spans.weight_fallback | (live & bad))
+                span_valid=spans.span_valid.at[:, span].set(live), weight_fallback=spans.weight_fallback | (live & bad),
+                started=span)
 
-        spans = jax.lax.cond(s.step % config.span_length == 0, start_span, lambda spans: spans, s.spans)
+        spans = jax.lax.cond(span > s.spans.started, start_span, lambda spans: spans, s.spans)
         nonfinite = live & jnp.any(~jnp.isfinite(dists.normalizer), axis=-1)  # NaN/inf logits in some member
         live = live & ~nonfinite
         chosen = choose_union_tokens(dists, probs, spans.weights, alignment, key, s.step, temperature, top_p, config)
         chosen = jnp.where(live, chosen, NO_TOKEN)
-        hidden, caches = feed_members(members, s.hidden, s.caches, jnp.maximum(chosen, 0), live, alignment,
-                                      config.respell_chunk)
+        tokens, counts = alignment.retokenize(jnp.maximum(chosen, 0))  # [B, N, L], [B, N]
+        counts = jnp.where(live[:, None], counts, 0)
+        fits = jnp.bool_(True)
+        if first_phase:  # take the step only if every re-spelling fits the first-phase caches
+            fits = jnp.all(jnp.stack([jnp.all(cache.cursor + counts[:, n] <= cache.length)
+                                      for n, (cache, grows) in enumerate(zip(s.caches, growing)) if grows]))
+            counts = jnp.where(fits, counts, 0)
+            live = live & fits
+        hidden, caches = feed_members(members, s.hidden, s.caches, tokens, counts, config.respell_chunk)
         overflow = live & jnp.any(jnp.stack([c.overflowed for c in caches]), axis=0)
         is_eos = live & (chosen == alignment.eos_union_id) & config.stop_at_eos
         return s.replace(
-            step=s.step + 1, hidden=hidden, caches=caches, union_ids=s.union_ids.at[:, s.step].set(chosen),
-            spans=spans, done=s.done | is_eos | overflow | nonfinite,
+            step=s.step + fits.astype(jnp.int32), hidden=hidden, caches=caches,
+            union_ids=s.union_ids.at[:, s.step].set(chosen), spans=spans, done=s.done | is_eos | overflow | nonfinite,
             stop_reason=jnp.select([is_eos, overflow, nonfinite], [STOP_EOS, STOP_CACHE_FULL, STOP_NONFINITE],
-                                   s.stop_reason))
-
-    growing = [first < full for first, full in slots]
-
-    def room_for_a_step(s: DecodeState):
-        """Every row of every member still in its first-phase cache can take a longest re-spelling."""
-        return jnp.all(jnp.stack([jnp.all(cache.cursor + alignment.max_expansion <= cache.length)
-                                  for cache, grows in zip(s.caches, growing) if grows]))
+                                   s.stop_reason), out_of_room=~fits)
 
     if any(growing):
-        state = jax.lax.while_loop(lambda s: keep_going(s) & room_for_a_step(s), body, state)
+        state = jax.lax.while_loop(lambda s: keep_going(s) & ~s.out_of_room, lambda s: body(s, True), state)
         state = state.replace(caches=tuple(cache.grow(full) for cache, (_, full) in zip(state.caches, slots)))
-    final = jax.lax.while_loop(keep_going, body, state)
+    final = jax.lax.while_loop(keep_going, lambda s: body(s, False), state)
     lengths = jnp.sum(final.union_ids != NO_TOKEN, axis=1)
     stop_reason = jnp.where(final.stop_reason == RUNNING, STOP_LENGTH, final.stop_reason)
     ingested = jnp.stack([cache.next_position - mask.sum(-1) for cache, mask in

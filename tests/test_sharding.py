@@ -42,7 +42,10 @@ def tiny_member(model_type: str, tokenizer, seed: int, name: str, num_heads: int
         tie_word_embeddings=gpt2, qkv_bias=True, out_bias=gpt2, mlp_bias=gpt2, layer_windows=(None, None),
         eos_token_ids=(tokenizer.eos_token_id,))
     member = Member.from_model(build_model(config, seed=seed), tokenizer, name=name)
-    peaked = lambda path, x: x * 30.0 if re.search(r"lm_head|\['embedding'\]\['embedding'\]", jax.tree_util.keystr(path)) else x
+
+    def peaked(path, x):
+        return x * 30.0 if re.search(r"lm_head|\['embedding'\]\['embedding'\]", jax.tree_util.keystr(path)) else x
+
     return member.replace(state=jax.tree_util.tree_map_with_path(peaked, member.state))
 
 
@@ -129,6 +132,8 @@ def test_sharded_generation_equals_one_device(eight_devices):
     for mode in ("greedy", "sampled"):
         assert eight_devices[f"{mode}_tokens_equal"], eight_devices[f"{mode}_tokens"]
         assert eight_devices[f"{mode}_generated"] > 0
+    assert eight_devices["grown_tokens_equal"]
+    assert eight_devices["grown_most_ingested"] > 64, "a member should outgrow its first-phase cache"
 
 
 @pytest.mark.parametrize("kind", ["ppo", "mappo"])
@@ -180,6 +185,16 @@ def run_eight_device_checks() -> dict:
         out[f"{mode}_tokens_equal"] = bool(np.array_equal(plain, sharded))
         out[f"{mode}_tokens"] = [plain.tolist(), sharded.tolist()]
         out[f"{mode}_generated"] = int((plain >= 0).sum())
+    # 64 new tokens: the caches start at one slot per union token and grow mid-loop (two phases); the
+    # byte-level member spells some of the metaspace member's pieces in several tokens
+    grown_config = DecodeConfig(max_new_tokens=64, span_length=2, record_features=False, stop_at_eos=False)
+    grown_prompts = tokenize_for_members(members, PROMPTS, 64)
+    weight_fn, _ = resolve_strategy("fixed", len(members), weights=[0.2, 0.8])  # mostly the metaspace member's
+    grown = [decode_jit(m, a, p, weight_fn, jax.random.key(3), jnp.float32(0.0), jnp.float32(1.0), config=grown_config)
+             for m, a, p in ((members, alignment, grown_prompts),
+                             (sharded_members, sharded_alignment, sharding.shard_batch(grown_prompts, mesh)))]
+    out["grown_tokens_equal"] = bool(np.array_equal(*(np.asarray(r.union_ids) for r in grown)))
+    out["grown_most_ingested"] = int(np.asarray(grown[0].ingested).max())
     print(f"decode checks done at {time.perf_counter() - began:.1f} s", file=sys.stderr)
 
     examples = SYNTHETIC.load("train", limit=8)

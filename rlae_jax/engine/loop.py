@@ -31,9 +31,10 @@ NO_TOKEN = -1  # union-id buffer padding after a row stops
 class DecodeConfig:
     """Static settings of one compiled decode. `expansion_budget`: cache slots reserved per generated
     union token in each member, beyond the prompt (a row whose member cache fills up stops with
-    reason 'cache_full' and a warning); the caches only grow to it when one slot per union token no
-    longer suffices (`decode`). 2 covers members that average up to 2 tokens per union token (the
-    benchmark's random GPT-2 member ingests 1.65 per GPT-2 + Llama 2 union token), benchmarks/RESULTS.md;
+    reason 'cache_full' and a warning); long generations start with one slot per union token and grow
+    the caches to the budget only when that no longer suffices (`decode`, `cache_slots`). 2 covers
+    members that average up to 2 tokens per union token (the benchmark's random GPT-2 member ingests
+    1.65 per GPT-2 + Llama 2 union token), benchmarks/RESULTS.md;
     `respell_chunk`: member tokens appended per extra pass when a union token re-spells into several
     (the first always goes in a single-token pass; a larger chunk means fewer passes but more
     padded work per pass: on a 2-core CPU 4 did better at batch 1 and 2 at batch 16,

@@ -124,9 +124,8 @@ def members_together(members, input_ids, attention_masks, new_tokens):
 
 
 def together_runner(members, prompts, new_tokens):
-    padded = [left_pad(encode_prompts(m.tokenizer, prompts), pad_id_of(m.tokenizer)) for m in members]
-    ids, masks = (tuple(jnp.asarray(x[i]) for x in padded) for i in (0, 1))
-    return lambda: common.block(members_together(members, ids, masks, new_tokens=new_tokens))
+    batch = tokenize_for_members(members, prompts, new_tokens)
+    return lambda: common.block(members_together(members, *batch, new_tokens=new_tokens))
 
 
 def step_seconds(make_runners, tokens, repeats):

@@ -55,11 +55,15 @@ def tiny_members() -> list[Member]:
             tiny_member("llama", train_metaspace_bpe(CORPUS, 120), 1, "metaspace")]
 
 
+def decode_result(members, alignment, prompts, key, temperature, config, weights=None):
+    """The engine's DecodeResult with uniform weights, or fixed `weights`."""
+    weight_fn, _ = resolve_strategy("uniform" if weights is None else "fixed", len(members), weights)
+    return decode_jit(members, alignment, prompts, weight_fn, key, jnp.float32(temperature), jnp.float32(1.0),
+                      config=config)
+
+
 def decode_tokens(members, alignment, prompts, key, temperature, config):
-    weight_fn, _ = resolve_strategy("uniform", len(members))
-    result = decode_jit(members, alignment, prompts, weight_fn, key, jnp.float32(temperature), jnp.float32(1.0),
-                        config=config)
-    return np.asarray(result.union_ids)
+    return np.asarray(decode_result(members, alignment, prompts, key, temperature, config).union_ids)
 
 
 # ---- in this process (1 device) -----------------------------------------------------------------
@@ -189,8 +193,7 @@ def run_eight_device_checks() -> dict:
     # byte-level member spells some of the metaspace member's pieces in several tokens
     grown_config = DecodeConfig(max_new_tokens=64, span_length=2, record_features=False, stop_at_eos=False)
     grown_prompts = tokenize_for_members(members, PROMPTS, 64)
-    weight_fn, _ = resolve_strategy("fixed", len(members), weights=[0.2, 0.8])  # mostly the metaspace member's
-    grown = [decode_jit(m, a, p, weight_fn, jax.random.key(3), jnp.float32(0.0), jnp.float32(1.0), config=grown_config)
+    grown = [decode_result(m, a, p, jax.random.key(3), 0.0, grown_config, weights=[0.2, 0.8])  # mostly metaspace
              for m, a, p in ((members, alignment, grown_prompts),
                              (sharded_members, sharded_alignment, sharding.shard_batch(grown_prompts, mesh)))]
     out["grown_tokens_equal"] = bool(np.array_equal(*(np.asarray(r.union_ids) for r in grown)))

@@ -189,7 +189,8 @@ def main():
           f"expansion budget {opts.expansion_budget}, head scale {opts.head_scale}")
     header = ["size", "B", "member", "params", "ms/step", "tok/s", "ingest/step"]
     widths = [13, 3, 9, 8, 9, 9, 11]
-    rows, verdicts = [], []
+    verdicts = []
+    print(common.fmt_row(header, widths))
     for size in opts.sizes.split(","):
         members, note = make_members(size, opts.head_scale)
         alignment = build_alignment([m.tokenizer for m in members],
@@ -206,13 +207,13 @@ def main():
             *steps, together, ensemble = step_seconds(runners, tokens, opts.repeats)
             shortcut, ingested = shortcut_stats(members, alignment, prompts, tokens[1], opts.candidates,
                                                 opts.respell_chunk, opts.expansion_budget)
-            for m, s in zip(members, steps):
-                rows.append([size, batch, m.name, f"{m.num_params / 1e6:.1f}M", f"{s * 1e3:.2f}",
-                             f"{batch / s:.0f}", "1.00"])
+            rows = [[size, batch, m.name, f"{m.num_params / 1e6:.1f}M", f"{s * 1e3:.2f}", f"{batch / s:.0f}", "1.00"]
+                    for m, s in zip(members, steps)]
             rows.append([size, batch, "together", "", f"{together * 1e3:.2f}", f"{batch / together:.0f}",
                          "/".join(["1.00"] * len(members))])
             rows.append([size, batch, "ensemble", "", f"{ensemble * 1e3:.2f}", f"{batch / ensemble:.0f}",
                          "/".join(f"{x:.2f}" for x in ingested)])
+            tqdm.write("\n".join(common.fmt_row(row, widths) for row in rows))  # as measured: a cut-off run keeps them
             ratio = ensemble / sum(steps)
             per_ingested = ensemble / sum(n * s for n, s in zip(ingested, steps))
             goal = GOALS[size.split("-")[0]]
@@ -221,9 +222,7 @@ def main():
                             f"{'PASS' if ratio <= goal else 'MISS'});  ensemble/Σ(ingest·member) = "
                             f"{per_ingested:.2f};  ensemble/together = {ensemble / together:.2f}  "
                             f"(together/Σmembers = {together / sum(steps):.2f}){used}")
-    print(common.fmt_row(header, widths))
-    for row in rows:
-        print(common.fmt_row(row, widths))
+            tqdm.write(verdicts[-1])
     print()
     print("\n".join(verdicts))
 

@@ -9,6 +9,7 @@ our alignment's exact re-spelling instead of `encode`, to separate algorithm fro
 
     python benchmarks/vs_reference.py                          # tiny and 100m, default lengths
     python benchmarks/vs_reference.py --sizes 100m --new-tokens 64 --prompts 4
+    python benchmarks/vs_reference.py --torch-device cuda      # on a GPU: reference and ours both on it
 """
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ import tempfile
 import time
 import warnings
 
+import jax
 import numpy as np
 import torch
 from tqdm import tqdm
@@ -32,7 +34,8 @@ from rlae_jax.models.presets import PRESETS
 
 PROMPTS = [common.PROMPT, "The quick brown fox", "Hello world! This is", "Alice and Bob exchanged 7 messages,",
            "Ensembles of language models", "12 + 30 ="]
-GOALS = {"tiny": 3.0, "100m": 1.0}
+GOALS = {"tiny": 3.0, "100m": 1.0}  # on CPU; with the reference on a GPU and ours on one too: GPU_GOAL
+GPU_GOAL = 5.0
 
 
 def hf_configs(size: str, tokenizers):
@@ -51,8 +54,9 @@ def hf_configs(size: str, tokenizers):
                                                                                  llama_tok.eos_token_id)
 
 
-def save_members(size: str, folder: pathlib.Path):
-    """Random torch models + tokenizers saved with save_pretrained. → (torch models, tokenizers, note)."""
+def save_members(size: str, folder: pathlib.Path, device: str):
+    """Random torch models + tokenizers saved with save_pretrained. → (torch models on `device`, tokenizers,
+    note)."""
     if size == "tiny":
         tokenizers, note = common.trained_tokenizers(), "trained byte-level BPE 384 + metaspace Unigram 200"
     else:
@@ -63,19 +67,19 @@ def save_members(size: str, folder: pathlib.Path):
         model = AutoModelForCausalLM.from_config(config).eval()
         model.save_pretrained(folder / f"member{index}")
         tokenizer.save_pretrained(folder / f"member{index}")
-        models.append(model)
+        models.append(model.to(device))
     return models, tokenizers, note
 
 
-def sparse_projections(alignment) -> list[torch.Tensor]:
-    """Each member's one-hot projection, transposed: torch sparse COO [U, V_i] (from our tables)."""
+def sparse_projections(alignment, device: str) -> list[torch.Tensor]:
+    """Each member's one-hot projection, transposed: torch sparse COO [U, V_i] on `device` (from our tables)."""
     matrices = []
     for member, size in enumerate(alignment.vocab_sizes):
         table = alignment.vocab.member_to_union[member, :size]
         rows = np.flatnonzero(table < alignment.num_union)
         indices = torch.as_tensor(np.stack([rows, table[rows]]), dtype=torch.long)
         matrix = torch.sparse_coo_tensor(indices, torch.ones(len(rows)), (size, alignment.num_union))
-        matrices.append(matrix.t().coalesce())
+        matrices.append(matrix.t().coalesce().to(device))
     return matrices
 
 
@@ -83,15 +87,16 @@ def sparse_projections(alignment) -> list[torch.Tensor]:
 def reference_generate(models, tokenizers, alignment, projections, prompt: str, new_tokens: int, respell: str):
     """Reference per-token loop for one prompt. respell: 'encode' (tokenizer.encode of the token text)
     or 'table' (our alignment's exact member ids). → union ids."""
-    complete = torch.as_tensor(np.array(alignment.union_complete))
+    device = projections[0].device
+    complete = torch.as_tensor(np.array(alignment.union_complete), device=device)
     caches, logits = [], []
     for model, tokenizer in zip(models, tokenizers):
-        out = model(input_ids=torch.tensor([tokenizer.encode(prompt)]), use_cache=True)
+        out = model(input_ids=torch.tensor([tokenizer.encode(prompt)], device=device), use_cache=True)
         caches.append(out.past_key_values)
         logits.append(out.logits[0, -1])
     chosen = []
     for _ in range(new_tokens):
-        mixed = torch.zeros(alignment.num_union)
+        mixed = torch.zeros(alignment.num_union, device=device)
         for projection, member_logits in zip(projections, logits):
             probs = torch.softmax(member_logits, -1)
             mixed += 0.5 * torch.sparse.mm(projection, probs[:, None])[:, 0]
@@ -105,7 +110,7 @@ def reference_generate(models, tokenizers, alignment, projections, prompt: str, 
                    else alignment.from_union(index, [union_id]))
             if not ids:
                 continue
-            out = model(input_ids=torch.tensor([ids]), past_key_values=caches[index], use_cache=True)
+            out = model(input_ids=torch.tensor([ids], device=device), past_key_values=caches[index], use_cache=True)
             caches[index] = out.past_key_values
             logits[index] = out.logits[0, -1]
     return chosen
@@ -121,16 +126,18 @@ def first_difference(a: str, b: str) -> int:
     return next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
 
 
-def run_size(size: str, prompts, new_tokens: int, folder: pathlib.Path):
-    """Compare one size; prints per-prompt agreement and returns (ours tok/s, ref tok/s, note)."""
-    models, tokenizers, note = save_members(size, folder)
+def run_size(size: str, prompts, new_tokens: int, folder: pathlib.Path, device: str):
+    """Compare one size (the reference's torch models on `device`); prints per-prompt agreement and returns
+    (ours tok/s, ref tok/s)."""
+    models, tokenizers, note = save_members(size, folder, device)
     members = [from_pretrained(str(folder / f"member{i}"), tokenizer=tok) for i, tok in enumerate(tokenizers)]
     alignment = build_alignment(tokenizers, vocab_sizes=[m.config.vocab_size for m in members])
-    projections = sparse_projections(alignment)
+    projections = sparse_projections(alignment, device)
     print(f"# {size}: {note}; params {[f'{m.num_params / 1e6:.1f}M' for m in members]}; "
           f"union {alignment.num_union}; {new_tokens} new tokens, {len(prompts)} prompts")
     for prompt in prompts:  # compile every length bucket the prompts fall in
         generate(members, alignment, [prompt], max_new_tokens=new_tokens)
+    reference_generate(models, tokenizers, alignment, projections, prompts[0], 2, "encode")  # warm torch up
     ours_tokens = ref_tokens = 0
     ours_time = ref_time = 0.0
     for prompt in tqdm(prompts, desc=size, leave=False):
@@ -156,11 +163,13 @@ def main():
                         help="new tokens per prompt (default 32 tiny, 16 100m)")
     parser.add_argument("--prompts", type=int, default=None,
                         help=f"prompts to run (≤ {len(PROMPTS)}; default 6 tiny, 3 100m)")
+    parser.add_argument("--torch-device", default="cpu", help="device of the reference's torch models (cpu, cuda)")
     opts = parser.parse_args()
     warnings.filterwarnings("ignore", message="union tokens left out")
-    torch.set_num_threads(torch.get_num_threads())
+    on_gpu = opts.torch_device.startswith("cuda") and jax.default_backend() == "gpu"
     print(f"# vs_reference  {datetime.datetime.now():%Y-%m-%d %H:%M}")
-    print(f"# {common.machine_info()} | torch {torch.__version__} ({torch.get_num_threads()} threads)")
+    print(f"# {common.machine_info()} | torch {torch.__version__} ({torch.get_num_threads()} threads) "
+          f"on {opts.torch_device}")
     print("# batch 1, greedy, uniform weights; tokens/s include prefill; "
           "ours measured after compiling each prompt bucket")
     verdicts = []
@@ -168,10 +177,11 @@ def main():
         new_tokens = opts.new_tokens or (32 if size == "tiny" else 16)
         prompts = PROMPTS[:opts.prompts or (6 if size == "tiny" else 3)]
         with tempfile.TemporaryDirectory() as folder:
-            ours, ref = run_size(size, prompts, new_tokens, pathlib.Path(folder))
+            ours, ref = run_size(size, prompts, new_tokens, pathlib.Path(folder), opts.torch_device)
         speedup = ours / ref
+        goal = GPU_GOAL if on_gpu else GOALS[size]
         verdicts.append(f"{size:5s} ours {ours:8.1f} tok/s  reference {ref:8.1f} tok/s  speed-up {speedup:5.2f}x  "
-                        f"(goal ≥ {GOALS[size]}x: {'PASS' if speedup >= GOALS[size] else 'MISS'})")
+                        f"(goal ≥ {goal}x: {'PASS' if speedup >= goal else 'MISS'})")
     print()
     print("\n".join(verdicts))
 

@@ -8,6 +8,7 @@ from flax import struct
 import rlae_jax
 from rlae_jax.align import build_alignment
 from rlae_jax.engine import CallableWeightFn, decode_jit, generate
+from rlae_jax.engine.loop import member_distributions
 from rlae_jax.models import Member, ModelConfig, build_model
 from rlae_jax.tokenization import train_byte_level_bpe, train_metaspace_unigram
 from tiny_models import CORPUS
@@ -316,3 +317,18 @@ def test_nan_logits_stop_the_row_with_a_reason(members, alignment):
         out = generate([members[0], broken], alignment, PROMPTS, strategy="uniform", max_new_tokens=4)
     assert out.stop_reasons == ["nonfinite_logits"] * len(PROMPTS)
     assert out.union_ids == [[]] * len(PROMPTS)
+
+
+def test_ids_outside_a_tokenizer_get_no_probability(members, alignment):
+    """Members whose every model id is a token skip the mask (all_ids_valid); ids beyond a tokenizer
+    (a model vocabulary wider than it) get probability 0 however large their logits."""
+    assert alignment.all_ids_valid == (True, True)
+    sizes = [len(m.tokenizer) for m in members]
+    wide = build_alignment([m.tokenizer for m in members], vocab_sizes=[sizes[0], sizes[1] + 40], use_cache=False)
+    assert wide.all_ids_valid == (True, False)
+    logits = [jax.random.normal(jax.random.key(n), (2, v)) for n, v in enumerate(wide.vocab_sizes)]
+    logits[1] = logits[1].at[:, sizes[1]:].set(100.0)
+    probs = np.asarray(member_distributions(logits, wide).probabilities())
+    assert (probs[:, 1, sizes[1]:] == 0).all()
+    np.testing.assert_allclose(probs[:, 1, :sizes[1]], jax.nn.softmax(logits[1][:, :sizes[1]]), rtol=1e-6)
+    np.testing.assert_allclose(probs[:, 0, :sizes[0]], jax.nn.softmax(logits[0]), rtol=1e-6)

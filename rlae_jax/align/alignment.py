@@ -63,6 +63,8 @@ class Alignment:
     shared_member_ids: int32 [N, C, D] union_member_ids of the shared tokens.
     duplicate_widths: D_n per member, the columns of union_member_ids member n uses (1 unless some
         of its ids share bytes).
+    all_ids_valid: per member, whether member_valid holds for all its V_n model ids (then its
+        logits need no mask).
     """
 
     member_to_union: jax.Array
@@ -79,6 +81,7 @@ class Alignment:
     max_expansion: int = struct.field(pytree_node=False)
     vocab_sizes: tuple[int, ...] = struct.field(pytree_node=False)
     duplicate_widths: tuple[int, ...] = struct.field(pytree_node=False)
+    all_ids_valid: tuple[bool, ...] = struct.field(pytree_node=False)
     vocab: UnionVocab = struct.field(pytree_node=False)
 
     @property

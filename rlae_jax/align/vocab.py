@@ -158,10 +158,11 @@ def _to_alignment(
     alone = union_complete & (sum(spellers) == 1)
     shared_union_ids = np.flatnonzero(union_complete & ~alone).astype(np.int32)
     member_union = np.minimum(host.member_to_union, num_union - 1)
-    exclusive = (host.member_to_union < num_union) & alone[member_union]
+    valid = host.member_to_union < num_union
+    exclusive = valid & alone[member_union]
     return Alignment(
         member_to_union=jnp.asarray(host.member_to_union),
-        member_valid=jnp.asarray(host.member_to_union < num_union),
+        member_valid=jnp.asarray(valid),
         union_to_member=jnp.asarray(host.union_to_member),
         union_to_member_len=jnp.asarray(host.union_to_member_len),
         union_member_ids=jnp.asarray(union_member_ids),
@@ -174,6 +175,7 @@ def _to_alignment(
         max_expansion=max_expansion,
         vocab_sizes=tuple(int(s) for s in sizes),
         duplicate_widths=tuple(widths),
+        all_ids_valid=tuple(bool(valid[n, :size].all()) for n, size in enumerate(sizes)),
         vocab=host,
     )
 

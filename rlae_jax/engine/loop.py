@@ -139,10 +139,11 @@ class MemberDistributions(NamedTuple):
 
 def member_distributions(member_logits: Sequence[jax.Array], alignment: Alignment) -> MemberDistributions:
     """Softmax numerators and normalisers of every member's logits `[B, V_n]` (ids outside its tokenizer
-    masked)."""
+    masked; members whose every id is valid skip the mask, a pass over `[B, V_n]` per step)."""
     exp_logits = []
     for index, logits in enumerate(member_logits):
-        logits = jnp.where(alignment.member_valid[index, :logits.shape[-1]], logits, -jnp.inf)
+        if not (alignment.all_ids_valid[index] and logits.shape[-1] == alignment.vocab_sizes[index]):
+            logits = jnp.where(alignment.member_valid[index, :logits.shape[-1]], logits, -jnp.inf)
         exp_logits.append(jnp.exp(logits - logits.max(axis=-1, keepdims=True)))
     return MemberDistributions(tuple(exp_logits), jnp.stack([e.sum(-1) for e in exp_logits], axis=1))
 

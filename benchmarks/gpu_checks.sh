@@ -6,6 +6,7 @@
 #   decode_throughput.txt  ensemble step / Σ member steps at batch 1 and 16
 #   tests.txt              the engine's exactness tests and the transformers parity tests, jax on the GPU
 #                          (tests/conftest.py makes float32 matmuls full precision: no TF32)
+#   profile_100m.txt       where a ~100M ensemble step's time goes at batch 1 (kernels, vs both members alone)
 # Each check has its own time limit, so one that hangs or fails leaves the others' logs.
 #
 #     RLAE_FIXTURES=../shared/fixtures bash benchmarks/gpu_checks.sh /tmp/gpu_logs
@@ -40,3 +41,4 @@ timeout 600 python3 benchmarks/decode_throughput.py --repeats 3 2>&1 | tee "$out
 timeout 300 python3 -m pytest -q -p no:cacheprovider tests/test_engine.py tests/test_models.py -k "one_hot_weights_reproduce \
 or two_copies or every_batch_row or threshold_extremes or growing or certified or logits_match or greedy_continuations \
 or cached_decode" 2>&1 | tee "$out/tests.txt"
+timeout 240 python3 benchmarks/profile_step.py --size 100m --batch 1 --tokens 32 --top 30 2>&1 | tee "$out/profile_100m.txt"

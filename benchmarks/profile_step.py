@@ -1,0 +1,116 @@
+"""Where a decode step's time goes: milliseconds per step of each XLA op inside the loop of the uniform
+greedy ensemble and of both members stepped together without union work (decode_throughput.py's
+"together", the floor), from a `jax.profiler` trace of one compiled run of each.
+
+Each op that ran more than once (the loop's: prefill ops run once) is named with its jax source
+(`op_name` metadata, e.g. `while/body/cond/branch_0_fun/add`: an add inside the greedy-pick branch;
+the HLO opcode for ops XLA created), its output shape, its time per step and its calls per step
+(below 1 inside loops that run only on some steps, such as the re-spelling passes). Ops of the two members' layers and heads appear in both programs; what only the
+ensemble has is the union work. Op times can overlap (XLA:CPU runs independent ops concurrently on
+its thread pool), so their sum may exceed the wall time per step, which is printed first.
+
+    python benchmarks/profile_step.py --size tiny-real --batch 16
+"""
+from __future__ import annotations
+
+import argparse
+import collections
+import datetime
+import gzip
+import json
+import pathlib
+import re
+import tempfile
+import time
+import warnings
+
+import jax
+
+import common
+import decode_throughput
+from rlae_jax.align import build_alignment
+from rlae_jax.engine import decode_jit, tokenize_for_members
+
+INSTRUCTION = re.compile(r'^\s*(?:ROOT )?%([\w.\-]+) = (\S+) ([\w\-]+)\(', re.M)
+OP_NAME = re.compile(r'op_name="([^"]*)"')
+
+
+def trace_name(name: str) -> str:
+    """An op's name as trace events spell it on any backend (GPU kernels write `fusion_3` for `fusion.3`)."""
+    return name.replace(".", "_")
+
+
+def op_table(compiled_text: str) -> dict[str, tuple[str, str]]:
+    """trace_name of each instruction of a compiled program → (output shape, jax source): its op_name
+    metadata, or its HLO opcode for ops XLA created (e.g. a matrix-vector `dot` after layout passes)."""
+    table = {}
+    for line in compiled_text.splitlines():
+        match = INSTRUCTION.match(line)
+        if match:
+            name, shape, opcode = match.groups()
+            op_name = OP_NAME.search(line)
+            source = re.sub(r"^jit\([^)]*\)/", "", op_name.group(1)) if op_name else f"({opcode})"
+            table.setdefault(trace_name(name), (shape, source))
+    return table
+
+
+def traced_op_times(run, steps: int) -> tuple[float, dict[str, tuple[float, int]]]:
+    """(wall ms per step, trace_name → (ms per step, calls per step)) of one traced `run()` after a warm-up."""
+    run()
+    with tempfile.TemporaryDirectory() as folder:
+        start = time.perf_counter()
+        with jax.profiler.trace(folder, create_perfetto_trace=True):
+            run()
+            wall = time.perf_counter() - start
+        trace_file = next(pathlib.Path(folder).rglob("*.trace.json.gz"))
+        with gzip.open(trace_file) as handle:
+            events = json.load(handle)["traceEvents"]
+    total, calls = collections.Counter(), collections.Counter()
+    for event in events:
+        if event.get("ph") == "X":
+            total[trace_name(event["name"])] += event.get("dur", 0)
+            calls[trace_name(event["name"])] += 1
+    return wall * 1e3 / steps, {name: (total[name] / 1e3 / steps, calls[name] / steps) for name in total}
+
+
+def report(label: str, wall_ms: float, times: dict, table: dict, top: int, steps: int) -> None:
+    """Print the wall time and the `top` costliest ops of one program that ran more than once (the decode
+    loop's; prefill ops run once)."""
+    in_loop = sorted(((ms, per_step, name) for name, (ms, per_step) in times.items()
+                      if name in table and per_step * steps > 1.5), reverse=True)
+    print(f"\n## {label}: wall {wall_ms:.3f} ms per step (traced run, prefill included); ops inside the loop "
+          f"sum to {sum(ms for ms, _, _ in in_loop):.3f} ms per step")
+    print(f"{'ms/step':>8} {'calls':>5}  {'op':30s} {'shape':32s} jax source")
+    for ms, per_step, name in in_loop[:top]:
+        shape, source = table[name]
+        print(f"{ms:8.3f} {per_step:5.1f}  {name[:30]:30s} {shape[:32]:32s} {source[-80:]}")
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--size", default="tiny-real", help="tiny-trained, tiny-real or 100m")
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--tokens", type=int, default=128, help="new tokens of the traced run")
+    parser.add_argument("--top", type=int, default=20, help="ops listed per program")
+    opts = parser.parse_args()
+    warnings.filterwarnings("ignore", message="union tokens left out")
+    members, note = decode_throughput.make_members(opts.size, 1.0)
+    alignment = build_alignment([m.tokenizer for m in members], vocab_sizes=[m.config.vocab_size for m in members])
+    prompts = [common.PROMPT] * opts.batch
+    print(f"# profile_step  {datetime.datetime.now():%Y-%m-%d %H:%M}")
+    print(f"# {common.machine_info()}")
+    print(f"# {opts.size}: {note}; union {alignment.num_union}; batch {opts.batch}, {opts.tokens} new tokens, "
+          f"greedy, uniform weights")
+
+    run, args, config = decode_throughput.ensemble_runner(members, alignment, prompts, opts.tokens)
+    table = op_table(decode_jit.lower(*args, config=config).compile().as_text())
+    report("ensemble", *traced_op_times(run, opts.tokens), table, opts.top, opts.tokens)
+
+    batch = tokenize_for_members(members, prompts, opts.tokens)
+    compiled = decode_throughput.members_together.lower(members, *batch, new_tokens=opts.tokens).compile()
+    run = decode_throughput.together_runner(members, prompts, opts.tokens)
+    report("together", *traced_op_times(run, opts.tokens), op_table(compiled.as_text()), opts.top, opts.tokens)
+
+
+if __name__ == "__main__":
+    main()

@@ -85,12 +85,13 @@ def counting_fallbacks(counter: list):
         decode_module.choose_from_full_union = original
 
 
-def ensemble_runner(members, alignment, prompts, new_tokens, candidates=0, respell_chunk=4, expansion_budget=2):
+def ensemble_runner(members, alignment, prompts, new_tokens, candidates=0, respell_chunk=4, expansion_budget=2,
+                    first_pass_tokens=1):
     weight_fn, selection = resolve_strategy("uniform", len(members))
     batch = tokenize_for_members(members, prompts, new_tokens)
     config = DecodeConfig(max_new_tokens=new_tokens, selection=selection, stop_at_eos=False, record_features=False,
                           candidates_per_member=candidates, respell_chunk=respell_chunk,
-                          expansion_budget=expansion_budget)
+                          expansion_budget=expansion_budget, first_pass_tokens=first_pass_tokens)
     args = (members, alignment, batch, weight_fn, jax.random.key(0), jnp.float32(0.0), jnp.float32(1.0))
     return lambda: common.block(decode_jit(*args, config=config)), args, config
 
@@ -145,11 +146,12 @@ def step_seconds(make_runners, tokens, repeats):
     return [(t2 - t1) / (n2 - n1) for t1, t2 in best]
 
 
-def shortcut_stats(members, alignment, prompts, new_tokens, candidates, respell_chunk, expansion_budget):
+def shortcut_stats(members, alignment, prompts, new_tokens, candidates, respell_chunk, expansion_budget,
+                   first_pass_tokens):
     """(fraction of steps using the certified shortcut, mean member tokens ingested per step [N]). Raises
     when a row stopped before new_tokens (its cache filled up): the timing would then be of less work."""
     _, args, config = ensemble_runner(members, alignment, prompts, new_tokens, candidates, respell_chunk,
-                                      expansion_budget)
+                                      expansion_budget, first_pass_tokens)
     fallbacks = []
     with counting_fallbacks(fallbacks):  # a fresh function: jax.jit(decode) would reuse decode's earlier trace
         result = jax.jit(lambda *decode_args: decode(*decode_args, config=config))(*args)
@@ -174,6 +176,8 @@ def main():
                         help="candidates_per_member: 0 = full-union selection (default), k > 0 = certified top-k")
     parser.add_argument("--respell-chunk", type=int, default=4,
                         help="DecodeConfig.respell_chunk: member tokens per extra pass for multi-token re-spellings")
+    parser.add_argument("--first-pass-tokens", type=int, default=DecodeConfig.first_pass_tokens,
+                        help="DecodeConfig.first_pass_tokens: member tokens every row appends in a step's first pass")
     parser.add_argument("--expansion-budget", type=int, default=DecodeConfig.expansion_budget,
                         help="DecodeConfig.expansion_budget: member cache slots per generated union token")
     parser.add_argument("--head-scale", type=float, default=1.0,
@@ -185,7 +189,8 @@ def main():
     print(f"# decode_throughput  {datetime.datetime.now():%Y-%m-%d %H:%M}")
     print(f"# {common.machine_info()}")
     selection = (f"certified top-{opts.candidates} shortcut" if opts.candidates else "full-union selection")
-    print(f"# repeats={opts.repeats}, greedy, uniform weights, {selection}, respell chunk {opts.respell_chunk}, "
+    print(f"# repeats={opts.repeats}, greedy, uniform weights, {selection}, first pass {opts.first_pass_tokens} "
+          f"tokens, respell chunk {opts.respell_chunk}, "
           f"expansion budget {opts.expansion_budget}, head scale {opts.head_scale}")
     header = ["size", "B", "member", "params", "ms/step", "tok/s", "ingest/step"]
     widths = [13, 3, 9, 8, 9, 9, 11]
@@ -203,10 +208,11 @@ def main():
             runners = [lambda n, m=m: member_runner(m, prompts, n) for m in members]
             runners.append(lambda n: together_runner(members, prompts, n))
             runners.append(lambda n: ensemble_runner(members, alignment, prompts, n, opts.candidates,
-                                                     opts.respell_chunk, opts.expansion_budget)[0])
+                                                     opts.respell_chunk, opts.expansion_budget,
+                                                     opts.first_pass_tokens)[0])
             *steps, together, ensemble = step_seconds(runners, tokens, opts.repeats)
             shortcut, ingested = shortcut_stats(members, alignment, prompts, tokens[1], opts.candidates,
-                                                opts.respell_chunk, opts.expansion_budget)
+                                                opts.respell_chunk, opts.expansion_budget, opts.first_pass_tokens)
             rows = [[size, batch, m.name, f"{m.num_params / 1e6:.1f}M", f"{s * 1e3:.2f}", f"{batch / s:.0f}", "1.00"]
                     for m, s in zip(members, steps)]
             rows.append([size, batch, "together", "", f"{together * 1e3:.2f}", f"{batch / together:.0f}",

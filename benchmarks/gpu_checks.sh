@@ -4,6 +4,8 @@
 #   device.txt             GPU, driver, library versions, and a tiny ensemble decode on the GPU
 #   vs_reference.txt       ours vs the PyTorch reference loop, both on the GPU, batch 1 (goal ≥ 5x)
 #   decode_throughput.txt  ensemble step / Σ member steps at batch 1 and 16
+#   first_pass_4.txt       the same at ~100M with re-spellings of up to 4 tokens in each step's first pass
+#                          (DecodeConfig.first_pass_tokens=4; slower on a CPU, untested on a GPU)
 #   tests.txt              the engine's exactness tests and the transformers parity tests, jax on the GPU
 #                          (tests/conftest.py makes float32 matmuls full precision: no TF32)
 #   profile_100m.txt       where a ~100M ensemble step's time goes at batch 1 (kernels, vs both members alone)
@@ -38,6 +40,8 @@ EOF
 
 timeout 300 python3 benchmarks/vs_reference.py --torch-device cuda --new-tokens 64 2>&1 | tee "$out/vs_reference.txt"
 timeout 600 python3 benchmarks/decode_throughput.py --repeats 3 2>&1 | tee "$out/decode_throughput.txt"
+timeout 300 python3 benchmarks/decode_throughput.py --sizes 100m --repeats 3 --first-pass-tokens 4 2>&1 \
+  | tee "$out/first_pass_4.txt"
 timeout 300 python3 -m pytest -q -p no:cacheprovider tests/test_engine.py tests/test_models.py -k "one_hot_weights_reproduce \
 or two_copies or every_batch_row or threshold_extremes or growing or certified or logits_match or greedy_continuations \
 or cached_decode" 2>&1 | tee "$out/tests.txt"

@@ -7,7 +7,7 @@ from flax import struct
 
 import rlae_jax
 from rlae_jax.align import build_alignment
-from rlae_jax.engine import CallableWeightFn, decode_jit, generate
+from rlae_jax.engine import CallableWeightFn, DecodeConfig, decode_jit, generate
 from rlae_jax.engine.loop import member_distributions
 from rlae_jax.models import Member, ModelConfig, build_model
 from rlae_jax.tokenization import train_byte_level_bpe, train_metaspace_unigram
@@ -332,3 +332,21 @@ def test_ids_outside_a_tokenizer_get_no_probability(members, alignment):
     assert (probs[:, 1, sizes[1]:] == 0).all()
     np.testing.assert_allclose(probs[:, 1, :sizes[1]], jax.nn.softmax(logits[1][:, :sizes[1]]), rtol=1e-6)
     np.testing.assert_allclose(probs[:, 0, :sizes[0]], jax.nn.softmax(logits[0]), rtol=1e-6)
+
+
+def test_first_pass_width_and_chunk_change_nothing_but_speed(members, alignment):
+    """Re-spellings appended in a wider first pass or in smaller chunks: the same tokens."""
+    base = generate(members, alignment, PROMPTS, strategy="fixed", weights=[0.5, 0.5], max_new_tokens=NEW_TOKENS)
+    ingested, lengths = np.asarray(base.result.ingested), np.asarray(base.result.lengths)
+    assert (ingested > lengths[:, None]).any()  # some union token re-spelled into several member tokens
+    for first, chunk in ((2, 4), (4, 1), (1, 1)):
+        other = generate(members, alignment, PROMPTS, strategy="fixed", weights=[0.5, 0.5],
+                         max_new_tokens=NEW_TOKENS, first_pass_tokens=first, respell_chunk=chunk)
+        assert other.union_ids == base.union_ids
+        np.testing.assert_array_equal(np.asarray(other.result.ingested), ingested)
+
+
+@pytest.mark.parametrize("name", ["span_length", "expansion_budget", "first_pass_tokens", "respell_chunk"])
+def test_decode_settings_below_one_are_refused(name):
+    with pytest.raises(ValueError, match=f"{name} must be >= 1, got 0"):
+        DecodeConfig(**{name: 0})

@@ -35,10 +35,12 @@ class DecodeConfig:
     the caches to the budget only when that no longer suffices (`decode`, `cache_slots`). 2 covers
     members that average up to 2 tokens per union token (the benchmark's random GPT-2 member ingests
     1.65 per GPT-2 + Llama 2 union token), benchmarks/RESULTS.md;
-    `respell_chunk`: member tokens appended per extra pass when a union token re-spells into several
-    (the first always goes in a single-token pass; a larger chunk means fewer passes but more
-    padded work per pass: on a 2-core CPU 4 did better at batch 1 and 2 at batch 16,
-    benchmarks/RESULTS.md); `stop_at_eos=False` always runs max_new_tokens steps
+    `first_pass_tokens`: member tokens every row appends in each step's first pass (re-spellings
+    that fit need no second pass; on a 2-core CPU a wider pass costs in proportion, so 1 was fastest
+    there; where a step's cost hardly depends on its width, as on a GPU, more may pay,
+    benchmarks/RESULTS.md); `respell_chunk`: member tokens appended per extra pass for the rest of
+    longer re-spellings (a larger chunk means fewer passes but more padded work per pass; 1, 2 and 4
+    measured alike at ~100M, batch 16, on a 2-core CPU); `stop_at_eos=False` always runs max_new_tokens steps
     (benchmarks); `record_features` keeps every span's SpanFeatures in the result (RL needs them;
     without it features the weight_fn ignores are never computed)."""
 
@@ -47,9 +49,15 @@ class DecodeConfig:
     selection: Selection = Selection()
     candidates_per_member: int = 0
     expansion_budget: int = 2
+    first_pass_tokens: int = 1
     respell_chunk: int = 4
     stop_at_eos: bool = True
     record_features: bool = True
+
+    def __post_init__(self):
+        for name in ("span_length", "expansion_budget", "first_pass_tokens", "respell_chunk"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
 
     @property
     def num_spans(self) -> int:
@@ -258,20 +266,21 @@ def append_chunked(member: Member, cache: KVCache, previous: jax.Array, tokens: 
 
 
 def feed_members(members: Sequence[Member], hidden, caches, tokens: jax.Array, counts: jax.Array,
-                 respell_chunk: int):
+                 first_pass_tokens: int, respell_chunk: int):
     """Append each row's re-spelling of its chosen union token, the first `counts [B, N]` of `tokens
-    [B, N, L]`, to every member: every row's first token in one single-token pass, the rest of longer
+    [B, N, L]`, to every member: up to `first_pass_tokens` of every row in one pass, the rest of longer
     re-spellings in chunks of `respell_chunk` (a loop that runs zero times when no row needs more).
     No `lax.cond` here: XLA:CPU copies a KV cache passed through one on every step. Rows ingesting
     nothing keep their previous hidden state and cursor. → (hidden per member `[B, H]`, caches)."""
+    first = min(first_pass_tokens, tokens.shape[-1])
     new_hidden, new_caches = [], []
     for index, member in enumerate(members):
         member_tokens, member_counts = tokens[:, index], counts[:, index]
-        last, cache = append_block(member, caches[index], hidden[index], member_tokens[:, :1],
-                                   jnp.minimum(member_counts, 1))
-        if tokens.shape[-1] > 1:
-            last, cache = append_chunked(member, cache, last, member_tokens[:, 1:], jnp.maximum(member_counts - 1, 0),
-                                         respell_chunk)
+        last, cache = append_block(member, caches[index], hidden[index], member_tokens[:, :first],
+                                   jnp.minimum(member_counts, first))
+        if tokens.shape[-1] > first:
+            last, cache = append_chunked(member, cache, last, member_tokens[:, first:],
+                                         jnp.maximum(member_counts - first, 0), respell_chunk)
         new_hidden.append(last)
         new_caches.append(cache)
     return tuple(new_hidden), tuple(new_caches)
@@ -381,7 +390,8 @@ def decode(members: Sequence[Member], alignment: Alignment, prompts: PromptBatch
                                       for n, (cache, grows) in enumerate(zip(s.caches, growing)) if grows]))
             counts = jnp.where(fits, counts, 0)
             live = live & fits
-        hidden, caches = feed_members(members, s.hidden, s.caches, tokens, counts, config.respell_chunk)
+        hidden, caches = feed_members(members, s.hidden, s.caches, tokens, counts, config.first_pass_tokens,
+                                      config.respell_chunk)
         overflow = live & jnp.any(jnp.stack([c.overflowed for c in caches]), axis=0)
         is_eos = live & (chosen == alignment.eos_union_id) & config.stop_at_eos
         return s.replace(
@@ -446,25 +456,25 @@ def generate(members: Sequence[Member], alignment: Alignment, prompts: Sequence[
              max_new_tokens: int = 64, span_length: int = 1, seed: int = 0, temperature: float = 0.0,
              top_p: float = 1.0, weights: Sequence[float] | None = None, threshold: float = 0.5, primary: int = 0,
              top_k: int = 4, packllm_temperature: float = 1.0, candidates_per_member: int = 0,
-             expansion_budget: int = 2, respell_chunk: int = 4, record_features: bool = True) -> EnsembleOutput:
+             expansion_budget: int = 2, first_pass_tokens: int = 1, respell_chunk: int = 4,
+             record_features: bool = True) -> EnsembleOutput:
     """Ensemble-generate continuations of `prompts`.
 
     strategy: "uniform", "fixed" (with `weights`), "single" (member `primary` alone), "threshold"
     (GaC gating on member `primary` with `threshold`), "topk" (UniTE with `top_k`), "packllm", or a
     weight_fn object (see `rlae_jax.engine.strategies`). The weight_fn is called every `span_length`
     generated tokens. `record_features=False` skips keeping per-span features (faster);
-    `expansion_budget` and `respell_chunk` as in `DecodeConfig`.
+    `expansion_budget`, `first_pass_tokens` and `respell_chunk` as in `DecodeConfig`.
     """
     members = list(members)
     check_members(members, alignment)
-    if span_length < 1:
-        raise ValueError(f"span_length must be >= 1, got {span_length}")
     weight_fn, selection = resolve_strategy(strategy, len(members), weights, threshold, primary, top_k,
                                             packllm_temperature)
-    batch = tokenize_for_members(members, prompts, max_new_tokens)
     config = DecodeConfig(max_new_tokens=max_new_tokens, span_length=span_length, selection=selection,
                           candidates_per_member=candidates_per_member, expansion_budget=expansion_budget,
-                          respell_chunk=respell_chunk, record_features=record_features)
+                          first_pass_tokens=first_pass_tokens, respell_chunk=respell_chunk,
+                          record_features=record_features)
+    batch = tokenize_for_members(members, prompts, max_new_tokens)
     result = decode_jit(members, alignment, batch, weight_fn, jax.random.key(seed), jnp.float32(temperature),
                         jnp.float32(top_p), config=config)
     return to_host(result, alignment, config)

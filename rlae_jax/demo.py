@@ -59,8 +59,8 @@ def run_demo(config) -> dict:
         per_strategy[name] = []
         for seed in range(config.seeds):
             workdir = output / "runs" / f"{kind}-seed{seed}"
-            trainer = RLAETrainer(RLConfig.from_dict(config.rl, kind=kind, seed=seed), members, alignment, SYNTHETIC, train_examples,
-                                  workdir, checkpoint_every=config.rl.checkpoint_every)
+            trainer = RLAETrainer(RLConfig.from_dict(config.rl, kind=kind, seed=seed), members, alignment, SYNTHETIC,
+                                  train_examples, workdir, checkpoint_every=config.rl.checkpoint_every)
             state = trainer.train()
             weight_fn = policy_weight_fn(state, trainer.setup, jax.random.key(seed), deterministic=True)
             per_strategy[name].append(run_strategy(name, members, alignment, SYNTHETIC, test_examples, weight_fn,

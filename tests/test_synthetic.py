@@ -45,5 +45,6 @@ def test_in_graph_reward_equals_host_reward():
     reward, exact = reward_in_graph(jnp.asarray(union_ids), jnp.asarray(target_bytes(examples, 64)),
                                     jnp.asarray(table), jnp.asarray(lengths))
     np.testing.assert_allclose(np.asarray(reward), SYNTHETIC.rewards(completions, examples), rtol=1e-6)
-    np.testing.assert_array_equal(np.asarray(exact), [SYNTHETIC.exact_match(c, e) for c, e in zip(completions, examples)])
+    np.testing.assert_array_equal(np.asarray(exact),
+                                  [SYNTHETIC.exact_match(c, e) for c, e in zip(completions, examples)])
     assert np.asarray(exact)[0] == 1.0 and char_accuracy(b"", b"abc") == 0.0

@@ -28,7 +28,8 @@ def word_level_tokenizer(chat_template=None) -> PreTrainedTokenizerFast:
 
 # ---------------------------------------------------------------- loaders
 def test_registry_knows_every_task_and_names_them_on_a_typo():
-    assert sorted(TASKS) == ["arc_challenge", "gsm8k", "mmlu", "nq_open", "piqa", "synthetic", "synthetic_two_part", "triviaqa"]
+    assert sorted(TASKS) == ["arc_challenge", "gsm8k", "mmlu", "nq_open", "piqa", "synthetic", "synthetic_two_part",
+                             "triviaqa"]
     with pytest.raises(KeyError, match="known tasks: arc_challenge, gsm8k, mmlu"):
         get_task("gsm9k")
 

@@ -55,7 +55,8 @@ def sample_episodes(key: jax.Array, config: BanditConfig):
 def agent_observation(agent: nnx.Module, obs: jax.Array, num_members: int):
     """The agent's view of `obs [..., F]`: itself for PPO; for MAPPO every actor sees the global obs."""
     if isinstance(agent, MAPPOAgent):
-        return MultiAgentObs(state=obs, agent_obs=jnp.broadcast_to(obs[..., None, :], (*obs.shape[:-1], num_members, obs.shape[-1])))
+        shared = jnp.broadcast_to(obs[..., None, :], (*obs.shape[:-1], num_members, obs.shape[-1]))
+        return MultiAgentObs(state=obs, agent_obs=shared)
     return obs
 
 

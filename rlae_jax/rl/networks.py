@@ -124,7 +124,8 @@ class PPOAgent(Agent):
     def __call__(self, obs: jax.Array, span_index: jax.Array) -> tuple[Dirichlet, jax.Array]:
         """`obs [B, F]`, `span_index [B]` -> (Dirichlet over `[B, N]`, value `[B]`)."""
         inputs = jnp.concatenate([obs, self.span_embedding(span_index)], axis=-1)
-        concentration = jax.nn.softplus(self.concentration_head(self.actor_torso(inputs))) + self.config.min_concentration
+        concentration = (jax.nn.softplus(self.concentration_head(self.actor_torso(inputs)))
+                         + self.config.min_concentration)
         return Dirichlet(concentration), self.value_head(self.critic_torso(inputs))[..., 0]
 
     def evaluate(self, obs, span_index, actions):

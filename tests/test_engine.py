@@ -299,6 +299,14 @@ def test_unknown_strategy_and_empty_prompts_and_long_prompts(members, alignment)
 def test_alignment_for_other_members_is_refused(members, alignment):
     with pytest.raises(ValueError, match="alignment has 2 members but 3"):
         generate(members + members[:1], alignment, PROMPTS)
+    # decode itself checks (the RL trainer and the evaluation call it directly)
+    sizes = [len(members[0].tokenizer), len(members[1].tokenizer) + 40]
+    wide = build_alignment([m.tokenizer for m in members], vocab_sizes=sizes, use_cache=False)
+    batch = rlae_jax.engine.tokenize_for_members(members, PROMPTS, 4)
+    weight_fn, _ = rlae_jax.engine.resolve_strategy("uniform", 2)
+    with pytest.raises(ValueError, match=r"member 1 \(unigram\) has a \d+-row embedding but the alignment was"):
+        decode_jit(members, wide, batch, weight_fn, jax.random.key(0), jnp.float32(0), jnp.float32(1),
+                   config=rlae_jax.engine.DecodeConfig(max_new_tokens=4))
 
 
 def test_certified_candidate_shortcut_equals_the_full_union(members, alignment):

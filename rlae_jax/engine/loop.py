@@ -317,6 +317,7 @@ def decode(members: Sequence[Member], alignment: Alignment, prompts: PromptBatch
     choice is the same: same state, same key). Members that re-spell (nearly) one token per union
     token never leave the first phase."""
     members = tuple(members)
+    check_members(members, alignment)  # static shapes: checked while tracing, free at run time
     num_members = len(members)
     batch = prompts.input_ids[0].shape[0]
     slots = [cache_slots(ids.shape[1], config) for ids in prompts.input_ids]
@@ -467,7 +468,6 @@ def generate(members: Sequence[Member], alignment: Alignment, prompts: Sequence[
     `expansion_budget`, `first_pass_tokens` and `respell_chunk` as in `DecodeConfig`.
     """
     members = list(members)
-    check_members(members, alignment)
     weight_fn, selection = resolve_strategy(strategy, len(members), weights, threshold, primary, top_k,
                                             packllm_temperature)
     config = DecodeConfig(max_new_tokens=max_new_tokens, span_length=span_length, selection=selection,

@@ -150,7 +150,7 @@ def member_distributions(member_logits: Sequence[jax.Array], alignment: Alignmen
     masked; members whose every id is valid skip the mask, a pass over `[B, V_n]` per step)."""
     exp_logits = []
     for index, logits in enumerate(member_logits):
-        if not (alignment.all_ids_valid[index] and logits.shape[-1] == alignment.vocab_sizes[index]):
+        if not alignment.all_ids_valid[index]:
             logits = jnp.where(alignment.member_valid[index, :logits.shape[-1]], logits, -jnp.inf)
         exp_logits.append(jnp.exp(logits - logits.max(axis=-1, keepdims=True)))
     return MemberDistributions(tuple(exp_logits), jnp.stack([e.sum(-1) for e in exp_logits], axis=1))

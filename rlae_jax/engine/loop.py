@@ -245,24 +245,36 @@ def append_block(member: Member, cache: KVCache, previous: jax.Array, block: jax
     return jnp.where((counts > 0)[:, None], hidden, previous), cache
 
 
-def append_chunked(member: Member, cache: KVCache, previous: jax.Array, tokens: jax.Array, counts: jax.Array,
-                   chunk: int) -> tuple[jax.Array, KVCache]:
-    """Append the first `counts[b]` of `tokens [B, L]` in chunks of `chunk` tokens (as many chunks as
-    the longest row needs, so the cost follows the actual re-spelling length, not L). Rows that
-    append nothing keep `previous` (hidden `[B, H]`)."""
-    length = tokens.shape[1]
-    chunk = min(chunk, length)
-    padded = jnp.pad(tokens, ((0, 0), (0, -length % chunk)))
-    num_chunks = (jnp.max(counts) + chunk - 1) // chunk
+def append_passes(member: Member, cache: KVCache, previous: jax.Array, tokens: jax.Array, counts: jax.Array,
+                  width: int, passes: jax.Array) -> tuple[jax.Array, KVCache]:
+    """Append the first `counts[b]` of `tokens [B, L]` in `passes` (int32 [], may be 0) blocks of `width`
+    tokens; rows that append nothing keep `previous` (hidden `[B, H]`)."""
+    padded = jnp.pad(tokens, ((0, 0), (0, -tokens.shape[1] % width)))
 
     def body(carry):
         index, hidden, cache = carry
-        block = jax.lax.dynamic_slice_in_dim(padded, index * chunk, chunk, axis=1)
-        hidden, cache = append_block(member, cache, hidden, block, jnp.clip(counts - index * chunk, 0, chunk))
+        block = jax.lax.dynamic_slice_in_dim(padded, index * width, width, axis=1)
+        hidden, cache = append_block(member, cache, hidden, block, jnp.clip(counts - index * width, 0, width))
         return index + 1, hidden, cache
 
-    _, hidden, cache = jax.lax.while_loop(lambda c: c[0] < num_chunks, body, (jnp.int32(0), previous, cache))
+    _, hidden, cache = jax.lax.while_loop(lambda c: c[0] < passes, body, (jnp.int32(0), previous, cache))
     return hidden, cache
+
+
+def append_chunked(member: Member, cache: KVCache, previous: jax.Array, tokens: jax.Array, counts: jax.Array,
+                   chunk: int) -> tuple[jax.Array, KVCache]:
+    """Append the first `counts[b]` of `tokens [B, L]` in chunks of `chunk` tokens (as many chunks as
+    the longest row needs, so the cost follows the actual re-spelling length, not L), except that a
+    last chunk holding a single token goes in a one-token pass: never more passes than chunks, and
+    on a CPU a one-token pass is a matrix-vector product, much cheaper than a wider one at batch 1
+    (benchmarks/RESULTS.md). Rows that append nothing keep `previous` (hidden `[B, H]`)."""
+    chunk = min(chunk, tokens.shape[1])
+    wide = jnp.maximum((jnp.max(counts) + chunk - 2) // chunk, 0)  # chunks until at most one token is left
+    hidden, cache = append_passes(member, cache, previous, tokens, counts, chunk, wide)
+    done = wide * chunk
+    last = jax.lax.dynamic_slice_in_dim(jnp.pad(tokens, ((0, 0), (0, 1))), done, 1, axis=1)
+    left = jnp.clip(counts - done, 0, 1)
+    return append_passes(member, cache, hidden, last, left, 1, jnp.max(left))
 
 
 def feed_members(members: Sequence[Member], hidden, caches, tokens: jax.Array, counts: jax.Array,

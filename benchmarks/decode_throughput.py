@@ -23,6 +23,7 @@ import datetime
 import functools
 import importlib
 import warnings
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -85,22 +86,48 @@ def counting_fallbacks(counter: list):
         decode_module.choose_from_full_union = original
 
 
-def ensemble_runner(members, alignment, prompts, new_tokens, candidates=0, respell_chunk=4, expansion_budget=2,
-                    first_pass_tokens=1):
-    weight_fn, selection = resolve_strategy("uniform", len(members))
+class Program(NamedTuple):
+    """One benchmarked program, compiled ahead of its timed runs."""
+
+    compiled: jax.stages.Compiled
+    args: tuple
+
+    def __call__(self):
+        return common.block(self.compiled(*self.args))
+
+    @property
+    def working_bytes(self) -> int:
+        """Bytes XLA allocates for the run beyond its inputs and outputs (KV caches, activations)."""
+        return self.compiled.memory_analysis().temp_size_in_bytes
+
+
+def compile_program(jitted, args, **static) -> Program:
+    return Program(jitted.lower(*args, **static).compile(), args)
+
+
+def ensemble_config(new_tokens, candidates=0, respell_chunk=4, expansion_budget=2, first_pass_tokens=1
+                    ) -> DecodeConfig:
+    return DecodeConfig(max_new_tokens=new_tokens, selection=resolve_strategy("uniform", 2)[1], stop_at_eos=False,
+                        record_features=False, candidates_per_member=candidates, respell_chunk=respell_chunk,
+                        expansion_budget=expansion_budget, first_pass_tokens=first_pass_tokens)
+
+
+def ensemble_args(members, alignment, prompts, new_tokens) -> tuple:
+    weight_fn, _ = resolve_strategy("uniform", len(members))
     batch = tokenize_for_members(members, prompts, new_tokens)
-    config = DecodeConfig(max_new_tokens=new_tokens, selection=selection, stop_at_eos=False, record_features=False,
-                          candidates_per_member=candidates, respell_chunk=respell_chunk,
-                          expansion_budget=expansion_budget, first_pass_tokens=first_pass_tokens)
-    args = (members, alignment, batch, weight_fn, jax.random.key(0), jnp.float32(0.0), jnp.float32(1.0))
-    return lambda: common.block(decode_jit(*args, config=config)), args, config
+    return members, alignment, batch, weight_fn, jax.random.key(0), jnp.float32(0.0), jnp.float32(1.0)
 
 
-def member_runner(member, prompts, new_tokens):
+def ensemble_runner(members, alignment, prompts, new_tokens, **settings) -> Program:
+    config = ensemble_config(new_tokens, **settings)
+    return compile_program(decode_jit, ensemble_args(members, alignment, prompts, new_tokens), config=config)
+
+
+def member_runner(member, prompts, new_tokens) -> Program:
     ids, mask = left_pad(encode_prompts(member.tokenizer, prompts), pad_id_of(member.tokenizer))
     args = (member, jnp.asarray(ids), jnp.asarray(mask), jax.random.key(0), jnp.float32(0.0), jnp.float32(1.0),
             jnp.asarray([-1], jnp.int32), jnp.int32(pad_id_of(member.tokenizer)))
-    return lambda: common.block(generate_ids(*args, max_new_tokens=new_tokens))
+    return compile_program(generate_ids, args, max_new_tokens=new_tokens)
 
 
 @functools.partial(jax.jit, static_argnames=("new_tokens",))
@@ -124,15 +151,16 @@ def members_together(members, input_ids, attention_masks, new_tokens):
     return jax.lax.while_loop(lambda c: c[0] < new_tokens, body, carry)[-1]
 
 
-def together_runner(members, prompts, new_tokens):
+def together_runner(members, prompts, new_tokens) -> Program:
     batch = tokenize_for_members(members, prompts, new_tokens)
-    return lambda: common.block(members_together(members, *batch, new_tokens=new_tokens))
+    return compile_program(members_together, (members, *batch), new_tokens=new_tokens)
 
 
-def step_seconds(make_runners, tokens, repeats):
-    """Per-token seconds of each runner from the N2 − N1 difference. Every program is compiled first;
-    then the runs are interleaved (each repeat times every runner once) and each keeps its fastest, so
-    a slow phase of the shared machine hits all of them alike."""
+def step_seconds(make_runners, tokens, repeats) -> tuple[list[float], list[int]]:
+    """Per-token seconds of each runner from the N2 − N1 difference, and the working bytes of its
+    N2-token program. Every program is compiled and run once first; then the runs are interleaved (each
+    repeat times every runner once) and each keeps its fastest, so a slow phase of the shared machine
+    hits all of them alike."""
     n1, n2 = tokens
     runs = [(make(n1), make(n2)) for make in make_runners]
     best = [[float("inf"), float("inf")] for _ in runs]
@@ -143,15 +171,13 @@ def step_seconds(make_runners, tokens, repeats):
         for pair_best, run_pair in zip(best, runs):
             for index, run in enumerate(run_pair):
                 pair_best[index] = min(pair_best[index], common.best_time(run, 1))
-    return [(t2 - t1) / (n2 - n1) for t1, t2 in best]
+    return [(t2 - t1) / (n2 - n1) for t1, t2 in best], [long.working_bytes for _, long in runs]
 
 
-def shortcut_stats(members, alignment, prompts, new_tokens, candidates, respell_chunk, expansion_budget,
-                   first_pass_tokens):
+def shortcut_stats(members, alignment, prompts, new_tokens, **settings):
     """(fraction of steps using the certified shortcut, mean member tokens ingested per step [N]). Raises
     when a row stopped before new_tokens (its cache filled up): the timing would then be of less work."""
-    _, args, config = ensemble_runner(members, alignment, prompts, new_tokens, candidates, respell_chunk,
-                                      expansion_budget, first_pass_tokens)
+    args, config = ensemble_args(members, alignment, prompts, new_tokens), ensemble_config(new_tokens, **settings)
     fallbacks = []
     with counting_fallbacks(fallbacks):  # a fresh function: jax.jit(decode) would reuse decode's earlier trace
         result = jax.jit(lambda *decode_args: decode(*decode_args, config=config))(*args)
@@ -159,7 +185,7 @@ def shortcut_stats(members, alignment, prompts, new_tokens, candidates, respell_
         jax.effects_barrier()
     if not (np.asarray(result.lengths) == new_tokens).all():
         raise SystemExit(f"rows stopped early ({np.asarray(result.stop_reason).tolist()}): the ensemble timing is "
-                         f"invalid; raise --expansion-budget (now {expansion_budget})")
+                         f"invalid; raise --expansion-budget (now {config.expansion_budget})")
     ingested = np.asarray(result.ingested).mean(0) / new_tokens
     return 1.0 - len(fallbacks) / new_tokens, ingested
 
@@ -192,8 +218,10 @@ def main():
     print(f"# repeats={opts.repeats}, greedy, uniform weights, {selection}, first pass {opts.first_pass_tokens} "
           f"tokens, respell chunk {opts.respell_chunk}, "
           f"expansion budget {opts.expansion_budget}, head scale {opts.head_scale}")
-    header = ["size", "B", "member", "params", "ms/step", "tok/s", "ingest/step"]
-    widths = [13, 3, 9, 8, 9, 9, 11]
+    header = ["size", "B", "member", "params", "ms/step", "tok/s", "ingest/step", "work MB"]
+    widths = [13, 3, 9, 8, 9, 9, 11, 8]
+    settings = dict(candidates=opts.candidates, respell_chunk=opts.respell_chunk,
+                    expansion_budget=opts.expansion_budget, first_pass_tokens=opts.first_pass_tokens)
     verdicts = []
     print(common.fmt_row(header, widths))
     for size in opts.sizes.split(","):
@@ -207,18 +235,16 @@ def main():
             prompts = [common.PROMPT] * batch
             runners = [lambda n, m=m: member_runner(m, prompts, n) for m in members]
             runners.append(lambda n: together_runner(members, prompts, n))
-            runners.append(lambda n: ensemble_runner(members, alignment, prompts, n, opts.candidates,
-                                                     opts.respell_chunk, opts.expansion_budget,
-                                                     opts.first_pass_tokens)[0])
-            *steps, together, ensemble = step_seconds(runners, tokens, opts.repeats)
-            shortcut, ingested = shortcut_stats(members, alignment, prompts, tokens[1], opts.candidates,
-                                                opts.respell_chunk, opts.expansion_budget, opts.first_pass_tokens)
+            runners.append(lambda n: ensemble_runner(members, alignment, prompts, n, **settings))
+            (*steps, together, ensemble), work = step_seconds(runners, tokens, opts.repeats)
+            shortcut, ingested = shortcut_stats(members, alignment, prompts, tokens[1], **settings)
             rows = [[size, batch, m.name, f"{m.num_params / 1e6:.1f}M", f"{s * 1e3:.2f}", f"{batch / s:.0f}", "1.00"]
                     for m, s in zip(members, steps)]
             rows.append([size, batch, "together", "", f"{together * 1e3:.2f}", f"{batch / together:.0f}",
                          "/".join(["1.00"] * len(members))])
             rows.append([size, batch, "ensemble", "", f"{ensemble * 1e3:.2f}", f"{batch / ensemble:.0f}",
                          "/".join(f"{x:.2f}" for x in ingested)])
+            rows = [row + [f"{bytes_ / 2**20:.1f}"] for row, bytes_ in zip(rows, work)]
             tqdm.write("\n".join(common.fmt_row(row, widths) for row in rows))  # as measured: a cut-off run keeps them
             ratio = ensemble / sum(steps)
             per_ingested = ensemble / sum(n * s for n, s in zip(ingested, steps))

@@ -32,7 +32,6 @@ import jax
 import common
 import decode_throughput
 from rlae_jax.align import build_alignment
-from rlae_jax.engine import decode_jit, tokenize_for_members
 
 INSTRUCTION = re.compile(r'^\s*(?:ROOT )?%([\w.\-]+) = (\S+) ([\w\-]+)\(')
 OP_NAME = re.compile(r'op_name="([^"]*)"')
@@ -105,15 +104,12 @@ def main():
     print(f"# {opts.size}: {note}; union {alignment.num_union}; batch {opts.batch}, {opts.tokens} new tokens, "
           f"greedy, uniform weights")
 
-    run, args, config = decode_throughput.ensemble_runner(members, alignment, prompts, opts.tokens)
-    table = op_table(decode_jit.lower(*args, config=config).compile().as_text())
-    report("ensemble", *traced_op_times(run, opts.tokens), table, opts.top, opts.tokens)
-
-    batch = tokenize_for_members(members, prompts, opts.tokens)
-    compiled = decode_throughput.members_together.lower(members, *batch, new_tokens=opts.tokens).compile()
-    run = decode_throughput.together_runner(members, prompts, opts.tokens)
-    report("together", *traced_op_times(run, opts.tokens), op_table(compiled.as_text()), opts.top, opts.tokens)
-
+    ensemble = decode_throughput.ensemble_runner(members, alignment, prompts, opts.tokens)
+    report("ensemble", *traced_op_times(ensemble, opts.tokens), op_table(ensemble.compiled.as_text()), opts.top,
+           opts.tokens)
+    together = decode_throughput.together_runner(members, prompts, opts.tokens)
+    report("together", *traced_op_times(together, opts.tokens), op_table(together.compiled.as_text()), opts.top,
+           opts.tokens)
 
 if __name__ == "__main__":
     main()

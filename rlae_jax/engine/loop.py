@@ -40,9 +40,10 @@ class DecodeConfig:
     there; where a step's cost hardly depends on its width, as on a GPU, more may pay,
     benchmarks/RESULTS.md); `respell_chunk`: member tokens appended per extra pass for the rest of
     longer re-spellings (a larger chunk means fewer passes but more padded work per pass; 1, 2 and 4
-    measured alike at ~100M, batch 16, on a 2-core CPU; a last chunk of one token gets a one-token pass); `stop_at_eos=False` always runs max_new_tokens steps
-    (benchmarks); `record_features` keeps every span's SpanFeatures in the result (RL needs them;
-    without it features the weight_fn ignores are never computed)."""
+    measured alike at ~100M, batch 16, on a 2-core CPU; a last chunk of one token gets a one-token
+    pass); `stop_at_eos=False` always runs max_new_tokens steps (benchmarks); `record_features` keeps
+    every span's SpanFeatures in the result (RL needs them; without it features the weight_fn ignores
+    are never computed)."""
 
     max_new_tokens: int = 64
     span_length: int = 1

@@ -107,8 +107,9 @@ def compile_program(jitted, args, **static) -> Program:
 
 def ensemble_config(new_tokens, candidates=0, respell_chunk=4, expansion_budget=2, first_pass_tokens=1
                     ) -> DecodeConfig:
-    return DecodeConfig(max_new_tokens=new_tokens, selection=resolve_strategy("uniform", 2)[1], stop_at_eos=False,
-                        record_features=False, candidates_per_member=candidates, respell_chunk=respell_chunk,
+    """The benchmarked decode: greedy full-union selection (uniform weights' default), runs all new_tokens."""
+    return DecodeConfig(max_new_tokens=new_tokens, stop_at_eos=False, record_features=False,
+                        candidates_per_member=candidates, respell_chunk=respell_chunk,
                         expansion_budget=expansion_budget, first_pass_tokens=first_pass_tokens)
 
 

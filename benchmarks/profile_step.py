@@ -111,5 +111,6 @@ def main():
     report("together", *traced_op_times(together, opts.tokens), op_table(together.compiled.as_text()), opts.top,
            opts.tokens)
 
+
 if __name__ == "__main__":
     main()

@@ -1,25 +1,33 @@
 #!/usr/bin/env bash
-# The GPU checks recorded in benchmarks/RESULTS.md, in one go on a machine with one NVIDIA GPU and jax[cuda],
-# torch (CUDA build) and transformers installed. Logs go to $1 (default /tmp/rlae_gpu_checks), one file per check:
-#   device.txt             GPU, driver, library versions, and a tiny ensemble decode on the GPU
-#   vs_reference.txt       ours vs the PyTorch reference loop, both on the GPU, batch 1 (goal ≥ 5x)
-#   decode_throughput.txt  ensemble step / Σ member steps at batch 1 and 16
-#   first_pass_4.txt       the same at ~100M with re-spellings of up to 4 tokens in each step's first pass
-#                          (DecodeConfig.first_pass_tokens=4; slower on a CPU, untested on a GPU)
-#   tests.txt              the engine's exactness tests and the transformers parity tests, jax on the GPU
-#                          (tests/conftest.py makes float32 matmuls full precision: no TF32)
-#   profile_100m.txt       where a ~100M ensemble step's time goes at batch 1 (kernels, vs both members alone)
-# Each check has its own time limit, so one that hangs or fails leaves the others' logs.
+# The GPU checks recorded in benchmarks/RESULTS.md, on a machine with one NVIDIA GPU and jax[cuda], torch
+# (CUDA build) and transformers installed. Usage:
 #
-#     RLAE_FIXTURES=../shared/fixtures bash benchmarks/gpu_checks.sh /tmp/gpu_logs
+#     RLAE_FIXTURES=../shared/fixtures bash benchmarks/gpu_checks.sh OUT [CHECK ...]
+#
+# Logs go to OUT (default /tmp/rlae_gpu_checks), one file per check. With no CHECK, all of them run in
+# this order (the most wanted first); each has its own time limit (seconds, in brackets), so one that
+# hangs or fails leaves the others' logs. All of them take ~30 minutes, more than a lent device's
+# 15: name the ones a call can afford.
+#   device        [120] GPU, driver, library versions, and a tiny ensemble decode on the GPU (always first)
+#   first_pass    [420] ~100M ensemble step / Σ member steps at batch 1 and 16 with first_pass_tokens 1, then 4
+#                       (first_pass_1.txt, first_pass_4.txt): whole short re-spellings in one pass
+#                       (slower on a CPU, unmeasured on a GPU)
+#   throughput    [300] the same for the tiny sizes (tiny-trained, tiny-real), with working memory
+#   vs_reference  [300] ours vs the PyTorch reference loop, both on the GPU, batch 1 (goal ≥ 5x)
+#   tests         [300] the engine's exactness tests and the transformers parity tests, jax on the GPU
+#                       (tests/conftest.py makes float32 matmuls full precision: no TF32)
+#   profile       [240] where a ~100M ensemble step's time goes at batch 1 (kernels, vs both members alone)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out=${1:-/tmp/rlae_gpu_checks}
+shift || true
+checks=("$@")
+[ ${#checks[@]} -gt 0 ] || checks=(first_pass throughput vs_reference tests profile)
 mkdir -p "$out"
 export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 export XLA_PYTHON_CLIENT_PREALLOCATE=false  # jax and torch share the GPU in vs_reference
 
-{
+device() {
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
   timeout 120 python3 - <<'EOF'
 import jax, flax, numpy, tokenizers, torch, transformers
@@ -35,14 +43,40 @@ alignment = build_alignment([m.tokenizer for m in members], vocab_sizes=[m.confi
 out = generate(members, alignment, ["Once upon a time"], max_new_tokens=8)
 print("tiny ensemble decode on", jax.default_backend(), "->", repr(out.texts[0]))
 EOF
-} 2>&1 | tee "$out/device.txt"
-[ "${PIPESTATUS[0]}" = 0 ] || { echo "device check failed: see $out/device.txt"; exit 1; }
+}
 
-timeout 300 python3 benchmarks/vs_reference.py --torch-device cuda --new-tokens 64 2>&1 | tee "$out/vs_reference.txt"
-timeout 600 python3 benchmarks/decode_throughput.py --repeats 3 2>&1 | tee "$out/decode_throughput.txt"
-timeout 300 python3 benchmarks/decode_throughput.py --sizes 100m --repeats 3 --first-pass-tokens 4 2>&1 \
-  | tee "$out/first_pass_4.txt"
-timeout 300 python3 -m pytest -q -p no:cacheprovider tests/test_engine.py tests/test_models.py -k "one_hot_weights_reproduce \
+first_pass() {
+  for width in 1 4; do
+    timeout 210 python3 benchmarks/decode_throughput.py --sizes 100m --repeats 3 --first-pass-tokens $width 2>&1 \
+      | tee "$out/first_pass_$width.txt"
+  done
+}
+
+throughput() {
+  timeout 300 python3 benchmarks/decode_throughput.py --sizes tiny-trained,tiny-real --repeats 3 2>&1 \
+    | tee "$out/throughput.txt"
+}
+
+vs_reference() {
+  timeout 300 python3 benchmarks/vs_reference.py --torch-device cuda --new-tokens 64 2>&1 | tee "$out/vs_reference.txt"
+}
+
+tests() {
+  timeout 300 python3 -m pytest -q -p no:cacheprovider tests/test_engine.py tests/test_models.py -k "one_hot_weights_reproduce \
 or two_copies or every_batch_row or threshold_extremes or growing or certified or logits_match or greedy_continuations \
 or cached_decode" 2>&1 | tee "$out/tests.txt"
-timeout 240 python3 benchmarks/profile_step.py --size 100m --batch 1 --tokens 32 --top 30 2>&1 | tee "$out/profile_100m.txt"
+}
+
+profile() {
+  timeout 240 python3 benchmarks/profile_step.py --size 100m --batch 1 --tokens 32 --top 30 2>&1 | tee "$out/profile_100m.txt"
+}
+
+device 2>&1 | tee "$out/device.txt"
+[ "${PIPESTATUS[0]}" = 0 ] || { echo "device check failed: see $out/device.txt"; exit 1; }
+for check in "${checks[@]}"; do
+  case $check in
+    first_pass|throughput|vs_reference|tests|profile) echo "== $check $(date +%T)"; $check ;;
+    device) ;;
+    *) echo "unknown check '$check' (first_pass, throughput, vs_reference, tests, profile)"; exit 2 ;;
+  esac
+done

@@ -8,7 +8,7 @@ from flax import struct
 import rlae_jax
 from rlae_jax.align import build_alignment
 from rlae_jax.engine import CallableWeightFn, DecodeConfig, decode_jit, generate
-from rlae_jax.engine.loop import member_distributions
+from rlae_jax.engine.loop import feed_members, member_distributions
 from rlae_jax.models import Member, ModelConfig, build_model
 from rlae_jax.tokenization import train_byte_level_bpe, train_metaspace_unigram
 from tiny_models import CORPUS
@@ -352,6 +352,35 @@ def test_first_pass_width_and_chunk_change_nothing_but_speed(members, alignment)
                          max_new_tokens=NEW_TOKENS, first_pass_tokens=first, respell_chunk=chunk)
         assert other.union_ids == base.union_ids
         np.testing.assert_array_equal(np.asarray(other.result.ingested), ingested)
+
+
+def test_re_spellings_fed_in_any_passes_equal_one_pass(members):
+    """feed_members with row re-spellings of 0-7 tokens, in a narrow first pass plus wide chunks and a
+    one-token tail, gives the caches and hidden states of appending each whole re-spelling at once."""
+    batch = rlae_jax.engine.tokenize_for_members(members, PROMPTS, 16)
+    hidden, caches = [], []
+    for member, ids, mask in zip(members, *batch):
+        out, _, cache = member.prefill(ids, mask, ids.shape[1] + 16)
+        hidden.append(out.hidden)
+        caches.append(cache)
+    rng = np.random.RandomState(0)
+    tokens = jnp.asarray(np.stack([rng.randint(0, len(m.tokenizer), (len(PROMPTS), 7)) for m in members], 1),
+                         jnp.int32)
+    counts = jnp.asarray([[0, 7], [1, 3], [6, 2]], jnp.int32)  # [B, N]: after one first token, 0-6 left
+    feed = jax.jit(feed_members, static_argnums=(5, 6))
+    expected_hidden, expected_caches = feed(tuple(members), tuple(hidden), tuple(caches), tokens, counts, 7, 1)
+    for first, chunk in ((1, 4), (2, 4), (1, 2), (1, 1), (3, 4)):
+        got_hidden, got_caches = feed(tuple(members), tuple(hidden), tuple(caches), tokens, counts, first, chunk)
+        for got, expected in zip(got_caches, expected_caches):
+            np.testing.assert_array_equal(got.cursor, expected.cursor)
+            np.testing.assert_array_equal(got.slot_positions, expected.slot_positions)
+            used = np.repeat(np.asarray(expected.slot_positions) >= 0, got.keys[0].shape[0] // len(PROMPTS), 0)
+            for got_keys, expected_keys in zip(got.keys + got.values, expected.keys + expected.values):
+                # slots past a row's cursor hold whatever a padded pass wrote there; only used ones count
+                np.testing.assert_allclose(np.asarray(got_keys)[used], np.asarray(expected_keys)[used],
+                                           rtol=1e-5, atol=1e-5)
+        for got, expected in zip(got_hidden, expected_hidden):
+            np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.parametrize("name", ["span_length", "expansion_budget", "first_pass_tokens", "respell_chunk"])

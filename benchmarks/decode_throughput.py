@@ -203,14 +203,16 @@ def main():
                         help="candidates_per_member: 0 = full-union selection (default), k > 0 = certified top-k")
     parser.add_argument("--respell-chunk", type=int, default=4,
                         help="DecodeConfig.respell_chunk: member tokens per extra pass for multi-token re-spellings")
-    parser.add_argument("--first-pass-tokens", type=int, default=DecodeConfig.first_pass_tokens,
-                        help="DecodeConfig.first_pass_tokens: member tokens every row appends in a step's first pass")
+    parser.add_argument("--first-pass-tokens", default=str(DecodeConfig.first_pass_tokens),
+                        help="DecodeConfig.first_pass_tokens: member tokens every row appends in a step's first pass; "
+                             "a comma list times one ensemble per width, side by side with the same members")
     parser.add_argument("--expansion-budget", type=int, default=DecodeConfig.expansion_budget,
                         help="DecodeConfig.expansion_budget: member cache slots per generated union token")
     parser.add_argument("--head-scale", type=float, default=1.0,
                         help="multiply the final norm by this (>1: peaked, trained-like distributions)")
     opts = parser.parse_args()
     batches = [int(b) for b in opts.batches.split(",")]
+    widths_first_pass = [int(w) for w in opts.first_pass_tokens.split(",")]
     warnings.filterwarnings("ignore", message="union tokens left out")
 
     print(f"# decode_throughput  {datetime.datetime.now():%Y-%m-%d %H:%M}")
@@ -220,9 +222,10 @@ def main():
           f"tokens, respell chunk {opts.respell_chunk}, "
           f"expansion budget {opts.expansion_budget}, head scale {opts.head_scale}")
     header = ["size", "B", "member", "params", "ms/step", "tok/s", "ingest/step", "work MB"]
-    widths = [13, 3, 9, 8, 9, 9, 11, 8]
+    widths = [13, 3, 12, 8, 9, 9, 11, 8]
     settings = dict(candidates=opts.candidates, respell_chunk=opts.respell_chunk,
-                    expansion_budget=opts.expansion_budget, first_pass_tokens=opts.first_pass_tokens)
+                    expansion_budget=opts.expansion_budget)
+    ensembles = {(f"ensemble F={w}" if len(widths_first_pass) > 1 else "ensemble"): w for w in widths_first_pass}
     verdicts = []
     print(common.fmt_row(header, widths))
     for size in opts.sizes.split(","):
@@ -236,26 +239,33 @@ def main():
             prompts = [common.PROMPT] * batch
             runners = [lambda n, m=m: member_runner(m, prompts, n) for m in members]
             runners.append(lambda n: together_runner(members, prompts, n))
-            runners.append(lambda n: ensemble_runner(members, alignment, prompts, n, **settings))
-            (*steps, together, ensemble), work = step_seconds(runners, tokens, opts.repeats)
-            shortcut, ingested = shortcut_stats(members, alignment, prompts, tokens[1], **settings)
+            for width in ensembles.values():
+                runners.append(lambda n, w=width: ensemble_runner(members, alignment, prompts, n, **settings,
+                                                                  first_pass_tokens=w))
+            seconds, work = step_seconds(runners, tokens, opts.repeats)
+            steps, together = seconds[:len(members)], seconds[len(members)]
+            ensemble_steps = dict(zip(ensembles, seconds[len(members) + 1:]))
             rows = [[size, batch, m.name, f"{m.num_params / 1e6:.1f}M", f"{s * 1e3:.2f}", f"{batch / s:.0f}", "1.00"]
                     for m, s in zip(members, steps)]
             rows.append([size, batch, "together", "", f"{together * 1e3:.2f}", f"{batch / together:.0f}",
                          "/".join(["1.00"] * len(members))])
-            rows.append([size, batch, "ensemble", "", f"{ensemble * 1e3:.2f}", f"{batch / ensemble:.0f}",
-                         "/".join(f"{x:.2f}" for x in ingested)])
+            for name, width in ensembles.items():
+                ensemble = ensemble_steps[name]
+                shortcut, ingested = shortcut_stats(members, alignment, prompts, tokens[1], **settings,
+                                                    first_pass_tokens=width)
+                rows.append([size, batch, name, "", f"{ensemble * 1e3:.2f}", f"{batch / ensemble:.0f}",
+                             "/".join(f"{x:.2f}" for x in ingested)])
+                ratio = ensemble / sum(steps)
+                per_ingested = ensemble / sum(n * s for n, s in zip(ingested, steps))
+                goal = GOALS[size.split("-")[0]]
+                used = f"  certified shortcut on {shortcut:.0%} of steps" if opts.candidates else ""
+                verdicts.append(f"{size:13s} B={batch:<3d} {name + '/Σmembers':22s} = {ratio:.2f}  (goal ≤ {goal}: "
+                                f"{'PASS' if ratio <= goal else 'MISS'});  ensemble/Σ(ingest·member) = "
+                                f"{per_ingested:.2f};  ensemble/together = {ensemble / together:.2f}  "
+                                f"(together/Σmembers = {together / sum(steps):.2f}){used}")
             rows = [row + [f"{bytes_ / 2**20:.1f}"] for row, bytes_ in zip(rows, work)]
             tqdm.write("\n".join(common.fmt_row(row, widths) for row in rows))  # as measured: a cut-off run keeps them
-            ratio = ensemble / sum(steps)
-            per_ingested = ensemble / sum(n * s for n, s in zip(ingested, steps))
-            goal = GOALS[size.split("-")[0]]
-            used = f"  certified shortcut on {shortcut:.0%} of steps" if opts.candidates else ""
-            verdicts.append(f"{size:13s} B={batch:<3d} ensemble/Σmembers = {ratio:.2f}  (goal ≤ {goal}: "
-                            f"{'PASS' if ratio <= goal else 'MISS'});  ensemble/Σ(ingest·member) = "
-                            f"{per_ingested:.2f};  ensemble/together = {ensemble / together:.2f}  "
-                            f"(together/Σmembers = {together / sum(steps):.2f}){used}")
-            tqdm.write(verdicts[-1])
+            tqdm.write("\n".join(verdicts[-len(ensembles):]))
     print()
     print("\n".join(verdicts))
 

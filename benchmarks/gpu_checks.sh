@@ -9,9 +9,8 @@
 # hangs or fails leaves the others' logs. All of them take ~30 minutes, more than a lent device's
 # 15: name the ones a call can afford.
 #   device        [120] GPU, driver, library versions, and a tiny ensemble decode on the GPU (always first)
-#   first_pass    [420] ~100M ensemble step / Σ member steps at batch 1 and 16 with first_pass_tokens 1, then 4
-#                       (first_pass_1.txt, first_pass_4.txt): whole short re-spellings in one pass
-#                       (slower on a CPU, unmeasured on a GPU)
+#   first_pass    [360] ~100M ensemble step / Σ member steps at batch 1 and 16 with first_pass_tokens 1 and 4
+#                       side by side (first_pass.txt): whole short re-spellings in one pass (slower on a CPU)
 #   throughput    [300] the same for the tiny sizes (tiny-trained, tiny-real), with working memory
 #   vs_reference  [300] ours vs the PyTorch reference loop, both on the GPU, batch 1 (goal ≥ 5x)
 #   tests         [300] the engine's exactness tests and the transformers parity tests, jax on the GPU
@@ -46,14 +45,12 @@ EOF
 }
 
 first_pass() {
-  for width in 1 4; do
-    timeout 210 python3 benchmarks/decode_throughput.py --sizes 100m --repeats 3 --first-pass-tokens $width 2>&1 \
-      | tee "$out/first_pass_$width.txt"
-  done
+  timeout 360 python3 benchmarks/decode_throughput.py --sizes 100m --repeats 3 --first-pass-tokens 1,4 2>&1 \
+    | tee "$out/first_pass.txt"
 }
 
 throughput() {
-  timeout 300 python3 benchmarks/decode_throughput.py --sizes tiny-trained,tiny-real --repeats 3 2>&1 \
+  timeout 300 python3 benchmarks/decode_throughput.py --sizes tiny-real,tiny-trained --repeats 3 2>&1 \
     | tee "$out/throughput.txt"
 }
 

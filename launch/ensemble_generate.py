@@ -32,7 +32,7 @@ def main(argv):
         out = generate(members, alignment, chunk, strategy=config.strategy, weights=weights, primary=config.primary,
                        threshold=config.threshold, top_k=config.top_k, packllm_temperature=config.packllm_temperature,
                        span_length=config.span_length, max_new_tokens=config.max_new_tokens,
-                       expansion_budget=config.expansion_budget,
+                       expansion_budget=config.expansion_budget, first_pass_tokens=config.first_pass_tokens or None,
                        temperature=config.temperature, top_p=config.top_p, seed=config.seed + start)
         for prompt, text, weights_per_span, reason in zip(chunk, out.texts, out.span_weights, out.stop_reasons):
             print(f"{prompt}{text}\n  [stop: {reason}; mean weights {weights_per_span.mean(0).round(3).tolist()}]\n")

@@ -8,7 +8,7 @@ from flax import struct
 import rlae_jax
 from rlae_jax.align import build_alignment
 from rlae_jax.engine import CallableWeightFn, DecodeConfig, decode_jit, generate
-from rlae_jax.engine.loop import feed_members, member_distributions
+from rlae_jax.engine.loop import default_first_pass_tokens, feed_members, member_distributions
 from rlae_jax.models import Member, ModelConfig, build_model
 from rlae_jax.tokenization import train_byte_level_bpe, train_metaspace_unigram
 from tiny_models import CORPUS
@@ -352,6 +352,13 @@ def test_first_pass_width_and_chunk_change_nothing_but_speed(members, alignment)
                          max_new_tokens=NEW_TOKENS, first_pass_tokens=first, respell_chunk=chunk)
         assert other.union_ids == base.union_ids
         np.testing.assert_array_equal(np.asarray(other.result.ingested), ingested)
+
+
+def test_first_pass_default_is_4_only_on_a_gpu_at_batch_1(monkeypatch):
+    """generate's first_pass_tokens=None: 4 where it measured faster (a GPU at batch 1), else 1."""
+    for backend, expected in (("cpu", (1, 1)), ("gpu", (4, 1)), ("tpu", (1, 1))):
+        monkeypatch.setattr(jax, "default_backend", lambda backend=backend: backend)
+        assert (default_first_pass_tokens(1), default_first_pass_tokens(16)) == expected
 
 
 def test_re_spellings_fed_in_any_passes_equal_one_pass(members):

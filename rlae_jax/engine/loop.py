@@ -29,21 +29,18 @@ NO_TOKEN = -1  # union-id buffer padding after a row stops
 
 @dataclasses.dataclass(frozen=True)
 class DecodeConfig:
-    """Static settings of one compiled decode. `expansion_budget`: cache slots reserved per generated
-    union token in each member, beyond the prompt (a row whose member cache fills up stops with
-    reason 'cache_full' and a warning); long generations start with one slot per union token and grow
-    the caches to the budget only when that no longer suffices (`decode`, `cache_slots`). 2 covers
-    members that average up to 2 tokens per union token (the benchmark's random GPT-2 member ingests
-    1.65 per GPT-2 + Llama 2 union token), benchmarks/RESULTS.md;
-    `first_pass_tokens`: member tokens every row appends in each step's first pass (re-spellings
-    that fit need no second pass; on a 2-core CPU a wider pass costs in proportion, so 1 was fastest
-    there; where a step's cost hardly depends on its width, as on a GPU, more may pay,
-    benchmarks/RESULTS.md); `respell_chunk`: member tokens appended per extra pass for the rest of
-    longer re-spellings (a larger chunk means fewer passes but more padded work per pass; 1, 2 and 4
-    measured alike at ~100M, batch 16, on a 2-core CPU; a last chunk of one token gets a one-token
-    pass); `stop_at_eos=False` always runs max_new_tokens steps (benchmarks); `record_features` keeps
-    every span's SpanFeatures in the result (RL needs them; without it features the weight_fn ignores
-    are never computed)."""
+    """Static settings of one compiled decode. `expansion_budget`: cache slots reserved per generated union token
+    in each member, beyond the prompt (a row whose member cache fills up stops with reason 'cache_full' and
+    a warning); long generations start with one slot per union token and grow the caches to the budget only
+    when that no longer suffices (`decode`, `cache_slots`). 2 covers members that average up to 2 tokens per
+    union token (the benchmark's random GPT-2 member ingests 1.65 per GPT-2 + Llama 2 union token),
+    benchmarks/RESULTS.md; `first_pass_tokens`: member tokens every row appends in each step's first pass
+    (re-spellings that fit need no second pass; `generate` picks it with `default_first_pass_tokens`);
+    `respell_chunk`: member tokens appended per extra pass for the rest of longer re-spellings (a larger
+    chunk means fewer passes but more padded work per pass; 1, 2 and 4 measured alike at ~100M, batch 16, on
+    a 2-core CPU; a last chunk of one token gets a one-token pass); `stop_at_eos=False` always runs
+    max_new_tokens steps (benchmarks); `record_features` keeps every span's SpanFeatures in the result (RL
+    needs them; without it features the weight_fn ignores are never computed)."""
 
     max_new_tokens: int = 64
     span_length: int = 1
@@ -466,11 +463,20 @@ def check_members(members: Sequence[Member], alignment: Alignment) -> None:
                 f"was built for {alignment.vocab_sizes[index]}: rebuild it with vocab_sizes from the members")
 
 
+def default_first_pass_tokens(batch_rows: int) -> int:
+    """`first_pass_tokens` for a decode of `batch_rows` rows on this backend: 4 on a GPU at batch 1,
+    where one 4-wide pass costs about what a 1-wide one does, so whole re-spellings in one pass skip the
+    extra pass (~100M ensemble step on an H200: 1.21 → 1.02 ms); else 1, since a 4-wide first pass
+    was slower on that GPU at batch 16 (1.09 → 1.31 ms) and on a 2-core CPU at batch 1 and 16
+    (benchmarks/RESULTS.md). Measured on no TPU: 1 there."""
+    return 4 if batch_rows == 1 and jax.default_backend() == "gpu" else 1
+
+
 def generate(members: Sequence[Member], alignment: Alignment, prompts: Sequence[str], strategy: Any = "uniform",
              max_new_tokens: int = 64, span_length: int = 1, seed: int = 0, temperature: float = 0.0,
              top_p: float = 1.0, weights: Sequence[float] | None = None, threshold: float = 0.5, primary: int = 0,
              top_k: int = 4, packllm_temperature: float = 1.0, candidates_per_member: int = 0,
-             expansion_budget: int = 2, first_pass_tokens: int = 1, respell_chunk: int = 4,
+             expansion_budget: int = 2, first_pass_tokens: int | None = None, respell_chunk: int = 4,
              record_features: bool = True) -> EnsembleOutput:
     """Ensemble-generate continuations of `prompts`.
 
@@ -478,14 +484,16 @@ def generate(members: Sequence[Member], alignment: Alignment, prompts: Sequence[
     (GaC gating on member `primary` with `threshold`), "topk" (UniTE with `top_k`), "packllm", or a
     weight_fn object (see `rlae_jax.engine.strategies`). The weight_fn is called every `span_length`
     generated tokens. `record_features=False` skips keeping per-span features (faster);
-    `expansion_budget`, `first_pass_tokens` and `respell_chunk` as in `DecodeConfig`.
+    `expansion_budget`, `first_pass_tokens` (None: `default_first_pass_tokens`) and `respell_chunk` as
+    in `DecodeConfig`.
     """
     members = list(members)
     weight_fn, selection = resolve_strategy(strategy, len(members), weights, threshold, primary, top_k,
                                             packllm_temperature)
     config = DecodeConfig(max_new_tokens=max_new_tokens, span_length=span_length, selection=selection,
                           candidates_per_member=candidates_per_member, expansion_budget=expansion_budget,
-                          first_pass_tokens=first_pass_tokens, respell_chunk=respell_chunk,
+                          first_pass_tokens=(default_first_pass_tokens(len(prompts)) if first_pass_tokens is None
+                                             else first_pass_tokens), respell_chunk=respell_chunk,
                           record_features=record_features)
     batch = tokenize_for_members(members, prompts, max_new_tokens)
     result = decode_jit(members, alignment, batch, weight_fn, jax.random.key(seed), jnp.float32(temperature),

@@ -7,21 +7,27 @@
 # Logs go to OUT (default /tmp/rlae_gpu_checks), one file per check. With no CHECK, all of them run in
 # this order (the most wanted first); each has its own time limit (seconds, in brackets), so one that
 # hangs or fails leaves the others' logs. All of them take ~30 minutes, more than a lent device's
-# 15: name the ones a call can afford.
+# 15: name the ones a call can afford. Where ../shared does not travel with the repo, copy the fixtures into an
+# ignored folder of the repo (e.g. .fixtures) and point RLAE_FIXTURES there.
 #   device        [120] GPU, driver, library versions, and a tiny ensemble decode on the GPU (always first)
+#   profile       [300] where an ensemble step's time goes at batch 1 (kernels and their calls per step, copies
+#                       and host syncs, vs both members alone): tiny-real first (its step is fixed per-step cost
+#                       on a GPU, 0.23 ms against 0.10 for both members), then ~100M
+#   command_buffers [360] tiny-real and ~100M at batch 1 with XLA's command buffers for loops and conditionals
+#                       (XLA_FLAGS=--xla_gpu_enable_command_buffer=+WHILE,+CONDITIONAL), then without
+#                       (command_buffers.txt; tiny-real once: 0.22 against 0.26 ms)
 #   first_pass    [360] ~100M ensemble step / Σ member steps at batch 1 and 16 with first_pass_tokens 1 and 4
 #                       side by side (first_pass.txt): whole short re-spellings in one pass (slower on a CPU)
 #   throughput    [300] the same for the tiny sizes (tiny-trained, tiny-real), with working memory
 #   vs_reference  [300] ours vs the PyTorch reference loop, both on the GPU, batch 1 (goal ≥ 5x)
 #   tests         [300] the engine's exactness tests and the transformers parity tests, jax on the GPU
 #                       (tests/conftest.py makes float32 matmuls full precision: no TF32)
-#   profile       [240] where a ~100M ensemble step's time goes at batch 1 (kernels, vs both members alone)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out=${1:-/tmp/rlae_gpu_checks}
 shift || true
 checks=("$@")
-[ ${#checks[@]} -gt 0 ] || checks=(first_pass throughput vs_reference tests profile)
+[ ${#checks[@]} -gt 0 ] || checks=(profile command_buffers first_pass throughput vs_reference tests)
 mkdir -p "$out"
 export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 export XLA_PYTHON_CLIENT_PREALLOCATE=false  # jax and torch share the GPU in vs_reference
@@ -49,6 +55,14 @@ first_pass() {
     | tee "$out/first_pass.txt"
 }
 
+command_buffers() {
+  for flags in --xla_gpu_enable_command_buffer=+WHILE,+CONDITIONAL ""; do
+    echo "XLA_FLAGS='$flags'"
+    XLA_FLAGS="$flags" timeout 180 python3 benchmarks/decode_throughput.py --sizes tiny-real,100m --batches 1 \
+      --repeats 3 2>&1
+  done | tee "$out/command_buffers.txt"
+}
+
 throughput() {
   timeout 300 python3 benchmarks/decode_throughput.py --sizes tiny-real,tiny-trained --repeats 3 2>&1 \
     | tee "$out/throughput.txt"
@@ -65,15 +79,17 @@ or cached_decode" 2>&1 | tee "$out/tests.txt"
 }
 
 profile() {
-  timeout 240 python3 benchmarks/profile_step.py --size 100m --batch 1 --tokens 32 --top 30 2>&1 | tee "$out/profile_100m.txt"
+  timeout 120 python3 benchmarks/profile_step.py --size tiny-real --batch 1 --tokens 64 --top 40 2>&1 \
+    | tee "$out/profile_tiny_real.txt"
+  timeout 180 python3 benchmarks/profile_step.py --size 100m --batch 1 --tokens 32 --top 30 2>&1 | tee "$out/profile_100m.txt"
 }
 
 device 2>&1 | tee "$out/device.txt"
 [ "${PIPESTATUS[0]}" = 0 ] || { echo "device check failed: see $out/device.txt"; exit 1; }
 for check in "${checks[@]}"; do
   case $check in
-    first_pass|throughput|vs_reference|tests|profile) echo "== $check $(date +%T)"; $check ;;
+    first_pass|command_buffers|throughput|vs_reference|tests|profile) echo "== $check $(date +%T)"; $check ;;
     device) ;;
-    *) echo "unknown check '$check' (first_pass, throughput, vs_reference, tests, profile)"; exit 2 ;;
+    *) echo "unknown check '$check' (profile, first_pass, command_buffers, throughput, vs_reference, tests)"; exit 2 ;;
   esac
 done

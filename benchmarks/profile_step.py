@@ -81,11 +81,18 @@ def report(label: str, wall_ms: float, times: dict, table: dict, top: int, steps
     in_loop = sorted(((ms, per_step, name) for name, (ms, per_step) in times.items()
                       if name in table and per_step * steps > 1.5), reverse=True)
     print(f"\n## {label}: wall {wall_ms:.3f} ms per step (traced run, prefill included); ops that ran more "
-          f"than once sum to {sum(ms for ms, _, _ in in_loop):.3f} ms per step")
+          f"than once sum to {sum(ms for ms, _, _ in in_loop):.3f} ms per step in "
+          f"{sum(per_step for _, per_step, _ in in_loop):.1f} calls per step")
     print(f"{'ms/step':>8} {'calls':>5}  {'op':30s} {'shape':32s} jax source")
     for ms, per_step, name in in_loop[:top]:
         shape, source = table[name]
         print(f"{ms:8.3f} {per_step:5.1f}  {name[:30]:30s} {shape[:32]:32s} {source[-80:]}")
+    others = sorted(((ms, per_step, name) for name, (ms, per_step) in times.items()
+                     if name not in table and not name.startswith("$") and per_step * steps > 1.5), reverse=True)
+    print("other trace events (not Python) that ran more than once: runtime work such as copies, host syncs, "
+          "library kernels")
+    for ms, per_step, name in others[:8]:
+        print(f"{ms:8.3f} {per_step:5.1f}  {name[:100]}")
 
 
 def main():

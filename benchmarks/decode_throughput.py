@@ -105,10 +105,10 @@ def compile_program(jitted, args, **static) -> Program:
     return Program(jitted.lower(*args, **static).compile(), args)
 
 
-def ensemble_config(new_tokens, candidates=0, respell_chunk=4, expansion_budget=2, first_pass_tokens=1
-                    ) -> DecodeConfig:
+def ensemble_config(new_tokens, candidates=0, respell_chunk=4, expansion_budget=2, first_pass_tokens=1,
+                    record_features=False) -> DecodeConfig:
     """The benchmarked decode: greedy full-union selection (uniform weights' default), runs all new_tokens."""
-    return DecodeConfig(max_new_tokens=new_tokens, stop_at_eos=False, record_features=False,
+    return DecodeConfig(max_new_tokens=new_tokens, stop_at_eos=False, record_features=record_features,
                         candidates_per_member=candidates, respell_chunk=respell_chunk,
                         expansion_budget=expansion_budget, first_pass_tokens=first_pass_tokens)
 
@@ -208,6 +208,8 @@ def main():
                              "a comma list times one ensemble per width, side by side with the same members")
     parser.add_argument("--expansion-budget", type=int, default=DecodeConfig.expansion_budget,
                         help="DecodeConfig.expansion_budget: member cache slots per generated union token")
+    parser.add_argument("--record-features", action="store_true",
+                        help="compute and record every span's features, as RL rollouts do")
     parser.add_argument("--head-scale", type=float, default=1.0,
                         help="multiply the final norm by this (>1: peaked, trained-like distributions)")
     opts = parser.parse_args()
@@ -220,11 +222,12 @@ def main():
     selection = (f"certified top-{opts.candidates} shortcut" if opts.candidates else "full-union selection")
     print(f"# repeats={opts.repeats}, greedy, uniform weights, {selection}, first pass {opts.first_pass_tokens} "
           f"tokens, respell chunk {opts.respell_chunk}, "
-          f"expansion budget {opts.expansion_budget}, head scale {opts.head_scale}")
+          f"expansion budget {opts.expansion_budget}, head scale {opts.head_scale}"
+          f"{', features recorded' if opts.record_features else ''}")
     header = ["size", "B", "member", "params", "ms/step", "tok/s", "ingest/step", "work MB"]
     widths = [13, 3, 12, 8, 9, 9, 11, 8]
     settings = dict(candidates=opts.candidates, respell_chunk=opts.respell_chunk,
-                    expansion_budget=opts.expansion_budget)
+                    expansion_budget=opts.expansion_budget, record_features=opts.record_features)
     ensembles = {(f"ensemble F={w}" if len(widths_first_pass) > 1 else "ensemble"): w for w in widths_first_pass}
     verdicts = []
     print(common.fmt_row(header, widths))

@@ -8,6 +8,7 @@ from flax import struct
 import rlae_jax
 from rlae_jax.align import build_alignment
 from rlae_jax.engine import CallableWeightFn, DecodeConfig, decode_jit, generate
+from rlae_jax.engine.features import top1_agreement
 from rlae_jax.engine.loop import default_first_pass_tokens, feed_members, member_distributions
 from rlae_jax.models import Member, ModelConfig, build_model
 from rlae_jax.tokenization import train_byte_level_bpe, train_metaspace_unigram
@@ -184,6 +185,29 @@ def test_weight_fn_is_called_every_span_with_features(members, alignment):
     assert features.hidden[0].shape == (len(PROMPTS), 3, 48)
     assert np.all(np.asarray(features.entropy) >= 0)
     assert np.all((np.asarray(features.top1_agreement) >= 0) & (np.asarray(features.top1_agreement) <= 1))
+
+
+def test_distribution_features_match_their_definitions(members, alignment):
+    """Entropy, max prob and top-1 agreement computed without `[B, N, V]` probabilities equal
+    −Σ p log p, max p and the argmax union ids of the normalised distributions, also for a member
+    whose model has ids its tokenizer lacks (probability 0) and for peaked and flat rows."""
+    sizes = [len(m.tokenizer) for m in members]
+    wide = build_alignment([m.tokenizer for m in members], vocab_sizes=[sizes[0], sizes[1] + 40], use_cache=False)
+    scales = jnp.asarray([0.1, 1.0, 5.0, 30.0])[:, None]
+    logits = [jax.random.normal(jax.random.key(n), (4, v)) * scales for n, v in enumerate(wide.vocab_sizes)]
+    logits[0] = logits[0].at[1, :].set(logits[0][1, 7])  # a row of equal logits: top-1 is the first id
+    dists = member_distributions(logits, wide)
+    probs = np.asarray(dists.probabilities(), np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        entropy = -np.sum(np.where(probs > 0, probs * np.log(probs), 0.0), axis=-1)
+    np.testing.assert_allclose(np.asarray(dists.entropy()), entropy, rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(np.asarray(dists.max_probability()), np.asarray(dists.probabilities()).max(-1))
+    top1 = np.argmax(probs, axis=-1)
+    np.testing.assert_array_equal(np.asarray(dists.top1()), top1)
+    assert top1[1, 0] == 0
+    union_top1 = np.stack([np.asarray(wide.member_to_union)[n, top1[:, n]] for n in range(2)], axis=1)
+    np.testing.assert_array_equal(np.asarray(top1_agreement(dists.top1(), wide)),
+                                  (union_top1[:, 0] == union_top1[:, 1]).astype(np.float32))
 
 
 def test_js_divergence_feature_when_requested(members, alignment):

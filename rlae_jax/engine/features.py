@@ -1,12 +1,62 @@
 """Per-span features handed to a weight_fn: what the members say now and what the prompt was."""
 from __future__ import annotations
 
+from typing import NamedTuple, Sequence
+
 import jax
 import jax.numpy as jnp
 from flax import struct
 
 from rlae_jax.align import Alignment
 from rlae_jax.sampling import first_argmax
+
+
+class MemberDistributions(NamedTuple):
+    """Each member's next-token distribution, unnormalised: `exp_logits` per member `[B, V_n]`
+    (exp(logit − row max); 0 on ids its tokenizer lacks), their row sums `normalizer [B, N]`
+    (NaN/inf when a member's logits are not finite), and the `logits` and `row_max [B, N]` they came
+    from (−inf logits on ids the tokenizer lacks)."""
+
+    exp_logits: tuple[jax.Array, ...]
+    normalizer: jax.Array
+    logits: tuple[jax.Array, ...]
+    row_max: jax.Array
+
+    def probabilities(self) -> jax.Array:
+        """Normalised and zero-padded to the widest vocabulary: `[B, N, V]`."""
+        width = max(e.shape[-1] for e in self.exp_logits)
+        return jnp.stack([jnp.pad(e / self.normalizer[:, n, None], ((0, 0), (0, width - e.shape[-1])))
+                          for n, e in enumerate(self.exp_logits)], axis=1)
+
+    def entropy(self) -> jax.Array:
+        """Shannon entropy (nats) `[B, N]` of each member's distribution, as log Z − Σ e·(logit − max) / Z:
+        no elementwise log (−Σ p log p takes one per vocabulary entry)."""
+        weighted = jnp.stack([jnp.sum(jnp.where(e > 0, e * (logits - self.row_max[:, n, None]), 0.0), axis=-1)
+                              for n, (e, logits) in enumerate(zip(self.exp_logits, self.logits))], axis=1)
+        return jnp.log(self.normalizer) - weighted / self.normalizer
+
+    def max_probability(self) -> jax.Array:
+        """`[B, N]` each member's largest probability: 1 / Z, since the largest exp(logit − max) is 1."""
+        return 1.0 / self.normalizer
+
+    def top1(self) -> jax.Array:
+        """int32 `[B, N]` each member's most likely id (the first of equals)."""
+        return jnp.stack([first_argmax(e) for e in self.exp_logits], axis=1)
+
+
+def member_distributions(member_logits: Sequence[jax.Array], alignment: Alignment) -> MemberDistributions:
+    """Softmax numerators and normalisers of every member's logits `[B, V_n]` (ids outside its tokenizer
+    masked; members whose every id is valid skip the mask, a pass over `[B, V_n]` per step)."""
+    masked, exp_logits, row_max = [], [], []
+    for index, logits in enumerate(member_logits):
+        if not alignment.all_ids_valid[index]:
+            logits = jnp.where(alignment.member_valid[index, :logits.shape[-1]], logits, -jnp.inf)
+        top = logits.max(axis=-1)
+        masked.append(logits)
+        row_max.append(top)
+        exp_logits.append(jnp.exp(logits - top[:, None]))
+    return MemberDistributions(tuple(exp_logits), jnp.stack([e.sum(-1) for e in exp_logits], axis=1),
+                               tuple(masked), jnp.stack(row_max, axis=1))
 
 
 @struct.dataclass
@@ -42,29 +92,30 @@ def js_divergence(union_probs: jax.Array) -> jax.Array:
     return entropy_of(union_probs.mean(axis=1)) - entropy_of(union_probs).mean(axis=1)
 
 
-def top1_agreement(probs: jax.Array, alignment: Alignment) -> jax.Array:
-    """Fraction of member pairs `[B]` whose argmax tokens have the same bytes (same union id)."""
-    members = probs.shape[1]
-    top1 = first_argmax(probs)  # [B, N]
+def top1_agreement(top1: jax.Array, alignment: Alignment) -> jax.Array:
+    """Fraction of member pairs `[B]` whose most likely ids `top1 [B, N]` have the same bytes (same union id)."""
+    members = top1.shape[1]
     union_top1 = alignment.member_to_union[jnp.arange(members)[None, :], top1]
     same = union_top1[:, :, None] == union_top1[:, None, :]
     pairs = max(members * (members - 1) // 2, 1)
     return jnp.triu(same, k=1).sum(axis=(1, 2)) / pairs
 
 
-def span_features(probs: jax.Array, hidden: tuple[jax.Array, ...], prompt_summary: tuple[jax.Array, ...],
+def span_features(dists: MemberDistributions, hidden: tuple[jax.Array, ...], prompt_summary: tuple[jax.Array, ...],
                   span_index: jax.Array, previous_weights: jax.Array, prompt_nll: jax.Array,
                   alignment: Alignment, with_divergence: bool) -> SpanFeatures:
-    """Assemble SpanFeatures from member probabilities `probs [B, N, V]` (padded to the widest vocab)."""
-    batch = probs.shape[0]
-    divergence = js_divergence(alignment.project(probs)) if with_divergence else jnp.zeros((batch,), jnp.float32)
+    """Assemble SpanFeatures from the members' distributions (the `[B, N, V]` probabilities are built
+    only for the divergence)."""
+    batch = dists.normalizer.shape[0]
+    divergence = (js_divergence(alignment.project(dists.probabilities())) if with_divergence
+                  else jnp.zeros((batch,), jnp.float32))
     return SpanFeatures(
         span_index=jnp.broadcast_to(span_index, (batch,)).astype(jnp.int32),
         hidden=tuple(h.astype(jnp.float32) for h in hidden),
         prompt_summary=prompt_summary,
-        entropy=entropy_of(probs),
-        max_prob=probs.max(axis=-1),
-        top1_agreement=top1_agreement(probs, alignment),
+        entropy=dists.entropy(),
+        max_prob=dists.max_probability(),
+        top1_agreement=top1_agreement(dists.top1(), alignment),
         js_divergence=divergence,
         prompt_nll=prompt_nll,
         previous_weights=previous_weights,

@@ -14,7 +14,7 @@ import numpy as np
 from flax import struct
 
 from rlae_jax.align import Alignment
-from rlae_jax.engine.features import SpanFeatures, span_features
+from rlae_jax.engine.features import MemberDistributions, SpanFeatures, member_distributions, span_features
 from rlae_jax.engine.strategies import Selection, resolve_strategy
 from rlae_jax.models.kv_cache import KVCache
 from rlae_jax.models.member import Member
@@ -126,32 +126,6 @@ class DecodeResult(NamedTuple):
     weight_carry: Any
     weight_fallback: jax.Array
     ingested: jax.Array
-
-
-class MemberDistributions(NamedTuple):
-    """Each member's next-token distribution, unnormalised: `exp_logits` per member `[B, V_n]`
-    (exp(logit − row max); 0 on ids its tokenizer lacks) and their row sums `normalizer [B, N]`
-    (NaN/inf when a member's logits are not finite)."""
-
-    exp_logits: tuple[jax.Array, ...]
-    normalizer: jax.Array
-
-    def probabilities(self) -> jax.Array:
-        """Normalised and zero-padded to the widest vocabulary: `[B, N, V]`."""
-        width = max(e.shape[-1] for e in self.exp_logits)
-        return jnp.stack([jnp.pad(e / self.normalizer[:, n, None], ((0, 0), (0, width - e.shape[-1])))
-                          for n, e in enumerate(self.exp_logits)], axis=1)
-
-
-def member_distributions(member_logits: Sequence[jax.Array], alignment: Alignment) -> MemberDistributions:
-    """Softmax numerators and normalisers of every member's logits `[B, V_n]` (ids outside its tokenizer
-    masked; members whose every id is valid skip the mask, a pass over `[B, V_n]` per step)."""
-    exp_logits = []
-    for index, logits in enumerate(member_logits):
-        if not alignment.all_ids_valid[index]:
-            logits = jnp.where(alignment.member_valid[index, :logits.shape[-1]], logits, -jnp.inf)
-        exp_logits.append(jnp.exp(logits - logits.max(axis=-1, keepdims=True)))
-    return MemberDistributions(tuple(exp_logits), jnp.stack([e.sum(-1) for e in exp_logits], axis=1))
 
 
 def sanitize_weights(weights: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -344,13 +318,13 @@ def decode(members: Sequence[Member], alignment: Alignment, prompts: PromptBatch
         nll = jnp.zeros((batch, num_members), jnp.float32)
     uniform = jnp.full((batch, num_members), 1.0 / num_members, jnp.float32)
 
-    def features_of(probs, hidden, span_index, previous_weights):
-        return span_features(probs, hidden, tuple(summaries),
+    def features_of(dists, hidden, span_index, previous_weights):
+        return span_features(dists, hidden, tuple(summaries),
                              span_index, previous_weights, nll, alignment, "js_divergence" in needs)
 
     records = None
     if config.record_features:
-        template = features_of(member_distributions([o.logits for o in outputs], alignment).probabilities(),
+        template = features_of(member_distributions([o.logits for o in outputs], alignment),
                                tuple(o.hidden for o in outputs), jnp.int32(0), uniform)
         records = jax.tree.map(lambda x: jnp.zeros((batch, config.num_spans) + x.shape[1:], x.dtype), template)
     spans = SpanState(
@@ -374,10 +348,10 @@ def decode(members: Sequence[Member], alignment: Alignment, prompts: PromptBatch
         live = ~s.done
         logits = [member.next_token_logits(hidden) for member, hidden in zip(members, s.hidden)]
         dists = member_distributions(logits, alignment)
-        probs = dists.probabilities() if config.uses_candidates else None  # built once for features and selection
+        probs = dists.probabilities() if config.uses_candidates else None  # only top-k selection needs [B, N, V]
 
         def start_span(spans: SpanState) -> SpanState:
-            features = features_of(dists.probabilities() if probs is None else probs, s.hidden, span, spans.weights)
+            features = features_of(dists, s.hidden, span, spans.weights)
             weights, weight_carry = weight_fn(features, spans.weight_carry)
             weights, bad = sanitize_weights(weights)
             return spans.replace(

@@ -78,8 +78,9 @@ def traced_op_times(run, steps: int) -> tuple[float, dict[str, tuple[float, floa
 def report(label: str, wall_ms: float, times: dict, table: dict, top: int, steps: int) -> None:
     """Print the wall time and the `top` costliest ops of one program that ran more than once (the decode
     loop's; prefill ops run once)."""
-    in_loop = sorted(((ms, per_step, name) for name, (ms, per_step) in times.items()
-                      if name in table and per_step * steps > 1.5), reverse=True)
+    repeated = sorted(((ms, per_step, name) for name, (ms, per_step) in times.items() if per_step * steps > 1.5),
+                      reverse=True)
+    in_loop = [event for event in repeated if event[2] in table]
     print(f"\n## {label}: wall {wall_ms:.3f} ms per step (traced run, prefill included); ops that ran more "
           f"than once sum to {sum(ms for ms, _, _ in in_loop):.3f} ms per step in "
           f"{sum(per_step for _, per_step, _ in in_loop):.1f} calls per step")
@@ -87,8 +88,7 @@ def report(label: str, wall_ms: float, times: dict, table: dict, top: int, steps
     for ms, per_step, name in in_loop[:top]:
         shape, source = table[name]
         print(f"{ms:8.3f} {per_step:5.1f}  {name[:30]:30s} {shape[:32]:32s} {source[-80:]}")
-    others = sorted(((ms, per_step, name) for name, (ms, per_step) in times.items()
-                     if name not in table and not name.startswith("$") and per_step * steps > 1.5), reverse=True)
+    others = [event for event in repeated if event[2] not in table and not event[2].startswith("$")]
     print("other trace events (not Python) that ran more than once: runtime work such as copies, host syncs, "
           "library kernels")
     for ms, per_step, name in others[:8]:

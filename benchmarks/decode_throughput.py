@@ -33,7 +33,8 @@ from tqdm import tqdm
 import common
 from rlae_jax.generation import generate_ids
 from rlae_jax.align import build_alignment
-from rlae_jax.engine import DecodeConfig, decode, decode_jit, resolve_strategy, tokenize_for_members
+from rlae_jax.engine import (CallableWeightFn, DecodeConfig, decode, decode_jit, resolve_strategy,
+                             tokenize_for_members)
 from rlae_jax.models import Member, build_model
 from rlae_jax.prompts import encode_prompts, left_pad, pad_id_of
 from rlae_jax.sampling import first_argmax
@@ -105,23 +106,42 @@ def compile_program(jitted, args, **static) -> Program:
     return Program(jitted.lower(*args, **static).compile(), args)
 
 
+FEATURE_USES = {  # --features: what the decode does with the per-span features
+    "none": "uniform weights, nothing recorded (XLA drops the features)",
+    "recorded": "uniform weights, every span's features recorded",
+    "agent": "features recorded and read, JS divergence included, as an RL agent's weight_fn does (weights "
+             "stay uniform)",
+}
+
+
 def ensemble_config(new_tokens, candidates=0, respell_chunk=4, expansion_budget=2, first_pass_tokens=1,
-                    record_features=False) -> DecodeConfig:
+                    features="none") -> DecodeConfig:
     """The benchmarked decode: greedy full-union selection (uniform weights' default), runs all new_tokens."""
-    return DecodeConfig(max_new_tokens=new_tokens, stop_at_eos=False, record_features=record_features,
+    return DecodeConfig(max_new_tokens=new_tokens, stop_at_eos=False, record_features=features != "none",
                         candidates_per_member=candidates, respell_chunk=respell_chunk,
                         expansion_budget=expansion_budget, first_pass_tokens=first_pass_tokens)
 
 
-def ensemble_args(members, alignment, prompts, new_tokens) -> tuple:
-    weight_fn, _ = resolve_strategy("uniform", len(members))
+def reads_every_feature(features) -> jax.Array:
+    """Uniform `[B, N]` weights that depend on every feature (0 × their sum), so none is compiled away."""
+    total = sum(jnp.sum(leaf.astype(jnp.float32).reshape(leaf.shape[0], -1), axis=1)
+                for leaf in jax.tree.leaves(features))
+    return features.previous_weights + 0.0 * total[:, None]
+
+
+def ensemble_args(members, alignment, prompts, new_tokens, features="none") -> tuple:
+    if features == "agent":
+        weight_fn = CallableWeightFn(reads_every_feature, optional_features=("js_divergence",))
+    else:
+        weight_fn, _ = resolve_strategy("uniform", len(members))
     batch = tokenize_for_members(members, prompts, new_tokens)
     return members, alignment, batch, weight_fn, jax.random.key(0), jnp.float32(0.0), jnp.float32(1.0)
 
 
 def ensemble_runner(members, alignment, prompts, new_tokens, **settings) -> Program:
     config = ensemble_config(new_tokens, **settings)
-    return compile_program(decode_jit, ensemble_args(members, alignment, prompts, new_tokens), config=config)
+    args = ensemble_args(members, alignment, prompts, new_tokens, settings.get("features", "none"))
+    return compile_program(decode_jit, args, config=config)
 
 
 def member_runner(member, prompts, new_tokens) -> Program:
@@ -178,7 +198,8 @@ def step_seconds(make_runners, tokens, repeats) -> tuple[list[float], list[int]]
 def shortcut_stats(members, alignment, prompts, new_tokens, **settings):
     """(fraction of steps using the certified shortcut, mean member tokens ingested per step [N]). Raises
     when a row stopped before new_tokens (its cache filled up): the timing would then be of less work."""
-    args, config = ensemble_args(members, alignment, prompts, new_tokens), ensemble_config(new_tokens, **settings)
+    args = ensemble_args(members, alignment, prompts, new_tokens, settings.get("features", "none"))
+    config = ensemble_config(new_tokens, **settings)
     fallbacks = []
     with counting_fallbacks(fallbacks):  # a fresh function: jax.jit(decode) would reuse decode's earlier trace
         result = jax.jit(lambda *decode_args: decode(*decode_args, config=config))(*args)
@@ -208,8 +229,8 @@ def main():
                              "a comma list times one ensemble per width, side by side with the same members")
     parser.add_argument("--expansion-budget", type=int, default=DecodeConfig.expansion_budget,
                         help="DecodeConfig.expansion_budget: member cache slots per generated union token")
-    parser.add_argument("--record-features", action="store_true",
-                        help="compute and record every span's features, as RL rollouts do")
+    parser.add_argument("--features", choices=FEATURE_USES, default="none",
+                        help="; ".join(f"{name}: {what}" for name, what in FEATURE_USES.items()))
     parser.add_argument("--head-scale", type=float, default=1.0,
                         help="multiply the final norm by this (>1: peaked, trained-like distributions)")
     opts = parser.parse_args()
@@ -223,11 +244,11 @@ def main():
     print(f"# repeats={opts.repeats}, greedy, uniform weights, {selection}, first pass {opts.first_pass_tokens} "
           f"tokens, respell chunk {opts.respell_chunk}, "
           f"expansion budget {opts.expansion_budget}, head scale {opts.head_scale}"
-          f"{', features recorded' if opts.record_features else ''}")
+          f", features: {FEATURE_USES[opts.features]}")
     header = ["size", "B", "member", "params", "ms/step", "tok/s", "ingest/step", "work MB"]
     widths = [13, 3, 12, 8, 9, 9, 11, 8]
     settings = dict(candidates=opts.candidates, respell_chunk=opts.respell_chunk,
-                    expansion_budget=opts.expansion_budget, record_features=opts.record_features)
+                    expansion_budget=opts.expansion_budget, features=opts.features)
     ensembles = {(f"ensemble F={w}" if len(widths_first_pass) > 1 else "ensemble"): w for w in widths_first_pass}
     verdicts = []
     print(common.fmt_row(header, widths))

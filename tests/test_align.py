@@ -162,6 +162,43 @@ def test_mixed_argmax_is_the_full_union_first_argmax(alignment, seed, levels, ze
     assert alignment.shared_union_ids.shape[0] + int(alignment.exclusive.sum()) == int(alignment.union_complete.sum())
 
 
+def union_js_divergence(alignment: Alignment, member_probs) -> np.ndarray:
+    """The definition: H(mean_n P_n) − mean_n H(P_n) over the whole projected `[B, N, U]`, in float64."""
+    union = np.asarray(alignment.project(member_probs), np.float64)
+
+    def entropy(p):
+        return -np.sum(np.where(p > 0, p * np.log(np.where(p > 0, p, 1.0)), 0.0), axis=-1)
+
+    return entropy(union.mean(axis=1)) - entropy(union).mean(axis=1)
+
+
+@pytest.fixture(scope="module")
+def variants(trained, alignment):
+    """The alignment, one with union tokens left out (max_expansion 1), one with model-only ids."""
+    with pytest.warns(UserWarning, match="left out of union_complete"):
+        capped = build_alignment(trained, use_cache=False, max_expansion=1)
+    sizes = [len(t) for t in trained]
+    wide = build_alignment(trained, use_cache=False, vocab_sizes=[sizes[0] + 7, sizes[1]])
+    return {"full": alignment, "capped": capped, "wide": wide}
+
+
+@SETTINGS
+@given(seed=st.integers(0, 2**31 - 1), scale=st.sampled_from([0.1, 1.0, 8.0, 40.0]),
+       variant=st.sampled_from(["full", "capped", "wide"]))
+def test_js_divergence_matches_the_union_space_definition(variants, seed, scale, variant):
+    alignment = variants[variant]
+    assert variant != "capped" or alignment.incomplete_member_ids.shape[1] > 0
+    logits = jax.random.normal(jax.random.key(seed), (4, 2, alignment.member_to_union.shape[1])) * scale
+    logits = jnp.where(alignment.member_valid, logits, -jnp.inf)
+    exp_logits = [jnp.exp(logits[:, n, :size] - logits[:, n, :size].max(-1, keepdims=True))
+                  for n, size in enumerate(alignment.vocab_sizes)]
+    normalizer = jnp.stack([e.sum(-1) for e in exp_logits], axis=1)
+    probs = jnp.stack([jnp.pad(e / normalizer[:, n, None], ((0, 0), (0, logits.shape[-1] - e.shape[-1])))
+                       for n, e in enumerate(exp_logits)], axis=1)
+    got = jax.jit(Alignment.js_divergence)(alignment, exp_logits, normalizer)
+    np.testing.assert_allclose(got, union_js_divergence(alignment, probs), rtol=1e-4, atol=1e-5)
+
+
 def test_retokenize_in_jit(alignment):
     union_ids = jnp.array([0, 5, alignment.num_union - 1])
     tokens, counts = jax.jit(Alignment.retokenize)(alignment, union_ids)

@@ -61,6 +61,8 @@ class Alignment:
         token (their mixed score needs no gather).
     shared_union_ids: int32 [C] the other complete union tokens, ascending.
     shared_member_ids: int32 [N, C, D] union_member_ids of the shared tokens.
+    incomplete_member_ids: int32 [N, I, D] union_member_ids of the tokens left out of union_complete
+        (the JS divergence feature gathers them with the shared ones).
     duplicate_widths: D_n per member, the columns of union_member_ids member n uses (1 unless some
         of its ids share bytes).
     all_ids_valid: per member, whether member_valid holds for all its V_n model ids (then its
@@ -76,6 +78,7 @@ class Alignment:
     exclusive: jax.Array
     shared_union_ids: jax.Array
     shared_member_ids: jax.Array
+    incomplete_member_ids: jax.Array
     eos_union_id: int = struct.field(pytree_node=False)
     num_union: int = struct.field(pytree_node=False)
     max_expansion: int = struct.field(pytree_node=False)
@@ -109,6 +112,13 @@ class Alignment:
         building `[B, U]` (see project.mixed_argmax); member_probs: N arrays `[B, V_n]`."""
         return ops.mixed_argmax(member_probs, weights, self.member_to_union, self.exclusive, self.shared_union_ids,
                                 self.shared_member_ids, self.duplicate_widths)
+
+    def js_divergence(self, exp_logits: Sequence[jax.Array], normalizer: jax.Array) -> jax.Array:
+        """`[B]` equal-weight Jensen-Shannon divergence of the members' distributions in union space,
+        from unnormalised `exp_logits` (N arrays `[B, V_n]`) and their row sums `normalizer [B, N]`,
+        without building `[B, N, U]` (see project.js_divergence)."""
+        return ops.js_divergence(exp_logits, normalizer, self.exclusive,
+                                 (self.shared_member_ids, self.incomplete_member_ids), self.duplicate_widths)
 
     def top_k_union(self, member_probs: jax.Array, member_top_ids: jax.Array, weights: jax.Array) -> ops.TopKUnion:
         """Candidates from member top-k ids [B, N, k] scored without [B, U] (see project.top_k_union)."""

@@ -78,6 +78,31 @@ def mixed_argmax(member_probs: Sequence[jax.Array], weights: jax.Array, member_t
     return jnp.where(key < jnp.iinfo(jnp.int32).max, key, 0)
 
 
+def js_divergence(exp_logits: Sequence[jax.Array], normalizer: jax.Array, exclusive: jax.Array,
+                  gathered_member_ids: Sequence[jax.Array], widths: Sequence[int]) -> jax.Array:
+    """`[B]` generalised Jensen-Shannon divergence, equal weights, of the members' distributions in union
+    space, H(mean_n P_n) − mean_n H(P_n), without building `[B, N, U]`. exp_logits: N arrays `[B, V_n]`
+    (unnormalised, row sums `normalizer [B, N]`). A union token spelled by one id of one member
+    (`exclusive [N, V]`) has mean probability p/N and contributes (p/N)·log N, so each member's
+    exclusive mass is one masked sum; every other union token is gathered (`gathered_member_ids`: arrays
+    `[N, C_i, D]` of member ids per union token, padding ≥ V_n) and contributes
+    mean_n P_n log P_n − m log m, m = mean_n P_n."""
+    members = len(exp_logits)
+    exclusive_mass = sum(jnp.sum(jnp.where(exclusive[n, :e.shape[-1]], e, 0.0), axis=-1) / normalizer[:, n]
+                         for n, e in enumerate(exp_logits))
+    divergence = exclusive_mass * jnp.log(members) / members
+
+    def x_log_x(x):
+        return jnp.where(x > 0, x * jnp.log(jnp.where(x > 0, x, 1.0)), 0.0)
+
+    for member_ids in gathered_member_ids:
+        per_member = [gather_union(e, member_ids[n, :, :width]) / normalizer[:, n, None]
+                      for n, (e, width) in enumerate(zip(exp_logits, widths))]  # N × [B, C_i]
+        mean = functools.reduce(jnp.add, per_member) / members
+        divergence += (functools.reduce(jnp.add, map(x_log_x, per_member)) / members - x_log_x(mean)).sum(-1)
+    return divergence
+
+
 class TopKUnion(NamedTuple):
     """Candidate union tokens from every member's top-k.
 

@@ -170,6 +170,7 @@ def _to_alignment(
         exclusive=jnp.asarray(exclusive),
         shared_union_ids=jnp.asarray(shared_union_ids),
         shared_member_ids=jnp.asarray(union_member_ids[:, shared_union_ids]),
+        incomplete_member_ids=jnp.asarray(union_member_ids[:, ~union_complete]),
         eos_union_id=EOS_UNION_ID,
         num_union=num_union,
         max_expansion=max_expansion,

@@ -82,16 +82,6 @@ class SpanFeatures:
     previous_weights: jax.Array
 
 
-def entropy_of(probs: jax.Array) -> jax.Array:
-    """Shannon entropy (nats) over the last axis; zero-probability entries contribute 0."""
-    return -jnp.sum(jnp.where(probs > 0, probs * jnp.log(jnp.where(probs > 0, probs, 1.0)), 0.0), axis=-1)
-
-
-def js_divergence(union_probs: jax.Array) -> jax.Array:
-    """Generalised JS divergence of N distributions `[B, N, U]` with equal weights → `[B]`."""
-    return entropy_of(union_probs.mean(axis=1)) - entropy_of(union_probs).mean(axis=1)
-
-
 def top1_agreement(top1: jax.Array, alignment: Alignment) -> jax.Array:
     """Fraction of member pairs `[B]` whose most likely ids `top1 [B, N]` have the same bytes (same union id)."""
     members = top1.shape[1]
@@ -104,10 +94,9 @@ def top1_agreement(top1: jax.Array, alignment: Alignment) -> jax.Array:
 def span_features(dists: MemberDistributions, hidden: tuple[jax.Array, ...], prompt_summary: tuple[jax.Array, ...],
                   span_index: jax.Array, previous_weights: jax.Array, prompt_nll: jax.Array,
                   alignment: Alignment, with_divergence: bool) -> SpanFeatures:
-    """Assemble SpanFeatures from the members' distributions (the `[B, N, V]` probabilities are built
-    only for the divergence)."""
+    """Assemble SpanFeatures from the members' distributions."""
     batch = dists.normalizer.shape[0]
-    divergence = (js_divergence(alignment.project(dists.probabilities())) if with_divergence
+    divergence = (alignment.js_divergence(dists.exp_logits, dists.normalizer) if with_divergence
                   else jnp.zeros((batch,), jnp.float32))
     return SpanFeatures(
         span_index=jnp.broadcast_to(span_index, (batch,)).astype(jnp.int32),

@@ -10,7 +10,10 @@ re-spelling Llama-only pieces) do real extra member work that a single member st
 the second ratio is the engine's own overhead. "together" runs both members in one compiled loop, each
 greedy on its own tokens with its own-size cache and no union work: the floor of any engine that
 steps the members in one loop (on a CPU their weights and caches then share the caches and cores);
-ensemble / together is what the union work and re-spelling add on top.
+ensemble / together is what the union work and re-spelling add on top. "together+Z" is `together`
+with each member also taking its softmax normaliser every step (`jax.nn.logsumexp` of its logits, the
+cheapest form measured): the least any exact mixing of the members' probabilities adds (a member alone
+only takes an argmax of its logits), so (together+Z) / Σ member steps is a floor for the ensemble's ratio.
 
     python benchmarks/decode_throughput.py                       # tiny (trained + real vocabs) and 100m
     python benchmarks/decode_throughput.py --sizes 100m --batches 1,16 --tokens 8,40 --repeats 5
@@ -151,10 +154,12 @@ def member_runner(member, prompts, new_tokens) -> Program:
     return compile_program(generate_ids, args, max_new_tokens=new_tokens)
 
 
-@functools.partial(jax.jit, static_argnames=("new_tokens",))
-def members_together(members, input_ids, attention_masks, new_tokens):
+@functools.partial(jax.jit, static_argnames=("new_tokens", "normalisers"))
+def members_together(members, input_ids, attention_masks, new_tokens, normalisers=False):
     """Prefill every member on its own prompt `[B, T_n]` and step each greedily on its own tokens in one
-    `while_loop` for new_tokens steps (caches of T_n + new_tokens slots, as alone). → sum of tokens `[B]`."""
+    `while_loop` for new_tokens steps (caches of T_n + new_tokens slots, as alone); with `normalisers`,
+    each step also takes each member's logsumexp (added to the result, so it is computed).
+    → sum of tokens `[B]` (float32)."""
     logits, caches = [], []
     for member, ids, mask in zip(members, input_ids, attention_masks):
         out, _, cache = member.prefill(ids, mask, ids.shape[1] + new_tokens)
@@ -164,17 +169,19 @@ def members_together(members, input_ids, attention_masks, new_tokens):
     def body(carry):
         step, logits, caches, total = carry
         tokens = [first_argmax(member_logits) for member_logits in logits]
+        if normalisers:
+            total += sum(jax.nn.logsumexp(x, axis=-1) for x in logits)
         outputs = [member.step(cache, token) for member, cache, token in zip(members, caches, tokens)]
         return (step + 1, tuple(out.logits for out, _ in outputs), tuple(cache for _, cache in outputs),
                 total + sum(tokens))
 
-    carry = (jnp.int32(0), tuple(logits), tuple(caches), jnp.zeros(input_ids[0].shape[0], jnp.int32))
+    carry = (jnp.int32(0), tuple(logits), tuple(caches), jnp.zeros(input_ids[0].shape[0], jnp.float32))
     return jax.lax.while_loop(lambda c: c[0] < new_tokens, body, carry)[-1]
 
 
-def together_runner(members, prompts, new_tokens) -> Program:
+def together_runner(members, prompts, new_tokens, normalisers=False) -> Program:
     batch = tokenize_for_members(members, prompts, new_tokens)
-    return compile_program(members_together, (members, *batch), new_tokens=new_tokens)
+    return compile_program(members_together, (members, *batch), new_tokens=new_tokens, normalisers=normalisers)
 
 
 def step_seconds(make_runners, tokens, repeats) -> tuple[list[float], list[int]]:
@@ -263,16 +270,18 @@ def main():
             prompts = [common.PROMPT] * batch
             runners = [lambda n, m=m: member_runner(m, prompts, n) for m in members]
             runners.append(lambda n: together_runner(members, prompts, n))
+            runners.append(lambda n: together_runner(members, prompts, n, normalisers=True))
             for width in ensembles.values():
                 runners.append(lambda n, w=width: ensemble_runner(members, alignment, prompts, n, **settings,
                                                                   first_pass_tokens=w))
             seconds, work = step_seconds(runners, tokens, opts.repeats)
-            steps, together = seconds[:len(members)], seconds[len(members)]
-            ensemble_steps = dict(zip(ensembles, seconds[len(members) + 1:]))
+            steps, together, normalised = seconds[:len(members)], seconds[len(members)], seconds[len(members) + 1]
+            ensemble_steps = dict(zip(ensembles, seconds[len(members) + 2:]))
             rows = [[size, batch, m.name, f"{m.num_params / 1e6:.1f}M", f"{s * 1e3:.2f}", f"{batch / s:.0f}", "1.00"]
                     for m, s in zip(members, steps)]
-            rows.append([size, batch, "together", "", f"{together * 1e3:.2f}", f"{batch / together:.0f}",
-                         "/".join(["1.00"] * len(members))])
+            for name, seconds_per_step in (("together", together), ("together+Z", normalised)):
+                rows.append([size, batch, name, "", f"{seconds_per_step * 1e3:.2f}", f"{batch / seconds_per_step:.0f}",
+                             "/".join(["1.00"] * len(members))])
             for name, width in ensembles.items():
                 ensemble = ensemble_steps[name]
                 shortcut, ingested = shortcut_stats(members, alignment, prompts, tokens[1], **settings,
@@ -286,7 +295,8 @@ def main():
                 verdicts.append(f"{size:13s} B={batch:<3d} {name + '/Σmembers':22s} = {ratio:.2f}  (goal ≤ {goal}: "
                                 f"{'PASS' if ratio <= goal else 'MISS'});  ensemble/Σ(ingest·member) = "
                                 f"{per_ingested:.2f};  ensemble/together = {ensemble / together:.2f}  "
-                                f"(together/Σmembers = {together / sum(steps):.2f}){used}")
+                                f"(together/Σmembers = {together / sum(steps):.2f}, together+Z/Σmembers = "
+                                f"{normalised / sum(steps):.2f}){used}")
             rows = [row + [f"{bytes_ / 2**20:.1f}"] for row, bytes_ in zip(rows, work)]
             tqdm.write("\n".join(common.fmt_row(row, widths) for row in rows))  # as measured: a cut-off run keeps them
             tqdm.write("\n".join(verdicts[-len(ensembles):]))

@@ -8,7 +8,7 @@ from flax import struct
 import rlae_jax
 from rlae_jax.align import build_alignment
 from rlae_jax.engine import CallableWeightFn, DecodeConfig, decode_jit, generate
-from rlae_jax.engine.features import top1_agreement
+from rlae_jax.engine.features import top1_agreement, usable_rows
 from rlae_jax.engine.loop import default_first_pass_tokens, feed_members, member_distributions
 from rlae_jax.models import Member, ModelConfig, build_model
 from rlae_jax.tokenization import train_byte_level_bpe, train_metaspace_unigram
@@ -208,6 +208,18 @@ def test_distribution_features_match_their_definitions(members, alignment):
     union_top1 = np.stack([np.asarray(wide.member_to_union)[n, top1[:, n]] for n in range(2)], axis=1)
     np.testing.assert_array_equal(np.asarray(top1_agreement(dists.top1(), wide)),
                                   (union_top1[:, 0] == union_top1[:, 1]).astype(np.float32))
+
+
+def test_rows_without_a_usable_distribution_are_found(members, alignment):
+    """A NaN, a +inf or all −inf logits in one member's row leave that row without a finite positive
+    normaliser (the engine stops it as 'nonfinite_logits'); the other rows keep softmax exactly."""
+    logits = [jax.random.normal(jax.random.key(n), (5, v)) for n, v in enumerate(alignment.vocab_sizes)]
+    logits[0] = logits[0].at[1, 3].set(jnp.nan).at[2, 3].set(jnp.inf).at[3].set(-jnp.inf)
+    logits[1] = logits[1].at[4].set(-jnp.inf)
+    dists = member_distributions(logits, alignment)
+    np.testing.assert_array_equal(np.asarray(usable_rows(dists.normalizer)), [True, False, False, False, False])
+    np.testing.assert_allclose(np.asarray(dists.probabilities()[0, 1, :alignment.vocab_sizes[1]]),
+                               np.asarray(jax.nn.softmax(logits[1][0])), rtol=1e-6)
 
 
 def test_js_divergence_feature_when_requested(members, alignment):

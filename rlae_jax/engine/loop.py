@@ -14,7 +14,8 @@ import numpy as np
 from flax import struct
 
 from rlae_jax.align import Alignment
-from rlae_jax.engine.features import MemberDistributions, SpanFeatures, member_distributions, span_features
+from rlae_jax.engine.features import (MemberDistributions, SpanFeatures, member_distributions, span_features,
+                                      usable_rows)
 from rlae_jax.engine.strategies import Selection, resolve_strategy
 from rlae_jax.models.kv_cache import KVCache
 from rlae_jax.models.member import Member
@@ -363,7 +364,7 @@ def decode(members: Sequence[Member], alignment: Alignment, prompts: PromptBatch
                 started=span)
 
         spans = jax.lax.cond(span > s.spans.started, start_span, lambda spans: spans, s.spans)
-        nonfinite = live & jnp.any(~jnp.isfinite(dists.normalizer), axis=-1)  # NaN/inf logits in some member
+        nonfinite = live & ~usable_rows(dists.normalizer)  # NaN/inf (or all −inf) logits in some member
         live = live & ~nonfinite
         chosen = choose_union_tokens(dists, probs, spans.weights, alignment, key, s.step, temperature, top_p, config)
         chosen = jnp.where(live, chosen, NO_TOKEN)
@@ -489,8 +490,8 @@ def to_host(result: DecodeResult, alignment: Alignment, config: DecodeConfig) ->
                       f"of the chosen tokens took more than expansion_budget={config.expansion_budget} tokens per "
                       "union token); raise expansion_budget")
     if len(stopped_nonfinite):
-        warnings.warn(f"rows {stopped_nonfinite.tolist()} stopped early: a member produced NaN/inf logits "
-                      "(stop reason 'nonfinite_logits'; bf16 overflow or broken weights?)")
+        warnings.warn(f"rows {stopped_nonfinite.tolist()} stopped early: a member produced NaN/inf logits (or all "
+                      "−inf; stop reason 'nonfinite_logits'; bf16 overflow or broken weights?)")
     if np.asarray(result.weight_fallback).any():
         rows_fallen_back = np.flatnonzero(np.asarray(result.weight_fallback)).tolist()
         warnings.warn(f"the weight_fn returned NaN/negative/all-zero weights for rows {rows_fallen_back}; "

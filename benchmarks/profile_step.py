@@ -101,6 +101,8 @@ def main():
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--tokens", type=int, default=128, help="new tokens of the traced run")
     parser.add_argument("--top", type=int, default=20, help="ops listed per program")
+    parser.add_argument("--features", choices=decode_throughput.FEATURE_USES, default="none",
+                        help="what the ensemble does with the span features, as in decode_throughput.py")
     opts = parser.parse_args()
     warnings.filterwarnings("ignore", message="union tokens left out")
     members, note = decode_throughput.make_members(opts.size, 1.0)
@@ -109,9 +111,9 @@ def main():
     print(f"# profile_step  {datetime.datetime.now():%Y-%m-%d %H:%M}")
     print(f"# {common.machine_info()}")
     print(f"# {opts.size}: {note}; union {alignment.num_union}; batch {opts.batch}, {opts.tokens} new tokens, "
-          f"greedy, uniform weights")
+          f"greedy, uniform weights; features: {decode_throughput.FEATURE_USES[opts.features]}")
 
-    ensemble = decode_throughput.ensemble_runner(members, alignment, prompts, opts.tokens)
+    ensemble = decode_throughput.ensemble_runner(members, alignment, prompts, opts.tokens, features=opts.features)
     report("ensemble", *traced_op_times(ensemble, opts.tokens), op_table(ensemble.compiled.as_text()), opts.top,
            opts.tokens)
     together = decode_throughput.together_runner(members, prompts, opts.tokens)

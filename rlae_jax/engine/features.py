@@ -61,7 +61,7 @@ def member_distributions(member_logits: Sequence[jax.Array], alignment: Alignmen
         masked.append(logits)
         row_max.append(top)
         # a non-finite max shifts by 0: the normaliser then shows it (NaN, inf or 0). The select also keeps
-        # XLA:CPU from fusing the max into the exp pass, a fusion 6-8% slower per ensemble step (RESULTS.md)
+        # XLA:CPU from fusing the max into the exp pass, a fusion 5-10% slower per ensemble step (RESULTS.md)
         shift = jnp.where(jnp.isfinite(top), top, 0.0)
         exp_logits.append(jnp.exp(logits - shift[:, None]))
     return MemberDistributions(tuple(exp_logits), jnp.stack([e.sum(-1) for e in exp_logits], axis=1),

@@ -14,6 +14,9 @@ ensemble / together is what the union work and re-spelling add on top. "together
 with each member also taking its softmax normaliser every step (`jax.nn.logsumexp` of its logits, the
 cheapest form measured): the least any exact mixing of the members' probabilities adds (a member alone
 only takes an argmax of its logits), so (together+Z) / Σ member steps is a floor for the ensemble's ratio.
+`--command-buffers loops,xla` compiles every program twice, with the library's decode-loop options (on a
+GPU: loops and conditionals inside command buffers) and with XLA's default command buffers, and times
+all of them interleaved.
 
     python benchmarks/decode_throughput.py                       # tiny (trained + real vocabs) and 100m
     python benchmarks/decode_throughput.py --sizes 100m --batches 1,16 --tokens 8,40 --repeats 5
@@ -34,7 +37,8 @@ import numpy as np
 from tqdm import tqdm
 
 import common
-from rlae_jax.generation import generate_ids
+from rlae_jax.compile_options import XLA_DEFAULT_COMMAND_BUFFERS, decode_loop_options
+from rlae_jax.generation import generate_ids_jit
 from rlae_jax.align import build_alignment
 from rlae_jax.engine import (CallableWeightFn, DecodeConfig, decode, decode_jit, resolve_strategy,
                              tokenize_for_members)
@@ -44,6 +48,10 @@ from rlae_jax.sampling import first_argmax
 
 GOALS = {"tiny": 1.3, "100m": 1.15}
 DEFAULT_TOKENS = {"tiny-trained": "16,128", "tiny-real": "16,128", "100m": "4,20"}
+COMMAND_BUFFERS = {  # --command-buffers: compile options of every program of a variant (None: the jit's own)
+    "loops": None,  # the library's decode_loop_options(): on a GPU, loops and conditionals in command buffers
+    "xla": {"xla_gpu_enable_command_buffer": XLA_DEFAULT_COMMAND_BUFFERS},  # XLA's default command buffers
+}
 decode_module = importlib.import_module("rlae_jax.engine.loop")  # the package re-exports `decode` the function
 
 
@@ -105,8 +113,9 @@ class Program(NamedTuple):
         return self.compiled.memory_analysis().temp_size_in_bytes
 
 
-def compile_program(jitted, args, **static) -> Program:
-    return Program(jitted.lower(*args, **static).compile(), args)
+def compile_program(jitted, args, options=None, **static) -> Program:
+    """`jitted` compiled for `args`, with `options` (XLA compile options) over the jit's own."""
+    return Program(jitted.lower(*args, **static).compile(options), args)
 
 
 FEATURE_USES = {  # --features: what the decode does with the per-span features
@@ -141,20 +150,20 @@ def ensemble_args(members, alignment, prompts, new_tokens, features="none") -> t
     return members, alignment, batch, weight_fn, jax.random.key(0), jnp.float32(0.0), jnp.float32(1.0)
 
 
-def ensemble_runner(members, alignment, prompts, new_tokens, **settings) -> Program:
+def ensemble_runner(members, alignment, prompts, new_tokens, options=None, **settings) -> Program:
     config = ensemble_config(new_tokens, **settings)
     args = ensemble_args(members, alignment, prompts, new_tokens, settings.get("features", "none"))
-    return compile_program(decode_jit, args, config=config)
+    return compile_program(decode_jit, args, options, config=config)
 
 
-def member_runner(member, prompts, new_tokens) -> Program:
+def member_runner(member, prompts, new_tokens, options=None) -> Program:
     ids, mask = left_pad(encode_prompts(member.tokenizer, prompts), pad_id_of(member.tokenizer))
     args = (member, jnp.asarray(ids), jnp.asarray(mask), jax.random.key(0), jnp.float32(0.0), jnp.float32(1.0),
             jnp.asarray([-1], jnp.int32), jnp.int32(pad_id_of(member.tokenizer)))
-    return compile_program(generate_ids, args, max_new_tokens=new_tokens)
+    return compile_program(generate_ids_jit, args, options, max_new_tokens=new_tokens)
 
 
-@functools.partial(jax.jit, static_argnames=("new_tokens", "normalisers"))
+@functools.partial(jax.jit, static_argnames=("new_tokens", "normalisers"), compiler_options=decode_loop_options())
 def members_together(members, input_ids, attention_masks, new_tokens, normalisers=False):
     """Prefill every member on its own prompt `[B, T_n]` and step each greedily on its own tokens in one
     `while_loop` for new_tokens steps (caches of T_n + new_tokens slots, as alone); with `normalisers`,
@@ -179,9 +188,10 @@ def members_together(members, input_ids, attention_masks, new_tokens, normaliser
     return jax.lax.while_loop(lambda c: c[0] < new_tokens, body, carry)[-1]
 
 
-def together_runner(members, prompts, new_tokens, normalisers=False) -> Program:
+def together_runner(members, prompts, new_tokens, normalisers=False, options=None) -> Program:
     batch = tokenize_for_members(members, prompts, new_tokens)
-    return compile_program(members_together, (members, *batch), new_tokens=new_tokens, normalisers=normalisers)
+    return compile_program(members_together, (members, *batch), options, new_tokens=new_tokens,
+                           normalisers=normalisers)
 
 
 def step_seconds(make_runners, tokens, repeats) -> tuple[list[float], list[int]]:
@@ -238,11 +248,18 @@ def main():
                         help="DecodeConfig.expansion_budget: member cache slots per generated union token")
     parser.add_argument("--features", choices=FEATURE_USES, default="none",
                         help="; ".join(f"{name}: {what}" for name, what in FEATURE_USES.items()))
+    parser.add_argument("--command-buffers", default="loops",
+                        help="comma list of compile-option variants, each timed with its own members: loops = the "
+                             "library's (on a GPU: loops and conditionals in command buffers), xla = XLA's default")
     parser.add_argument("--head-scale", type=float, default=1.0,
                         help="multiply the final norm by this (>1: peaked, trained-like distributions)")
     opts = parser.parse_args()
     batches = [int(b) for b in opts.batches.split(",")]
     widths_first_pass = [int(w) for w in opts.first_pass_tokens.split(",")]
+    variants = opts.command_buffers.split(",")
+    unknown = set(variants) - set(COMMAND_BUFFERS)
+    if unknown:
+        parser.error(f"--command-buffers: unknown {sorted(unknown)}; choose from {list(COMMAND_BUFFERS)}")
     warnings.filterwarnings("ignore", message="union tokens left out")
 
     print(f"# decode_throughput  {datetime.datetime.now():%Y-%m-%d %H:%M}")
@@ -251,9 +268,9 @@ def main():
     print(f"# repeats={opts.repeats}, greedy, uniform weights, {selection}, first pass {opts.first_pass_tokens} "
           f"tokens, respell chunk {opts.respell_chunk}, "
           f"expansion budget {opts.expansion_budget}, head scale {opts.head_scale}"
-          f", features: {FEATURE_USES[opts.features]}")
+          f", features: {FEATURE_USES[opts.features]}, command buffers: {opts.command_buffers}")
     header = ["size", "B", "member", "params", "ms/step", "tok/s", "ingest/step", "work MB"]
-    widths = [13, 3, 12, 8, 9, 9, 11, 8]
+    widths = [13, 3, 12 if len(variants) == 1 else 21, 8, 9, 9, 11, 8]
     settings = dict(candidates=opts.candidates, respell_chunk=opts.respell_chunk,
                     expansion_budget=opts.expansion_budget, features=opts.features)
     ensembles = {(f"ensemble F={w}" if len(widths_first_pass) > 1 else "ensemble"): w for w in widths_first_pass}
@@ -268,38 +285,47 @@ def main():
               f"N1,N2={tokens}")
         for batch in tqdm(batches, desc=size, leave=False):
             prompts = [common.PROMPT] * batch
-            runners = [lambda n, m=m: member_runner(m, prompts, n) for m in members]
-            runners.append(lambda n: together_runner(members, prompts, n))
-            runners.append(lambda n: together_runner(members, prompts, n, normalisers=True))
-            for width in ensembles.values():
-                runners.append(lambda n, w=width: ensemble_runner(members, alignment, prompts, n, **settings,
-                                                                  first_pass_tokens=w))
-            seconds, work = step_seconds(runners, tokens, opts.repeats)
-            steps, together, normalised = seconds[:len(members)], seconds[len(members)], seconds[len(members) + 1]
-            ensemble_steps = dict(zip(ensembles, seconds[len(members) + 2:]))
-            rows = [[size, batch, m.name, f"{m.num_params / 1e6:.1f}M", f"{s * 1e3:.2f}", f"{batch / s:.0f}", "1.00"]
-                    for m, s in zip(members, steps)]
-            for name, seconds_per_step in (("together", together), ("together+Z", normalised)):
-                rows.append([size, batch, name, "", f"{seconds_per_step * 1e3:.2f}", f"{batch / seconds_per_step:.0f}",
-                             "/".join(["1.00"] * len(members))])
-            for name, width in ensembles.items():
-                ensemble = ensemble_steps[name]
-                shortcut, ingested = shortcut_stats(members, alignment, prompts, tokens[1], **settings,
-                                                    first_pass_tokens=width)
-                rows.append([size, batch, name, "", f"{ensemble * 1e3:.2f}", f"{batch / ensemble:.0f}",
-                             "/".join(f"{x:.2f}" for x in ingested)])
-                ratio = ensemble / sum(steps)
-                per_ingested = ensemble / sum(n * s for n, s in zip(ingested, steps))
-                goal = GOALS[size.split("-")[0]]
-                used = f"  certified shortcut on {shortcut:.0%} of steps" if opts.candidates else ""
-                verdicts.append(f"{size:13s} B={batch:<3d} {name + '/Σmembers':22s} = {ratio:.2f}  (goal ≤ {goal}: "
-                                f"{'PASS' if ratio <= goal else 'MISS'});  ensemble/Σ(ingest·member) = "
-                                f"{per_ingested:.2f};  ensemble/together = {ensemble / together:.2f}  "
-                                f"(together/Σmembers = {together / sum(steps):.2f}, together+Z/Σmembers = "
-                                f"{normalised / sum(steps):.2f}){used}")
-            rows = [row + [f"{bytes_ / 2**20:.1f}"] for row, bytes_ in zip(rows, work)]
-            tqdm.write("\n".join(common.fmt_row(row, widths) for row in rows))  # as measured: a cut-off run keeps them
-            tqdm.write("\n".join(verdicts[-len(ensembles):]))
+            runners = []
+            for variant in variants:
+                options = COMMAND_BUFFERS[variant]
+                runners += [lambda n, m=m, o=options: member_runner(m, prompts, n, o) for m in members]
+                runners.append(lambda n, o=options: together_runner(members, prompts, n, options=o))
+                runners.append(lambda n, o=options: together_runner(members, prompts, n, normalisers=True, options=o))
+                for width in ensembles.values():
+                    runners.append(lambda n, w=width, o=options: ensemble_runner(
+                        members, alignment, prompts, n, o, **settings, first_pass_tokens=w))
+            all_seconds, all_work = step_seconds(runners, tokens, opts.repeats)
+            ingested_by_width = {width: shortcut_stats(members, alignment, prompts, tokens[1], **settings,
+                                                       first_pass_tokens=width) for width in ensembles.values()}
+            per_variant = len(runners) // len(variants)
+            for index, variant in enumerate(variants):
+                seconds = all_seconds[index * per_variant:(index + 1) * per_variant]
+                work = all_work[index * per_variant:(index + 1) * per_variant]
+                label = "" if len(variants) == 1 else f" [{variant}]"
+                steps, together, normalised = seconds[:len(members)], seconds[len(members)], seconds[len(members) + 1]
+                ensemble_steps = dict(zip(ensembles, seconds[len(members) + 2:]))
+                rows = [[size, batch, m.name + label, f"{m.num_params / 1e6:.1f}M", f"{s * 1e3:.2f}",
+                         f"{batch / s:.0f}", "1.00"] for m, s in zip(members, steps)]
+                for name, seconds_per_step in (("together", together), ("together+Z", normalised)):
+                    rows.append([size, batch, name + label, "", f"{seconds_per_step * 1e3:.2f}",
+                                 f"{batch / seconds_per_step:.0f}", "/".join(["1.00"] * len(members))])
+                for name, width in ensembles.items():
+                    ensemble = ensemble_steps[name]
+                    shortcut, ingested = ingested_by_width[width]
+                    rows.append([size, batch, name + label, "", f"{ensemble * 1e3:.2f}", f"{batch / ensemble:.0f}",
+                                 "/".join(f"{x:.2f}" for x in ingested)])
+                    ratio = ensemble / sum(steps)
+                    per_ingested = ensemble / sum(n * s for n, s in zip(ingested, steps))
+                    goal = GOALS[size.split("-")[0]]
+                    used = f"  certified shortcut on {shortcut:.0%} of steps" if opts.candidates else ""
+                    verdicts.append(f"{size:13s} B={batch:<3d} {name + label + '/Σmembers':30s} = {ratio:.2f}  (goal ≤ "
+                                    f"{goal}: {'PASS' if ratio <= goal else 'MISS'});  ensemble/Σ(ingest·member) = "
+                                    f"{per_ingested:.2f};  ensemble/together = {ensemble / together:.2f}  "
+                                    f"(together/Σmembers = {together / sum(steps):.2f}, together+Z/Σmembers = "
+                                    f"{normalised / sum(steps):.2f}){used}")
+                rows = [row + [f"{bytes_ / 2**20:.1f}"] for row, bytes_ in zip(rows, work)]
+                tqdm.write("\n".join(common.fmt_row(row, widths) for row in rows))  # a cut-off run keeps them
+                tqdm.write("\n".join(verdicts[-len(ensembles):]))
     print()
     print("\n".join(verdicts))
 

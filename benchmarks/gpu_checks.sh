@@ -13,14 +13,16 @@
 #   profile       [300] where an ensemble step's time goes at batch 1 (kernels and their calls per step, copies
 #                       and host syncs, vs both members alone): tiny-real first (its step is fixed per-step cost
 #                       on a GPU, 0.23 ms against 0.10 for both members), then ~100M
-#   command_buffers [360] tiny-real and ~100M at batch 1 with XLA's command buffers for loops and conditionals
-#                       (XLA_FLAGS=--xla_gpu_enable_command_buffer=+WHILE,+CONDITIONAL), then without
-#                       (command_buffers.txt; tiny-real once: 0.22 against 0.26 ms)
+#   command_buffers [480] every program compiled with the library's decode-loop options (loops and conditionals in
+#                       command buffers) and with XLA's default command buffers, timed interleaved: tiny-real at
+#                       batch 1 and 16, then ~100M at batch 1 (first pass 4) (command_buffers.txt). On an H200 the
+#                       tiny-real batch 1 half took 70 s; ~100M did not compile both variants in 120 s
 #   first_pass    [360] ~100M ensemble step / Σ member steps at batch 1 and 16 with first_pass_tokens 1 and 4
 #                       side by side (first_pass.txt): whole short re-spellings in one pass (slower on a CPU)
 #   throughput    [300] the same for the tiny sizes (tiny-trained, tiny-real), with working memory
 #   vs_reference  [300] ours vs the PyTorch reference loop, both on the GPU, batch 1 (goal ≥ 5x)
-#   tests         [300] the engine's exactness tests and the transformers parity tests, jax on the GPU
+#   tests         [300] the engine's exactness tests, the transformers parity tests and the vmapped RL train step
+#                       (equal to the train step jitted with the decode-loop options), jax on the GPU
 #                       (tests/conftest.py makes float32 matmuls full precision: no TF32)
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -56,11 +58,11 @@ first_pass() {
 }
 
 command_buffers() {
-  for flags in --xla_gpu_enable_command_buffer=+WHILE,+CONDITIONAL ""; do
-    echo "XLA_FLAGS='$flags'"
-    XLA_FLAGS="$flags" timeout 180 python3 benchmarks/decode_throughput.py --sizes tiny-real,100m --batches 1 \
-      --repeats 3 2>&1
-  done | tee "$out/command_buffers.txt"
+  {
+    timeout 180 python3 benchmarks/decode_throughput.py --sizes tiny-real --repeats 3 --command-buffers loops,xla
+    timeout 300 python3 benchmarks/decode_throughput.py --sizes 100m --batches 1 --first-pass-tokens 4 --repeats 3 \
+      --command-buffers loops,xla
+  } 2>&1 | tee "$out/command_buffers.txt"
 }
 
 throughput() {
@@ -73,7 +75,8 @@ vs_reference() {
 }
 
 tests() {
-  timeout 300 python3 -m pytest -q -p no:cacheprovider tests/test_engine.py tests/test_models.py -k "one_hot_weights_reproduce \
+  timeout 300 python3 -m pytest -q -p no:cacheprovider tests/test_engine.py tests/test_models.py tests/test_rl_train.py \
+    -k "one_hot_weights_reproduce or vmapped \
 or two_copies or every_batch_row or threshold_extremes or growing or certified or logits_match or greedy_continuations \
 or cached_decode" 2>&1 | tee "$out/tests.txt"
 }

@@ -1,13 +1,13 @@
 """Single-member generation: prefill + one jitted `lax.while_loop` (greedy or sampled, EOS per row)."""
 from __future__ import annotations
 
-import functools
 from typing import NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from rlae_jax.compile_options import decode_loop_options
 from rlae_jax.models.kv_cache import KVCache
 from rlae_jax.models.member import Member
 from rlae_jax.prompts import check_context, encode_prompts, left_pad, pad_id_of
@@ -32,12 +32,12 @@ def eos_ids_of(member: Member) -> np.ndarray:
     return np.array(sorted(ids), np.int32)
 
 
-@functools.partial(jax.jit, static_argnames=("max_new_tokens",))
 def generate_ids(member: Member, input_ids: jax.Array, attention_mask: jax.Array, key: jax.Array,
                  temperature: jax.Array, top_p: jax.Array, eos_ids: jax.Array, pad_id: jax.Array,
                  max_new_tokens: int) -> tuple[jax.Array, jax.Array]:
-    """Generate from a left-padded batch `[B, T]`. Returns ids `[B, max_new_tokens]` (pad_id after a
-    row's EOS) and per-row lengths `[B]` (EOS included)."""
+    """Generate from a left-padded batch `[B, T]`; pure and jittable (`generate_ids_jit` is it compiled
+    with the decode-loop options). Returns ids `[B, max_new_tokens]` (pad_id after a row's EOS) and
+    per-row lengths `[B]` (EOS included)."""
     batch = input_ids.shape[0]
     first, _, cache = member.prefill(input_ids, attention_mask, input_ids.shape[1] + max_new_tokens)
     carry = DecodeCarry(
@@ -61,6 +61,10 @@ def generate_ids(member: Member, input_ids: jax.Array, attention_mask: jax.Array
     return final.tokens, lengths
 
 
+# JAX takes compile options only on a top-level jit: inside your own jit, call `generate_ids`.
+generate_ids_jit = jax.jit(generate_ids, static_argnames=("max_new_tokens",), compiler_options=decode_loop_options())
+
+
 def generate_tokens(member: Member, prompts: Sequence[str], max_new_tokens: int = 64, temperature: float = 0.0,
                     top_p: float = 1.0, seed: int = 0, add_special_tokens: bool = True) -> list[list[int]]:
     """Generated token ids per prompt (EOS included when reached)."""
@@ -71,7 +75,7 @@ def generate_tokens(member: Member, prompts: Sequence[str], max_new_tokens: int 
                   member.name or member.config.model_type)
     pad_id = pad_id_of(member.tokenizer)
     ids, mask = left_pad(token_lists, pad_id)
-    tokens, lengths = generate_ids(
+    tokens, lengths = generate_ids_jit(
         member, jnp.asarray(ids), jnp.asarray(mask), jax.random.key(seed), jnp.float32(temperature),
         jnp.float32(top_p), jnp.asarray(eos_ids_of(member)), jnp.int32(pad_id), max_new_tokens=max_new_tokens)
     tokens, lengths = np.asarray(tokens), np.asarray(lengths)

@@ -11,7 +11,7 @@ import pytest
 torch = pytest.importorskip("torch", reason="torch==2.13.0 (CPU) is the parity reference: pip install -e '.[test]'")
 
 import rlae_jax  # noqa: E402
-from rlae_jax.generation import generate_ids  # noqa: E402
+from rlae_jax.generation import generate_ids_jit  # noqa: E402
 from rlae_jax.models import Member, build_model, config_from_hf, from_pretrained, param_count  # noqa: E402
 from rlae_jax.models.presets import PRESETS, PUBLISHED_PARAM_COUNTS, preset_hf_config  # noqa: E402
 from rlae_jax.prompts import left_pad  # noqa: E402
@@ -142,9 +142,9 @@ def test_preset_counts_agree_with_transformers_on_meta_device():
 def test_same_bucket_does_not_recompile(tiny):
     _, _, member = tiny
     rlae_jax.generate(member, ["Hello world!", "A"], max_new_tokens=8)
-    compiled = generate_ids._cache_size()
+    compiled = generate_ids_jit._cache_size()
     rlae_jax.generate(member, ["Once upon a time", "The quick brown fox"], max_new_tokens=8)
-    assert generate_ids._cache_size() == compiled
+    assert generate_ids_jit._cache_size() == compiled
 
 
 @pytest.mark.parametrize("batch", [1, 3])
@@ -156,8 +156,7 @@ def test_decode_loop_copies_no_kv_cache(batch):
     prompt, new_tokens = 16, 8
     args = (member, jnp.full((batch, prompt), 5, jnp.int32), jnp.ones((batch, prompt), jnp.int32), jax.random.key(0),
             jnp.float32(0.0), jnp.float32(1.0), jnp.asarray([-1], jnp.int32), jnp.int32(0))
-    text = jax.jit(generate_ids, static_argnames=("max_new_tokens",)).lower(
-        *args, max_new_tokens=new_tokens).compile().as_text()
+    text = generate_ids_jit.lower(*args, max_new_tokens=new_tokens).compile().as_text()
     cache_elements = batch * config.num_kv_heads * (prompt + new_tokens) * config.head_dim  # one layer, any layout
     loop_copies, computation = [], None
     for line in text.splitlines():

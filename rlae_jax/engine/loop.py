@@ -1,7 +1,8 @@
 """The ensemble decode loop: prefill every member, then one `lax.while_loop` that mixes the members'
 next-token distributions in the union vocabulary, picks one union token per row and feeds it back
 to every member in its own tokens. `decode` is pure and jittable (the RL train step calls it);
-`generate` is the host API around it."""
+`decode_jit` is it compiled with the decode-loop options (`rlae_jax.compile_options`); `generate` is the
+host API around it."""
 from __future__ import annotations
 
 import dataclasses
@@ -14,6 +15,7 @@ import numpy as np
 from flax import struct
 
 from rlae_jax.align import Alignment
+from rlae_jax.compile_options import decode_loop_options
 from rlae_jax.engine.features import (MemberDistributions, SpanFeatures, member_distributions, span_features,
                                       usable_rows)
 from rlae_jax.engine.strategies import Selection, resolve_strategy
@@ -399,7 +401,8 @@ def decode(members: Sequence[Member], alignment: Alignment, prompts: PromptBatch
                         spans.span_valid, spans.weight_carry, spans.weight_fallback, ingested)
 
 
-decode_jit = jax.jit(decode, static_argnames=("config",))
+# JAX takes compile options only on a top-level jit: inside your own jit, call `decode`.
+decode_jit = jax.jit(decode, static_argnames=("config",), compiler_options=decode_loop_options())
 
 
 @dataclasses.dataclass

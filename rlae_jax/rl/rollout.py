@@ -17,6 +17,7 @@ import numpy as np
 from flax import nnx, struct
 
 from rlae_jax.align import Alignment
+from rlae_jax.compile_options import decode_loop_options
 from rlae_jax.engine.loop import DecodeConfig, DecodeResult, PromptBatch, decode
 from rlae_jax.models.member import Member
 from rlae_jax.rl import ppo
@@ -165,7 +166,8 @@ def train_step(train_state: ppo.TrainState, members: Sequence[Member], alignment
     return train_state, metrics
 
 
-train_step_jit = jax.jit(train_step, static_argnames=("setup",))
+# JAX takes compile options only on a top-level jit: inside your own jit (or vmap), call `train_step`.
+train_step_jit = jax.jit(train_step, static_argnames=("setup",), compiler_options=decode_loop_options())
 
 
 def evaluate_policy(train_state: ppo.TrainState, members: Sequence[Member], alignment: Alignment,
@@ -175,4 +177,5 @@ def evaluate_policy(train_state: ppo.TrainState, members: Sequence[Member], alig
     return decode(members, alignment, prompts, weight_fn, key, jnp.float32(0.0), jnp.float32(1.0), setup.decode)
 
 
-evaluate_policy_jit = jax.jit(evaluate_policy, static_argnames=("setup",))
+evaluate_policy_jit = jax.jit(evaluate_policy, static_argnames=("setup",),
+                              compiler_options=decode_loop_options())

@@ -9,7 +9,8 @@
 # hangs or fails leaves the others' logs. All of them take ~30 minutes, more than a lent device's
 # 15: name the ones a call can afford. Where ../shared does not travel with the repo, copy the fixtures into an
 # ignored folder of the repo (e.g. .fixtures) and point RLAE_FIXTURES there.
-#   device        [120] GPU, driver, library versions, and a tiny ensemble decode on the GPU (always first)
+#   device        [120] GPU, driver, library versions, a tiny ensemble decode on the GPU and the decode loops'
+#                       compile options (always first)
 #   profile       [300] where an ensemble step's time goes at batch 1 (kernels and their calls per step, copies
 #                       and host syncs, vs both members alone): tiny-real first (its step is fixed per-step cost
 #                       on a GPU, 0.23 ms against 0.10 for both members), then ~100M
@@ -49,6 +50,8 @@ members, _ = make_members("tiny-trained", 1.0)
 alignment = build_alignment([m.tokenizer for m in members], vocab_sizes=[m.config.vocab_size for m in members])
 out = generate(members, alignment, ["Once upon a time"], max_new_tokens=8)
 print("tiny ensemble decode on", jax.default_backend(), "->", repr(out.texts[0]))
+from rlae_jax.compile_options import decode_loop_options
+print("decode loops compiled with", decode_loop_options() or "XLA's default options")
 EOF
 }
 

@@ -7,7 +7,7 @@ from flax import struct
 
 import rlae_jax
 from rlae_jax.align import build_alignment
-from rlae_jax.compile_options import decode_loop_options
+from rlae_jax import compile_options
 from rlae_jax.engine import CallableWeightFn, DecodeConfig, decode_jit, generate
 from rlae_jax.engine.features import top1_agreement, usable_rows
 from rlae_jax.engine.loop import default_first_pass_tokens, feed_members, member_distributions
@@ -398,16 +398,21 @@ def test_first_pass_default_is_4_only_on_a_gpu_at_batch_1(monkeypatch):
         assert (default_first_pass_tokens(1), default_first_pass_tokens(16)) == expected
 
 
-def test_decode_loops_put_loops_in_command_buffers_unless_xla_flags_say_otherwise(monkeypatch):
-    """The decode loops' compile options add loops and conditionals to XLA's default command buffers
-    (a GPU then runs them without a host round trip per condition), XLA accepts them, and a user's own
-    XLA_FLAGS setting of the command buffers is left to win."""
+def test_decode_loops_put_loops_in_command_buffers_on_cuda_unless_xla_flags_say_otherwise(monkeypatch):
+    """Where jax has a CUDA plugin, the decode loops' compile options add loops and conditionals to XLA's
+    default command buffers (a GPU then runs them without a host round trip per condition) and XLA
+    accepts them; without one, or when the user's XLA_FLAGS set the command buffers, there are none."""
     monkeypatch.delenv("XLA_FLAGS", raising=False)
-    options = decode_loop_options()
+    monkeypatch.setattr(compile_options, "cuda_plugin_installed", lambda: True)
+    options = compile_options.decode_loop_options()
     assert set(options["xla_gpu_enable_command_buffer"].split(",")) >= {"FUSION", "CUBLAS", "WHILE", "CONDITIONAL"}
     assert float(jax.jit(lambda x: x + 1, compiler_options=options)(jnp.float32(1))) == 2.0  # a bad name raises
     monkeypatch.setenv("XLA_FLAGS", "--xla_gpu_enable_command_buffer=")
-    assert decode_loop_options() == {}
+    assert compile_options.decode_loop_options() == {}
+    monkeypatch.delenv("XLA_FLAGS")
+    monkeypatch.setattr(compile_options, "cuda_plugin_installed", lambda: False)
+    assert compile_options.decode_loop_options() == {}
+
 
 def test_re_spellings_fed_in_any_passes_equal_one_pass(members):
     """feed_members with row re-spellings of 0-7 tokens, in a narrow first pass plus wide chunks and a

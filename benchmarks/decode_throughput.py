@@ -156,11 +156,15 @@ def ensemble_runner(members, alignment, prompts, new_tokens, options=None, **set
     return compile_program(decode_jit, args, options, config=config)
 
 
-def member_runner(member, prompts, new_tokens, options=None) -> Program:
+def member_runner_args(member, prompts) -> tuple:
+    """`generate_ids` arguments for greedy decoding of `prompts` by `member` alone, never stopping at EOS."""
     ids, mask = left_pad(encode_prompts(member.tokenizer, prompts), pad_id_of(member.tokenizer))
-    args = (member, jnp.asarray(ids), jnp.asarray(mask), jax.random.key(0), jnp.float32(0.0), jnp.float32(1.0),
+    return (member, jnp.asarray(ids), jnp.asarray(mask), jax.random.key(0), jnp.float32(0.0), jnp.float32(1.0),
             jnp.asarray([-1], jnp.int32), jnp.int32(pad_id_of(member.tokenizer)))
-    return compile_program(generate_ids_jit, args, options, max_new_tokens=new_tokens)
+
+
+def member_runner(member, prompts, new_tokens, options=None) -> Program:
+    return compile_program(generate_ids_jit, member_runner_args(member, prompts), options, max_new_tokens=new_tokens)
 
 
 @functools.partial(jax.jit, static_argnames=("new_tokens", "normalisers"), compiler_options=decode_loop_options())

@@ -67,6 +67,11 @@ def train_metaspace_unigram(texts: Iterable[str], vocab_size: int = 300) -> PreT
                                       initial_alphabet=[], show_progress=False)
     tokenizer.train_from_iterator(list(texts), trainer)
     vocab = [tuple(entry) for entry in json.loads(tokenizer.to_str())["model"]["vocab"]]
+    specials, pieces = vocab[:len(METASPACE_SPECIALS)], vocab[len(METASPACE_SPECIALS):]
+    # the trainer breaks ties between equally frequent pieces in a hash order that changes from run to run
+    # (their scores then differ by ~1e-4): rounded to 3 decimals, ties ordered by piece, the same texts give
+    # the same tokenizer
+    vocab = specials + sorted(((piece, round(score, 3)) for piece, score in pieces), key=lambda e: (-e[1], e[0]))
     known = {piece for piece, _ in vocab}
     vocab += [(piece, -100.0) for piece in BYTE_PIECES if piece not in known]
     return metaspace_fast(metaspace_pipeline(models.Unigram(vocab, unk_id=0, byte_fallback=True)))

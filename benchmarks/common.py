@@ -18,6 +18,18 @@ from rlae_jax.models import ModelConfig  # noqa: E402
 from tiny_models import CORPUS  # noqa: E402
 
 PROMPT = "Once upon a time there was a little robot who liked to count"
+PROMPTS = [PROMPT, "The quick brown fox", "Hello world! This is", "Alice and Bob exchanged 7 messages,",
+           "Ensembles of language models", "12 + 30 =", "Question: Natalia sold clips to 48 of her friends in April.",
+           "The capital of France is", "def fibonacci(n):", "In 1905, Albert Einstein published",
+           "Q: What is 7 times 8? A:", "Dear diary, today I", "Ingredients: two eggs, flour, milk and",
+           "The mitochondria is the", "Translate to French: good morning ->",
+           "Janet's ducks lay 16 eggs per day. She eats three for breakfast"]
+
+
+def batch_prompts(batch: int, distinct: bool = True) -> list[str]:
+    """`batch` prompts: PROMPT repeated (`distinct=False`: rows in lockstep), or PROMPTS in turn (rows of
+    different lengths whose generations diverge, as in a dataset batch)."""
+    return [PROMPTS[row % len(PROMPTS)] if distinct else PROMPT for row in range(batch)]
 
 
 def machine_info() -> str:

@@ -127,11 +127,12 @@ FEATURE_USES = {  # --features: what the decode does with the per-span features
 
 
 def ensemble_config(new_tokens, candidates=0, respell_chunk=4, expansion_budget=2, first_pass_tokens=1,
-                    features="none") -> DecodeConfig:
+                    respell_rows=0, features="none") -> DecodeConfig:
     """The benchmarked decode: greedy full-union selection (uniform weights' default), runs all new_tokens."""
     return DecodeConfig(max_new_tokens=new_tokens, stop_at_eos=False, record_features=features != "none",
                         candidates_per_member=candidates, respell_chunk=respell_chunk,
-                        expansion_budget=expansion_budget, first_pass_tokens=first_pass_tokens)
+                        expansion_budget=expansion_budget, first_pass_tokens=first_pass_tokens,
+                        respell_rows=respell_rows)
 
 
 def reads_every_feature(features) -> jax.Array:
@@ -248,6 +249,9 @@ def main():
     parser.add_argument("--first-pass-tokens", default=str(DecodeConfig.first_pass_tokens),
                         help="DecodeConfig.first_pass_tokens: member tokens every row appends in a step's first pass; "
                              "a comma list times one ensemble per width, side by side with the same members")
+    parser.add_argument("--respell-rows", default=str(DecodeConfig.respell_rows),
+                        help="DecodeConfig.respell_rows: rows per group of the extra re-spelling passes (0: the whole "
+                             "batch); a comma list times one ensemble per value, side by side")
     parser.add_argument("--expansion-budget", type=int, default=DecodeConfig.expansion_budget,
                         help="DecodeConfig.expansion_budget: member cache slots per generated union token")
     parser.add_argument("--features", choices=FEATURE_USES, default="none",
@@ -255,11 +259,15 @@ def main():
     parser.add_argument("--command-buffers", default="loops",
                         help="comma list of compile-option variants, each timed with its own members: loops = the "
                              "library's (on a GPU: loops and conditionals in command buffers), xla = XLA's default")
+    parser.add_argument("--prompts", choices=("distinct", "same"), default="distinct",
+                        help="batch rows: distinct prompts of different lengths (as in a dataset batch, rows diverge "
+                             "and re-spell at different steps) or one prompt repeated (rows in lockstep)")
     parser.add_argument("--head-scale", type=float, default=1.0,
                         help="multiply the final norm by this (>1: peaked, trained-like distributions)")
     opts = parser.parse_args()
     batches = [int(b) for b in opts.batches.split(",")]
     widths_first_pass = [int(w) for w in opts.first_pass_tokens.split(",")]
+    respell_rows = [int(r) for r in opts.respell_rows.split(",")]
     variants = opts.command_buffers.split(",")
     unknown = set(variants) - set(COMMAND_BUFFERS)
     if unknown:
@@ -270,14 +278,17 @@ def main():
     print(f"# {common.machine_info()}")
     selection = (f"certified top-{opts.candidates} shortcut" if opts.candidates else "full-union selection")
     print(f"# repeats={opts.repeats}, greedy, uniform weights, {selection}, first pass {opts.first_pass_tokens} "
-          f"tokens, respell chunk {opts.respell_chunk}, "
+          f"tokens, respell chunk {opts.respell_chunk}, respell rows {opts.respell_rows}, "
           f"expansion budget {opts.expansion_budget}, head scale {opts.head_scale}"
-          f", features: {FEATURE_USES[opts.features]}, command buffers: {opts.command_buffers}")
+          f", features: {FEATURE_USES[opts.features]}, command buffers: {opts.command_buffers}, "
+          f"{opts.prompts} prompts")
     header = ["size", "B", "member", "params", "ms/step", "tok/s", "ingest/step", "work MB"]
     widths = [13, 3, 12 if len(variants) == 1 else 21, 8, 9, 9, 11, 8]
     settings = dict(candidates=opts.candidates, respell_chunk=opts.respell_chunk,
                     expansion_budget=opts.expansion_budget, features=opts.features)
-    ensembles = {(f"ensemble F={w}" if len(widths_first_pass) > 1 else "ensemble"): w for w in widths_first_pass}
+    ensembles = {" ".join(["ensemble"] + [f"F={w}"] * (len(widths_first_pass) > 1)
+                          + [f"R={r}"] * (len(respell_rows) > 1)): dict(first_pass_tokens=w, respell_rows=r)
+                 for w in widths_first_pass for r in respell_rows}
     verdicts = []
     print(common.fmt_row(header, widths))
     for size in opts.sizes.split(","):
@@ -288,19 +299,19 @@ def main():
         print(f"# {size}: {note}; union {alignment.num_union} tokens (V={[m.config.vocab_size for m in members]}); "
               f"N1,N2={tokens}")
         for batch in tqdm(batches, desc=size, leave=False):
-            prompts = [common.PROMPT] * batch
+            prompts = common.batch_prompts(batch, opts.prompts == "distinct")
             runners = []
             for variant in variants:
                 options = COMMAND_BUFFERS[variant]
                 runners += [lambda n, m=m, o=options: member_runner(m, prompts, n, o) for m in members]
                 runners.append(lambda n, o=options: together_runner(members, prompts, n, options=o))
                 runners.append(lambda n, o=options: together_runner(members, prompts, n, normalisers=True, options=o))
-                for width in ensembles.values():
-                    runners.append(lambda n, w=width, o=options: ensemble_runner(
-                        members, alignment, prompts, n, o, **settings, first_pass_tokens=w))
+                for shape in ensembles.values():
+                    runners.append(lambda n, shape=shape, o=options: ensemble_runner(
+                        members, alignment, prompts, n, o, **settings, **shape))
             all_seconds, all_work = step_seconds(runners, tokens, opts.repeats)
-            ingested_by_width = {width: shortcut_stats(members, alignment, prompts, tokens[1], **settings,
-                                                       first_pass_tokens=width) for width in ensembles.values()}
+            ingested_by_name = {name: shortcut_stats(members, alignment, prompts, tokens[1], **settings, **shape)
+                                for name, shape in ensembles.items()}
             per_variant = len(runners) // len(variants)
             for index, variant in enumerate(variants):
                 seconds = all_seconds[index * per_variant:(index + 1) * per_variant]
@@ -313,9 +324,9 @@ def main():
                 for name, seconds_per_step in (("together", together), ("together+Z", normalised)):
                     rows.append([size, batch, name + label, "", f"{seconds_per_step * 1e3:.2f}",
                                  f"{batch / seconds_per_step:.0f}", "/".join(["1.00"] * len(members))])
-                for name, width in ensembles.items():
+                for name in ensembles:
                     ensemble = ensemble_steps[name]
-                    shortcut, ingested = ingested_by_width[width]
+                    shortcut, ingested = ingested_by_name[name]
                     rows.append([size, batch, name + label, "", f"{ensemble * 1e3:.2f}", f"{batch / ensemble:.0f}",
                                  "/".join(f"{x:.2f}" for x in ingested)])
                     ratio = ensemble / sum(steps)

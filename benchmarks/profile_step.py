@@ -103,15 +103,18 @@ def main():
     parser.add_argument("--top", type=int, default=20, help="ops listed per program")
     parser.add_argument("--features", choices=decode_throughput.FEATURE_USES, default="none",
                         help="what the ensemble does with the span features, as in decode_throughput.py")
+    parser.add_argument("--prompts", choices=("distinct", "same"), default="distinct",
+                        help="batch rows: distinct prompts or one prompt repeated, as in decode_throughput.py")
     opts = parser.parse_args()
     warnings.filterwarnings("ignore", message="union tokens left out")
     members, note = decode_throughput.make_members(opts.size, 1.0)
     alignment = build_alignment([m.tokenizer for m in members], vocab_sizes=[m.config.vocab_size for m in members])
-    prompts = [common.PROMPT] * opts.batch
+    prompts = common.batch_prompts(opts.batch, opts.prompts == "distinct")
     print(f"# profile_step  {datetime.datetime.now():%Y-%m-%d %H:%M}")
     print(f"# {common.machine_info()}")
-    print(f"# {opts.size}: {note}; union {alignment.num_union}; batch {opts.batch}, {opts.tokens} new tokens, "
-          f"greedy, uniform weights; features: {decode_throughput.FEATURE_USES[opts.features]}")
+    print(f"# {opts.size}: {note}; union {alignment.num_union}; batch {opts.batch} ({opts.prompts} prompts), "
+          f"{opts.tokens} new tokens, greedy, uniform weights; "
+          f"features: {decode_throughput.FEATURE_USES[opts.features]}")
 
     ensemble = decode_throughput.ensemble_runner(members, alignment, prompts, opts.tokens, features=opts.features)
     report("ensemble", *traced_op_times(ensemble, opts.tokens), op_table(ensemble.compiled.as_text()), opts.top,

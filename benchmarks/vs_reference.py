@@ -32,8 +32,7 @@ from rlae_jax.engine import generate
 from rlae_jax.models import from_pretrained
 from rlae_jax.models.presets import PRESETS
 
-PROMPTS = [common.PROMPT, "The quick brown fox", "Hello world! This is", "Alice and Bob exchanged 7 messages,",
-           "Ensembles of language models", "12 + 30 ="]
+PROMPTS = common.PROMPTS[:6]
 GOALS = {"tiny": 3.0, "100m": 1.0}  # on CPU; with the reference on a GPU and ours on one too: GPU_GOAL
 GPU_GOAL = 5.0
 

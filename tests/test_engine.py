@@ -1,4 +1,6 @@
 """Exactness of the ensemble engine against single members, batching, strategies, and bad input."""
+from types import SimpleNamespace
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -10,7 +12,8 @@ from rlae_jax.align import build_alignment
 from rlae_jax import compile_options
 from rlae_jax.engine import CallableWeightFn, DecodeConfig, decode_jit, generate
 from rlae_jax.engine.features import top1_agreement, usable_rows
-from rlae_jax.engine.loop import default_first_pass_tokens, feed_members, member_distributions
+from rlae_jax.engine.loop import (default_first_pass_tokens, default_respell_rows, feed_members,
+                                  member_distributions)
 from rlae_jax.models import Member, ModelConfig, build_model
 from rlae_jax.tokenization import train_byte_level_bpe, train_metaspace_unigram
 from tiny_models import CORPUS
@@ -380,13 +383,14 @@ def test_ids_outside_a_tokenizer_get_no_probability(members, alignment):
 
 
 def test_first_pass_width_and_chunk_change_nothing_but_speed(members, alignment):
-    """Re-spellings appended in a wider first pass or in smaller chunks: the same tokens."""
+    """Re-spellings appended in a wider first pass, in smaller chunks or by the rows that need them
+    apart from the batch: the same tokens."""
     base = generate(members, alignment, PROMPTS, strategy="fixed", weights=[0.5, 0.5], max_new_tokens=NEW_TOKENS)
     ingested, lengths = np.asarray(base.result.ingested), np.asarray(base.result.lengths)
     assert (ingested > lengths[:, None]).any()  # some union token re-spelled into several member tokens
-    for first, chunk in ((2, 4), (4, 1), (1, 1)):
+    for first, chunk, rows in ((2, 4, 0), (4, 1, 0), (1, 1, 0), (1, 4, 1), (1, 1, 1)):
         other = generate(members, alignment, PROMPTS, strategy="fixed", weights=[0.5, 0.5],
-                         max_new_tokens=NEW_TOKENS, first_pass_tokens=first, respell_chunk=chunk)
+                         max_new_tokens=NEW_TOKENS, first_pass_tokens=first, respell_chunk=chunk, respell_rows=rows)
         assert other.union_ids == base.union_ids
         np.testing.assert_array_equal(np.asarray(other.result.ingested), ingested)
 
@@ -396,6 +400,16 @@ def test_first_pass_default_is_4_only_on_a_gpu_at_batch_1(monkeypatch):
     for backend, expected in (("cpu", (1, 1)), ("gpu", (4, 1)), ("tpu", (1, 1))):
         monkeypatch.setattr(jax, "default_backend", lambda backend=backend: backend)
         assert (default_first_pass_tokens(1), default_first_pass_tokens(16)) == expected
+
+
+def test_respell_rows_default_is_a_quarter_batch_only_on_a_cpu_with_large_members(monkeypatch):
+    """generate's respell_rows=None: groups of a quarter of the batch where they measured faster (a CPU,
+    ~100M members, batch 16), else whole-batch passes."""
+    tiny, large = [SimpleNamespace(num_params=4_000_000)], [SimpleNamespace(num_params=124_000_000)]
+    for backend, expected in (("cpu", (4, 0, 0, 2)), ("gpu", (0, 0, 0, 0)), ("tpu", (0, 0, 0, 0))):
+        monkeypatch.setattr(jax, "default_backend", lambda backend=backend: backend)
+        assert (default_respell_rows(16, large), default_respell_rows(16, tiny), default_respell_rows(4, large),
+                default_respell_rows(8, tiny + large)) == expected
 
 
 def test_decode_loops_put_loops_in_command_buffers_on_cuda_unless_xla_flags_say_otherwise(monkeypatch):
@@ -416,7 +430,8 @@ def test_decode_loops_put_loops_in_command_buffers_on_cuda_unless_xla_flags_say_
 
 def test_re_spellings_fed_in_any_passes_equal_one_pass(members):
     """feed_members with row re-spellings of 0-7 tokens, in a narrow first pass plus wide chunks and a
-    one-token tail, gives the caches and hidden states of appending each whole re-spelling at once."""
+    one-token tail, over the whole batch or over just the rows that need them, gives the caches and hidden
+    states of appending each whole re-spelling at once."""
     batch = rlae_jax.engine.tokenize_for_members(members, PROMPTS, 16)
     hidden, caches = [], []
     for member, ids, mask in zip(members, *batch):
@@ -427,10 +442,14 @@ def test_re_spellings_fed_in_any_passes_equal_one_pass(members):
     tokens = jnp.asarray(np.stack([rng.randint(0, len(m.tokenizer), (len(PROMPTS), 7)) for m in members], 1),
                          jnp.int32)
     counts = jnp.asarray([[0, 7], [1, 3], [6, 2]], jnp.int32)  # [B, N]: after one first token, 0-6 left
-    feed = jax.jit(feed_members, static_argnums=(5, 6))
-    expected_hidden, expected_caches = feed(tuple(members), tuple(hidden), tuple(caches), tokens, counts, 7, 1)
-    for first, chunk in ((1, 4), (2, 4), (1, 2), (1, 1), (3, 4)):
-        got_hidden, got_caches = feed(tuple(members), tuple(hidden), tuple(caches), tokens, counts, first, chunk)
+    feed = jax.jit(feed_members, static_argnums=(5, 6, 7))
+    expected_hidden, expected_caches = feed(tuple(members), tuple(hidden), tuple(caches), tokens, counts, 7, 1, 0)
+    # (first pass, chunk, respell_rows): when at most respell_rows rows need more after the first pass, only
+    # they run the extra passes, gathered (0: never). With 1 and 2, member 0 has one such row (with 2, and
+    # an empty slot); with first pass 2 and respell_rows 2, member 1 has two
+    for first, chunk, rows in ((1, 4, 0), (2, 4, 0), (1, 2, 0), (1, 1, 0), (3, 4, 0), (1, 4, 1), (1, 1, 2), (2, 4, 2)):
+        got_hidden, got_caches = feed(tuple(members), tuple(hidden), tuple(caches), tokens, counts, first, chunk,
+                                      rows)
         for got, expected in zip(got_caches, expected_caches):
             np.testing.assert_array_equal(got.cursor, expected.cursor)
             np.testing.assert_array_equal(got.slot_positions, expected.slot_positions)
@@ -447,3 +466,8 @@ def test_re_spellings_fed_in_any_passes_equal_one_pass(members):
 def test_decode_settings_below_one_are_refused(name):
     with pytest.raises(ValueError, match=f"{name} must be >= 1, got 0"):
         DecodeConfig(**{name: 0})
+
+
+def test_negative_respell_rows_is_refused():
+    with pytest.raises(ValueError, match="respell_rows must be >= 0"):
+        DecodeConfig(respell_rows=-1)

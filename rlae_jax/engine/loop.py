@@ -41,7 +41,9 @@ class DecodeConfig:
     (re-spellings that fit need no second pass; `generate` picks it with `default_first_pass_tokens`);
     `respell_chunk`: member tokens appended per extra pass for the rest of longer re-spellings (a larger
     chunk means fewer passes but more padded work per pass; 1, 2 and 4 measured alike at ~100M, batch 16, on
-    a 2-core CPU; a last chunk of one token gets a one-token pass); `stop_at_eos=False` always runs
+    a 2-core CPU; a last chunk of one token gets a one-token pass); `respell_rows`: when at most half the
+    rows need extra passes, only they run them, gathered this many at a time (0: always the whole batch;
+    `generate` picks it with `default_respell_rows`); `stop_at_eos=False` always runs
     max_new_tokens steps (benchmarks); `record_features` keeps every span's SpanFeatures in the result (RL
     needs them; without it features the weight_fn ignores are never computed)."""
 
@@ -52,6 +54,7 @@ class DecodeConfig:
     expansion_budget: int = 2
     first_pass_tokens: int = 1
     respell_chunk: int = 4
+    respell_rows: int = 0
     stop_at_eos: bool = True
     record_features: bool = True
 
@@ -59,6 +62,8 @@ class DecodeConfig:
         for name in ("span_length", "expansion_budget", "first_pass_tokens", "respell_chunk"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.respell_rows < 0:
+            raise ValueError(f"respell_rows must be >= 0 (0: whole-batch passes), got {self.respell_rows}")
 
     @property
     def num_spans(self) -> int:
@@ -252,8 +257,43 @@ def append_chunked(member: Member, cache: KVCache, previous: jax.Array, tokens: 
     return append_passes(member, cache, hidden, last, left, 1, jnp.max(left))
 
 
+def append_in_row_groups(member: Member, cache: KVCache, previous: jax.Array, tokens: jax.Array, counts: jax.Array,
+                         chunk: int, group_rows: int) -> tuple[jax.Array, KVCache]:
+    """`append_chunked`, except that when at most half the rows have `counts [B] > 0`, only those rows
+    run the passes, gathered `group_rows` at a time into a smaller batch (their caches copied out and
+    back). Where a pass's cost grows with its rows (a CPU at ~100M), the extra passes for some rows'
+    longer re-spellings then cost passes over those rows, not over the whole batch; when more rows need
+    them, whole-batch passes cost less than the groups' (benchmarks/RESULTS.md). Rows that append
+    nothing keep `previous` (hidden `[B, H]`)."""
+    batch = counts.shape[0]
+    needing = counts > 0
+    num_needing = needing.sum()
+    apart = 2 * num_needing <= batch
+    order = jnp.argsort(~needing, stable=True)  # rows that need tokens first
+    order = jnp.pad(order, (0, -batch % group_rows), constant_values=batch)
+
+    def group_apart(carry):
+        group, hidden, cache = carry
+        start = group * group_rows
+        rows = jax.lax.dynamic_slice_in_dim(order, start, group_rows)
+        rows = jnp.where(start + jnp.arange(group_rows) < num_needing, rows, batch)  # batch: an empty slot
+
+        def take(x):
+            return jnp.take(x, rows, axis=0, mode="clip")
+
+        part_counts = jnp.where(rows < batch, take(counts), 0)
+        part_hidden, part = append_chunked(member, cache.take_rows(rows), take(hidden), take(tokens), part_counts,
+                                           chunk)
+        return group + 1, hidden.at[rows].set(part_hidden, mode="drop"), cache.put_rows(rows, part)
+
+    # loops that run zero times rather than a lax.cond: XLA:CPU copies a KV cache passed through a cond
+    groups = jnp.where(apart, (num_needing + group_rows - 1) // group_rows, 0)
+    _, hidden, cache = jax.lax.while_loop(lambda c: c[0] < groups, group_apart, (jnp.int32(0), previous, cache))
+    return append_chunked(member, cache, hidden, tokens, jnp.where(apart, 0, counts), chunk)
+
+
 def feed_members(members: Sequence[Member], hidden, caches, tokens: jax.Array, counts: jax.Array,
-                 first_pass_tokens: int, respell_chunk: int):
+                 first_pass_tokens: int, respell_chunk: int, respell_rows: int = 0):
     """Append each row's re-spelling of its chosen union token, the first `counts [B, N]` of `tokens
     [B, N, L]`, to every member: up to `first_pass_tokens` of every row in one pass, the rest of longer
     re-spellings in chunks of `respell_chunk` (a loop that runs zero times when no row needs more).
@@ -266,8 +306,12 @@ def feed_members(members: Sequence[Member], hidden, caches, tokens: jax.Array, c
         last, cache = append_block(member, caches[index], hidden[index], member_tokens[:, :first],
                                    jnp.minimum(member_counts, first))
         if tokens.shape[-1] > first:
-            last, cache = append_chunked(member, cache, last, member_tokens[:, first:],
-                                         jnp.maximum(member_counts - first, 0), respell_chunk)
+            rest, rest_counts = member_tokens[:, first:], jnp.maximum(member_counts - first, 0)
+            if 0 < respell_rows < tokens.shape[0]:
+                last, cache = append_in_row_groups(member, cache, last, rest, rest_counts, respell_chunk,
+                                                   respell_rows)
+            else:
+                last, cache = append_chunked(member, cache, last, rest, rest_counts, respell_chunk)
         new_hidden.append(last)
         new_caches.append(cache)
     return tuple(new_hidden), tuple(new_caches)
@@ -379,7 +423,7 @@ def decode(members: Sequence[Member], alignment: Alignment, prompts: PromptBatch
             counts = jnp.where(fits, counts, 0)
             live = live & fits
         hidden, caches = feed_members(members, s.hidden, s.caches, tokens, counts, config.first_pass_tokens,
-                                      config.respell_chunk)
+                                      config.respell_chunk, config.respell_rows)
         overflow = live & jnp.any(jnp.stack([c.overflowed for c in caches]), axis=0)
         is_eos = live & (chosen == alignment.eos_union_id) & config.stop_at_eos
         return s.replace(
@@ -450,20 +494,29 @@ def default_first_pass_tokens(batch_rows: int) -> int:
     return 4 if batch_rows == 1 and jax.default_backend() == "gpu" else 1
 
 
+def default_respell_rows(batch_rows: int, members: Sequence[Member]) -> int:
+    """`respell_rows` for a decode of `batch_rows` rows: on a CPU, a quarter of the batch when it has at
+    least 8 rows and some member has at least 50M parameters, whose passes cost more with more rows (~100M
+    members at batch 16 with distinct prompts: 193 → 141 ms per step; the same prompt in every row: no
+    change; tiny members: no gain, benchmarks/RESULTS.md); else 0. Measured on no GPU or TPU: 0 there."""
+    large = max(member.num_params for member in members) >= 50_000_000
+    return batch_rows // 4 if jax.default_backend() == "cpu" and batch_rows >= 8 and large else 0
+
+
 def generate(members: Sequence[Member], alignment: Alignment, prompts: Sequence[str], strategy: Any = "uniform",
              max_new_tokens: int = 64, span_length: int = 1, seed: int = 0, temperature: float = 0.0,
              top_p: float = 1.0, weights: Sequence[float] | None = None, threshold: float = 0.5, primary: int = 0,
              top_k: int = 4, packllm_temperature: float = 1.0, candidates_per_member: int = 0,
              expansion_budget: int = 2, first_pass_tokens: int | None = None, respell_chunk: int = 4,
-             record_features: bool = True) -> EnsembleOutput:
+             respell_rows: int | None = None, record_features: bool = True) -> EnsembleOutput:
     """Ensemble-generate continuations of `prompts`.
 
     strategy: "uniform", "fixed" (with `weights`), "single" (member `primary` alone), "threshold"
     (GaC gating on member `primary` with `threshold`), "topk" (UniTE with `top_k`), "packllm", or a
     weight_fn object (see `rlae_jax.engine.strategies`). The weight_fn is called every `span_length`
     generated tokens. `record_features=False` skips keeping per-span features (faster);
-    `expansion_budget`, `first_pass_tokens` (None: `default_first_pass_tokens`) and `respell_chunk` as
-    in `DecodeConfig`.
+    `expansion_budget`, `first_pass_tokens` (None: `default_first_pass_tokens`), `respell_chunk` and
+    `respell_rows` (None: `default_respell_rows`) as in `DecodeConfig`.
     """
     members = list(members)
     weight_fn, selection = resolve_strategy(strategy, len(members), weights, threshold, primary, top_k,
@@ -472,7 +525,8 @@ def generate(members: Sequence[Member], alignment: Alignment, prompts: Sequence[
                           candidates_per_member=candidates_per_member, expansion_budget=expansion_budget,
                           first_pass_tokens=(default_first_pass_tokens(len(prompts)) if first_pass_tokens is None
                                              else first_pass_tokens), respell_chunk=respell_chunk,
-                          record_features=record_features)
+                          respell_rows=(default_respell_rows(len(prompts), members) if respell_rows is None
+                                        else respell_rows), record_features=record_features)
     batch = tokenize_for_members(members, prompts, max_new_tokens)
     result = decode_jit(members, alignment, batch, weight_fn, jax.random.key(seed), jnp.float32(temperature),
                         jnp.float32(top_p), config=config)

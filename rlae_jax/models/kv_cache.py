@@ -76,6 +76,37 @@ class KVCache:
         return self.replace(keys=tuple(map(pad, self.keys)), values=tuple(map(pad, self.values)),
                             slot_positions=jnp.pad(self.slot_positions, ((0, 0), (0, extra)), constant_values=EMPTY))
 
+    def kv_rows(self, rows: jax.Array) -> jax.Array:
+        """Indices `[R·H_kv]` of the key/value rows of batch rows `rows [R]`."""
+        heads = self.keys[0].shape[0] // self.cursor.shape[0]
+        return (rows[:, None] * heads + jnp.arange(heads)[None, :]).reshape(-1)
+
+    def take_rows(self, rows: jax.Array) -> "KVCache":
+        """The cache of batch rows `rows [R]` (indices past the batch read its last row)."""
+        kv_rows = self.kv_rows(rows)
+
+        def take(x, index):
+            return jnp.take(x, index, axis=0, mode="clip")
+
+        return KVCache(keys=tuple(take(k, kv_rows) for k in self.keys),
+                       values=tuple(take(v, kv_rows) for v in self.values),
+                       slot_positions=take(self.slot_positions, rows), cursor=take(self.cursor, rows),
+                       next_position=take(self.next_position, rows))
+
+    def put_rows(self, rows: jax.Array, part: "KVCache") -> "KVCache":
+        """This cache with batch rows `rows [R]` replaced by `part` (an R-row cache); indices past the
+        batch are dropped."""
+        kv_rows = self.kv_rows(rows)
+
+        def put(x, index, new):
+            return x.at[index].set(new, mode="drop")
+
+        return KVCache(keys=tuple(put(k, kv_rows, new) for k, new in zip(self.keys, part.keys)),
+                       values=tuple(put(v, kv_rows, new) for v, new in zip(self.values, part.values)),
+                       slot_positions=put(self.slot_positions, rows, part.slot_positions),
+                       cursor=put(self.cursor, rows, part.cursor),
+                       next_position=put(self.next_position, rows, part.next_position))
+
     @property
     def overflowed(self) -> jax.Array:
         """`[B]` True where a row wrote past the cache end (its newest tokens were dropped)."""

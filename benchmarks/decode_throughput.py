@@ -42,6 +42,7 @@ from rlae_jax.generation import generate_ids_jit
 from rlae_jax.align import build_alignment
 from rlae_jax.engine import (CallableWeightFn, DecodeConfig, decode, decode_jit, resolve_strategy,
                              tokenize_for_members)
+from rlae_jax.engine.loop import default_respell_rows
 from rlae_jax.models import Member, build_model
 from rlae_jax.prompts import encode_prompts, left_pad, pad_id_of
 from rlae_jax.sampling import first_argmax
@@ -217,9 +218,11 @@ def step_seconds(make_runners, tokens, repeats) -> tuple[list[float], list[int]]
     return [(t2 - t1) / (n2 - n1) for t1, t2 in best], [long.working_bytes for _, long in runs]
 
 
-def shortcut_stats(members, alignment, prompts, new_tokens, **settings):
-    """(fraction of steps using the certified shortcut, mean member tokens ingested per step [N]). Raises
-    when a row stopped before new_tokens (its cache filled up): the timing would then be of less work."""
+def ensemble_stats(members, alignment, prompts, new_tokens, **settings):
+    """(fraction of steps using the certified shortcut, mean member tokens ingested per step [N], per member
+    (rows per step re-spelling their union token in several tokens, fraction of steps with such a row)).
+    Raises when a row stopped before new_tokens (its cache filled up): the timing would then be of less
+    work."""
     args = ensemble_args(members, alignment, prompts, new_tokens, settings.get("features", "none"))
     config = ensemble_config(new_tokens, **settings)
     fallbacks = []
@@ -231,7 +234,9 @@ def shortcut_stats(members, alignment, prompts, new_tokens, **settings):
         raise SystemExit(f"rows stopped early ({np.asarray(result.stop_reason).tolist()}): the ensemble timing is "
                          f"invalid; raise --expansion-budget (now {config.expansion_budget})")
     ingested = np.asarray(result.ingested).mean(0) / new_tokens
-    return 1.0 - len(fallbacks) / new_tokens, ingested
+    several = np.asarray(alignment.union_to_member_len)[:, np.asarray(result.union_ids)] > 1  # [N, B, T]
+    respelled = [(rows.sum(0).mean(), rows.any(0).mean()) for rows in several]
+    return 1.0 - len(fallbacks) / new_tokens, ingested, respelled
 
 
 def main():
@@ -249,11 +254,14 @@ def main():
     parser.add_argument("--first-pass-tokens", default=str(DecodeConfig.first_pass_tokens),
                         help="DecodeConfig.first_pass_tokens: member tokens every row appends in a step's first pass; "
                              "a comma list times one ensemble per width, side by side with the same members")
-    parser.add_argument("--respell-rows", default=str(DecodeConfig.respell_rows),
+    parser.add_argument("--respell-rows", default="auto",
                         help="DecodeConfig.respell_rows: rows per group of the extra re-spelling passes (0: the whole "
-                             "batch); a comma list times one ensemble per value, side by side")
-    parser.add_argument("--expansion-budget", type=int, default=DecodeConfig.expansion_budget,
-                        help="DecodeConfig.expansion_budget: member cache slots per generated union token")
+                             "batch; auto: generate's default for the batch and members, default_respell_rows); a "
+                             "comma list times one ensemble per value, side by side")
+    parser.add_argument("--expansion-budget", type=int, default=3,
+                        help="DecodeConfig.expansion_budget: member cache slots per generated union token (3, not "
+                             "the library's 2: with distinct prompts some row of the random ~100M GPT-2 member takes "
+                             "more than 2 tokens per union token over 20 steps)")
     parser.add_argument("--features", choices=FEATURE_USES, default="none",
                         help="; ".join(f"{name}: {what}" for name, what in FEATURE_USES.items()))
     parser.add_argument("--command-buffers", default="loops",
@@ -267,7 +275,7 @@ def main():
     opts = parser.parse_args()
     batches = [int(b) for b in opts.batches.split(",")]
     widths_first_pass = [int(w) for w in opts.first_pass_tokens.split(",")]
-    respell_rows = [int(r) for r in opts.respell_rows.split(",")]
+    respell_rows = [r if r == "auto" else int(r) for r in opts.respell_rows.split(",")]
     variants = opts.command_buffers.split(",")
     unknown = set(variants) - set(COMMAND_BUFFERS)
     if unknown:
@@ -283,12 +291,13 @@ def main():
           f", features: {FEATURE_USES[opts.features]}, command buffers: {opts.command_buffers}, "
           f"{opts.prompts} prompts")
     header = ["size", "B", "member", "params", "ms/step", "tok/s", "ingest/step", "work MB"]
-    widths = [13, 3, 12 if len(variants) == 1 else 21, 8, 9, 9, 11, 8]
     settings = dict(candidates=opts.candidates, respell_chunk=opts.respell_chunk,
                     expansion_budget=opts.expansion_budget, features=opts.features)
     ensembles = {" ".join(["ensemble"] + [f"F={w}"] * (len(widths_first_pass) > 1)
                           + [f"R={r}"] * (len(respell_rows) > 1)): dict(first_pass_tokens=w, respell_rows=r)
                  for w in widths_first_pass for r in respell_rows}
+    label_width = max(len(name) for name in [*ensembles, "together+Z"]) + (0 if len(variants) == 1 else 9)
+    widths = [13, 3, label_width + 2, 8, 9, 9, 11, 8]
     verdicts = []
     print(common.fmt_row(header, widths))
     for size in opts.sizes.split(","):
@@ -300,18 +309,20 @@ def main():
               f"N1,N2={tokens}")
         for batch in tqdm(batches, desc=size, leave=False):
             prompts = common.batch_prompts(batch, opts.prompts == "distinct")
+            shapes = {name: dict(shape, respell_rows=default_respell_rows(batch, members))
+                      if shape["respell_rows"] == "auto" else shape for name, shape in ensembles.items()}
             runners = []
             for variant in variants:
                 options = COMMAND_BUFFERS[variant]
                 runners += [lambda n, m=m, o=options: member_runner(m, prompts, n, o) for m in members]
                 runners.append(lambda n, o=options: together_runner(members, prompts, n, options=o))
                 runners.append(lambda n, o=options: together_runner(members, prompts, n, normalisers=True, options=o))
-                for shape in ensembles.values():
+                for shape in shapes.values():
                     runners.append(lambda n, shape=shape, o=options: ensemble_runner(
                         members, alignment, prompts, n, o, **settings, **shape))
             all_seconds, all_work = step_seconds(runners, tokens, opts.repeats)
-            ingested_by_name = {name: shortcut_stats(members, alignment, prompts, tokens[1], **settings, **shape)
-                                for name, shape in ensembles.items()}
+            stats_by_name = {name: ensemble_stats(members, alignment, prompts, tokens[1], **settings, **shape)
+                             for name, shape in shapes.items()}
             per_variant = len(runners) // len(variants)
             for index, variant in enumerate(variants):
                 seconds = all_seconds[index * per_variant:(index + 1) * per_variant]
@@ -326,13 +337,15 @@ def main():
                                  f"{batch / seconds_per_step:.0f}", "/".join(["1.00"] * len(members))])
                 for name in ensembles:
                     ensemble = ensemble_steps[name]
-                    shortcut, ingested = ingested_by_name[name]
+                    shortcut, ingested, respelled = stats_by_name[name]
                     rows.append([size, batch, name + label, "", f"{ensemble * 1e3:.2f}", f"{batch / ensemble:.0f}",
                                  "/".join(f"{x:.2f}" for x in ingested)])
                     ratio = ensemble / sum(steps)
                     per_ingested = ensemble / sum(n * s for n, s in zip(ingested, steps))
                     goal = GOALS[size.split("-")[0]]
                     used = f"  certified shortcut on {shortcut:.0%} of steps" if opts.candidates else ""
+                    used += "".join(f"  {m.name}: {rows:.1f} rows/step re-spell in several tokens ({share:.0%} of "
+                                    "steps)" for m, (rows, share) in zip(members, respelled) if share > 0)
                     verdicts.append(f"{size:13s} B={batch:<3d} {name + label + '/Σmembers':30s} = {ratio:.2f}  (goal ≤ "
                                     f"{goal}: {'PASS' if ratio <= goal else 'MISS'});  ensemble/Σ(ingest·member) = "
                                     f"{per_ingested:.2f};  ensemble/together = {ensemble / together:.2f}  "

@@ -21,6 +21,8 @@
 #   first_pass    [360] ~100M ensemble step / Σ member steps at batch 1 and 16 with first_pass_tokens 1 and 4
 #                       side by side (first_pass.txt): whole short re-spellings in one pass (slower on a CPU)
 #   throughput    [300] the same for the tiny sizes (tiny-trained, tiny-real), with working memory
+#                 (decode_throughput.py now fills batch 16 with distinct prompts, as a dataset batch; the GPU
+#                 rounds in RESULTS.md before 2026-11-26 14:38 repeated one prompt: add --prompts same to compare)
 #   vs_reference  [300] ours vs the PyTorch reference loop, both on the GPU, batch 1 (goal ≥ 5x)
 #   tests         [300] the engine's exactness tests, the transformers parity tests and the vmapped RL train step
 #                       (equal to the train step jitted with the decode-loop options), jax on the GPU

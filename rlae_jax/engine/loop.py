@@ -296,7 +296,8 @@ def feed_members(members: Sequence[Member], hidden, caches, tokens: jax.Array, c
                  first_pass_tokens: int, respell_chunk: int, respell_rows: int = 0):
     """Append each row's re-spelling of its chosen union token, the first `counts [B, N]` of `tokens
     [B, N, L]`, to every member: up to `first_pass_tokens` of every row in one pass, the rest of longer
-    re-spellings in chunks of `respell_chunk` (a loop that runs zero times when no row needs more).
+    re-spellings in chunks of `respell_chunk` (a loop that runs zero times when no row needs more), by
+    just the rows that need them when `respell_rows` > 0 (`append_in_row_groups`).
     No `lax.cond` here: XLA:CPU copies a KV cache passed through one on every step. Rows ingesting
     nothing keep their previous hidden state and cursor. → (hidden per member `[B, H]`, caches)."""
     first = min(first_pass_tokens, tokens.shape[-1])
@@ -497,7 +498,7 @@ def default_first_pass_tokens(batch_rows: int) -> int:
 def default_respell_rows(batch_rows: int, members: Sequence[Member]) -> int:
     """`respell_rows` for a decode of `batch_rows` rows: on a CPU, a quarter of the batch when it has at
     least 8 rows and some member has at least 50M parameters, whose passes cost more with more rows (~100M
-    members at batch 16 with distinct prompts: 193 → 141 ms per step; the same prompt in every row: no
+    members at batch 16 with distinct prompts: 197 → 141 ms per step; the same prompt in every row: no
     change; tiny members: no gain, benchmarks/RESULTS.md); else 0. Measured on no GPU or TPU: 0 there."""
     large = max(member.num_params for member in members) >= 50_000_000
     return batch_rows // 4 if jax.default_backend() == "cpu" and batch_rows >= 8 and large else 0

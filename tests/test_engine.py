@@ -388,7 +388,7 @@ def test_first_pass_width_and_chunk_change_nothing_but_speed(members, alignment)
     base = generate(members, alignment, PROMPTS, strategy="fixed", weights=[0.5, 0.5], max_new_tokens=NEW_TOKENS)
     ingested, lengths = np.asarray(base.result.ingested), np.asarray(base.result.lengths)
     assert (ingested > lengths[:, None]).any()  # some union token re-spelled into several member tokens
-    for first, chunk, rows in ((2, 4, 0), (4, 1, 0), (1, 4, 1), (1, 1, 1)):
+    for first, chunk, rows in ((2, 4, 0), (4, 1, 0), (1, 1, 0), (1, 4, 1), (1, 1, 1)):
         other = generate(members, alignment, PROMPTS, strategy="fixed", weights=[0.5, 0.5],
                          max_new_tokens=NEW_TOKENS, first_pass_tokens=first, respell_chunk=chunk, respell_rows=rows)
         assert other.union_ids == base.union_ids

@@ -2,7 +2,9 @@
 hypothesis profile: `derandomized` by default, so every run (CI included) tries the same examples and
 a pass or a failure reproduces; `HYPOTHESIS_PROFILE=explore python -m pytest -q tests` searches new
 random examples (what found the literal-'▁' SentencePiece case in test_align_real). Matrix products run
-at full float32 precision on every backend (see below)."""
+at full float32 precision on every backend (see below). Each test module's compiled programs are freed
+after it (see below)."""
+import gc
 import os
 import pathlib
 
@@ -22,6 +24,16 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "derandomized"))
 FIXTURES = pathlib.Path(
     os.environ.get("RLAE_FIXTURES", pathlib.Path(__file__).resolve().parents[1].parent / "shared" / "fixtures")
 )
+
+
+@pytest.fixture(autouse=True, scope="module")
+def free_compiled_programs():
+    """Free every compiled program after each test module. An XLA:CPU executable holds its own memory
+    mappings until it is freed, and the whole suite in one process (2026-11-26) reached the kernel's
+    `vm.max_map_count` (65530 by default) and died with a segmentation fault inside an XLA compile."""
+    yield
+    jax.clear_caches()
+    gc.collect()
 
 
 def fixture_path(*parts: str) -> pathlib.Path:

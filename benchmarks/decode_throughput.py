@@ -42,7 +42,7 @@ from rlae_jax.generation import generate_ids_jit
 from rlae_jax.align import build_alignment
 from rlae_jax.engine import (CallableWeightFn, DecodeConfig, decode, decode_jit, resolve_strategy,
                              tokenize_for_members)
-from rlae_jax.engine.loop import default_respell_rows
+from rlae_jax.engine.loop import default_respell_slots
 from rlae_jax.models import Member, build_model
 from rlae_jax.prompts import encode_prompts, left_pad, pad_id_of
 from rlae_jax.sampling import first_argmax
@@ -128,12 +128,12 @@ FEATURE_USES = {  # --features: what the decode does with the per-span features
 
 
 def ensemble_config(new_tokens, candidates=0, respell_chunk=4, expansion_budget=2, first_pass_tokens=1,
-                    respell_rows=0, features="none") -> DecodeConfig:
+                    respell_slots=0, features="none") -> DecodeConfig:
     """The benchmarked decode: greedy full-union selection (uniform weights' default), runs all new_tokens."""
     return DecodeConfig(max_new_tokens=new_tokens, stop_at_eos=False, record_features=features != "none",
                         candidates_per_member=candidates, respell_chunk=respell_chunk,
                         expansion_budget=expansion_budget, first_pass_tokens=first_pass_tokens,
-                        respell_rows=respell_rows)
+                        respell_slots=respell_slots)
 
 
 def reads_every_feature(features) -> jax.Array:
@@ -254,10 +254,10 @@ def main():
     parser.add_argument("--first-pass-tokens", default=str(DecodeConfig.first_pass_tokens),
                         help="DecodeConfig.first_pass_tokens: member tokens every row appends in a step's first pass; "
                              "a comma list times one ensemble per width, side by side with the same members")
-    parser.add_argument("--respell-rows", default="auto",
-                        help="DecodeConfig.respell_rows: rows per group of the extra re-spelling passes (0: the whole "
-                             "batch; auto: generate's default for the batch and members, default_respell_rows); a "
-                             "comma list times one ensemble per value, side by side")
+    parser.add_argument("--respell-slots", default="auto",
+                        help="DecodeConfig.respell_slots: member tokens per packed extra re-spelling pass (0: "
+                             "whole-batch chunks; auto: generate's default for the batch and members, "
+                             "default_respell_slots); a comma list times one ensemble per value, side by side")
     parser.add_argument("--expansion-budget", type=int, default=3,
                         help="DecodeConfig.expansion_budget: member cache slots per generated union token (3, not "
                              "the library's 2: with distinct prompts some row of the random ~100M GPT-2 member takes "
@@ -275,7 +275,7 @@ def main():
     opts = parser.parse_args()
     batches = [int(b) for b in opts.batches.split(",")]
     widths_first_pass = [int(w) for w in opts.first_pass_tokens.split(",")]
-    respell_rows = [r if r == "auto" else int(r) for r in opts.respell_rows.split(",")]
+    respell_slots = [r if r == "auto" else int(r) for r in opts.respell_slots.split(",")]
     variants = opts.command_buffers.split(",")
     unknown = set(variants) - set(COMMAND_BUFFERS)
     if unknown:
@@ -286,7 +286,7 @@ def main():
     print(f"# {common.machine_info()}")
     selection = (f"certified top-{opts.candidates} shortcut" if opts.candidates else "full-union selection")
     print(f"# repeats={opts.repeats}, greedy, uniform weights, {selection}, first pass {opts.first_pass_tokens} "
-          f"tokens, respell chunk {opts.respell_chunk}, respell rows {opts.respell_rows}, "
+          f"tokens, respell chunk {opts.respell_chunk}, respell slots {opts.respell_slots}, "
           f"expansion budget {opts.expansion_budget}, head scale {opts.head_scale}"
           f", features: {FEATURE_USES[opts.features]}, command buffers: {opts.command_buffers}, "
           f"{opts.prompts} prompts")
@@ -294,8 +294,8 @@ def main():
     settings = dict(candidates=opts.candidates, respell_chunk=opts.respell_chunk,
                     expansion_budget=opts.expansion_budget, features=opts.features)
     ensembles = {" ".join(["ensemble"] + [f"F={w}"] * (len(widths_first_pass) > 1)
-                          + [f"R={r}"] * (len(respell_rows) > 1)): dict(first_pass_tokens=w, respell_rows=r)
-                 for w in widths_first_pass for r in respell_rows}
+                          + [f"S={r}"] * (len(respell_slots) > 1)): dict(first_pass_tokens=w, respell_slots=r)
+                 for w in widths_first_pass for r in respell_slots}
     label_width = max(len(name) for name in [*ensembles, "together+Z"]) + (0 if len(variants) == 1 else 9)
     widths = [13, 3, label_width + 2, 8, 9, 9, 11, 8]
     verdicts = []
@@ -309,8 +309,8 @@ def main():
               f"N1,N2={tokens}")
         for batch in tqdm(batches, desc=size, leave=False):
             prompts = common.batch_prompts(batch, opts.prompts == "distinct")
-            shapes = {name: dict(shape, respell_rows=default_respell_rows(batch, members))
-                      if shape["respell_rows"] == "auto" else shape for name, shape in ensembles.items()}
+            shapes = {name: dict(shape, respell_slots=default_respell_slots(batch, members))
+                      if shape["respell_slots"] == "auto" else shape for name, shape in ensembles.items()}
             runners = []
             for variant in variants:
                 options = COMMAND_BUFFERS[variant]

@@ -6,7 +6,7 @@
 #
 # Logs go to OUT (default /tmp/rlae_gpu_checks), one file per check. With no CHECK, all of them run in
 # this order (the most wanted first); each has its own time limit (seconds, in brackets), so one that
-# hangs or fails leaves the others' logs. All of them take ~30 minutes, more than a lent device's
+# hangs or fails leaves the others' logs. All of them take ~35 minutes, more than a lent device's
 # 15: name the ones a call can afford. Where ../shared does not travel with the repo, copy the fixtures into an
 # ignored folder of the repo (e.g. .fixtures) and point RLAE_FIXTURES there.
 #   device        [120] GPU, driver, library versions, a tiny ensemble decode on the GPU and the decode loops'
@@ -20,6 +20,9 @@
 #                       tiny-real batch 1 half took 70 s; ~100M did not compile both variants in 120 s
 #   first_pass    [360] ~100M ensemble step / Σ member steps at batch 1 and 16 with first_pass_tokens 1 and 4
 #                       side by side (first_pass.txt): whole short re-spellings in one pass (slower on a CPU)
+#   respell       [360] ~100M at batch 16, distinct prompts: the rest of long re-spellings in whole-batch chunks
+#                       or packed 8 tokens a pass from any rows (respell_slots 0 and 8; packed won on a CPU, the
+#                       GPU default is still 0) (respell.txt)
 #   throughput    [300] the same for the tiny sizes (tiny-trained, tiny-real), with working memory
 #                 (decode_throughput.py now fills batch 16 with distinct prompts, as a dataset batch; the GPU
 #                 rounds in RESULTS.md before 2026-11-26 14:38 repeated one prompt: add --prompts same to compare)
@@ -32,7 +35,7 @@ cd "$(dirname "$0")/.."
 out=${1:-/tmp/rlae_gpu_checks}
 shift || true
 checks=("$@")
-[ ${#checks[@]} -gt 0 ] || checks=(profile command_buffers first_pass throughput vs_reference tests)
+[ ${#checks[@]} -gt 0 ] || checks=(profile command_buffers first_pass respell throughput vs_reference tests)
 mkdir -p "$out"
 export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 export XLA_PYTHON_CLIENT_PREALLOCATE=false  # jax and torch share the GPU in vs_reference
@@ -60,6 +63,11 @@ EOF
 first_pass() {
   timeout 360 python3 benchmarks/decode_throughput.py --sizes 100m --repeats 3 --first-pass-tokens 1,4 2>&1 \
     | tee "$out/first_pass.txt"
+}
+
+respell() {
+  timeout 360 python3 benchmarks/decode_throughput.py --sizes 100m --batches 16 --repeats 3 --respell-slots 0,8 \
+    2>&1 | tee "$out/respell.txt"
 }
 
 command_buffers() {
@@ -96,8 +104,8 @@ device 2>&1 | tee "$out/device.txt"
 [ "${PIPESTATUS[0]}" = 0 ] || { echo "device check failed: see $out/device.txt"; exit 1; }
 for check in "${checks[@]}"; do
   case $check in
-    first_pass|command_buffers|throughput|vs_reference|tests|profile) echo "== $check $(date +%T)"; $check ;;
+    first_pass|respell|command_buffers|throughput|vs_reference|tests|profile) echo "== $check $(date +%T)"; $check ;;
     device) ;;
-    *) echo "unknown check '$check' (profile, first_pass, command_buffers, throughput, vs_reference, tests)"; exit 2 ;;
+    *) echo "unknown check '$check' (profile, first_pass, respell, command_buffers, throughput, vs_reference, tests)"; exit 2 ;;
   esac
 done

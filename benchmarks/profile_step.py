@@ -32,7 +32,7 @@ import jax
 import common
 import decode_throughput
 from rlae_jax.align import build_alignment
-from rlae_jax.engine.loop import default_respell_rows
+from rlae_jax.engine.loop import default_respell_slots
 
 INSTRUCTION = re.compile(r'^\s*(?:ROOT )?%([\w.\-]+) = (\S+) ([\w\-]+)\(')
 OP_NAME = re.compile(r'op_name="([^"]*)"')
@@ -113,13 +113,13 @@ def main():
     prompts = common.batch_prompts(opts.batch, opts.prompts == "distinct")
     print(f"# profile_step  {datetime.datetime.now():%Y-%m-%d %H:%M}")
     print(f"# {common.machine_info()}")
-    respell_rows = default_respell_rows(opts.batch, members)  # generate's default
+    respell_slots = default_respell_slots(opts.batch, members)  # generate's default
     print(f"# {opts.size}: {note}; union {alignment.num_union}; batch {opts.batch} ({opts.prompts} prompts), "
-          f"{opts.tokens} new tokens, greedy, uniform weights, respell rows {respell_rows}; "
+          f"{opts.tokens} new tokens, greedy, uniform weights, respell slots {respell_slots}; "
           f"features: {decode_throughput.FEATURE_USES[opts.features]}")
 
     ensemble = decode_throughput.ensemble_runner(members, alignment, prompts, opts.tokens, features=opts.features,
-                                                 respell_rows=respell_rows)
+                                                 respell_slots=respell_slots)
     report("ensemble", *traced_op_times(ensemble, opts.tokens), op_table(ensemble.compiled.as_text()), opts.top,
            opts.tokens)
     together = decode_throughput.together_runner(members, prompts, opts.tokens)

@@ -33,7 +33,7 @@ def main(argv):
                        threshold=config.threshold, top_k=config.top_k, packllm_temperature=config.packllm_temperature,
                        span_length=config.span_length, max_new_tokens=config.max_new_tokens,
                        expansion_budget=config.expansion_budget, first_pass_tokens=config.first_pass_tokens or None,
-                       respell_rows=None if config.respell_rows < 0 else config.respell_rows,
+                       respell_slots=None if config.respell_slots < 0 else config.respell_slots,
                        temperature=config.temperature, top_p=config.top_p, seed=config.seed + start)
         for prompt, text, weights_per_span, reason in zip(chunk, out.texts, out.span_weights, out.stop_reasons):
             print(f"{prompt}{text}\n  [stop: {reason}; mean weights {weights_per_span.mean(0).round(3).tolist()}]\n")

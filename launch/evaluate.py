@@ -10,7 +10,7 @@ from ml_collections import config_flags
 
 from rlae_jax.align import build_alignment
 from rlae_jax.demo_members import load_members
-from rlae_jax.engine.loop import DecodeConfig, default_respell_rows
+from rlae_jax.engine.loop import DecodeConfig, default_respell_slots
 from rlae_jax.evaluation import baseline_strategies, run_strategy, summarize, write_report
 from rlae_jax.plots import plot_weights_along_answers
 from rlae_jax.rl.rollout import policy_weight_fn
@@ -29,10 +29,10 @@ def main(argv):
     task = get_task(config.task)
     examples = task.load(config.split, config.data_source or None, limit=config.limit)
     results = {}
-    respell_rows = default_respell_rows(config.batch_size, members)
+    respell_slots = default_respell_slots(config.batch_size, members)
     for name, (weight_fn, selection) in baseline_strategies(members, config.threshold, config.top_k).items():
         strategy_config = DecodeConfig(max_new_tokens=config.max_new_tokens, selection=selection,
-                                       respell_rows=respell_rows, record_features=False)
+                                       respell_slots=respell_slots, record_features=False)
         results[name] = run_strategy(name, members, alignment, task, examples, weight_fn, strategy_config,
                                      config.batch_size)
     output = pathlib.Path(config.output_dir).absolute()
@@ -45,7 +45,8 @@ def main(argv):
         name = f"RLAE_{rl_config.kind.upper()} ({pathlib.Path(workdir).name})"
         weight_fn = policy_weight_fn(state, setup, jax.random.key(0), deterministic=True)
         results[name] = run_strategy(name, members, alignment, task, examples, weight_fn,
-                                     dataclasses.replace(setup.decode, respell_rows=respell_rows), config.batch_size)
+                                     dataclasses.replace(setup.decode, respell_slots=respell_slots),
+                                     config.batch_size)
         shown = list(range(min(4, len(examples))))
         result = results[name]
         plot_weights_along_answers(

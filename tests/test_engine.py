@@ -12,7 +12,7 @@ from rlae_jax.align import build_alignment
 from rlae_jax import compile_options
 from rlae_jax.engine import CallableWeightFn, DecodeConfig, decode_jit, generate
 from rlae_jax.engine.features import top1_agreement, usable_rows
-from rlae_jax.engine.loop import (default_first_pass_tokens, default_respell_rows, feed_members,
+from rlae_jax.engine.loop import (default_first_pass_tokens, default_respell_slots, feed_members,
                                   member_distributions)
 from rlae_jax.models import Member, ModelConfig, build_model
 from rlae_jax.tokenization import train_byte_level_bpe, train_metaspace_unigram
@@ -383,14 +383,14 @@ def test_ids_outside_a_tokenizer_get_no_probability(members, alignment):
 
 
 def test_first_pass_width_and_chunk_change_nothing_but_speed(members, alignment):
-    """Re-spellings appended in a wider first pass, in smaller chunks or by the rows that need them
-    apart from the batch: the same tokens."""
+    """Re-spellings appended in a wider first pass, in smaller chunks or in passes packed from any rows:
+    the same tokens."""
     base = generate(members, alignment, PROMPTS, strategy="fixed", weights=[0.5, 0.5], max_new_tokens=NEW_TOKENS)
     ingested, lengths = np.asarray(base.result.ingested), np.asarray(base.result.lengths)
     assert (ingested > lengths[:, None]).any()  # some union token re-spelled into several member tokens
-    for first, chunk, rows in ((2, 4, 0), (4, 1, 0), (1, 1, 0), (1, 4, 1), (1, 1, 1)):
+    for first, chunk, slots in ((2, 4, 0), (4, 1, 0), (1, 1, 0), (1, 4, 1), (1, 1, 2)):
         other = generate(members, alignment, PROMPTS, strategy="fixed", weights=[0.5, 0.5],
-                         max_new_tokens=NEW_TOKENS, first_pass_tokens=first, respell_chunk=chunk, respell_rows=rows)
+                         max_new_tokens=NEW_TOKENS, first_pass_tokens=first, respell_chunk=chunk, respell_slots=slots)
         assert other.union_ids == base.union_ids
         np.testing.assert_array_equal(np.asarray(other.result.ingested), ingested)
 
@@ -402,14 +402,14 @@ def test_first_pass_default_is_4_only_on_a_gpu_at_batch_1(monkeypatch):
         assert (default_first_pass_tokens(1), default_first_pass_tokens(16)) == expected
 
 
-def test_respell_rows_default_is_a_quarter_batch_only_on_a_cpu_with_large_members(monkeypatch):
-    """generate's respell_rows=None: groups of a quarter of the batch where they measured faster (a CPU,
-    ~100M members, batch 16), else whole-batch passes."""
+def test_respell_slots_default_is_half_the_batch_only_on_a_cpu_with_large_members(monkeypatch):
+    """generate's respell_slots=None: packed passes of half the batch where they measured faster (a CPU,
+    ~100M members, batch 8-32), else whole-batch chunks."""
     tiny, large = [SimpleNamespace(num_params=4_000_000)], [SimpleNamespace(num_params=124_000_000)]
-    for backend, expected in (("cpu", (4, 0, 0, 2)), ("gpu", (0, 0, 0, 0)), ("tpu", (0, 0, 0, 0))):
+    for backend, expected in (("cpu", (8, 0, 0, 4)), ("gpu", (0, 0, 0, 0)), ("tpu", (0, 0, 0, 0))):
         monkeypatch.setattr(jax, "default_backend", lambda backend=backend: backend)
-        assert (default_respell_rows(16, large), default_respell_rows(16, tiny), default_respell_rows(4, large),
-                default_respell_rows(8, tiny + large)) == expected
+        assert (default_respell_slots(16, large), default_respell_slots(16, tiny), default_respell_slots(4, large),
+                default_respell_slots(8, tiny + large)) == expected
 
 
 def test_decode_loops_put_loops_in_command_buffers_on_cuda_unless_xla_flags_say_otherwise(monkeypatch):
@@ -430,7 +430,7 @@ def test_decode_loops_put_loops_in_command_buffers_on_cuda_unless_xla_flags_say_
 
 def test_re_spellings_fed_in_any_passes_equal_one_pass(members):
     """feed_members with row re-spellings of 0-7 tokens, in a narrow first pass plus wide chunks and a
-    one-token tail, over the whole batch or over just the rows that need them, gives the caches and hidden
+    one-token tail over the whole batch, or plus passes packed from any rows, gives the caches and hidden
     states of appending each whole re-spelling at once."""
     batch = rlae_jax.engine.tokenize_for_members(members, PROMPTS, 16)
     hidden, caches = [], []
@@ -441,25 +441,34 @@ def test_re_spellings_fed_in_any_passes_equal_one_pass(members):
     rng = np.random.RandomState(0)
     tokens = jnp.asarray(np.stack([rng.randint(0, len(m.tokenizer), (len(PROMPTS), 7)) for m in members], 1),
                          jnp.int32)
-    counts = jnp.asarray([[0, 7], [1, 3], [6, 2]], jnp.int32)  # [B, N]: after one first token, 0-6 left
     feed = jax.jit(feed_members, static_argnums=(5, 6, 7))
-    expected_hidden, expected_caches = feed(tuple(members), tuple(hidden), tuple(caches), tokens, counts, 7, 1, 0)
-    # (first pass, chunk, respell_rows): when at most respell_rows rows need more after the first pass, only
-    # they run the extra passes, gathered (0: never). With 1 and 2, member 0 has one such row (with 2, and
-    # an empty slot); with first pass 2 and respell_rows 2, member 1 has two
-    for first, chunk, rows in ((1, 4, 0), (2, 4, 0), (1, 2, 0), (1, 1, 0), (3, 4, 0), (1, 4, 1), (1, 1, 2), (2, 4, 2)):
-        got_hidden, got_caches = feed(tuple(members), tuple(hidden), tuple(caches), tokens, counts, first, chunk,
-                                      rows)
-        for got, expected in zip(got_caches, expected_caches):
-            np.testing.assert_array_equal(got.cursor, expected.cursor)
-            np.testing.assert_array_equal(got.slot_positions, expected.slot_positions)
-            used = np.repeat(np.asarray(expected.slot_positions) >= 0, got.keys[0].shape[0] // len(PROMPTS), 0)
-            for got_keys, expected_keys in zip(got.keys + got.values, expected.keys + expected.values):
-                # slots past a row's cursor hold whatever a padded pass wrote there; only used ones count
-                np.testing.assert_allclose(np.asarray(got_keys)[used], np.asarray(expected_keys)[used],
-                                           rtol=1e-5, atol=1e-5)
-        for got, expected in zip(got_hidden, expected_hidden):
-            np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5)
+    # counts [B, N] and (first pass, chunk, respell_slots): with respell_slots > 0, what is left after the
+    # first pass goes in passes of that many tokens packed from any rows when append_rest predicts them
+    # cheaper than whole-batch chunks. Long re-spellings: packed, e.g. first pass 3 and 2 slots, member 0
+    # [0, 0, 3] (one row over two passes); first pass 4 and 2 slots, member 1 [3, 0, 0] (an empty slot).
+    # Short ones, first pass 1: 2 slots pack member 1's [1, 0, 1] in one pass; 1 slot: chunks for it, and
+    # for [1, 1, 1] in the last case
+    long_cases = ((1, 4, 0), (2, 4, 0), (1, 2, 0), (1, 1, 0), (3, 4, 0), (1, 4, 2), (3, 4, 2), (4, 4, 1), (4, 4, 2))
+    short_cases = ((1, 4, 2), (1, 4, 1))
+    for counts, cases in (([[0, 7], [1, 3], [6, 2]], long_cases), ([[1, 2], [2, 1], [1, 2]], short_cases),
+                          ([[2, 2], [2, 2], [2, 2]], ((1, 4, 1),))):
+        counts = jnp.asarray(counts, jnp.int32)
+        expected_hidden, expected_caches = feed(tuple(members), tuple(hidden), tuple(caches), tokens, counts, 7, 1,
+                                                0)
+        for first, chunk, slots in cases:
+            got_hidden, got_caches = feed(tuple(members), tuple(hidden), tuple(caches), tokens, counts, first,
+                                          chunk, slots)
+            for got, expected in zip(got_caches, expected_caches):
+                np.testing.assert_array_equal(got.cursor, expected.cursor)
+                np.testing.assert_array_equal(got.next_position, expected.next_position)
+                np.testing.assert_array_equal(got.slot_positions, expected.slot_positions)
+                used = np.repeat(np.asarray(expected.slot_positions) >= 0, got.keys[0].shape[0] // len(PROMPTS), 0)
+                for got_keys, expected_keys in zip(got.keys + got.values, expected.keys + expected.values):
+                    # slots past a row's cursor hold whatever a padded pass wrote there; only used ones count
+                    np.testing.assert_allclose(np.asarray(got_keys)[used], np.asarray(expected_keys)[used],
+                                               rtol=1e-5, atol=1e-5)
+            for got, expected in zip(got_hidden, expected_hidden):
+                np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.parametrize("name", ["span_length", "expansion_budget", "first_pass_tokens", "respell_chunk"])
@@ -468,6 +477,6 @@ def test_decode_settings_below_one_are_refused(name):
         DecodeConfig(**{name: 0})
 
 
-def test_negative_respell_rows_is_refused():
-    with pytest.raises(ValueError, match="respell_rows must be >= 0"):
-        DecodeConfig(respell_rows=-1)
+def test_negative_respell_slots_is_refused():
+    with pytest.raises(ValueError, match="respell_slots must be >= 0"):
+        DecodeConfig(respell_slots=-1)

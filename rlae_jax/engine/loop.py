@@ -41,9 +41,10 @@ class DecodeConfig:
     (re-spellings that fit need no second pass; `generate` picks it with `default_first_pass_tokens`);
     `respell_chunk`: member tokens appended per extra pass for the rest of longer re-spellings (a larger
     chunk means fewer passes but more padded work per pass; 1, 2 and 4 measured alike at ~100M, batch 16, on
-    a 2-core CPU; a last chunk of one token gets a one-token pass); `respell_rows`: when at most half the
-    rows need extra passes, only they run them, gathered this many at a time (0: always the whole batch;
-    `generate` picks it with `default_respell_rows`); `stop_at_eos=False` always runs
+    a 2-core CPU; a last chunk of one token gets a one-token pass); `respell_slots`: when that should cost
+    less (`append_rest`), the rest of longer re-spellings goes in one-token passes of this many tokens
+    packed from any rows (0: always whole-batch chunks; `generate` picks it with
+    `default_respell_slots`); `stop_at_eos=False` always runs
     max_new_tokens steps (benchmarks); `record_features` keeps every span's SpanFeatures in the result (RL
     needs them; without it features the weight_fn ignores are never computed)."""
 
@@ -54,7 +55,7 @@ class DecodeConfig:
     expansion_budget: int = 2
     first_pass_tokens: int = 1
     respell_chunk: int = 4
-    respell_rows: int = 0
+    respell_slots: int = 0
     stop_at_eos: bool = True
     record_features: bool = True
 
@@ -62,8 +63,8 @@ class DecodeConfig:
         for name in ("span_length", "expansion_budget", "first_pass_tokens", "respell_chunk"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.respell_rows < 0:
-            raise ValueError(f"respell_rows must be >= 0 (0: whole-batch passes), got {self.respell_rows}")
+        if self.respell_slots < 0:
+            raise ValueError(f"respell_slots must be >= 0 (0: whole-batch chunks), got {self.respell_slots}")
 
     @property
     def num_spans(self) -> int:
@@ -249,7 +250,7 @@ def append_chunked(member: Member, cache: KVCache, previous: jax.Array, tokens: 
     on a CPU a one-token pass is a matrix-vector product, much cheaper than a wider one at batch 1
     (benchmarks/RESULTS.md). Rows that append nothing keep `previous` (hidden `[B, H]`)."""
     chunk = min(chunk, tokens.shape[1])
-    wide = jnp.maximum((jnp.max(counts) + chunk - 2) // chunk, 0)  # chunks until at most one token is left
+    wide, _ = chunked_passes(counts, chunk)
     hidden, cache = append_passes(member, cache, previous, tokens, counts, chunk, wide)
     done = wide * chunk
     last = jax.lax.dynamic_slice_in_dim(jnp.pad(tokens, ((0, 0), (0, 1))), done, 1, axis=1)
@@ -257,47 +258,69 @@ def append_chunked(member: Member, cache: KVCache, previous: jax.Array, tokens: 
     return append_passes(member, cache, hidden, last, left, 1, jnp.max(left))
 
 
-def append_in_row_groups(member: Member, cache: KVCache, previous: jax.Array, tokens: jax.Array, counts: jax.Array,
-                         chunk: int, group_rows: int) -> tuple[jax.Array, KVCache]:
-    """`append_chunked`, except that when at most half the rows have `counts [B] > 0`, only those rows
-    run the passes, gathered `group_rows` at a time into a smaller batch (their caches copied out and
-    back). Where a pass's cost grows with its rows (a CPU at ~100M), the extra passes for some rows'
-    longer re-spellings then cost passes over those rows, not over the whole batch; when more rows need
-    them, whole-batch passes cost less than the groups' (benchmarks/RESULTS.md). Rows that append
-    nothing keep `previous` (hidden `[B, H]`)."""
-    batch = counts.shape[0]
-    needing = counts > 0
-    num_needing = needing.sum()
-    apart = 2 * num_needing <= batch
-    order = jnp.argsort(~needing, stable=True)  # rows that need tokens first
-    order = jnp.pad(order, (0, -batch % group_rows), constant_values=batch)
+def chunked_passes(counts: jax.Array, chunk: int) -> tuple[jax.Array, jax.Array]:
+    """(wide, tail): the `chunk`-token passes `append_chunked` runs for `counts [B]` (until at most one
+    token is left) and its one-token passes after them (0 or 1)."""
+    wide = jnp.maximum((jnp.max(counts) + chunk - 2) // chunk, 0)
+    return wide, jnp.max(jnp.clip(counts - wide * chunk, 0, 1))
 
-    def group_apart(carry):
-        group, hidden, cache = carry
-        start = group * group_rows
-        rows = jax.lax.dynamic_slice_in_dim(order, start, group_rows)
-        rows = jnp.where(start + jnp.arange(group_rows) < num_needing, rows, batch)  # batch: an empty slot
 
-        def take(x):
-            return jnp.take(x, rows, axis=0, mode="clip")
+def append_packed_passes(member: Member, cache: KVCache, previous: jax.Array, tokens: jax.Array,
+                         counts: jax.Array, slots_per_pass: int) -> tuple[jax.Array, KVCache]:
+    """Append the first `counts[b]` of `tokens [B, L]` to each row in one-token passes of `slots_per_pass`
+    tokens packed from any rows, row after row (a row's tokens go in order and may share a pass): as many
+    passes as the total count needs (0 when it is 0), each a `slots_per_pass`-row pass over those rows'
+    caches. Rows that append nothing keep `previous` (hidden `[B, H]`)."""
+    batch, width = tokens.shape
+    valid = (jnp.arange(width)[None, :] < counts[:, None]).reshape(-1)
+    total = counts.sum()
+    entries = jnp.argsort(~valid, stable=True).astype(jnp.int32)  # row · width + offset, valid ones first
+    entries = jnp.pad(entries, (0, -entries.shape[0] % slots_per_pass))
+    flat_tokens = tokens.reshape(-1)
 
-        part_counts = jnp.where(rows < batch, take(counts), 0)
-        part_hidden, part = append_chunked(member, cache.take_rows(rows), take(hidden), take(tokens), part_counts,
-                                           chunk)
-        return group + 1, hidden.at[rows].set(part_hidden, mode="drop"), cache.put_rows(rows, part)
+    def one_pass(carry):
+        index, hidden, cache = carry
+        start = index * slots_per_pass
+        entry = jax.lax.dynamic_slice_in_dim(entries, start, slots_per_pass)
+        ok = start + jnp.arange(slots_per_pass) < total
+        rows, offsets = entry // width, entry % width
+        out, cache = member.append_packed(cache, flat_tokens[entry], rows, offsets, ok)
+        last = ok & (offsets == counts[rows] - 1)  # the hidden state a row keeps is its last token's
+        return index + 1, hidden.at[jnp.where(last, rows, batch)].set(out, mode="drop"), cache
 
-    # loops that run zero times rather than a lax.cond: XLA:CPU copies a KV cache passed through a cond
-    groups = jnp.where(apart, (num_needing + group_rows - 1) // group_rows, 0)
-    _, hidden, cache = jax.lax.while_loop(lambda c: c[0] < groups, group_apart, (jnp.int32(0), previous, cache))
-    return append_chunked(member, cache, hidden, tokens, jnp.where(apart, 0, counts), chunk)
+    passes = (total + slots_per_pass - 1) // slots_per_pass
+    _, hidden, cache = jax.lax.while_loop(lambda c: c[0] < passes, one_pass, (jnp.int32(0), previous, cache))
+    return hidden, cache.advance(counts)
+
+
+def append_rest(member: Member, cache: KVCache, previous: jax.Array, tokens: jax.Array, counts: jax.Array,
+                chunk: int, slots_per_pass: int) -> tuple[jax.Array, KVCache]:
+    """Append the first `counts[b]` of `tokens [B, L]` (what is left of the re-spellings after the first
+    pass) in whole-batch chunks (`append_chunked`) or, when `slots_per_pass` = P > 0 and it costs less,
+    in passes of P tokens packed from any rows (`append_packed_passes`). The cost of a pass is taken as
+    its row-tokens plus P (on a 2-core CPU a ~100M member's pass took ~17 ms plus ~1.6 ms per row-token:
+    a fixed cost of ~10 row-tokens, P = 8 at batch 16): packed passes win when few rows re-spell, as
+    with distinct prompts, and lose when most rows re-spell alike, as with one prompt in every row
+    (benchmarks/RESULTS.md). Both are loops that run zero times when unused (XLA:CPU copies a KV cache
+    passed through a `lax.cond`). Rows that append nothing keep `previous` (hidden `[B, H]`)."""
+    if slots_per_pass <= 0:
+        return append_chunked(member, cache, previous, tokens, counts, chunk)
+    batch, width = tokens.shape[0], min(chunk, tokens.shape[1])
+    wide, tail = chunked_passes(counts, width)
+    chunked_cost = wide * (slots_per_pass + batch * width) + tail * (slots_per_pass + batch)
+    packed_cost = (counts.sum() + slots_per_pass - 1) // slots_per_pass * 2 * slots_per_pass
+    packed = packed_cost < chunked_cost
+    hidden, cache = append_packed_passes(member, cache, previous, tokens, jnp.where(packed, counts, 0),
+                                         slots_per_pass)
+    return append_chunked(member, cache, hidden, tokens, jnp.where(packed, 0, counts), chunk)
 
 
 def feed_members(members: Sequence[Member], hidden, caches, tokens: jax.Array, counts: jax.Array,
-                 first_pass_tokens: int, respell_chunk: int, respell_rows: int = 0):
+                 first_pass_tokens: int, respell_chunk: int, respell_slots: int = 0):
     """Append each row's re-spelling of its chosen union token, the first `counts [B, N]` of `tokens
     [B, N, L]`, to every member: up to `first_pass_tokens` of every row in one pass, the rest of longer
-    re-spellings in chunks of `respell_chunk` (a loop that runs zero times when no row needs more), by
-    just the rows that need them when `respell_rows` > 0 (`append_in_row_groups`).
+    re-spellings (`append_rest`, loops that run zero times when no row needs more) in chunks of
+    `respell_chunk` over the whole batch, or packed `respell_slots` tokens a pass from any rows.
     No `lax.cond` here: XLA:CPU copies a KV cache passed through one on every step. Rows ingesting
     nothing keep their previous hidden state and cursor. → (hidden per member `[B, H]`, caches)."""
     first = min(first_pass_tokens, tokens.shape[-1])
@@ -307,12 +330,8 @@ def feed_members(members: Sequence[Member], hidden, caches, tokens: jax.Array, c
         last, cache = append_block(member, caches[index], hidden[index], member_tokens[:, :first],
                                    jnp.minimum(member_counts, first))
         if tokens.shape[-1] > first:
-            rest, rest_counts = member_tokens[:, first:], jnp.maximum(member_counts - first, 0)
-            if 0 < respell_rows < tokens.shape[0]:
-                last, cache = append_in_row_groups(member, cache, last, rest, rest_counts, respell_chunk,
-                                                   respell_rows)
-            else:
-                last, cache = append_chunked(member, cache, last, rest, rest_counts, respell_chunk)
+            last, cache = append_rest(member, cache, last, member_tokens[:, first:],
+                                      jnp.maximum(member_counts - first, 0), respell_chunk, respell_slots)
         new_hidden.append(last)
         new_caches.append(cache)
     return tuple(new_hidden), tuple(new_caches)
@@ -424,7 +443,7 @@ def decode(members: Sequence[Member], alignment: Alignment, prompts: PromptBatch
             counts = jnp.where(fits, counts, 0)
             live = live & fits
         hidden, caches = feed_members(members, s.hidden, s.caches, tokens, counts, config.first_pass_tokens,
-                                      config.respell_chunk, config.respell_rows)
+                                      config.respell_chunk, config.respell_slots)
         overflow = live & jnp.any(jnp.stack([c.overflowed for c in caches]), axis=0)
         is_eos = live & (chosen == alignment.eos_union_id) & config.stop_at_eos
         return s.replace(
@@ -495,13 +514,14 @@ def default_first_pass_tokens(batch_rows: int) -> int:
     return 4 if batch_rows == 1 and jax.default_backend() == "gpu" else 1
 
 
-def default_respell_rows(batch_rows: int, members: Sequence[Member]) -> int:
-    """`respell_rows` for a decode of `batch_rows` rows: on a CPU, a quarter of the batch when it has at
-    least 8 rows and some member has at least 50M parameters, whose passes cost more with more rows (~100M
-    members at batch 16 with distinct prompts: 197 → 141 ms per step; the same prompt in every row: no
-    change; tiny members: no gain, benchmarks/RESULTS.md); else 0. Measured on no GPU or TPU: 0 there."""
+def default_respell_slots(batch_rows: int, members: Sequence[Member]) -> int:
+    """`respell_slots` for a decode of `batch_rows` rows: on a CPU, half the batch when it has at least 8
+    rows and some member has at least 50M parameters, whose passes cost about their row-tokens (~100M
+    members, distinct prompts, batch 8/16/32: 122/200/337 → 98/127–135/202 ms per step; the same prompt in
+    every row: no change; batch 4 with 2 slots: slower, benchmarks/RESULTS.md); else 0. Measured on no
+    GPU or TPU: 0 there."""
     large = max(member.num_params for member in members) >= 50_000_000
-    return batch_rows // 4 if jax.default_backend() == "cpu" and batch_rows >= 8 and large else 0
+    return batch_rows // 2 if jax.default_backend() == "cpu" and batch_rows >= 8 and large else 0
 
 
 def generate(members: Sequence[Member], alignment: Alignment, prompts: Sequence[str], strategy: Any = "uniform",
@@ -509,7 +529,7 @@ def generate(members: Sequence[Member], alignment: Alignment, prompts: Sequence[
              top_p: float = 1.0, weights: Sequence[float] | None = None, threshold: float = 0.5, primary: int = 0,
              top_k: int = 4, packllm_temperature: float = 1.0, candidates_per_member: int = 0,
              expansion_budget: int = 2, first_pass_tokens: int | None = None, respell_chunk: int = 4,
-             respell_rows: int | None = None, record_features: bool = True) -> EnsembleOutput:
+             respell_slots: int | None = None, record_features: bool = True) -> EnsembleOutput:
     """Ensemble-generate continuations of `prompts`.
 
     strategy: "uniform", "fixed" (with `weights`), "single" (member `primary` alone), "threshold"
@@ -517,7 +537,7 @@ def generate(members: Sequence[Member], alignment: Alignment, prompts: Sequence[
     weight_fn object (see `rlae_jax.engine.strategies`). The weight_fn is called every `span_length`
     generated tokens. `record_features=False` skips keeping per-span features (faster);
     `expansion_budget`, `first_pass_tokens` (None: `default_first_pass_tokens`), `respell_chunk` and
-    `respell_rows` (None: `default_respell_rows`) as in `DecodeConfig`.
+    `respell_slots` (None: `default_respell_slots`) as in `DecodeConfig`.
     """
     members = list(members)
     weight_fn, selection = resolve_strategy(strategy, len(members), weights, threshold, primary, top_k,
@@ -526,8 +546,8 @@ def generate(members: Sequence[Member], alignment: Alignment, prompts: Sequence[
                           candidates_per_member=candidates_per_member, expansion_budget=expansion_budget,
                           first_pass_tokens=(default_first_pass_tokens(len(prompts)) if first_pass_tokens is None
                                              else first_pass_tokens), respell_chunk=respell_chunk,
-                          respell_rows=(default_respell_rows(len(prompts), members) if respell_rows is None
-                                        else respell_rows), record_features=record_features)
+                          respell_slots=(default_respell_slots(len(prompts), members) if respell_slots is None
+                                        else respell_slots), record_features=record_features)
     batch = tokenize_for_members(members, prompts, max_new_tokens)
     result = decode_jit(members, alignment, batch, weight_fn, jax.random.key(seed), jnp.float32(temperature),
                         jnp.float32(top_p), config=config)

@@ -3,7 +3,8 @@
 Every write appends a block of L tokens per row, some of which may be invalid (left padding
 in a prefill, or the unused tail of a multi-token step whose row-varying count is < L).
 Invalid slots are marked with position -1 and never attended to; a row's cursor only moves
-past its last valid token, so an unused tail is overwritten by the next write.
+past its last valid token, so an unused tail is overwritten by the next write. Packed writes
+(`CausalLM.append_packed`) put single tokens of any rows past their cursors, which `advance` then moves.
 """
 from __future__ import annotations
 
@@ -76,36 +77,15 @@ class KVCache:
         return self.replace(keys=tuple(map(pad, self.keys)), values=tuple(map(pad, self.values)),
                             slot_positions=jnp.pad(self.slot_positions, ((0, 0), (0, extra)), constant_values=EMPTY))
 
-    def kv_rows(self, rows: jax.Array) -> jax.Array:
-        """Indices `[R·H_kv]` of the key/value rows of batch rows `rows [R]`."""
-        heads = self.keys[0].shape[0] // self.cursor.shape[0]
-        return (rows[:, None] * heads + jnp.arange(heads)[None, :]).reshape(-1)
+    def with_packed_positions(self, rows: jax.Array, slots: jax.Array, positions: jax.Array) -> "KVCache":
+        """Record positions `[P]` of single tokens written to batch rows `rows [P]` at slots `slots [P]`
+        (>= S: not written) in the slot map; cursors stay (`advance`)."""
+        return self.replace(slot_positions=self.slot_positions.at[rows, slots].set(positions, mode="drop"))
 
-    def take_rows(self, rows: jax.Array) -> "KVCache":
-        """The cache of batch rows `rows [R]` (indices past the batch read its last row)."""
-        kv_rows = self.kv_rows(rows)
-
-        def take(x, index):
-            return jnp.take(x, index, axis=0, mode="clip")
-
-        return KVCache(keys=tuple(take(k, kv_rows) for k in self.keys),
-                       values=tuple(take(v, kv_rows) for v in self.values),
-                       slot_positions=take(self.slot_positions, rows), cursor=take(self.cursor, rows),
-                       next_position=take(self.next_position, rows))
-
-    def put_rows(self, rows: jax.Array, part: "KVCache") -> "KVCache":
-        """This cache with batch rows `rows [R]` replaced by `part` (an R-row cache); indices past the
-        batch are dropped."""
-        kv_rows = self.kv_rows(rows)
-
-        def put(x, index, new):
-            return x.at[index].set(new, mode="drop")
-
-        return KVCache(keys=tuple(put(k, kv_rows, new) for k, new in zip(self.keys, part.keys)),
-                       values=tuple(put(v, kv_rows, new) for v, new in zip(self.values, part.values)),
-                       slot_positions=put(self.slot_positions, rows, part.slot_positions),
-                       cursor=put(self.cursor, rows, part.cursor),
-                       next_position=put(self.next_position, rows, part.next_position))
+    def advance(self, counts: jax.Array) -> "KVCache":
+        """Move each row's cursor and next position past `counts [B]` tokens written after them (packed
+        writes, `CausalLM.append_packed`)."""
+        return self.replace(cursor=self.cursor + counts, next_position=self.next_position + counts)
 
     @property
     def overflowed(self) -> jax.Array:
@@ -113,9 +93,16 @@ class KVCache:
         return self.cursor > self.length
 
 
-def write_layer(cache_array: jax.Array, block: jax.Array, slots: jax.Array) -> jax.Array:
-    """Scatter `block [B, L, H, D]` into `cache_array [B·H, S, D]` at `slots [B, L]` (out of range dropped)."""
+def kv_row_indices(rows: jax.Array, heads: int) -> jax.Array:
+    """Key/value array rows `[R, H_kv]` of batch rows `rows [R]` (batch-major, `KVCache`)."""
+    return rows[:, None] * heads + jnp.arange(heads)[None, :]
+
+
+def write_layer(cache_array: jax.Array, block: jax.Array, slots: jax.Array, rows: jax.Array | None = None
+                ) -> jax.Array:
+    """Scatter `block [B, L, H, D]` into `cache_array [B'·H, S, D]` at `slots [B, L]` (out of range
+    dropped) of batch rows `rows [B]` (default: block row b is batch row b)."""
     batch, _, heads, _ = block.shape
-    rows = (jnp.arange(batch)[:, None] * heads + jnp.arange(heads)[None, :])[:, :, None]  # [B, H, 1]
-    return cache_array.at[rows, slots[:, None, :]].set(block.transpose(0, 2, 1, 3).astype(cache_array.dtype),
-                                                        mode="drop")
+    rows = jnp.arange(batch) if rows is None else rows
+    return cache_array.at[kv_row_indices(rows, heads)[:, :, None], slots[:, None, :]].set(
+        block.transpose(0, 2, 1, 3).astype(cache_array.dtype), mode="drop")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -10,7 +11,7 @@ import numpy as np
 from flax import nnx
 
 from rlae_jax.models.config import ModelConfig
-from rlae_jax.models.kv_cache import EMPTY, KVCache, write_layer
+from rlae_jax.models.kv_cache import EMPTY, KVCache, kv_row_indices, write_layer
 
 ACTIVATIONS = {
     "silu": jax.nn.silu,
@@ -140,20 +141,47 @@ class CausalLM(nnx.Module):
             cache = cache.with_block_positions(positions, valid)
             slot_positions, slots = cache.slot_positions, cache.write_slots(tokens.shape[1])
             layer_caches = list(zip(cache.keys, cache.values))
-        x = self.embed(tokens, positions)
+        x, keys, values = self.run_layers(self.embed(tokens, positions), positions, layer_caches, slots,
+                                          slot_positions)
+        if cache is not None:
+            cache = cache.replace(keys=keys, values=values).finish_block(valid)
+        return self.norm(x), cache
+
+    def append_packed(self, tokens: jax.Array, rows: jax.Array, offsets: jax.Array, valid: jax.Array,
+                      cache: KVCache) -> tuple[jax.Array, KVCache]:
+        """Write `P` single tokens `tokens [P]`, each to its own batch row `rows [P]`, `offsets [P]` slots
+        (and positions) past that row's cursor, without moving the cursors (`KVCache.advance` after the
+        last write). A token sees its row's cache and the tokens of lower offset, in this call or an
+        earlier one; entries not `valid [P]` write nothing. Returns final-normed hidden states `[P, H]`."""
+        positions = (cache.next_position[rows] + offsets)[:, None]
+        slots = jnp.where(valid, cache.cursor[rows] + offsets, cache.length)[:, None]
+        cache = cache.with_packed_positions(rows, slots[:, 0], positions[:, 0])
+        x, keys, values = self.run_layers(self.embed(tokens[:, None], positions), positions,
+                                          list(zip(cache.keys, cache.values)), PackedSlots(rows, slots),
+                                          cache.slot_positions)
+        return self.norm(x)[:, 0], cache.replace(keys=keys, values=values)
+
+    def run_layers(self, x, positions, layer_caches, slots, slot_positions):
+        """Every layer over `x [B, L, H]` → (x, per-layer cache keys, per-layer cache values)."""
         keys, values = [], []
         for layer, (layer_keys, layer_values) in zip(self.layers, layer_caches):
             x, layer_keys, layer_values = layer(x, positions, layer_keys, layer_values, slots, slot_positions)
             keys.append(layer_keys)
             values.append(layer_values)
-        if cache is not None:
-            cache = cache.replace(keys=tuple(keys), values=tuple(values)).finish_block(valid)
-        return self.norm(x), cache
+        return x, tuple(keys), tuple(values)
+
+
+class PackedSlots(NamedTuple):
+    """Where the tokens of a packed block `[P, 1]` go: batch rows `rows [P]`, cache slots `slots [P, 1]`."""
+
+    rows: jax.Array
+    slots: jax.Array
 
 
 def append_and_attend(q, k, v, cache_keys, cache_values, slots, positions, slot_positions, window):
-    """Write the block's `k, v [B, L, Hkv, D]` into the layer cache and attend with `q` (with no
-    cache, attend over the block itself). Returns `(output [B, L, Hq, D], cache keys, cache values)`."""
+    """Write the block's `k, v [B, L, Hkv, D]` into the layer cache at `slots [B, L]` and attend with `q`
+    (with no cache, attend over the block itself; with `PackedSlots`, block row b writes to and attends
+    over its own batch row). Returns `(output [B, L, Hq, D], cache keys, cache values)`."""
     if cache_keys is None:
         batch, block, num_kv, head_dim = k.shape
 
@@ -161,6 +189,13 @@ def append_and_attend(q, k, v, cache_keys, cache_values, slots, positions, slot_
             return x.transpose(0, 2, 1, 3).reshape(batch * num_kv, block, head_dim)
 
         return cached_attention(q, rows_first(k), rows_first(v), positions, slot_positions, window), None, None
+    if isinstance(slots, PackedSlots):
+        cache_keys = write_layer(cache_keys, k, slots.slots, slots.rows)
+        cache_values = write_layer(cache_values, v, slots.slots, slots.rows)
+        kv_rows = kv_row_indices(slots.rows, k.shape[2]).reshape(-1)
+        out = cached_attention(q, cache_keys[kv_rows], cache_values[kv_rows], positions,
+                               slot_positions[slots.rows], window)
+        return out, cache_keys, cache_values
     cache_keys = write_layer(cache_keys, k, slots)
     cache_values = write_layer(cache_values, v, slots)
     out = cached_attention(q, cache_keys, cache_values, positions, slot_positions, window)

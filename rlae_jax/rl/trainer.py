@@ -16,7 +16,7 @@ from tqdm import tqdm
 
 from rlae_jax import sharding
 from rlae_jax.align import Alignment
-from rlae_jax.engine.loop import DecodeConfig, default_respell_rows, tokenize_for_members
+from rlae_jax.engine.loop import DecodeConfig, default_respell_slots, tokenize_for_members
 from rlae_jax.models.member import Member
 from rlae_jax.rl import ppo
 from rlae_jax.rl.losses import LossConfig
@@ -65,7 +65,7 @@ class RLConfig:
     def setup(self, members: Sequence[Member]) -> RLSetup:
         decode = DecodeConfig(max_new_tokens=self.max_new_tokens, span_length=self.span_length,
                               expansion_budget=self.expansion_budget,
-                              respell_rows=default_respell_rows(self.batch_size, members))
+                              respell_slots=default_respell_slots(self.batch_size, members))
         return RLSetup(kind=self.kind, num_members=len(members), feature_set=self.feature_set,
                        hidden_width=max(m.config.hidden_size for m in members), decode=decode,
                        length_penalty=self.length_penalty)

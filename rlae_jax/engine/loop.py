@@ -250,12 +250,11 @@ def append_chunked(member: Member, cache: KVCache, previous: jax.Array, tokens: 
     on a CPU a one-token pass is a matrix-vector product, much cheaper than a wider one at batch 1
     (benchmarks/RESULTS.md). Rows that append nothing keep `previous` (hidden `[B, H]`)."""
     chunk = min(chunk, tokens.shape[1])
-    wide, _ = chunked_passes(counts, chunk)
+    wide, tail = chunked_passes(counts, chunk)
     hidden, cache = append_passes(member, cache, previous, tokens, counts, chunk, wide)
     done = wide * chunk
     last = jax.lax.dynamic_slice_in_dim(jnp.pad(tokens, ((0, 0), (0, 1))), done, 1, axis=1)
-    left = jnp.clip(counts - done, 0, 1)
-    return append_passes(member, cache, hidden, last, left, 1, jnp.max(left))
+    return append_passes(member, cache, hidden, last, jnp.clip(counts - done, 0, 1), 1, tail)
 
 
 def chunked_passes(counts: jax.Array, chunk: int) -> tuple[jax.Array, jax.Array]:

@@ -255,9 +255,9 @@ def main():
                         help="DecodeConfig.first_pass_tokens: member tokens every row appends in a step's first pass; "
                              "a comma list times one ensemble per width, side by side with the same members")
     parser.add_argument("--respell-slots", default="auto",
-                        help="DecodeConfig.respell_slots: member tokens per packed extra re-spelling pass (0: "
-                             "whole-batch chunks; auto: generate's default for the batch and members, "
-                             "default_respell_slots); a comma list times one ensemble per value, side by side")
+                        help="DecodeConfig.respell_slots: member tokens beyond the batch size per packed re-spelling "
+                             "pass (0: a first pass and whole-batch chunks; auto: generate's default for the batch "
+                             "and members, default_respell_slots); a comma list times one ensemble per value")
     parser.add_argument("--expansion-budget", type=int, default=3,
                         help="DecodeConfig.expansion_budget: member cache slots per generated union token (3, not "
                              "the library's 2: with distinct prompts some row of the random ~100M GPT-2 member takes "

@@ -20,9 +20,9 @@
 #                       tiny-real batch 1 half took 70 s; ~100M did not compile both variants in 120 s
 #   first_pass    [360] ~100M ensemble step / Σ member steps at batch 1 and 16 with first_pass_tokens 1 and 4
 #                       side by side (first_pass.txt): whole short re-spellings in one pass (slower on a CPU)
-#   respell       [360] ~100M at batch 16, distinct prompts: the rest of long re-spellings in whole-batch chunks
-#                       or packed 8 tokens a pass from any rows (respell_slots 0 and 8; packed won on a CPU, the
-#                       GPU default is still 0) (respell.txt)
+#   respell       [360] ~100M at batch 16, distinct prompts: re-spellings in a first pass and whole-batch chunks,
+#                       or when cheaper in passes of 16 + 8 tokens packed from any rows (respell_slots 0 and 8;
+#                       packed won on a CPU, the GPU default is still 0) (respell.txt)
 #   throughput    [300] the same for the tiny sizes (tiny-trained, tiny-real), with working memory
 #                 (decode_throughput.py now fills batch 16 with distinct prompts, as a dataset batch; the GPU
 #                 rounds in RESULTS.md before 2026-11-26 14:38 repeated one prompt: add --prompts same to compare)

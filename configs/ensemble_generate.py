@@ -19,7 +19,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.max_new_tokens = 64
     config.expansion_budget = 2  # member cache slots per union token (rows that need more stop: 'cache_full')
     config.first_pass_tokens = 0  # member tokens per step's first pass; 0: for the backend and batch size
-    config.respell_slots = -1  # tokens per packed extra re-spelling pass; 0: whole-batch chunks; -1: by backend/size
+    config.respell_slots = -1  # packed re-spelling pass: batch + this many tokens; 0: none; -1: by backend/size
     config.temperature = 0.0
     config.top_p = 1.0
     config.seed = 0

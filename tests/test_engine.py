@@ -13,7 +13,7 @@ from rlae_jax import compile_options
 from rlae_jax.engine import CallableWeightFn, DecodeConfig, decode_jit, generate
 from rlae_jax.engine.features import top1_agreement, usable_rows
 from rlae_jax.engine.loop import (default_first_pass_tokens, default_respell_slots, feed_members,
-                                  member_distributions)
+                                  member_distributions, packing_is_cheaper)
 from rlae_jax.models import Member, ModelConfig, build_model
 from rlae_jax.tokenization import train_byte_level_bpe, train_metaspace_unigram
 from tiny_models import CORPUS
@@ -403,13 +403,13 @@ def test_first_pass_default_is_4_only_on_a_gpu_at_batch_1(monkeypatch):
 
 
 def test_respell_slots_default_is_half_the_batch_only_on_a_cpu_with_large_members(monkeypatch):
-    """generate's respell_slots=None: packed passes of half the batch where they measured faster (a CPU,
-    ~100M members, batch 8-32), else whole-batch chunks."""
+    """generate's respell_slots=None: packed passes of the batch plus half of it where they measured faster
+    (a CPU, ~100M members, batch 2-32), else a first pass and whole-batch chunks."""
     tiny, large = [SimpleNamespace(num_params=4_000_000)], [SimpleNamespace(num_params=124_000_000)]
-    for backend, expected in (("cpu", (8, 0, 0, 4)), ("gpu", (0, 0, 0, 0)), ("tpu", (0, 0, 0, 0))):
+    for backend, expected in (("cpu", (8, 0, 2, 4, 0)), ("gpu", (0, 0, 0, 0, 0)), ("tpu", (0, 0, 0, 0, 0))):
         monkeypatch.setattr(jax, "default_backend", lambda backend=backend: backend)
         assert (default_respell_slots(16, large), default_respell_slots(16, tiny), default_respell_slots(4, large),
-                default_respell_slots(8, tiny + large)) == expected
+                default_respell_slots(8, tiny + large), default_respell_slots(1, large)) == expected
 
 
 def test_decode_loops_put_loops_in_command_buffers_on_cuda_unless_xla_flags_say_otherwise(monkeypatch):
@@ -430,7 +430,7 @@ def test_decode_loops_put_loops_in_command_buffers_on_cuda_unless_xla_flags_say_
 
 def test_re_spellings_fed_in_any_passes_equal_one_pass(members):
     """feed_members with row re-spellings of 0-7 tokens, in a narrow first pass plus wide chunks and a
-    one-token tail over the whole batch, or plus passes packed from any rows, gives the caches and hidden
+    one-token tail over the whole batch, or in passes packed from any rows, gives the caches and hidden
     states of appending each whole re-spelling at once."""
     batch = rlae_jax.engine.tokenize_for_members(members, PROMPTS, 16)
     hidden, caches = [], []
@@ -442,17 +442,20 @@ def test_re_spellings_fed_in_any_passes_equal_one_pass(members):
     tokens = jnp.asarray(np.stack([rng.randint(0, len(m.tokenizer), (len(PROMPTS), 7)) for m in members], 1),
                          jnp.int32)
     feed = jax.jit(feed_members, static_argnums=(5, 6, 7))
-    # counts [B, N] and (first pass, chunk, respell_slots): with respell_slots > 0, what is left after the
-    # first pass goes in passes of that many tokens packed from any rows when append_rest predicts them
-    # cheaper than whole-batch chunks. Long re-spellings: packed, e.g. first pass 3 and 2 slots, member 0
-    # [0, 0, 3] (one row over two passes); first pass 4 and 2 slots, member 1 [3, 0, 0] (an empty slot).
-    # Short ones, first pass 1: 2 slots pack member 1's [1, 0, 1] in one pass; 1 slot: chunks for it, and
-    # for [1, 1, 1] in the last case
-    long_cases = ((1, 4, 0), (2, 4, 0), (1, 2, 0), (1, 1, 0), (3, 4, 0), (1, 4, 2), (3, 4, 2), (4, 4, 1), (4, 4, 2))
-    short_cases = ((1, 4, 2), (1, 4, 1))
-    for counts, cases in (([[0, 7], [1, 3], [6, 2]], long_cases), ([[1, 2], [2, 1], [1, 2]], short_cases),
-                          ([[2, 2], [2, 2], [2, 2]], ((1, 4, 1),))):
+    # counts [B, N] and (first pass, chunk, respell_slots): with respell_slots = S > 0, a member's whole
+    # re-spellings go in passes of B + S = 5 (or 4) tokens packed from any rows when packing_is_cheaper
+    # says so, e.g. (1, 4, 2) for the long ones: member 1's 12 tokens take three passes, row 0 spans two,
+    # the last has empty slots. Otherwise a first pass and whole-batch chunks: S = 0, one-token
+    # re-spellings (the last set), equal ones with (1, 4, 1), and member 1 of the short set with (1, 4, 1)
+    # while member 0 packs.
+    long_cases = ((1, 4, 0), (2, 4, 0), (1, 2, 0), (1, 1, 0), (3, 4, 0), (1, 4, 2), (4, 4, 1))
+    for counts, cases, layouts in (([[0, 7], [1, 3], [6, 2]], long_cases, {"packed", "whole"}),
+                                   ([[1, 2], [2, 1], [1, 2]], ((1, 4, 1), (2, 4, 3)), {"packed", "whole"}),
+                                   ([[2, 2], [2, 2], [2, 2]], ((1, 4, 1), (4, 4, 1)), {"packed", "whole"}),
+                                   ([[1, 1], [1, 0], [1, 1]], ((1, 4, 2),), {"whole"})):
         counts = jnp.asarray(counts, jnp.int32)
+        assert layouts == {"packed" if slots and packing_is_cheaper(counts[:, n], first, min(chunk, 7 - first), slots)
+                           else "whole" for first, chunk, slots in cases for n in range(2)}
         expected_hidden, expected_caches = feed(tuple(members), tuple(hidden), tuple(caches), tokens, counts, 7, 1,
                                                 0)
         for first, chunk, slots in cases:

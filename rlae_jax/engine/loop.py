@@ -41,9 +41,9 @@ class DecodeConfig:
     (re-spellings that fit need no second pass; `generate` picks it with `default_first_pass_tokens`);
     `respell_chunk`: member tokens appended per extra pass for the rest of longer re-spellings (a larger
     chunk means fewer passes but more padded work per pass; 1, 2 and 4 measured alike at ~100M, batch 16, on
-    a 2-core CPU; a last chunk of one token gets a one-token pass); `respell_slots`: when that should cost
-    less (`append_rest`), the rest of longer re-spellings goes in one-token passes of this many tokens
-    packed from any rows (0: always whole-batch chunks; `generate` picks it with
+    a 2-core CPU; a last chunk of one token gets a one-token pass); `respell_slots` = S: when that should
+    cost less (`packing_is_cheaper`), a member's whole re-spellings go in one-token passes of B + S tokens
+    packed from any rows (0: always the first pass and whole-batch chunks; `generate` picks it with
     `default_respell_slots`); `stop_at_eos=False` always runs
     max_new_tokens steps (benchmarks); `record_features` keeps every span's SpanFeatures in the result (RL
     needs them; without it features the weight_fn ignores are never computed)."""
@@ -292,48 +292,54 @@ def append_packed_passes(member: Member, cache: KVCache, previous: jax.Array, to
     return hidden, cache.advance(counts)
 
 
-def append_rest(member: Member, cache: KVCache, previous: jax.Array, tokens: jax.Array, counts: jax.Array,
-                chunk: int, slots_per_pass: int) -> tuple[jax.Array, KVCache]:
-    """Append the first `counts[b]` of `tokens [B, L]` (what is left of the re-spellings after the first
-    pass) in whole-batch chunks (`append_chunked`) or, when `slots_per_pass` = P > 0 and it costs less,
-    in passes of P tokens packed from any rows (`append_packed_passes`). The cost of a pass is taken as
-    its row-tokens plus P (on a 2-core CPU a ~100M member's pass took ~17 ms plus ~1.6 ms per row-token:
-    a fixed cost of ~10 row-tokens, P = 8 at batch 16): packed passes win when few rows re-spell, as
-    with distinct prompts, and lose when most rows re-spell alike, as with one prompt in every row
-    (benchmarks/RESULTS.md). Both are loops that run zero times when unused (XLA:CPU copies a KV cache
-    passed through a `lax.cond`). Rows that append nothing keep `previous` (hidden `[B, H]`)."""
-    if slots_per_pass <= 0:
-        return append_chunked(member, cache, previous, tokens, counts, chunk)
-    batch, width = tokens.shape[0], min(chunk, tokens.shape[1])
-    wide, tail = chunked_passes(counts, width)
-    chunked_cost = wide * (slots_per_pass + batch * width) + tail * (slots_per_pass + batch)
-    packed_cost = (counts.sum() + slots_per_pass - 1) // slots_per_pass * 2 * slots_per_pass
-    packed = packed_cost < chunked_cost
-    hidden, cache = append_packed_passes(member, cache, previous, tokens, jnp.where(packed, counts, 0),
-                                         slots_per_pass)
-    return append_chunked(member, cache, hidden, tokens, jnp.where(packed, 0, counts), chunk)
+def packing_is_cheaper(counts: jax.Array, first: int, chunk: int, extra_slots: int) -> jax.Array:
+    """Whether appending re-spellings of `counts [B]` tokens in passes of B + `extra_slots` tokens packed
+    from any rows should cost less than the whole-batch layout: a `first`-token pass, then `chunk`-token
+    ones and a one-token tail (`chunked_passes`). A pass is taken to cost its row-tokens plus
+    `extra_slots` (on a 2-core CPU a ~100M member's pass took ~17 ms plus ~1.6 ms per row-token: a fixed
+    cost of ~10 row-tokens, `extra_slots` = 8 at batch 16). → bool `[]`."""
+    batch = counts.shape[0]
+    wide, tail = chunked_passes(jnp.maximum(counts - first, 0), chunk)
+    whole_cost = batch * first + wide * batch * chunk + tail * batch + (1 + wide + tail) * extra_slots
+    width = batch + extra_slots
+    packed_cost = (counts.sum() + width - 1) // width * (width + extra_slots)
+    return packed_cost < whole_cost
+
+
+def feed_member(member: Member, cache: KVCache, previous: jax.Array, tokens: jax.Array, counts: jax.Array,
+                first_pass_tokens: int, respell_chunk: int, respell_slots: int) -> tuple[jax.Array, KVCache]:
+    """Append each row's re-spelling, the first `counts [B]` of `tokens [B, L]`, to one member: up to
+    `first_pass_tokens` of every row in one pass, then the rest of longer re-spellings in chunks of
+    `respell_chunk` over the whole batch (`append_chunked`, loops that run zero times when no row needs
+    more); or, when `respell_slots` = S > 0 and `packing_is_cheaper`, every token in one-token passes of
+    B + S packed from any rows (`append_packed_passes`): with distinct prompts a few rows re-spell in
+    several tokens, and one pass a little wider than the batch then takes them all. Each layout is a loop
+    that runs zero times when unused: no `lax.cond`, through which XLA:CPU copies a KV cache on every
+    step. Rows ingesting nothing keep `previous` (hidden `[B, H]`) and their cursor. → (hidden, cache)."""
+    first = min(first_pass_tokens, tokens.shape[1])
+    chunk = max(min(respell_chunk, tokens.shape[1] - first), 1)
+    if respell_slots > 0:
+        packed = packing_is_cheaper(counts, first, chunk, respell_slots)
+        hidden, cache = append_packed_passes(member, cache, previous, tokens, jnp.where(packed, counts, 0),
+                                             tokens.shape[0] + respell_slots)
+        counts = jnp.where(packed, 0, counts)
+        hidden, cache = append_passes(member, cache, hidden, tokens[:, :first], jnp.minimum(counts, first), first,
+                                      1 - packed.astype(jnp.int32))
+    else:
+        hidden, cache = append_block(member, cache, previous, tokens[:, :first], jnp.minimum(counts, first))
+    if tokens.shape[1] > first:
+        hidden, cache = append_chunked(member, cache, hidden, tokens[:, first:], jnp.maximum(counts - first, 0),
+                                       chunk)
+    return hidden, cache
 
 
 def feed_members(members: Sequence[Member], hidden, caches, tokens: jax.Array, counts: jax.Array,
                  first_pass_tokens: int, respell_chunk: int, respell_slots: int = 0):
-    """Append each row's re-spelling of its chosen union token, the first `counts [B, N]` of `tokens
-    [B, N, L]`, to every member: up to `first_pass_tokens` of every row in one pass, the rest of longer
-    re-spellings (`append_rest`, loops that run zero times when no row needs more) in chunks of
-    `respell_chunk` over the whole batch, or packed `respell_slots` tokens a pass from any rows.
-    No `lax.cond` here: XLA:CPU copies a KV cache passed through one on every step. Rows ingesting
-    nothing keep their previous hidden state and cursor. → (hidden per member `[B, H]`, caches)."""
-    first = min(first_pass_tokens, tokens.shape[-1])
-    new_hidden, new_caches = [], []
-    for index, member in enumerate(members):
-        member_tokens, member_counts = tokens[:, index], counts[:, index]
-        last, cache = append_block(member, caches[index], hidden[index], member_tokens[:, :first],
-                                   jnp.minimum(member_counts, first))
-        if tokens.shape[-1] > first:
-            last, cache = append_rest(member, cache, last, member_tokens[:, first:],
-                                      jnp.maximum(member_counts - first, 0), respell_chunk, respell_slots)
-        new_hidden.append(last)
-        new_caches.append(cache)
-    return tuple(new_hidden), tuple(new_caches)
+    """`feed_member` for every member: `tokens [B, N, L]`, `counts [B, N]` → (hidden per member `[B, H]`,
+    caches)."""
+    fed = [feed_member(member, caches[index], hidden[index], tokens[:, index], counts[:, index], first_pass_tokens,
+                       respell_chunk, respell_slots) for index, member in enumerate(members)]
+    return tuple(h for h, _ in fed), tuple(c for _, c in fed)
 
 
 def prompt_nll(member: Member, input_ids: jax.Array, attention_mask: jax.Array) -> jax.Array:
@@ -514,13 +520,13 @@ def default_first_pass_tokens(batch_rows: int) -> int:
 
 
 def default_respell_slots(batch_rows: int, members: Sequence[Member]) -> int:
-    """`respell_slots` for a decode of `batch_rows` rows: on a CPU, half the batch when it has at least 8
-    rows and some member has at least 50M parameters, whose passes cost about their row-tokens (~100M
-    members, distinct prompts, batch 8/16/32: 122/200/337 → 98/127–135/202 ms per step; the same prompt in
-    every row: no change; batch 4 with 2 slots: slower, benchmarks/RESULTS.md); else 0. Measured on no
-    GPU or TPU: 0 there."""
+    """`respell_slots` for a decode of `batch_rows` rows: on a CPU, half the batch when some member has at
+    least 50M parameters, whose passes cost about their row-tokens (~100M members, distinct prompts, ms per
+    step at batch 4: 103 → 85, at 16: 182 → 164, faster at 2, 8 and 32 too; the same prompt in every row:
+    no change; benchmarks/RESULTS.md); else 0 (a batch of 1; tiny members on a CPU, where packing was slower
+    at batch 4 and 16). Measured on no GPU or TPU: 0 there."""
     large = max(member.num_params for member in members) >= 50_000_000
-    return batch_rows // 2 if jax.default_backend() == "cpu" and batch_rows >= 8 and large else 0
+    return batch_rows // 2 if jax.default_backend() == "cpu" and large else 0
 
 
 def generate(members: Sequence[Member], alignment: Alignment, prompts: Sequence[str], strategy: Any = "uniform",

@@ -13,7 +13,7 @@ from rlae_jax import compile_options
 from rlae_jax.engine import CallableWeightFn, DecodeConfig, decode_jit, generate
 from rlae_jax.engine.features import top1_agreement, usable_rows
 from rlae_jax.engine.loop import (default_first_pass_tokens, default_respell_slots, feed_members,
-                                  member_distributions, packing_is_cheaper)
+                                  member_distributions, plan_packing)
 from rlae_jax.models import Member, ModelConfig, build_model
 from rlae_jax.tokenization import train_byte_level_bpe, train_metaspace_unigram
 from tiny_models import CORPUS
@@ -430,7 +430,8 @@ def test_decode_loops_put_loops_in_command_buffers_on_cuda_unless_xla_flags_say_
 
 def test_re_spellings_fed_in_any_passes_equal_one_pass(members):
     """feed_members with row re-spellings of 0-7 tokens, in a narrow first pass plus wide chunks and a
-    one-token tail over the whole batch, or in passes packed from any rows, gives the caches and hidden
+    one-token tail over the whole batch, or in passes packed from any rows (and maybe a whole-batch pass of
+    rows' last tokens after them), gives the caches and hidden
     states of appending each whole re-spelling at once."""
     batch = rlae_jax.engine.tokenize_for_members(members, PROMPTS, 16)
     hidden, caches = [], []
@@ -442,20 +443,26 @@ def test_re_spellings_fed_in_any_passes_equal_one_pass(members):
     tokens = jnp.asarray(np.stack([rng.randint(0, len(m.tokenizer), (len(PROMPTS), 7)) for m in members], 1),
                          jnp.int32)
     feed = jax.jit(feed_members, static_argnums=(5, 6, 7))
-    # counts [B, N] and (first pass, chunk, respell_slots): with respell_slots = S > 0, a member's whole
-    # re-spellings go in passes of B + S = 5 (or 4) tokens packed from any rows when packing_is_cheaper
-    # says so, e.g. (1, 4, 2) for the long ones: member 1's 12 tokens take three passes, row 0 spans two,
-    # the last has empty slots. Otherwise a first pass and whole-batch chunks: S = 0, one-token
-    # re-spellings (the last set), equal ones with (1, 4, 1), and member 1 of the short set with (1, 4, 1)
-    # while member 0 packs.
+    # counts [B, N] and (first pass, chunk, respell_slots): with respell_slots = S > 0, a member's
+    # re-spellings go in passes of B + S = 5 (or 4) tokens packed from any rows when plan_packing says so:
+    # with (4, 4, 1) member 1's 12 tokens take three passes, row 0 spans all of them, the last has empty
+    # slots; with (1, 4, 2) its two tokens past two full passes, the last ones of rows 0 and 1, go in a
+    # whole-batch pass after them ("packed+tail"). Otherwise a first pass and whole-batch chunks:
+    # S = 0, one-token re-spellings (the last set), equal ones with (1, 4, 1), and member 1 of the short
+    # set with (1, 4, 1) while member 0 packs.
+    def layout(counts, first, chunk, slots):
+        if not slots:
+            return "whole"
+        packed, tail = plan_packing(counts, first, min(chunk, 7 - first), slots)
+        return ("packed+tail" if tail.any() else "packed") if packed else "whole"
+
     long_cases = ((1, 4, 0), (2, 4, 0), (1, 2, 0), (1, 1, 0), (3, 4, 0), (1, 4, 2), (4, 4, 1))
-    for counts, cases, layouts in (([[0, 7], [1, 3], [6, 2]], long_cases, {"packed", "whole"}),
+    for counts, cases, layouts in (([[0, 7], [1, 3], [6, 2]], long_cases, {"packed+tail", "packed", "whole"}),
                                    ([[1, 2], [2, 1], [1, 2]], ((1, 4, 1), (2, 4, 3)), {"packed", "whole"}),
                                    ([[2, 2], [2, 2], [2, 2]], ((1, 4, 1), (4, 4, 1)), {"packed", "whole"}),
                                    ([[1, 1], [1, 0], [1, 1]], ((1, 4, 2),), {"whole"})):
         counts = jnp.asarray(counts, jnp.int32)
-        assert layouts == {"packed" if slots and packing_is_cheaper(counts[:, n], first, min(chunk, 7 - first), slots)
-                           else "whole" for first, chunk, slots in cases for n in range(2)}
+        assert layouts == {layout(counts[:, n], *case) for case in cases for n in range(2)}
         expected_hidden, expected_caches = feed(tuple(members), tuple(hidden), tuple(caches), tokens, counts, 7, 1,
                                                 0)
         for first, chunk, slots in cases:

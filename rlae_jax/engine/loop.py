@@ -42,7 +42,7 @@ class DecodeConfig:
     `respell_chunk`: member tokens appended per extra pass for the rest of longer re-spellings (a larger
     chunk means fewer passes but more padded work per pass; 1, 2 and 4 measured alike at ~100M, batch 16, on
     a 2-core CPU; a last chunk of one token gets a one-token pass); `respell_slots` = S: when that should
-    cost less (`packing_is_cheaper`), a member's whole re-spellings go in one-token passes of B + S tokens
+    cost less (`plan_packing`), a member's re-spellings go in one-token passes of B + S tokens
     packed from any rows (0: always the first pass and whole-batch chunks; `generate` picks it with
     `default_respell_slots`); `stop_at_eos=False` always runs
     max_new_tokens steps (benchmarks); `record_features` keeps every span's SpanFeatures in the result (RL
@@ -292,18 +292,28 @@ def append_packed_passes(member: Member, cache: KVCache, previous: jax.Array, to
     return hidden, cache.advance(counts)
 
 
-def packing_is_cheaper(counts: jax.Array, first: int, chunk: int, extra_slots: int) -> jax.Array:
-    """Whether appending re-spellings of `counts [B]` tokens in passes of B + `extra_slots` tokens packed
-    from any rows should cost less than the whole-batch layout: a `first`-token pass, then `chunk`-token
-    ones and a one-token tail (`chunked_passes`). A pass is taken to cost its row-tokens plus
-    `extra_slots` (on a 2-core CPU a ~100M member's pass took ~17 ms plus ~1.6 ms per row-token: a fixed
-    cost of ~10 row-tokens, `extra_slots` = 8 at batch 16). → bool `[]`."""
+def plan_packing(counts: jax.Array, first: int, chunk: int, extra_slots: int) -> tuple[jax.Array, jax.Array]:
+    """How `feed_member` appends re-spellings of `counts [B]` tokens when passes may be packed from any rows
+    → (packed bool `[]`, tail int32 `[B]`). Packed: each row's first `counts − tail` tokens go in passes of
+    W = B + `extra_slots` tokens packed from any rows, then its last `tail` (≤ `first`) in one whole-batch
+    `first`-token pass; tails take the T mod W tokens (T = Σ counts) that would otherwise need one more
+    packed pass, mostly empty, when a whole-batch pass costs less and they fit, and are 0 otherwise. Not
+    packed: the whole-batch layout, a `first`-token pass, then `chunk`-token ones and a one-token tail
+    (`chunked_passes`). The cheaper is picked, a pass taken to cost its row-tokens plus `extra_slots` (on
+    a 2-core CPU a ~100M member's pass took ~17 ms plus ~1.6 ms per row-token: a fixed cost of ~10
+    row-tokens, `extra_slots` = 8 at batch 16)."""
     batch = counts.shape[0]
-    wide, tail = chunked_passes(jnp.maximum(counts - first, 0), chunk)
-    whole_cost = batch * first + wide * batch * chunk + tail * batch + (1 + wide + tail) * extra_slots
+    wide, tail_passes = chunked_passes(jnp.maximum(counts - first, 0), chunk)
+    whole_cost = batch * (first + wide * chunk + tail_passes) + (1 + wide + tail_passes) * extra_slots
     width = batch + extra_slots
-    packed_cost = (counts.sum() + width - 1) // width * (width + extra_slots)
-    return packed_cost < whole_cost
+    total = counts.sum()
+    left = total % width
+    room = jnp.minimum(counts, first)
+    use_tail = (left > 0) & (left <= room.sum()) & (batch * first < width)
+    packed_passes = total // width + ((left > 0) & ~use_tail).astype(jnp.int32)
+    packed_cost = packed_passes * (width + extra_slots) + jnp.where(use_tail, batch * first + extra_slots, 0)
+    packed = packed_cost < whole_cost
+    return packed, jnp.where(packed & use_tail, jnp.clip(left - (jnp.cumsum(room) - room), 0, room), 0)
 
 
 def feed_member(member: Member, cache: KVCache, previous: jax.Array, tokens: jax.Array, counts: jax.Array,
@@ -311,20 +321,24 @@ def feed_member(member: Member, cache: KVCache, previous: jax.Array, tokens: jax
     """Append each row's re-spelling, the first `counts [B]` of `tokens [B, L]`, to one member: up to
     `first_pass_tokens` of every row in one pass, then the rest of longer re-spellings in chunks of
     `respell_chunk` over the whole batch (`append_chunked`, loops that run zero times when no row needs
-    more); or, when `respell_slots` = S > 0 and `packing_is_cheaper`, every token in one-token passes of
-    B + S packed from any rows (`append_packed_passes`): with distinct prompts a few rows re-spell in
-    several tokens, and one pass a little wider than the batch then takes them all. Each layout is a loop
-    that runs zero times when unused: no `lax.cond`, through which XLA:CPU copies a KV cache on every
-    step. Rows ingesting nothing keep `previous` (hidden `[B, H]`) and their cursor. → (hidden, cache)."""
+    more); or, when `respell_slots` = S > 0 and `plan_packing` says so, the tokens in one-token passes of
+    B + S packed from any rows (`append_packed_passes`), except that the few left past the last full one
+    may go, as some rows' last tokens, in a whole-batch pass after them: with distinct prompts a few rows
+    re-spell in several tokens, and one pass a little wider than the batch then takes them all. Each layout
+    is a loop that runs zero times when unused: no `lax.cond`, through which XLA:CPU copies a KV cache on
+    every step. Rows ingesting nothing keep `previous` (hidden `[B, H]`) and their cursor. → (hidden,
+    cache)."""
     first = min(first_pass_tokens, tokens.shape[1])
     chunk = max(min(respell_chunk, tokens.shape[1] - first), 1)
     if respell_slots > 0:
-        packed = packing_is_cheaper(counts, first, chunk, respell_slots)
-        hidden, cache = append_packed_passes(member, cache, previous, tokens, jnp.where(packed, counts, 0),
-                                             tokens.shape[0] + respell_slots)
+        packed, tail = plan_packing(counts, first, chunk, respell_slots)
+        head = jnp.where(packed, counts - tail, 0)
+        hidden, cache = append_packed_passes(member, cache, previous, tokens, head, tokens.shape[0] + respell_slots)
+        offsets = jnp.minimum(head[:, None] + jnp.arange(first)[None, :], tokens.shape[1] - 1)
+        hidden, cache = append_passes(member, cache, hidden, jnp.take_along_axis(tokens, offsets, axis=1),
+                                      jnp.where(packed, tail, jnp.minimum(counts, first)), first,
+                                      jnp.where(packed, jnp.any(tail > 0), True).astype(jnp.int32))
         counts = jnp.where(packed, 0, counts)
-        hidden, cache = append_passes(member, cache, hidden, tokens[:, :first], jnp.minimum(counts, first), first,
-                                      1 - packed.astype(jnp.int32))
     else:
         hidden, cache = append_block(member, cache, previous, tokens[:, :first], jnp.minimum(counts, first))
     if tokens.shape[1] > first:

@@ -220,7 +220,8 @@ def step_seconds(make_runners, tokens, repeats) -> tuple[list[float], list[int]]
 
 def ensemble_stats(members, alignment, prompts, new_tokens, **settings):
     """(fraction of steps using the certified shortcut, mean member tokens ingested per step [N], per member
-    (rows per step re-spelling their union token in several tokens, fraction of steps with such a row)).
+    (rows per step re-spelling their union token in several tokens, fraction of steps with such a row,
+    least / median / most tokens the member took in a step over all rows)).
     Raises when a row stopped before new_tokens (its cache filled up): the timing would then be of less
     work."""
     args = ensemble_args(members, alignment, prompts, new_tokens, settings.get("features", "none"))
@@ -234,8 +235,9 @@ def ensemble_stats(members, alignment, prompts, new_tokens, **settings):
         raise SystemExit(f"rows stopped early ({np.asarray(result.stop_reason).tolist()}): the ensemble timing is "
                          f"invalid; raise --expansion-budget (now {config.expansion_budget})")
     ingested = np.asarray(result.ingested).mean(0) / new_tokens
-    several = np.asarray(alignment.union_to_member_len)[:, np.asarray(result.union_ids)] > 1  # [N, B, T]
-    respelled = [(rows.sum(0).mean(), rows.any(0).mean()) for rows in several]
+    lengths = np.asarray(alignment.union_to_member_len)[:, np.asarray(result.union_ids)]  # [N, B, T]
+    respelled = [((rows > 1).sum(0).mean(), (rows > 1).any(0).mean(), np.percentile(rows.sum(0), [0, 50, 100]))
+                 for rows in lengths]
     return 1.0 - len(fallbacks) / new_tokens, ingested, respelled
 
 
@@ -345,7 +347,8 @@ def main():
                     goal = GOALS[size.split("-")[0]]
                     used = f"  certified shortcut on {shortcut:.0%} of steps" if opts.candidates else ""
                     used += "".join(f"  {m.name}: {rows:.1f} rows/step re-spell in several tokens ({share:.0%} of "
-                                    "steps)" for m, (rows, share) in zip(members, respelled) if share > 0)
+                                    f"steps; {least:.0f}–{most:.0f} tokens a step, median {median:.0f})"
+                                    for m, (rows, share, (least, median, most)) in zip(members, respelled) if share > 0)
                     verdicts.append(f"{size:13s} B={batch:<3d} {name + label + '/Σmembers':30s} = {ratio:.2f}  (goal ≤ "
                                     f"{goal}: {'PASS' if ratio <= goal else 'MISS'});  ensemble/Σ(ingest·member) = "
                                     f"{per_ingested:.2f};  ensemble/together = {ensemble / together:.2f}  "

@@ -534,13 +534,13 @@ def default_first_pass_tokens(batch_rows: int) -> int:
 
 
 def default_respell_slots(batch_rows: int, members: Sequence[Member]) -> int:
-    """`respell_slots` for a decode of `batch_rows` rows: on a CPU, half the batch when some member has at
-    least 50M parameters, whose passes cost about their row-tokens (~100M members, distinct prompts, ms per
-    step at batch 4: 103 → 85, at 16: 182 → 164, faster at 2, 8 and 32 too; the same prompt in every row:
-    no change; benchmarks/RESULTS.md); else 0 (a batch of 1; tiny members on a CPU, where packing was slower
-    at batch 4 and 16). Measured on no GPU or TPU: 0 there."""
+    """`respell_slots` for a decode of `batch_rows` rows: on a CPU, half the batch (at least 1) when some
+    member has at least 50M parameters, whose passes cost about their row-tokens (~100M members, distinct
+    prompts, ms per step at batch 1: 45.0 → 42.8, at 4: 103 → 85, at 16: 182 → 164, faster at 2, 8 and 32
+    too; the same prompt in every row: no change; benchmarks/RESULTS.md); else 0 (tiny members on a CPU,
+    where packing was slower at batch 4 and 16). Measured on no GPU or TPU: 0 there."""
     large = max(member.num_params for member in members) >= 50_000_000
-    return batch_rows // 2 if jax.default_backend() == "cpu" and large else 0
+    return max(batch_rows // 2, 1) if jax.default_backend() == "cpu" and large else 0
 
 
 def generate(members: Sequence[Member], alignment: Alignment, prompts: Sequence[str], strategy: Any = "uniform",

@@ -431,8 +431,8 @@ def test_decode_loops_put_loops_in_command_buffers_on_cuda_unless_xla_flags_say_
 def test_re_spellings_fed_in_any_passes_equal_one_pass(members):
     """feed_members with row re-spellings of 0-7 tokens, in a narrow first pass plus wide chunks and a
     one-token tail over the whole batch, or in passes packed from any rows (and maybe a whole-batch pass of
-    rows' last tokens after them), gives the caches and hidden
-    states of appending each whole re-spelling at once."""
+    rows' last tokens after them), gives the caches and hidden states of appending each whole re-spelling
+    at once."""
     batch = rlae_jax.engine.tokenize_for_members(members, PROMPTS, 16)
     hidden, caches = [], []
     for member, ids, mask in zip(members, *batch):
@@ -445,11 +445,11 @@ def test_re_spellings_fed_in_any_passes_equal_one_pass(members):
     feed = jax.jit(feed_members, static_argnums=(5, 6, 7))
     # counts [B, N] and (first pass, chunk, respell_slots): with respell_slots = S > 0, a member's
     # re-spellings go in passes of B + S = 5 (or 4) tokens packed from any rows when plan_packing says so:
-    # with (4, 4, 1) member 1's 12 tokens take three passes, row 0 spans all of them, the last has empty
-    # slots; with (1, 4, 2) its two tokens past two full passes, the last ones of rows 0 and 1, go in a
-    # whole-batch pass after them ("packed+tail"). Otherwise a first pass and whole-batch chunks:
-    # S = 0, one-token re-spellings (the last set), equal ones with (1, 4, 1), and member 1 of the short
-    # set with (1, 4, 1) while member 0 packs.
+    # with (4, 4, 1) member 1's 12 tokens take three passes of 4 (row 0's seven span two) and member 0's 7
+    # take two, the last with an empty slot; with (1, 4, 2) member 1's two tokens past two full passes, the
+    # last ones of rows 0 and 1, go in a whole-batch pass after them ("packed+tail"). Otherwise a first
+    # pass and whole-batch chunks: S = 0, one-token re-spellings (the last set), equal ones with (1, 4, 1),
+    # and member 1 of the short set with (1, 4, 1) while member 0 packs.
     def layout(counts, first, chunk, slots):
         if not slots:
             return "whole"

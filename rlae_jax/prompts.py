@@ -1,8 +1,14 @@
-"""Host-side prompt preparation: tokenise once, left-pad to a length bucket (so jitted loops see
-few distinct shapes), and check the result fits the model's context."""
+"""Host-side prompt preparation: each member's prompt text from a task's chat messages, tokenise
+once, left-pad to a length bucket (so jitted loops see few distinct shapes), and check the result
+fits the model's context.
+
+Messages are dicts {"role": "system" | "user" | "assistant", "content": str} ending with a user
+turn. A tokenizer with a chat template formats them itself (`add_generation_prompt=True`); without
+one (base models) they take the plain format of `plain_prompt`.
+"""
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 
@@ -31,13 +37,66 @@ def left_pad(token_lists: Sequence[Sequence[int]], pad_id: int, length: int | No
     return ids, mask
 
 
+def plain_prompt(messages: Sequence[Mapping[str, str]]) -> str:
+    """The plain format for models without a chat template: blocks separated by a blank line — a
+    system turn as its text, a user turn as "text\\nAnswer:", an assistant turn appended to the
+    user block before it after one space. The last turn must be the user's question:
+
+        [{"role": "user", "content": "2+2?"}, {"role": "assistant", "content": "The answer is 4."},
+         {"role": "user", "content": "3+3?"}]   →   "2+2?\\nAnswer: The answer is 4.\\n\\n3+3?\\nAnswer:"
+    """
+    if not messages or messages[-1]["role"] != "user":
+        raise ValueError("messages must end with a user turn (the question)")
+    blocks = []
+    for index, message in enumerate(messages):
+        role, content = message["role"], message["content"]
+        previous = messages[index - 1]["role"] if index else None
+        if role == "system" and index == 0:
+            blocks.append(content)
+        elif role == "user" and previous != "user":
+            blocks.append(f"{content}\nAnswer:")
+        elif role == "assistant" and previous == "user":
+            blocks[-1] += f" {content}"
+        else:
+            raise ValueError(f"message {index} ({role!r}) breaks the plain format: one optional "
+                             "system turn first, then user/assistant pairs, ending with a user turn")
+    return "\n\n".join(blocks)
+
+
+def chat_prompt(messages: Sequence[Mapping[str, str]], tokenizer=None) -> str:
+    """`messages` as prompt text: through the tokenizer's chat template (with the generation prompt)
+    when it has one, else `plain_prompt`."""
+    if tokenizer is not None and getattr(tokenizer, "chat_template", None):
+        return tokenizer.apply_chat_template(list(messages), tokenize=False,
+                                             add_generation_prompt=True)
+    return plain_prompt(messages)
+
+
+def member_prompts(members: Sequence, task, examples: Sequence, shots: Sequence = ()
+                   ) -> list[list[str]]:
+    """Each member's prompt texts for `examples`, `[N][B]`: the task's messages formatted by the
+    member's own `chat_prompt(messages)` when it has one, else by `chat_prompt` with its tokenizer."""
+    prompts = []
+    for member in members:
+        own = getattr(member, "chat_prompt", None)
+        formatter = own if callable(own) else (
+            lambda messages, tokenizer=member.tokenizer: chat_prompt(messages, tokenizer))
+        prompts.append([task.render(example, shots=shots, formatter=formatter)
+                        for example in examples])
+    return prompts
+
+
 def encode_prompts(tokenizer, prompts: Sequence[str], add_special_tokens: bool = True) -> list[list[int]]:
-    """Token ids of every prompt; raises on an empty prompt list or a prompt that encodes to nothing."""
+    """Token ids of every prompt; raises on an empty prompt list or a prompt that encodes to nothing.
+    A prompt that already starts with the tokenizer's BOS text (chat templates that write it) gets
+    no special tokens added, so it holds one BOS, not two."""
     if isinstance(prompts, str):
         raise TypeError("prompts must be a list of strings, not one string")
     if len(prompts) == 0:
         raise ValueError("empty prompt list: give at least one prompt")
-    token_lists = [tokenizer.encode(p, add_special_tokens=add_special_tokens) for p in prompts]
+    bos = getattr(tokenizer, "bos_token", None)
+    token_lists = [tokenizer.encode(p, add_special_tokens=add_special_tokens and not (
+        bos and p.startswith(bos))) for p in prompts]
     for row, tokens in enumerate(token_lists):
         if not tokens:
             raise ValueError(f"prompt {row} ({prompts[row]!r}) encodes to no tokens")

@@ -1,11 +1,15 @@
 """The demo task: problems, member skills, and the in-graph reward equal to the host reward."""
+import collections
+
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from rlae_jax.align import build_alignment
 from rlae_jax.tasks import get_task
-from rlae_jax.tasks.synthetic import (SKILLS, SYNTHETIC, Problem, char_accuracy, reward_in_graph, target_bytes,
-                                      tokenizer_corpus)
+from rlae_jax.tasks import synthetic
+from rlae_jax.tasks.synthetic import (SKILLS, SYNTHETIC, TRAIN_SIZE, Problem, char_accuracy, reward_in_graph,
+                                      sample_problems, split_of, target_bytes, tokenizer_corpus)
 from rlae_jax.tokenization import train_byte_level_bpe, train_metaspace_bpe
 
 
@@ -22,6 +26,37 @@ def test_splits_are_deterministic_and_disjoint_in_seed():
     assert SYNTHETIC.load("test", limit=16) != SYNTHETIC.load("train", limit=16)
     two_part = get_task("synthetic_two_part").load("test", limit=16)
     assert all(";" in e.prompt for e in two_part)
+
+
+def test_splits_share_no_prompt_by_construction():
+    train = {e.prompt for e in SYNTHETIC.load("train", limit=TRAIN_SIZE)}
+    for task in (SYNTHETIC, get_task("synthetic_two_part")):
+        for split in ("validation", "test"):
+            examples = task.load(split, limit=256)
+            assert len(examples) == 256 and not train & {e.prompt for e in examples}
+            assert {split_of(e.prompt) for e in examples} == {split}
+    kinds = collections.Counter(e.prompt.count(";") for e in SYNTHETIC.load("test", limit=256))
+    assert kinds == {0: 128, 1: 128}  # a quarter each of rev, up, rev;up, up;rev as before
+
+
+def test_the_old_leaking_split_is_refused_with_the_count(monkeypatch):
+    """Before the fix, test problems were drawn from their own seed without the split hash: 29 of the
+    256 test prompts were also training prompts. The load-time check names that count."""
+    def unfiltered(self, split, count):
+        problems = sample_problems(count, seed=1000 + synthetic.SPLIT_SEEDS[split], kinds=self.kinds)
+        return [synthetic.Example(id=str(i), prompt=p.prompt, answer=p.answer(), aliases=(p.answer(),))
+                for i, p in enumerate(problems)]
+
+    monkeypatch.setattr(synthetic.SyntheticTask, "sample", unfiltered)
+    monkeypatch.setattr(synthetic, "training_prompts", lambda: [e.prompt for e in unfiltered(SYNTHETIC, "train",
+                                                                                           TRAIN_SIZE)])
+    with pytest.raises(ValueError, match="^synthetic: 29 of 256 test prompts also occur in the training split$"):
+        SYNTHETIC.load("test", limit=256)
+
+
+def test_member_corpus_is_unchanged_by_the_split_filter():
+    assert sample_problems(3, seed=7) == sample_problems(3, seed=7, keep=lambda problem: True)
+    assert [p.prompt for p in sample_problems(2, seed=0)] == ["rev k i e e =", "up b a ="]  # as before the fix
 
 
 def test_in_graph_reward_equals_host_reward():

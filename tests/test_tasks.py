@@ -1,18 +1,24 @@
 """Tasks: JSONL loaders on fixtures, malformed-row errors, prompt rendering, and tricky reward cases."""
+import dataclasses
+import importlib.util
 import json
 import pathlib
+import re
 import sys
+import threading
 import types
 from decimal import Decimal
 
 import numpy as np
 import pytest
-from tokenizers import Tokenizer, models
+from tokenizers import Tokenizer, models, pre_tokenizers, processors
 from transformers import PreTrainedTokenizerFast
 
-from rlae_jax.tasks import TASKS, Example, get_task
+from rlae_jax.prompts import encode_prompts, member_prompts, plain_prompt
+from rlae_jax.tasks import TASKS, Example, get_task, reasoning_gym_task, rgym
 from rlae_jax.tasks.rewards import (
-    choice_reward, exact_match_reward, extract_choice, extract_final_number, normalize_answer, number_reward,
+    choice_reward, exact_match_reward, extract_answer, extract_choice, extract_final_number, normalize_answer,
+    number_reward,
 )
 
 DATA = pathlib.Path(__file__).parent / "data" / "tasks"
@@ -28,9 +34,9 @@ def word_level_tokenizer(chat_template=None) -> PreTrainedTokenizerFast:
 
 # ---------------------------------------------------------------- loaders
 def test_registry_knows_every_task_and_names_them_on_a_typo():
-    assert sorted(TASKS) == ["arc_challenge", "gsm8k", "mmlu", "nq_open", "piqa", "synthetic", "synthetic_two_part",
-                             "triviaqa"]
-    with pytest.raises(KeyError, match="known tasks: arc_challenge, gsm8k, mmlu"):
+    assert sorted(TASKS) == ["arc_challenge", "gsm8k", "gsm_symbolic", "mmlu", "nq_open", "piqa", "synthetic",
+                             "synthetic_two_part", "triviaqa"]
+    with pytest.raises(KeyError, match="known tasks: arc_challenge, gsm8k, gsm_symbolic, mmlu"):
         get_task("gsm9k")
 
 
@@ -104,27 +110,47 @@ HUB_ROWS = {  # one row per hub dataset, in the hub's own layout
 }
 
 
+TRAIN_ROW = {"gsm8k": {"question": "t", "answer": "#### 2"},
+             "arc_challenge": dict(HUB_ROWS["arc_challenge"], question="t"),
+             "mmlu": dict(HUB_ROWS["mmlu"], question="t"), "piqa": dict(HUB_ROWS["piqa"], goal="t"),
+             "triviaqa": dict(HUB_ROWS["triviaqa"], question="t"), "nq_open": dict(HUB_ROWS["nq_open"], question="t")}
+
+
+def fake_hub(monkeypatch, rows_of_split):
+    """Replace `datasets` by a fake whose load_dataset returns `rows_of_split(split)`; returns the calls."""
+    calls = []
+
+    def load_dataset(*args, split):
+        calls.append((args, split))
+        return rows_of_split(split)
+
+    monkeypatch.setitem(sys.modules, "datasets", types.SimpleNamespace(load_dataset=load_dataset))
+    return calls
+
+
 @pytest.mark.parametrize("name, answer, aliases", [
     ("gsm8k", "1024", ("1024",)), ("arc_challenge", "B", ("B",)), ("mmlu", "D", ("D",)), ("piqa", "B", ("B",)),
     ("triviaqa", "Paris", ("Paris", "Paris, France")), ("nq_open", "Paris", ("Paris", "City of Light")),
 ])
-def test_hub_rows_convert_to_examples(monkeypatch, name, answer, aliases):
+def test_hub_rows_convert_to_examples_and_are_checked_against_train(monkeypatch, name, answer, aliases):
     task = get_task(name)
-    calls = []
-
-    def load_dataset(*args, **kwargs):
-        calls.append((args, kwargs))
-        return [HUB_ROWS[name]]
-
-    monkeypatch.setitem(sys.modules, "datasets", types.SimpleNamespace(load_dataset=load_dataset))
+    calls = fake_hub(monkeypatch, lambda split: [TRAIN_ROW[name] if split == task.train_split else HUB_ROWS[name]])
     (example,) = task.load("validation")
-    assert calls == [((task.hub_path, task.hub_config), {"split": "validation"})]
+    hub = (task.hub_path, task.hub_config)
+    assert calls == [(hub, "validation"), (hub, task.train_split)]
     assert (example.answer, example.aliases) == (answer, aliases)
+
+
+def test_hub_split_sharing_a_training_prompt_is_refused(monkeypatch):
+    fake_hub(monkeypatch, lambda split: [HUB_ROWS["nq_open"], TRAIN_ROW["nq_open"]] if split == "train"
+             else [HUB_ROWS["nq_open"], dict(HUB_ROWS["nq_open"], question="new")])
+    with pytest.raises(ValueError, match="^nq_open: 1 of 2 validation prompts also occur in the training split$"):
+        get_task("nq_open").load("validation")
 
 
 def test_hub_row_errors_name_dataset_split_and_row(monkeypatch):
     bad = dict(HUB_ROWS["piqa"], label=-1)  # PIQA's unlabelled test rows
-    monkeypatch.setitem(sys.modules, "datasets", types.SimpleNamespace(load_dataset=lambda *a, **k: [bad]))
+    fake_hub(monkeypatch, lambda split: [bad])
     with pytest.raises(ValueError, match="ybisk/piqa test row 1: field 'answer' index -1"):
         get_task("piqa").load("test")
 
@@ -282,3 +308,209 @@ def test_task_rewards_use_example_fields():
     assert get_task("mmlu").reward("The answer is (B)", example) == 1.0
     qa = Example(id="y", prompt="p", answer="Beatles", aliases=("Beatles", "The Beatles"))
     assert get_task("triviaqa").reward("The Beatles.", qa) == 1.0
+
+
+# ---------------------------------------------------------------- split overlap
+def write_split(folder: pathlib.Path, split: str, questions) -> None:
+    folder.mkdir(exist_ok=True)
+    (folder / f"{split}.jsonl").write_text("".join(
+        json.dumps({"question": q, "answer": f"#### {i}"}) + "\n" for i, q in enumerate(questions)))
+
+
+def test_leaking_folder_split_is_refused_with_the_count(tmp_path):
+    write_split(tmp_path, "train", [f"q{i}" for i in range(10)])
+    write_split(tmp_path, "test", ["q3", "new", "q7  ", "other"])  # whitespace does not hide a leak
+    with pytest.raises(ValueError, match="^gsm8k: 2 of 4 test prompts also occur in the training split$"):
+        get_task("gsm8k").load("test", source=tmp_path)
+    assert len(get_task("gsm8k").load("test", source=tmp_path / "test.jsonl")) == 4  # one file: no train split
+    assert len(get_task("gsm8k").load("train", source=tmp_path)) == 10
+
+
+def test_disjoint_folder_splits_load(tmp_path):
+    write_split(tmp_path, "train", ["a", "b"])
+    write_split(tmp_path, "test", ["c"])
+    assert [e.answer for e in get_task("gsm8k").load("test", source=tmp_path)] == ["0"]
+
+
+# ---------------------------------------------------------------- answer text
+@pytest.mark.parametrize("completion, expected", [
+    ("The answer is 42.", "42"),
+    ("The answer is **-7**.", "-7"),
+    ("The answer is 1,000.", "1,000"),
+    ("Answer: olleh", "olleh"),
+    ("The answer is \"nus\".", "nus"),
+    ("so x = \\boxed{\\frac{3}{4}} and done", "\\frac{3}{4}"),
+    ("The answer is $-17$.", "-17"),
+    ("The answer is $5.", "$5"),                               # a price keeps its $
+    ("<answer> 12 </answer>", "12"),
+    ("work\n#### 3/4\nmore text", "3/4"),
+    ("The answer is:\n\n15 kg", "15 kg"),                      # units stay: the verifier decides
+    ("We get 5, then 6, then 72.", "72"),                      # no marker: the last number
+    ("It dropped to −3 degrees", "−3"),
+    ("#### 5\nThe answer is 6", "5"),                         # #### beats a later answer phrase
+    ("\\boxed{8} ... The answer is 6", "8"),                   # \boxed beats an answer phrase
+    ("The answer is", None),
+    ("no answer here", None),
+    ("", None),
+])
+def test_extract_answer(completion, expected):
+    assert extract_answer(completion) == expected
+
+
+# ---------------------------------------------------------------- chat messages and per-member prompts
+CHATML = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+          "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+
+
+def test_messages_and_plain_format():
+    task = get_task("gsm8k")
+    question, shot, _ = task.load("test", source=DATA / "gsm8k.jsonl")
+    assert task.messages(question, shots=[shot]) == [
+        {"role": "user", "content": shot.prompt}, {"role": "assistant", "content": "The answer is 2500."},
+        {"role": "user", "content": question.prompt}]
+    system = [{"role": "system", "content": "Be brief."}]
+    assert plain_prompt(system + task.messages(question)) == f"Be brief.\n\n{question.prompt}\nAnswer:"
+    for bad in ([], system, [{"role": "user", "content": "a"}, {"role": "user", "content": "b"}],
+                [{"role": "assistant", "content": "a"}, {"role": "user", "content": "b"}]):
+        with pytest.raises(ValueError, match="user turn|breaks the plain format"):
+            plain_prompt(bad)
+
+
+class FakeMember:
+    def __init__(self, tokenizer):
+        self.tokenizer = tokenizer
+
+
+class ChatMember(FakeMember):
+    def chat_prompt(self, messages):
+        return "|".join(m["content"] for m in messages) + "|go"
+
+
+def test_member_prompts_use_each_members_format():
+    task = get_task("triviaqa")
+    examples = task.load("validation", source=DATA / "triviaqa.jsonl")
+    members = [FakeMember(word_level_tokenizer(CHATML)), FakeMember(word_level_tokenizer()),
+               ChatMember(word_level_tokenizer(CHATML))]
+    chatml, plain, own = member_prompts(members, task, examples)
+    assert chatml == [f"<|im_start|>user\n{e.prompt}<|im_end|>\n<|im_start|>assistant\n" for e in examples]
+    assert plain == [f"{e.prompt}\nAnswer:" for e in examples]
+    assert own == [f"{e.prompt}|go" for e in examples]
+    assert plain == [task.render(e) for e in examples]  # the existing single-tokenizer render agrees
+
+
+def test_encoding_a_template_prompt_keeps_one_bos():
+    backend = Tokenizer(models.WordLevel({"<unk>": 0, "<bos>": 1, "hi": 2}, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    backend.post_processor = processors.TemplateProcessing(single="<bos> $A", special_tokens=[("<bos>", 1)])
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, bos_token="<bos>", unk_token="<unk>")
+    assert encode_prompts(tokenizer, ["<bos> hi", "hi", "hi <bos>"]) == [[1, 2], [1, 2], [1, 2, 1]]
+
+
+# ---------------------------------------------------------------- reasoning-gym
+needs_gym = pytest.mark.skipif(
+    importlib.util.find_spec("reasoning_gym") is None or importlib.util.find_spec("math_verify") is None,
+    reason="reasoning-gym tasks need the tasks extra: pip install 'rlae_jax[tasks]'")
+
+
+@needs_gym
+def test_reasoning_gym_splits_are_disjoint_and_deterministic():
+    task = dataclasses.replace(get_task("rg/basic_arithmetic:easy"), train_size=1000)
+    train, test = task.load("train"), task.load("test", limit=300)
+    assert len(train) == task.train_size and len(test) == 300
+    assert not {e.prompt for e in train} & {e.prompt for e in test}
+    assert test == task.load("test", limit=300) and train[:5] == task.load("train", limit=5)
+    assert all(e.prompt.startswith("Calculate ") and e.prompt.endswith(rgym.INSTRUCTION) for e in test)
+    assert {e.id for e in test[:2]} <= {f"rg/basic_arithmetic:easy/test/{i}" for i in range(1000)}
+    other_seed = dataclasses.replace(task, seed=1).load("train", limit=50)
+    assert [e.prompt for e in other_seed] != [e.prompt for e in train[:50]]
+
+
+@needs_gym
+def test_reasoning_gym_small_problem_space():
+    tiny = dict(min_terms=2, max_terms=2, min_digits=1, max_digits=1, operators=["+"], allow_parentheses=False,
+                allow_negation=False)  # at most 100 distinct questions
+    task = reasoning_gym_task("basic_arithmetic", train_size=40, **tiny)
+    test = task.load("test", limit=20)
+    assert not {e.prompt for e in test} & {e.prompt for e in task.load("train")}  # repeats were skipped
+    with pytest.raises(ValueError, match="problem space is too small: lower train_size"):
+        reasoning_gym_task("basic_arithmetic", train_size=2000, **tiny).load("test", limit=200)
+    with pytest.raises(ValueError, match="training split has 40 problems, 41 were asked for"):
+        task.load("train", limit=41)
+
+
+@needs_gym
+def test_reasoning_gym_check_refuses_a_leaking_split(monkeypatch):
+    task = reasoning_gym_task("basic_arithmetic", train_size=40, min_terms=2, max_terms=2, max_digits=1,
+                              operators=["+"], allow_parentheses=False, allow_negation=False)
+    monkeypatch.setattr(rgym.ReasoningGymTask, "held_out",  # the test split without the skipping
+                        lambda self, split, count, training: [self.example(split, i, entry) for i, entry in
+                                                              enumerate(self.generator(split, count))])
+    with pytest.raises(ValueError, match=r"^rg/basic_arithmetic: \d+ of 60 test prompts also occur in the training"):
+        task.load("test", limit=60)
+
+
+@needs_gym
+def test_reasoning_gym_rewards_are_its_verifier_in_0_1():
+    task = get_task("rg/spell_backward:easy")
+    examples = task.load("test", limit=4)
+    right = [f"Reversed letter by letter. The answer is {e.answer}." for e in examples]
+    assert task.rewards(right, examples).tolist() == [1.0] * 4
+    wrong = [f"The answer is {examples[0].answer}x.", "The answer is",
+             f"<answer>{examples[2].answer[::-1]}</answer>", ""]  # [2] is no palindrome
+    assert task.rewards(wrong, examples).tolist() == [0.0] * 4  # partial credit ("...x" contains it) is 0
+    arithmetic = get_task("rg/basic_arithmetic:easy")
+    (example,) = arithmetic.load("test", limit=1)
+    value = int(example.answer)
+    for completion, reward in [(f"The answer is {value}.", 1.0), (f"#### {value:,}", 1.0),
+                               (f"The answer is \\boxed{{{value}.0}}", 1.0), (f"The answer is {value + 1}", 0.0),
+                               (f"The answer is {value} or {value + 1}", 1.0),
+                               (f"The answer is {value + 1} or {value}", 0.0)]:
+        assert arithmetic.reward(completion, example) == reward, completion
+
+
+@needs_gym
+def test_gsm_symbolic_items_load_and_score():
+    task = get_task("gsm_symbolic")
+    examples = task.load("test", limit=5)
+    assert len({e.prompt for e in examples}) == 5 and all(e.answer.lstrip("-").isdigit() for e in examples)
+    assert "Give the result as your final answer" in examples[0].prompt
+    cot = [e.entry["metadata"]["answer_cot"] for e in examples]  # the generator's worked solutions end "#### N"
+    assert task.rewards(cot, examples).tolist() == [1.0] * 5
+    assert task.rewards([f"The answer is {int(e.answer) + 1}." for e in examples], examples).tolist() == [0.0] * 5
+
+
+@needs_gym
+@pytest.mark.parametrize("answer, predicted, same", [
+    ("1000", "1,000", True), ("1000", "$1,000", True), ("-3", "−3 degrees", True), ("0.5", "1/2", True),
+    ("0.5", "\\frac{1}{2}", True), ("3", "3.0", True), ("4", "3 or 4", False), ("4", "4 or 3", True),
+    ("45a", "45", False), ("3, 5", "3", False), ("7", "seven", False), ("12", "x", False),
+])
+def test_same_number(answer, predicted, same):
+    assert rgym.same_number(answer, predicted) is same
+
+
+@needs_gym
+def test_same_number_works_off_the_main_thread():
+    results = []
+    thread = threading.Thread(target=lambda: results.append(rgym.same_number("0.5", "\\frac{1}{2}")))
+    thread.start()
+    thread.join()
+    assert results == [True]
+
+
+@pytest.mark.parametrize("spec, message", [
+    ("rg/no_such_dataset", "unknown reasoning-gym dataset 'no_such_dataset'; known: "),
+    ("rg/gsm_symbolic:{bad", "is not JSON"),
+    ("rg/gsm_symbolic:[1]", "must be a JSON object"),
+    ("rg/word_ladder:easy", "no easy preset for 'word_ladder'"),
+])
+@needs_gym
+def test_reasoning_gym_spec_errors(spec, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        get_task(spec)
+
+
+def test_reasoning_gym_missing_says_which_pip_command(monkeypatch):
+    monkeypatch.setitem(sys.modules, "reasoning_gym", None)
+    with pytest.raises(ImportError, match=re.escape("pip install 'rlae_jax[tasks]'")):
+        get_task("gsm_symbolic").load("test", limit=1)

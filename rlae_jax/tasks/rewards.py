@@ -2,12 +2,19 @@
 
 Rules (each extractor returns None when it finds nothing, and None scores 0):
 
-Final number (GSM8K), `extract_final_number`:
-  1. the first number after the last `####`; else
-  2. the first number inside the last `\\boxed{...}`; else
-  3. the first number on the line of the last answer phrase ("answer is", "answer:", "final answer",
-     ...) after it, or on the next non-blank line when the phrase ends its line;
-  4. else (no such marker, or no number where it points) the last number in the text.
+Answer spans, `answer_spans`: where a completion states its answer, in priority order:
+  1. the text after the last `####` (to the end of its line); then
+  2. the inside of the last `\\boxed{...}` (nested braces balanced); then
+  3. the inside of the last `<answer>...</answer>` (reasoning-gym's own format); then
+  4. the text after the last answer phrase ("answer is", "answer:", "final answer", ...) to the end
+     of its line, or the next non-blank line when the phrase ends its line.
+
+Answer text (reasoning-gym tasks), `extract_answer`: the first non-empty span, else the last number
+in the text, else None; then trimmed of spaces, `**`/`*` emphasis, one pair of surrounding quotes or
+`$...$`, and a trailing sentence mark (`.`, `!`, `;`, `,`): "The answer is **-7**." gives "-7".
+
+Final number (GSM8K), `extract_final_number`: the first number in the first span that has one; else
+  (no marker, or no number where one points) the last number in the text.
   A number may carry a sign (`-`, `−`), a `$`, thousands commas and decimals: "-$1,234.50" is
   -1234.50. Units and trailing words are ignored ("42 apples"). Values are compared exactly as
   decimals, so "3.0" == "3" and "1,000" == "1000". Digits after a letter ("H2O", "x2") are not
@@ -42,7 +49,7 @@ from typing import Sequence
 NUMBER = re.compile(
     r"(?<![\w.])(?P<sign>[-−]?)\$?(?P<digits>\d{1,3}(?:,\d{3})+(?:\.\d+)?|\d+(?:\.\d+)?|\.\d+)(?!\d)"
 )
-BOXED = re.compile(r"\\boxed\{([^{}]*)\}")
+ANSWER_TAG = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
 NUMBER_ANSWER_PHRASE = re.compile(
     r"\b(?:final answer|answer\s*(?:is|would be|should be|will be|:|=))\s*[:=]?", re.IGNORECASE
 )
@@ -73,16 +80,62 @@ def _to_decimal(match: re.Match) -> Decimal:
     return -value if match["sign"] else value
 
 
+def answer_spans(completion: str) -> list[str]:
+    """Where the completion states its answer, highest priority first (rules in the module
+    docstring); each span stripped, possibly empty."""
+    spans = []
+    if "####" in completion:
+        spans.append(_line_after(completion.rsplit("####", 1)[1]))
+    if (boxed := _last_boxed(completion)) is not None:
+        spans.append(boxed.strip())
+    if tags := ANSWER_TAG.findall(completion):
+        spans.append(tags[-1].strip())
+    if phrases := list(NUMBER_ANSWER_PHRASE.finditer(completion)):
+        spans.append(_line_after(completion[phrases[-1].end():]))
+    return spans
+
+
+def _line_after(text: str) -> str:
+    """The rest of the marker's line, or the next non-blank line when the marker ends its line."""
+    return text.lstrip().split("\n", 1)[0].strip()
+
+
+def _last_boxed(text: str) -> str | None:
+    """The inside of the last `\\boxed{...}`, braces balanced; None when there is none (or unclosed)."""
+    start = text.rfind("\\boxed{")
+    if start < 0:
+        return None
+    depth, begin = 0, start + len("\\boxed{")
+    for index in range(begin, len(text)):
+        depth += {"{": 1, "}": -1}.get(text[index], 0)
+        if depth < 0:
+            return text[begin:index]
+    return None
+
+
+def extract_answer(completion: str) -> str | None:
+    """The completion's answer text (rules in the module docstring), or None."""
+    span = next((span for span in answer_spans(completion) if span), None)
+    if span is None:
+        numbers = list(NUMBER.finditer(completion))
+        return numbers[-1].group(0) if numbers else None
+    return _trim(span) or None
+
+
+def _trim(span: str) -> str:
+    span = span.strip().strip("*").strip()
+    span = re.sub(r"[.!;,]+$", "", span).strip().strip("*").strip()
+    for left, right in ('""', "''", "“”", "$$"):
+        if len(span) > 1 and span[0] == left and span[-1] == right:
+            return span[1:-1].strip()
+    return span
+
+
 def extract_final_number(completion: str) -> Decimal | None:
     """The completion's final answer as a Decimal (rules in the module docstring), or None."""
-    if "####" in completion and (value := parse_number(completion.rsplit("####", 1)[1])) is not None:
-        return value
-    if (boxed := BOXED.findall(completion)) and (value := parse_number(boxed[-1])) is not None:
-        return value
-    phrases = list(NUMBER_ANSWER_PHRASE.finditer(completion))
-    answer_line = completion[phrases[-1].end():].lstrip().split("\n", 1)[0] if phrases else ""
-    if (value := parse_number(answer_line)) is not None:
-        return value
+    for span in answer_spans(completion):
+        if (value := parse_number(span)) is not None:
+            return value
     numbers = list(NUMBER.finditer(completion))
     return _to_decimal(numbers[-1]) if numbers else None
 

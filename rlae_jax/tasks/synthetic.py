@@ -19,13 +19,15 @@ accuracy the demo reports.
 from __future__ import annotations
 
 import dataclasses
-from typing import Sequence
+import functools
+import zlib
+from typing import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rlae_jax.tasks.base import Example
+from rlae_jax.tasks.base import BaseTask, Example, check_disjoint
 
 LETTERS = "abcdefghijklmnop"
 OPERATIONS = ("rev", "up")
@@ -35,6 +37,7 @@ SKILLS = {  # member name → what it does for each operation
 }
 CORRECT = {"rev": lambda w: w[::-1], "up": lambda w: [c.upper() for c in w]}
 SPLIT_SEEDS = {"train": 0, "validation": 1, "test": 2}
+TRAIN_SIZE = 4096  # the demo's training split
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,17 +58,27 @@ ALL_KINDS = (("rev",), ("up",), ("rev", "up"), ("up", "rev"))
 
 
 def sample_problems(count: int, seed: int, min_letters: int = 2, max_letters: int = 4,
-                    kinds: tuple[tuple[str, ...], ...] = ALL_KINDS) -> list[Problem]:
-    """`count` problems, cycling through `kinds` (default: a quarter each of rev, up, rev;up, up;rev)."""
+                    kinds: tuple[tuple[str, ...], ...] = ALL_KINDS,
+                    keep: Callable[[Problem], bool] = lambda problem: True) -> list[Problem]:
+    """`count` problems, cycling through `kinds` (default: a quarter each of rev, up, rev;up, up;rev)
+    and drawing again (same kind) while `keep` rejects a problem."""
     rng = np.random.default_rng(seed)
     problems = []
-    for index in range(count):
-        ops = kinds[index % len(kinds)]
+    while len(problems) < count:
+        ops = kinds[len(problems) % len(kinds)]
         parts = tuple((op, tuple(rng.choice(list(LETTERS), rng.integers(min_letters, max_letters + 1))))
                       for op in ops)
-        problems.append(Problem(parts))
+        if keep(Problem(parts)):
+            problems.append(Problem(parts))
     order = rng.permutation(count)
     return [problems[i] for i in order]
+
+
+def split_of(prompt: str) -> str:
+    """The split a prompt belongs to, by a fixed hash of its text: 14 of 16 buckets train, one
+    validation, one test — so splits never share a prompt, whatever their sizes."""
+    bucket = zlib.crc32(prompt.encode()) % 16
+    return "test" if bucket == 15 else "validation" if bucket == 14 else "train"
 
 
 def member_corpus(skill: str, count: int, seed: int) -> list[tuple[str, str]]:
@@ -91,31 +104,46 @@ def tokenizer_corpus() -> list[str]:
 
 
 @dataclasses.dataclass(frozen=True)
-class SyntheticTask:
+class SyntheticTask(BaseTask):
     """The demo task with the same interface as the dataset tasks (load / render / reward / rewards)."""
 
     name: str = "synthetic"
     kinds: tuple[tuple[str, ...], ...] = ALL_KINDS
 
     def load(self, split: str, source=None, limit: int | None = None) -> list[Example]:
-        """Deterministic examples of a split ('train', 'validation', 'test'); `source` is unused."""
+        """Deterministic examples of a split ('train', 'validation', 'test'; `source` is unused):
+        problems whose prompt `split_of` assigns to the split, so no split shares a prompt. A split
+        other than train is checked against the demo's training split (`training_prompts`)."""
+        examples = self.sample(split, limit or 256)
+        if split != "train":
+            check_disjoint(self.name, split, examples, training_prompts())
+        return examples
+
+    def sample(self, split: str, count: int) -> list[Example]:
         if split not in SPLIT_SEEDS:
             raise ValueError(f"unknown split {split!r}; synthetic splits: {', '.join(SPLIT_SEEDS)}")
-        problems = sample_problems(limit or 256, seed=1000 + SPLIT_SEEDS[split], kinds=self.kinds)
-        return [Example(id=f"{self.name}/{split}/{i}", prompt=p.prompt, answer=p.answer(), aliases=(p.answer(),))
-                for i, p in enumerate(problems)]
+        problems = sample_problems(count, seed=1000 + SPLIT_SEEDS[split], kinds=self.kinds,
+                                   keep=lambda problem: split_of(problem.prompt) == split)
+        return [Example(id=f"{self.name}/{split}/{i}", prompt=p.prompt, answer=p.answer(),
+                        aliases=(p.answer(),)) for i, p in enumerate(problems)]
 
-    def render(self, example: Example, tokenizer=None, shots: Sequence[Example] = ()) -> str:
+    def render(self, example: Example, tokenizer=None, shots: Sequence[Example] = (),
+               formatter=None) -> str:
+        """The bare prompt for every member: the demo members are small LMs trained on it, with no
+        chat format."""
         return example.prompt
 
     def reward(self, completion: str, example: Example) -> float:
         return char_accuracy(completion.encode(), example.answer.encode())
 
-    def rewards(self, completions: Sequence[str], examples: Sequence[Example]) -> np.ndarray:
-        return np.array([self.reward(c, e) for c, e in zip(completions, examples)], np.float32)
-
     def exact_match(self, completion: str, example: Example) -> float:
         return float(completion == example.answer)
+
+
+@functools.lru_cache(maxsize=1)
+def training_prompts() -> frozenset[str]:
+    """Prompts of the demo's training split: `TRAIN_SIZE` problems of every kind."""
+    return frozenset(e.prompt for e in SyntheticTask().sample("train", TRAIN_SIZE))
 
 
 def char_accuracy(generated: bytes, target: bytes) -> float:

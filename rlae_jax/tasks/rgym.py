@@ -1,0 +1,180 @@
+"""reasoning-gym datasets as tasks: procedural problems with their own verifiers.
+
+`reasoning_gym_task(name, **config)` wraps any dataset of `reasoning_gym.create_dataset(name,
+size=, seed=, **config)`; `get_task("rg/<name>")` gives its default config, `"rg/<name>:easy"` the
+EASY preset (sized for 100M-class members) and `'rg/<name>:{"max_terms": 2}'` a JSON config.
+
+Splits: item i of a split is generated from seed `seed + SPLIT_INDEX[split] * SEED_STRIDE + i`
+(reasoning-gym seeds item i with `seed + i`), so the splits' random streams never meet. Small
+problem spaces still repeat questions, so a split other than train keeps only the problems whose
+question is not among the `train_size` training problems, and is then checked like every task.
+
+Reward: `rewards.extract_answer` takes the completion's answer text; it scores 1.0 when the
+dataset's `score_answer` gives it full credit (partial credit scores 0), or, for an answer that is a
+single number, when `math_verify` finds it equal to the answer's first number or LaTeX expression
+("1,000" = "1000", "0.50" = "1/2", "-3." = "−3").
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import re
+import threading
+from typing import Any, Mapping
+
+from rlae_jax.tasks.base import BaseTask, Example, check_disjoint
+from rlae_jax.tasks.rewards import NUMBER, extract_answer
+
+INSTRUCTION = 'Finish with "The answer is X." where X is the answer.'
+SPLIT_INDEX = {"train": 0, "validation": 1, "test": 2}
+SEED_STRIDE = 10**9
+NUMERIC_ANSWER = re.compile(r"[-−]?(?:\d+(?:\.\d+)?|\.\d+)(?:/\d+)?")
+FRACTION = re.compile(r"(?<![\w.])[-−]?\d+\s*/\s*\d+(?![\d.])")
+EASY = {  # configs a 100M-class instruct model can answer in a few tokens
+    "basic_arithmetic": dict(min_terms=2, max_terms=2, min_digits=1, max_digits=2,
+                             operators=("+", "-"), allow_parentheses=False, allow_negation=False),
+    "chain_sum": dict(min_terms=2, max_terms=3, min_digits=1, max_digits=2),
+    "products": dict(min_terms=2, max_terms=2, min_digits=1, max_digits=2),
+    "gcd": dict(max_value=100),
+    "leg_counting": dict(min_animals=1, max_animals=2, max_instances=3),
+    "letter_counting": dict(min_words=3, max_words=5),
+    "spell_backward": dict(min_word_len=3, max_word_len=5),
+    "gsm_symbolic": {},
+}
+
+
+def require(module: str):
+    """Import an optional package of the `tasks` extra, or ImportError naming the pip command."""
+    try:
+        return __import__(module)
+    except ImportError:
+        raise ImportError(f"reasoning-gym tasks need `{module}`: pip install 'rlae_jax[tasks]' "
+                          "(or pip install reasoning-gym math-verify)") from None
+
+
+@dataclasses.dataclass(frozen=True)
+class ReasoningGymTask(BaseTask):
+    """A reasoning-gym dataset. `config`: the dataset's config fields as (key, value) pairs;
+    `train_size`: problems in the training split (other splits exclude all of them);
+    `test_size`: default size of other splits; `system`: optional system message."""
+    dataset: str = ""
+    config: tuple[tuple[str, Any], ...] = ()
+    seed: int = 0
+    train_size: int = 5000
+    test_size: int = 1000
+    system: str | None = None
+
+    def system_prompt(self) -> str | None:
+        return self.system
+
+    def generator(self, split: str, size: int):
+        """The reasoning-gym dataset object of `split` (items 0..size-1)."""
+        if split not in SPLIT_INDEX:
+            raise ValueError(f"unknown split {split!r}; {self.name} splits: {', '.join(SPLIT_INDEX)}")
+        if size > SEED_STRIDE:
+            raise ValueError(f"{self.name}: {size} items exceed the seed stride {SEED_STRIDE}")
+        return require("reasoning_gym").create_dataset(
+            self.dataset, size=size, seed=self.seed + SPLIT_INDEX[split] * SEED_STRIDE,
+            **dict(self.config))
+
+    def example(self, split: str, index: int, entry: Mapping[str, Any]) -> Example:
+        return Example(id=f"{self.name}/{split}/{index}",
+                       prompt=f"{entry['question'].strip()}\n{INSTRUCTION}",
+                       answer=str(entry["answer"]), aliases=(str(entry["answer"]),), entry=entry)
+
+    def load(self, split: str, source=None, limit: int | None = None) -> list[Example]:
+        """`limit` problems of `split` (default: train_size for train, else test_size)."""
+        if source is not None:
+            raise ValueError(f"{self.name} generates its problems; source must be None")
+        count = limit or (self.train_size if split == "train" else self.test_size)
+        if split == "train":
+            if count > self.train_size:
+                raise ValueError(f"{self.name}: the training split has {self.train_size} problems, "
+                                 f"{count} were asked for; raise train_size")
+            return [self.example(split, i, e) for i, e in enumerate(self.generator(split, count))]
+        training = [self.example("train", i, e)
+                    for i, e in enumerate(self.generator("train", self.train_size))]
+        examples = self.held_out(split, count, {" ".join(e.prompt.split()) for e in training})
+        check_disjoint(self.name, split, examples, (e.prompt for e in training))
+        return examples
+
+    def held_out(self, split: str, count: int, training: set[str]) -> list[Example]:
+        """The first `count` problems of `split` whose prompt is not in `training`."""
+        draws = 10 * count + 1000
+        examples = []
+        for index, entry in enumerate(self.generator(split, draws)):
+            example = self.example(split, index, entry)
+            if " ".join(example.prompt.split()) not in training:
+                examples.append(example)
+                if len(examples) == count:
+                    return examples
+        raise ValueError(
+            f"{self.name}: only {len(examples)} of {draws} {split} problems are not in the "
+            f"{self.train_size}-problem training split, {count} were asked for; the config's "
+            "problem space is too small: lower train_size or widen the config")
+
+    def reward(self, completion: str, example: Example) -> float:
+        answer = extract_answer(completion)
+        if answer is None:
+            return 0.0
+        if scorer(self.dataset, self.config)(answer, example.entry) >= 1.0:
+            return 1.0
+        return float(same_number(example.answer, answer))
+
+
+@functools.lru_cache(maxsize=64)
+def scorer(dataset: str, config: tuple[tuple[str, Any], ...]):
+    """The `score_answer(answer, entry) -> float` of `dataset` under `config`."""
+    reasoning_gym = require("reasoning_gym")
+    return reasoning_gym.create_dataset(dataset, size=1, seed=0, **dict(config)).score_answer
+
+
+def same_number(answer: str, predicted: str) -> bool:
+    """Whether `answer` is a single number (integer, decimal or fraction) and `math_verify` finds
+    the first number (or `$...$`/`\\\\`-LaTeX expression) of `predicted` equal to it."""
+    if not NUMERIC_ANSWER.fullmatch(answer.strip()):
+        return False
+    predicted = predicted.replace("−", "-")
+    if "\\" not in predicted:  # not LaTeX: its first fraction or number, without "$" and commas
+        matches = [m for m in (FRACTION.search(predicted), NUMBER.search(predicted)) if m]
+        if not matches:
+            return False
+        match = min(matches, key=lambda m: (m.start(), -len(m.group(0))))
+        predicted = match.group(0).replace("$", "").replace(",", "")
+    math_verify = require("math_verify")
+    # math-verify's timeouts use signal.alarm, which works only in the main thread
+    timeout = 5 if threading.current_thread() is threading.main_thread() else None
+    gold = math_verify.parse(answer.replace("−", "-"), parsing_timeout=timeout)
+    guess = math_verify.parse(predicted, parsing_timeout=timeout)
+    return bool(gold and guess and math_verify.verify(gold, guess, timeout_seconds=timeout))
+
+
+def reasoning_gym_task(dataset: str, name: str | None = None, **config) -> ReasoningGymTask:
+    """A task over `reasoning_gym.create_dataset(dataset, **config)`; task fields (seed, train_size,
+    test_size, system) may be passed too. Unknown datasets raise ValueError naming the known ones."""
+    known = require("reasoning_gym").factory.DATASETS
+    if dataset not in known:
+        raise ValueError(f"unknown reasoning-gym dataset {dataset!r}; known: {', '.join(sorted(known))}")
+    fields = {f.name for f in dataclasses.fields(ReasoningGymTask)} - {"name", "dataset", "config"}
+    task_fields = {key: config.pop(key) for key in list(config) if key in fields}
+    config = {key: tuple(value) if isinstance(value, list) else value for key, value in config.items()}
+    return ReasoningGymTask(name=name or f"rg/{dataset}", dataset=dataset,
+                            config=tuple(sorted(config.items())), **task_fields)
+
+
+def task_from_spec(spec: str) -> ReasoningGymTask:
+    """`rg/<dataset>` (default config), `rg/<dataset>:easy` (the EASY preset) or
+    `rg/<dataset>:<JSON object of config fields>`."""
+    dataset, _, config = spec.removeprefix("rg/").partition(":")
+    if config == "easy":
+        if dataset not in EASY:
+            raise ValueError(f"no easy preset for {dataset!r}; presets: {', '.join(sorted(EASY))}")
+        return reasoning_gym_task(dataset, name=spec, **EASY[dataset])
+    try:
+        fields = json.loads(config) if config else {}
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{spec!r}: the config after ':' is not JSON ({err.msg})") from None
+    if not isinstance(fields, dict):
+        raise ValueError(f"{spec!r}: the config after ':' must be a JSON object")
+    return reasoning_gym_task(dataset, name=spec, **fields)

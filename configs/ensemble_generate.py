@@ -14,10 +14,10 @@ def get_config() -> ml_collections.ConfigDict:
     config.top_k = 4
     config.packllm_temperature = 1.0
     config.span_length = 1
-    config.prompts = ("Once upon a time",)
+    # one prompt (--config.prompts="Once upon a time") or a tuple (--config.prompts="('A', 'B')")
+    config.prompts = ml_collections.FieldReference(("Once upon a time",), field_type=object)
     config.prompts_file = ""
     config.max_new_tokens = 64
-    config.expansion_budget = 2  # member cache slots per union token (rows that need more stop: 'cache_full')
     config.first_pass_tokens = 0  # member tokens per step's first pass; 0: for the backend and batch size
     config.respell_slots = -1  # packed re-spelling pass: batch + this many tokens; 0: none; -1: by backend/size
     config.temperature = 0.0

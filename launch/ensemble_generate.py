@@ -7,6 +7,7 @@ from tqdm import tqdm
 import rlae_jax
 from rlae_jax.align import build_alignment
 from rlae_jax.engine import generate
+from rlae_jax.generation import read_prompts
 
 CONFIG = config_flags.DEFINE_config_file("config", "configs/ensemble_generate.py", "ensemble generation config")
 
@@ -22,17 +23,14 @@ def main(argv):
     alignment = build_alignment([m.tokenizer for m in members], vocab_sizes=[m.config.vocab_size for m in members],
                                 cache_dir=config.alignment_cache or None)
     weights = [float(w) for w in config.weights.split(",")] if config.weights else None
-    prompts = list(config.prompts)
-    if config.prompts_file:
-        with open(config.prompts_file) as f:
-            prompts = [line.rstrip("\n") for line in f if line.strip()]
+    prompts = read_prompts(config.prompts, config.prompts_file)
     batches = range(0, len(prompts), config.batch_size)
     for start in tqdm(batches, desc="generating", disable=len(batches) == 1):
         chunk = prompts[start:start + config.batch_size]
         out = generate(members, alignment, chunk, strategy=config.strategy, weights=weights, primary=config.primary,
                        threshold=config.threshold, top_k=config.top_k, packllm_temperature=config.packllm_temperature,
                        span_length=config.span_length, max_new_tokens=config.max_new_tokens,
-                       expansion_budget=config.expansion_budget, first_pass_tokens=config.first_pass_tokens or None,
+                       first_pass_tokens=config.first_pass_tokens or None,
                        respell_slots=None if config.respell_slots < 0 else config.respell_slots,
                        temperature=config.temperature, top_p=config.top_p, seed=config.seed + start)
         for prompt, text, weights_per_span, reason in zip(chunk, out.texts, out.span_weights, out.stop_reasons):

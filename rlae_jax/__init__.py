@@ -1,5 +1,8 @@
-"""rlae_jax: Reinforcement-Learning-Assisted Ensembles of LLMs (Fu et al., EMNLP 2025) in JAX."""
-from rlae_jax.generation import generate, generate_tokens
+"""rlae_jax: Reinforcement-Learning-Assisted Ensembles of LLMs (Fu et al., EMNLP 2025) in JAX.
+`generate_member` continues prompts with one member; `rlae_jax.engine.generate` with an ensemble."""
+from rlae_jax.generation import generate_member, generate_tokens
 from rlae_jax.models import Member, from_pretrained
 
-__all__ = ["Member", "from_pretrained", "generate", "generate_tokens"]
+generate = generate_member  # the former name, until tests/test_models.py and test_gguf.py move
+
+__all__ = ["Member", "from_pretrained", "generate", "generate_member", "generate_tokens"]

@@ -1,6 +1,7 @@
 """Single-member generation: prefill + one jitted `lax.while_loop` (greedy or sampled, EOS per row)."""
 from __future__ import annotations
 
+import os
 from typing import NamedTuple, Sequence
 
 import jax
@@ -65,25 +66,64 @@ def generate_ids(member: Member, input_ids: jax.Array, attention_mask: jax.Array
 generate_ids_jit = jax.jit(generate_ids, static_argnames=("max_new_tokens",), compiler_options=decode_loop_options())
 
 
-def generate_tokens(member: Member, prompts: Sequence[str], max_new_tokens: int = 64, temperature: float = 0.0,
-                    top_p: float = 1.0, seed: int = 0, add_special_tokens: bool = True) -> list[list[int]]:
-    """Generated token ids per prompt (EOS included when reached)."""
-    if member.tokenizer is None:
-        raise ValueError("member has no tokenizer; load it with from_pretrained(..., tokenizer=...)")
-    token_lists = encode_prompts(member.tokenizer, prompts, add_special_tokens)
+def generate_from_ids(member: Member, token_lists: Sequence[Sequence[int]], max_new_tokens: int,
+                      temperature: float, top_p: float, seed: int) -> list[list[int]]:
+    """Generated token ids (EOS included when reached) after each prompt's ids."""
     check_context(max(map(len, token_lists)), max_new_tokens, member.config.max_position_embeddings,
                   member.name or member.config.model_type)
     pad_id = pad_id_of(member.tokenizer)
     ids, mask = left_pad(token_lists, pad_id)
     tokens, lengths = generate_ids_jit(
         member, jnp.asarray(ids), jnp.asarray(mask), jax.random.key(seed), jnp.float32(temperature),
-        jnp.float32(top_p), jnp.asarray(eos_ids_of(member)), jnp.int32(pad_id), max_new_tokens=max_new_tokens)
+        jnp.float32(top_p), jnp.asarray(eos_ids_of(member)), jnp.int32(pad_id),
+        max_new_tokens=max_new_tokens)
     tokens, lengths = np.asarray(tokens), np.asarray(lengths)
-    return [tokens[row, :lengths[row]].tolist() for row in range(len(prompts))]
+    return [tokens[row, :lengths[row]].tolist() for row in range(len(token_lists))]
 
 
-def generate(member: Member, prompts: Sequence[str], max_new_tokens: int = 64, temperature: float = 0.0,
-             top_p: float = 1.0, seed: int = 0, add_special_tokens: bool = True) -> list[str]:
-    """Continue every prompt with one member; returns the decoded continuations (special tokens removed)."""
-    outputs = generate_tokens(member, prompts, max_new_tokens, temperature, top_p, seed, add_special_tokens)
-    return [member.tokenizer.decode(tokens, skip_special_tokens=True) for tokens in outputs]
+def encode_for(member: Member, prompts: Sequence[str], add_special_tokens: bool) -> list[list[int]]:
+    """The member's token ids of every prompt (raises when it has no tokenizer)."""
+    if member.tokenizer is None:
+        raise ValueError("member has no tokenizer; load it with from_pretrained(..., tokenizer=...)")
+    return encode_prompts(member.tokenizer, prompts, add_special_tokens)
+
+
+def generate_tokens(member: Member, prompts: Sequence[str], max_new_tokens: int = 64,
+                    temperature: float = 0.0, top_p: float = 1.0, seed: int = 0,
+                    add_special_tokens: bool = True) -> list[list[int]]:
+    """Generated token ids per prompt (EOS included when reached)."""
+    token_lists = encode_for(member, prompts, add_special_tokens)
+    return generate_from_ids(member, token_lists, max_new_tokens, temperature, top_p, seed)
+
+
+def continuation_text(tokenizer, prompt_ids: Sequence[int], new_ids: Sequence[int]) -> str:
+    """The text `new_ids` add after `prompt_ids`: the decoded whole sequence minus the decoded prompt
+    (special tokens removed), so a SentencePiece piece keeps its leading space, which decoding the
+    new ids on their own drops. Where the decoder changes text across the boundary, the part of the
+    whole sequence past its common prefix with the prompt's."""
+    options = dict(skip_special_tokens=True, clean_up_tokenization_spaces=False)
+    head = tokenizer.decode(list(prompt_ids), **options)
+    whole = tokenizer.decode(list(prompt_ids) + list(new_ids), **options)
+    return whole[len(os.path.commonprefix([head, whole])):]
+
+
+def generate_member(member: Member, prompts: Sequence[str], max_new_tokens: int = 64,
+                    temperature: float = 0.0, top_p: float = 1.0, seed: int = 0,
+                    add_special_tokens: bool = True) -> list[str]:
+    """Continue every prompt with one member (`rlae_jax.engine.generate` runs an ensemble). Each
+    text is the exact continuation: the decoded prompt + it is the decoded whole sequence (special
+    tokens removed), leading spaces included."""
+    token_lists = encode_for(member, prompts, add_special_tokens)
+    outputs = generate_from_ids(member, token_lists, max_new_tokens, temperature, top_p, seed)
+    return [continuation_text(member.tokenizer, ids, new) for ids, new in zip(token_lists, outputs)]
+
+
+def read_prompts(prompts: str | Sequence[str], prompts_file: str = "") -> list[str]:
+    """The prompts a launch config names: `prompts_file` (one a line) when given, else `prompts`,
+    one string (`--config.prompts="Once upon a time"`) or several (`--config.prompts="('A', 'B')"`)."""
+    if prompts_file:
+        with open(prompts_file) as f:
+            return [line.rstrip("\n") for line in f if line.strip()]
+    if isinstance(prompts, (tuple, list)):
+        return [str(p) for p in prompts]
+    return [str(prompts)]

@@ -10,7 +10,7 @@ from flax import struct
 import rlae_jax
 from rlae_jax.align import build_alignment
 from rlae_jax import compile_options
-from rlae_jax.engine import CallableWeightFn, DecodeConfig, decode_jit, generate
+from rlae_jax.engine import CallableWeightFn, DecodeConfig, decode_jit, generate, loop
 from rlae_jax.engine.features import top1_agreement, usable_rows
 from rlae_jax.engine.loop import (default_first_pass_tokens, default_respell_slots, feed_members,
                                   member_distributions, plan_packing)
@@ -22,11 +22,12 @@ PROMPTS = ["Once upon a time there was a little robot who", "Hello world!", "The
 NEW_TOKENS = 20
 
 
-def random_member(model_type: str, tokenizer, seed: int, name: str) -> Member:
+def random_member(model_type: str, tokenizer, seed: int, name: str, context: int = 512) -> Member:
     """A 2-layer random member whose LM head is scaled up so its distributions are peaked (no near-ties)."""
     config = ModelConfig(
         model_type=model_type, vocab_size=len(tokenizer), hidden_size=48, intermediate_size=96, num_layers=2,
-        num_heads=4, num_kv_heads=4 if model_type == "gpt2" else 2, head_dim=12, max_position_embeddings=512,
+        num_heads=4, num_kv_heads=4 if model_type == "gpt2" else 2, head_dim=12,
+        max_position_embeddings=context,
         norm_eps=1e-5, hidden_act="gelu_new" if model_type == "gpt2" else "silu", tie_word_embeddings=False,
         qkv_bias=model_type == "gpt2", out_bias=model_type == "gpt2", mlp_bias=model_type == "gpt2",
         layer_windows=(None, None), eos_token_ids=(tokenizer.eos_token_id,))
@@ -243,18 +244,33 @@ def test_sampling_is_seeded(members, alignment):
 
 def test_same_bucket_does_not_recompile(members, alignment):
     generate(members, alignment, ["Hello world!", "Once upon"], strategy="uniform", max_new_tokens=8)
-    compiled = decode_jit._cache_size()
+    compiled = loop.run_jit._cache_size()
     generate(members, alignment, ["The quick brown fox", "Alice and"], strategy="uniform", max_new_tokens=8)
     generate(members, alignment, ["A", "B"], strategy="fixed", weights=[0.3, 0.7], max_new_tokens=8)
-    assert decode_jit._cache_size() == compiled
+    assert loop.run_jit._cache_size() == compiled
 
 
-def test_cache_full_rows_stop_with_a_reason(members, alignment):
-    with pytest.warns(UserWarning, match="KV cache filled up"):
-        out = generate(members, alignment, PROMPTS, strategy="single", primary=0, max_new_tokens=NEW_TOKENS,
-                       expansion_budget=1)
-    reasons = set(out.stop_reasons)
-    assert reasons <= {"eos", "length", "cache_full"} and "cache_full" in reasons
+def test_a_member_context_window_stops_the_row_with_a_reason_naming_it(members, alignment):
+    """The unigram member re-spells some union tokens in several tokens: with a context window that
+    only holds the prompt and one token per union token, a row it cannot follow stops as
+    'context_window' (a warning names the member); the others run to the length."""
+    prompts = PROMPTS[1:]
+    longest = max(len(members[1].tokenizer.encode(p)) for p in prompts)
+    short = random_member("llama", members[1].tokenizer, 1, "short", context=longest + NEW_TOKENS)
+    with pytest.warns(UserWarning, match="member 'short' cannot take the next token within its context"):
+        out = generate([members[0], short], alignment, prompts, strategy="single", primary=0,
+                       max_new_tokens=NEW_TOKENS)
+    assert "context_window" in out.stop_reasons
+    full = generate(members, alignment, prompts, strategy="single", primary=0, max_new_tokens=NEW_TOKENS)
+    ingested = np.asarray(out.result.ingested)
+    for row, prompt in enumerate(prompts):
+        kept = len(out.union_ids[row])
+        assert out.union_ids[row] == full.union_ids[row][:kept]
+        held = len(members[1].tokenizer.encode(prompt)) + ingested[row, 1]
+        assert held <= longest + NEW_TOKENS
+        if out.stop_reasons[row] == "context_window":
+            next_spelling = alignment.from_union(1, full.union_ids[row][kept:kept + 1])
+            assert held + len(next_spelling) > longest + NEW_TOKENS
 
 
 @struct.dataclass
@@ -274,37 +290,44 @@ class AlternatingWeights:
 
 
 def test_growing_the_caches_mid_loop_changes_nothing(members, monkeypatch):
-    """The loop starts with one cache slot per union token; the step whose re-spelling does not fit is
-    redone after the caches grow to the full budget. The result (union ids, weights, the weight_fn's
-    carry, features with hidden states) equals a loop run with full caches throughout (to float rounding)."""
-    from rlae_jax.engine import loop
-
+    """A byte member needs 2-3 tokens a union token: its cache grows while the loop runs, in the
+    compiled ladder (`decode`) or from the host (`decode_growing`, only that member, doubling), and
+    the step that did not fit is redone. Both equal a loop run with the largest caches throughout
+    (ids exactly, floats to rounding), and the weight_fn starts every span once."""
     bytes_member = random_member("gpt2", train_byte_level_bpe(CORPUS, 262), 2, "bytes")  # ~2-3 tokens a piece
     pair = [members[0], bytes_member]
     alignment = build_alignment([m.tokenizer for m in pair], vocab_sizes=[m.config.vocab_size for m in pair],
                                 use_cache=False)
     new_tokens = 24
     batch = loop.tokenize_for_members(pair, PROMPTS, new_tokens)
-    config = loop.DecodeConfig(max_new_tokens=new_tokens, expansion_budget=4)
+    config = loop.DecodeConfig(max_new_tokens=new_tokens, expansion_budget=1)
     args = (pair, alignment, batch, AlternatingWeights(), jax.random.key(0), jnp.float32(0.0), jnp.float32(1.0))
+    ladder = loop.room_ladder(pair, alignment, batch, config)
+    assert len(ladder) >= 3 and ladder[0][1] == batch.input_ids[1].shape[1] + new_tokens
+
+    grown = []
+    monkeypatch.setattr(loop, "grow", lambda state, lengths, grow=loop.grow: grown.append(tuple(lengths))
+                        or grow(state, lengths))
+    compiled = loop.run_jit._cache_size()
+    from_host = loop.decode_growing(*args, config=config)
+    assert loop.run_jit._cache_size() - compiled == len(grown) + 1
+    assert [lengths[0] for lengths in grown] == [ladder[0][0]] * len(grown)  # member 0 never grew
+    needed = int(np.asarray(from_host.ingested)[:, 1].max())
+    assert len(grown) >= 1 and needed > new_tokens  # the byte member outgrew its first cache
+    assert grown[-1][1] - batch.input_ids[1].shape[1] < 2 * needed  # and holds less than twice its tokens
+    assert set(np.asarray(from_host.stop_reason).tolist()) <= {loop.STOP_EOS, loop.STOP_LENGTH}
+    assert int(from_host.weight_carry) == new_tokens  # one weight_fn call per span, none repeated
 
     def run():  # a fresh function each time: jax.jit(loop.decode) would reuse the first call's trace
         return jax.jit(lambda *decode_args: loop.decode(*decode_args, config=config))(*args)
 
-    two_phases = run()
-    first, full = loop.cache_slots(batch.input_ids[1].shape[1], config)
-    assert first < full
-    # the byte member outgrew its first-phase cache (new_tokens tokens) two or more steps before the end
-    assert np.asarray(two_phases.ingested)[:, 1].max() >= new_tokens + 2 * alignment.max_expansion
-    assert set(np.asarray(two_phases.stop_reason).tolist()) <= {loop.STOP_EOS, loop.STOP_LENGTH}
-    assert int(two_phases.weight_carry) == new_tokens  # one weight_fn call per span, none repeated
-
-    monkeypatch.setattr(loop, "cache_slots", lambda prompt_slots, config: (
-        (prompt_slots + config.max_new_tokens * config.expansion_budget,) * 2))
-    one_phase = run()
-    for got, want in zip(jax.tree.leaves(two_phases), jax.tree.leaves(one_phase)):
-        # ids exactly; floats (hidden states, entropies) to rounding: attention sums over other lengths
-        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    in_graph = run()
+    monkeypatch.setattr(loop, "room_ladder", lambda *a, ladder=ladder: ladder[-1:])
+    largest = run()
+    for result in (from_host, in_graph):
+        for got, want in zip(jax.tree.leaves(result), jax.tree.leaves(largest)):
+            # ids exactly; floats (hidden states, entropies) to rounding: attention sums over other lengths
+            np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
 
 
 # ---- bad input -------------------------------------------------------------------------------

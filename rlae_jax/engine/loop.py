@@ -1,8 +1,9 @@
-"""The ensemble decode loop: prefill every member, then one `lax.while_loop` that mixes the members'
-next-token distributions in the union vocabulary, picks one union token per row and feeds it back
-to every member in its own tokens. `decode` is pure and jittable (the RL train step calls it);
-`decode_jit` is it compiled with the decode-loop options (`rlae_jax.compile_options`); `generate` is the
-host API around it."""
+"""The ensemble decode loop: prefill every member, then a `lax.while_loop` of `step`s that mix the
+members' next-token distributions in the union vocabulary, pick one union token per row and feed it
+back to every member in its own tokens, growing a member's KV cache when its re-spellings need more
+room. `decode` is pure and jittable (the RL train step calls it); `decode_jit` is it compiled with the
+decode-loop options (`rlae_jax.compile_options`); `decode_growing` runs the same loop from the host,
+growing only what is needed; `generate` is the host API around it."""
 from __future__ import annotations
 
 import dataclasses
@@ -24,29 +25,26 @@ from rlae_jax.models.member import Member
 from rlae_jax.prompts import check_context, encode_prompts, left_pad, pad_id_of
 from rlae_jax.sampling import first_argmax, select_from, select_tokens
 
-RUNNING, STOP_EOS, STOP_LENGTH, STOP_CACHE_FULL, STOP_NONFINITE = 0, 1, 2, 3, 4
-STOP_REASONS = {RUNNING: "running", STOP_EOS: "eos", STOP_LENGTH: "length", STOP_CACHE_FULL: "cache_full",
+RUNNING, STOP_EOS, STOP_LENGTH, STOP_CONTEXT_WINDOW, STOP_NONFINITE = 0, 1, 2, 3, 4
+STOP_REASONS = {RUNNING: "running", STOP_EOS: "eos", STOP_LENGTH: "length", STOP_CONTEXT_WINDOW: "context_window",
                 STOP_NONFINITE: "nonfinite_logits"}
 NO_TOKEN = -1  # union-id buffer padding after a row stops
 
 
 @dataclasses.dataclass(frozen=True)
 class DecodeConfig:
-    """Static settings of one compiled decode. `expansion_budget`: cache slots reserved per generated union token
-    in each member, beyond the prompt (a row whose member cache fills up stops with reason 'cache_full' and
-    a warning); long generations start with one slot per union token and grow the caches to the budget only
-    when that no longer suffices (`decode`, `cache_slots`). 2 covers members that average up to 2 tokens per
-    union token (the benchmark's random GPT-2 member ingests 1.65 per GPT-2 + Llama 2 union token),
-    benchmarks/RESULTS.md; `first_pass_tokens`: member tokens every row appends in each step's first pass
-    (re-spellings that fit need no second pass; `generate` picks it with `default_first_pass_tokens`);
-    `respell_chunk`: member tokens appended per extra pass for the rest of longer re-spellings (a larger
-    chunk means fewer passes but more padded work per pass; 1, 2 and 4 measured alike at ~100M, batch 16, on
-    a 2-core CPU; a last chunk of one token gets a one-token pass); `respell_slots` = S: when that should
-    cost less (`plan_packing`), a member's re-spellings go in one-token passes of B + S tokens
-    packed from any rows (0: always the first pass and whole-batch chunks; `generate` picks it with
-    `default_respell_slots`); `stop_at_eos=False` always runs
-    max_new_tokens steps (benchmarks); `record_features` keeps every span's SpanFeatures in the result (RL
-    needs them; without it features the weight_fn ignores are never computed)."""
+    """Static settings of one compiled decode. `expansion_budget`: the cache slots per union token a
+    decode starts with past the prompt (a size hint: caches grow when a member needs more, see
+    `room_ladder`; long generations start with one); `first_pass_tokens`: member tokens every row
+    appends in each step's first pass (re-spellings that fit need no second pass; `generate` picks it
+    with `default_first_pass_tokens`); `respell_chunk`: member tokens appended per extra pass for the
+    rest of longer re-spellings (a larger chunk means fewer passes but more padded work per pass; a
+    last chunk of one token gets a one-token pass); `respell_slots` = S: when that should cost less
+    (`plan_packing`), a member's re-spellings go in one-token passes of B + S tokens packed from any
+    rows (0: always the first pass and whole-batch chunks; `generate` picks it with
+    `default_respell_slots`); `stop_at_eos=False` always runs max_new_tokens steps (benchmarks);
+    `record_features` keeps every span's SpanFeatures in the result (RL needs them; without it
+    features the weight_fn ignores are never computed)."""
 
     max_new_tokens: int = 64
     span_length: int = 1
@@ -104,8 +102,8 @@ class DecodeState:
     """Loop carry. Per member: `hidden [B, H]` the final hidden state at its last ingested token (the
     next-token logits are computed from it at the top of each step, so no `[B, V]` array is carried
     or selected per row) and its KV cache; `union_ids [B, T_new]` (NO_TOKEN after a stop);
-    `out_of_room` (bool []) set when a first-phase step was not taken because some chosen re-spelling
-    did not fit the first-phase caches (`decode`). The span start's `lax.cond` takes only `spans`, so
+    `needs_room` (bool [N]) the members whose caches a step did not fit (the step was not taken;
+    `grow` them and run on). The span start's `lax.cond` uses only `spans`, `hidden` and `done`, so
     the KV caches never pass through it."""
 
     step: jax.Array
@@ -114,8 +112,9 @@ class DecodeState:
     union_ids: jax.Array
     done: jax.Array
     stop_reason: jax.Array
+    window_member: jax.Array
     spans: SpanState
-    out_of_room: jax.Array
+    needs_room: jax.Array
 
 
 class DecodeResult(NamedTuple):
@@ -124,7 +123,8 @@ class DecodeResult(NamedTuple):
     that started before the row stopped;
     weight_carry: the weight_fn's final carry (e.g. an RL policy's log-probs); weight_fallback [B]:
     rows where the weight_fn returned invalid weights (replaced by uniform); ingested [B, N]: member
-    tokens each member took in for the generated union tokens."""
+    tokens each member took in for the generated union tokens; window_member [B]: the member whose
+    context window stopped the row ('context_window'), else −1."""
 
     union_ids: jax.Array
     lengths: jax.Array
@@ -135,6 +135,7 @@ class DecodeResult(NamedTuple):
     weight_carry: Any
     weight_fallback: jax.Array
     ingested: jax.Array
+    window_member: jax.Array
 
 
 def sanitize_weights(weights: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -365,127 +366,222 @@ def prompt_nll(member: Member, input_ids: jax.Array, attention_mask: jax.Array) 
     return -(token_log_probs * scored).sum(-1) / jnp.maximum(scored.sum(-1), 1.0)
 
 
-def cache_slots(prompt_slots: int, config: DecodeConfig) -> tuple[int, int]:
-    """(first-phase, full) KV cache slots of a member whose padded prompt takes `prompt_slots`: the first
-    phase holds one member token per union token (as the member alone would use); the full cache holds
-    `expansion_budget` per union token. A first phase costs compile time (a second compiled loop), so
-    it is only used (first < full) for long generations, when it saves at least 64 slots and a third
-    of every step's attention (with budget 2: max_new_tokens >= 64 and no shorter than the prompt)."""
-    full = prompt_slots + config.max_new_tokens * config.expansion_budget
-    first = prompt_slots + config.max_new_tokens
-    return (first if full - first >= max(64, full / 3) else full), full
+@struct.dataclass
+class DecodeContext:
+    """What stays fixed during one decode: the members, the alignment, the weight_fn, the sampling
+    key, `temperature` and `top_p` (float32 []), each member's prompt summary `[B, H_n]` and prompt
+    NLL `[B, N]`, and the static config."""
+
+    members: tuple[Member, ...]
+    alignment: Alignment
+    weight_fn: Any
+    key: jax.Array
+    temperature: jax.Array
+    top_p: jax.Array
+    summaries: tuple[jax.Array, ...]
+    prompt_nll: jax.Array
+    config: DecodeConfig = struct.field(pytree_node=False)
+
+    def features(self, dists: MemberDistributions, hidden, span_index, previous_weights) -> SpanFeatures:
+        needs = getattr(self.weight_fn, "optional_features", ())
+        return span_features(dists, hidden, self.summaries, span_index, previous_weights, self.prompt_nll,
+                             self.alignment, "js_divergence" in needs)
+
+
+def room_ladder(members: Sequence[Member], alignment: Alignment, prompts: PromptBatch, config: DecodeConfig
+                ) -> list[tuple[int, ...]]:
+    """Cache lengths per member for each growth of a decode, smallest first: the prompt's slots plus
+    `expansion_budget` slots per union token (one per union token for long generations, `first_room`),
+    doubled at each rung up to what the member can ever need (its longest re-spelling L_n per union
+    token, or its context window). The last rung never runs out of room."""
+    spelling_lengths = alignment.vocab.union_to_member_len.max(axis=1)
+    firsts, caps = [], []
+    for index, (member, ids) in enumerate(zip(members, prompts.input_ids)):
+        cap = min(config.max_new_tokens * max(int(spelling_lengths[index]), 1),
+                  member.config.max_position_embeddings)
+        firsts.append(min(first_room(ids.shape[1], config), cap))
+        caps.append(cap)
+    rungs = [tuple(firsts)]
+    while rungs[-1] != tuple(caps):
+        rungs.append(tuple(min(2 * room, cap) for room, cap in zip(rungs[-1], caps)))
+    return [tuple(ids.shape[1] + room for ids, room in zip(prompts.input_ids, rung)) for rung in rungs]
+
+
+def first_room(prompt_slots: int, config: DecodeConfig) -> int:
+    """Cache slots past the prompt a decode starts with: `expansion_budget` per union token, or one
+    per union token (as the member alone would use) for long generations, where that saves at least
+    64 slots and a third of every step's attention (growing costs one more compiled loop)."""
+    budget = config.max_new_tokens * config.expansion_budget
+    saved = budget - config.max_new_tokens
+    return config.max_new_tokens if saved >= max(64, (prompt_slots + budget) / 3) else budget
+
+
+def prefill(context: DecodeContext, prompts: PromptBatch, lengths: Sequence[int]
+            ) -> tuple[tuple[jax.Array, ...], jax.Array, DecodeState]:
+    """Prefill every member into caches of `lengths` slots → (prompt summaries, prompt NLL, the
+    loop's first state): the context's prompt records (`with_prompt`), and no copy of the members."""
+    members, config = context.members, context.config
+    check_members(members, context.alignment)  # static shapes: checked while tracing, free at run time
+    batch, num_members = prompts.input_ids[0].shape[0], len(members)
+    filled = [m.prefill(ids, mask, length) for m, ids, mask, length in zip(members, *prompts, lengths)]
+    nll = jnp.zeros((batch, num_members), jnp.float32)
+    if "prompt_nll" in getattr(context.weight_fn, "optional_features", ()):
+        nll = jnp.stack([prompt_nll(m, ids, mask) for m, ids, mask in zip(members, *prompts)], axis=1)
+    context = context.replace(summaries=tuple(s for _, s, _ in filled), prompt_nll=nll)
+    hidden = tuple(out.hidden for out, _, _ in filled)
+    uniform = jnp.full((batch, num_members), 1.0 / num_members, jnp.float32)
+    records = None
+    if config.record_features:
+        dists = member_distributions([out.logits for out, _, _ in filled], context.alignment)
+        template = context.features(dists, hidden, jnp.int32(0), uniform)
+        records = jax.tree.map(lambda x: jnp.zeros((batch, config.num_spans) + x.shape[1:], x.dtype), template)
+    spans = SpanState(
+        weights=uniform, weight_carry=context.weight_fn.init_carry(batch, config.num_spans),
+        span_weights=jnp.zeros((batch, config.num_spans, num_members), jnp.float32), span_features=records,
+        span_valid=jnp.zeros((batch, config.num_spans), bool), weight_fallback=jnp.zeros((batch,), bool),
+        started=jnp.int32(-1))
+    state = DecodeState(
+        step=jnp.zeros((), jnp.int32), hidden=hidden, caches=tuple(c for _, _, c in filled),
+        union_ids=jnp.full((batch, config.max_new_tokens), NO_TOKEN, jnp.int32),
+        done=jnp.zeros((batch,), bool), stop_reason=jnp.zeros((batch,), jnp.int32),
+        window_member=jnp.full((batch,), -1, jnp.int32), spans=spans, needs_room=jnp.zeros((num_members,), bool))
+    return context.summaries, context.prompt_nll, state
+
+
+def with_prompt(context: DecodeContext, prompts: PromptBatch, lengths: Sequence[int], prefill_fn=None
+                ) -> tuple[DecodeContext, DecodeState]:
+    """`prefill_fn` (default `prefill`) → (context with the prompt records, first state)."""
+    summaries, nll, state = (prefill_fn or prefill)(context, prompts, lengths)
+    return context.replace(summaries=summaries, prompt_nll=nll), state
+
+
+def start_span(context: DecodeContext, s: DecodeState, dists: MemberDistributions) -> SpanState:
+    """The span starting at this step: the weight_fn's weights for it and the span's records."""
+    span = s.step // context.config.span_length
+    spans = s.spans
+    features = context.features(dists, s.hidden, span, spans.weights)
+    weights, weight_carry = context.weight_fn(features, spans.weight_carry)
+    weights, bad = sanitize_weights(weights)
+    live = ~s.done
+    return spans.replace(
+        weights=weights, weight_carry=weight_carry,
+        span_features=None if spans.span_features is None else jax.tree.map(
+            lambda rec, x: rec.at[:, span].set(x), spans.span_features, features),
+        span_weights=spans.span_weights.at[:, span].set(weights),
+        span_valid=spans.span_valid.at[:, span].set(live), weight_fallback=spans.weight_fallback | (live & bad),
+        started=span)
+
+
+def step(context: DecodeContext, s: DecodeState) -> DecodeState:
+    """One union token per live row: mix the members' next-token distributions, choose, re-spell the
+    choice into each member's tokens and feed them. A row a member cannot take the re-spelling into
+    within its context window stops ('context_window'). When some re-spelling does not fit a member's
+    cache the step is not taken (its span start is kept) and `needs_room` names the members to grow."""
+    members, alignment, config = context.members, context.alignment, context.config
+    dists = member_distributions([m.next_token_logits(h) for m, h in zip(members, s.hidden)], alignment)
+    probs = dists.probabilities() if config.uses_candidates else None  # only top-k selection needs [B, N, V]
+    span = s.step // config.span_length
+    spans = jax.lax.cond(span > s.spans.started, lambda: start_span(context, s, dists), lambda: s.spans)
+    nonfinite = ~s.done & ~usable_rows(dists.normalizer)  # NaN/inf (or all −inf) logits in some member
+    chosen = choose_union_tokens(dists, probs, spans.weights, alignment, context.key, s.step, context.temperature,
+                                 context.top_p, config)
+    tokens, counts = alignment.retokenize(jnp.maximum(chosen, 0))  # [B, N, L], [B, N]
+    positions = jnp.stack([cache.next_position for cache in s.caches], axis=1) + counts  # [B, N]
+    windows = jnp.asarray([m.config.max_position_embeddings for m in members], jnp.int32)
+    past = positions > windows
+    beyond = ~s.done & ~nonfinite & jnp.any(past, axis=1)
+    live = ~s.done & ~nonfinite & ~beyond
+    counts = jnp.where(live[:, None], counts, 0)
+    needs_room = jnp.stack([jnp.any(c.cursor + counts[:, n] > c.length) for n, c in enumerate(s.caches)])
+    fits = ~jnp.any(needs_room)
+    live, counts = live & fits, jnp.where(fits, counts, 0)
+    hidden, caches = feed_members(members, s.hidden, s.caches, tokens, counts, config.first_pass_tokens,
+                                  config.respell_chunk, config.respell_slots)
+    is_eos = live & (chosen == alignment.eos_union_id) & config.stop_at_eos
+    stopped = fits & (is_eos | beyond | nonfinite)
+    return s.replace(
+        step=s.step + fits.astype(jnp.int32), hidden=hidden, caches=caches, spans=spans,
+        union_ids=s.union_ids.at[:, s.step].set(jnp.where(live, chosen, NO_TOKEN)), done=s.done | stopped,
+        stop_reason=jnp.select([is_eos, fits & beyond, fits & nonfinite],
+                               [STOP_EOS, STOP_CONTEXT_WINDOW, STOP_NONFINITE], s.stop_reason),
+        window_member=jnp.where(fits & beyond, first_argmax(past), s.window_member), needs_room=needs_room)
+
+
+def run(context: DecodeContext, state: DecodeState) -> DecodeState:
+    """Steps until every row stops, `max_new_tokens` are generated or some member needs more room."""
+    def keep_going(s: DecodeState):
+        return (s.step < context.config.max_new_tokens) & ~jnp.all(s.done) & ~jnp.any(s.needs_room)
+
+    return jax.lax.while_loop(keep_going, lambda s: step(context, s), state)
+
+
+def grow(state: DecodeState, lengths: Sequence[int]) -> DecodeState:
+    """The state with member n's cache grown to `lengths[n]` slots (the new ones empty); room needs
+    cleared, so `run` redoes the step that did not fit (same state, same key: the same choice)."""
+    caches = tuple(c if c.length == length else c.grow(length) for c, length in zip(state.caches, lengths))
+    return state.replace(caches=caches, needs_room=jnp.zeros_like(state.needs_room))
+
+
+def finish(state: DecodeState, prompts: PromptBatch) -> DecodeResult:
+    """The loop's final state → DecodeResult."""
+    lengths = jnp.sum(state.union_ids != NO_TOKEN, axis=1)
+    stop_reason = jnp.where(state.stop_reason == RUNNING, STOP_LENGTH, state.stop_reason)
+    ingested = jnp.stack([cache.next_position - mask.sum(-1) for cache, mask in
+                          zip(state.caches, prompts.attention_mask)], axis=1)
+    spans = state.spans
+    return DecodeResult(state.union_ids, lengths, stop_reason, spans.span_weights, spans.span_features,
+                        spans.span_valid, spans.weight_carry, spans.weight_fallback, ingested,
+                        state.window_member)
+
+
+def new_context(members, alignment, weight_fn, key, temperature, top_p, config) -> DecodeContext:
+    """A DecodeContext before prefill (prompt records empty)."""
+    return DecodeContext(tuple(members), alignment, weight_fn, key, temperature, top_p, (),
+                         jnp.zeros((0,), jnp.float32), config)
 
 
 def decode(members: Sequence[Member], alignment: Alignment, prompts: PromptBatch, weight_fn, key: jax.Array,
            temperature: jax.Array, top_p: jax.Array, config: DecodeConfig) -> DecodeResult:
     """Generate up to `config.max_new_tokens` union tokens for a batch; pure and jittable.
 
-    Decoding attends over every cache slot, so the loop runs in two phases (the same step compiled
-    for two cache lengths): first with caches of one slot per union token (`cache_slots`); a step whose
-    chosen re-spellings do not fit them is not taken (its span start, if any, is kept) and the
-    caches grow to the full `expansion_budget`, where the loop redoes that step and goes on (the
-    choice is the same: same state, same key). Members that re-spell (nearly) one token per union
-    token never leave the first phase."""
-    members = tuple(members)
-    check_members(members, alignment)  # static shapes: checked while tracing, free at run time
-    num_members = len(members)
-    batch = prompts.input_ids[0].shape[0]
-    slots = [cache_slots(ids.shape[1], config) for ids in prompts.input_ids]
-    outputs, summaries, caches = [], [], []
-    for member, ids, mask, (first_slots, _) in zip(members, prompts.input_ids, prompts.attention_mask, slots):
-        out, summary, cache = member.prefill(ids, mask, first_slots)
-        outputs.append(out)
-        summaries.append(summary)
-        caches.append(cache)
-    needs = set(getattr(weight_fn, "optional_features", ()))
-    if "prompt_nll" in needs:
-        nll = jnp.stack([prompt_nll(m, i, a) for m, i, a in zip(members, *prompts)], axis=1)
-    else:
-        nll = jnp.zeros((batch, num_members), jnp.float32)
-    uniform = jnp.full((batch, num_members), 1.0 / num_members, jnp.float32)
-
-    def features_of(dists, hidden, span_index, previous_weights):
-        return span_features(dists, hidden, tuple(summaries),
-                             span_index, previous_weights, nll, alignment, "js_divergence" in needs)
-
-    records = None
-    if config.record_features:
-        template = features_of(member_distributions([o.logits for o in outputs], alignment),
-                               tuple(o.hidden for o in outputs), jnp.int32(0), uniform)
-        records = jax.tree.map(lambda x: jnp.zeros((batch, config.num_spans) + x.shape[1:], x.dtype), template)
-    spans = SpanState(
-        weights=uniform, weight_carry=weight_fn.init_carry(batch, config.num_spans),
-        span_weights=jnp.zeros((batch, config.num_spans, num_members), jnp.float32), span_features=records,
-        span_valid=jnp.zeros((batch, config.num_spans), bool), weight_fallback=jnp.zeros((batch,), bool),
-        started=jnp.int32(-1))
-    state = DecodeState(
-        step=jnp.zeros((), jnp.int32), hidden=tuple(o.hidden for o in outputs), caches=tuple(caches),
-        union_ids=jnp.full((batch, config.max_new_tokens), NO_TOKEN, jnp.int32),
-        done=jnp.zeros((batch,), bool), stop_reason=jnp.zeros((batch,), jnp.int32), spans=spans,
-        out_of_room=jnp.zeros((), bool))
-
-    def keep_going(s: DecodeState):
-        return (s.step < config.max_new_tokens) & ~jnp.all(s.done)
-
-    growing = [first < full for first, full in slots]
-
-    def body(s: DecodeState, first_phase: bool) -> DecodeState:
-        span = s.step // config.span_length
-        live = ~s.done
-        logits = [member.next_token_logits(hidden) for member, hidden in zip(members, s.hidden)]
-        dists = member_distributions(logits, alignment)
-        probs = dists.probabilities() if config.uses_candidates else None  # only top-k selection needs [B, N, V]
-
-        def start_span(spans: SpanState) -> SpanState:
-            features = features_of(dists, s.hidden, span, spans.weights)
-            weights, weight_carry = weight_fn(features, spans.weight_carry)
-            weights, bad = sanitize_weights(weights)
-            return spans.replace(
-                weights=weights, weight_carry=weight_carry,
-                span_features=None if records is None else jax.tree.map(
-                    lambda rec, x: rec.at[:, span].set(x), spans.span_features, features),
-                span_weights=spans.span_weights.at[:, span].set(weights),
-                span_valid=spans.span_valid.at[:, span].set(live), weight_fallback=spans.weight_fallback | (live & bad),
-                started=span)
-
-        spans = jax.lax.cond(span > s.spans.started, start_span, lambda spans: spans, s.spans)
-        nonfinite = live & ~usable_rows(dists.normalizer)  # NaN/inf (or all −inf) logits in some member
-        live = live & ~nonfinite
-        chosen = choose_union_tokens(dists, probs, spans.weights, alignment, key, s.step, temperature, top_p, config)
-        chosen = jnp.where(live, chosen, NO_TOKEN)
-        tokens, counts = alignment.retokenize(jnp.maximum(chosen, 0))  # [B, N, L], [B, N]
-        counts = jnp.where(live[:, None], counts, 0)
-        fits = jnp.bool_(True)
-        if first_phase:  # take the step only if every re-spelling fits the first-phase caches
-            fits = jnp.all(jnp.stack([jnp.all(cache.cursor + counts[:, n] <= cache.length)
-                                      for n, (cache, grows) in enumerate(zip(s.caches, growing)) if grows]))
-            counts = jnp.where(fits, counts, 0)
-            live = live & fits
-        hidden, caches = feed_members(members, s.hidden, s.caches, tokens, counts, config.first_pass_tokens,
-                                      config.respell_chunk, config.respell_slots)
-        overflow = live & jnp.any(jnp.stack([c.overflowed for c in caches]), axis=0)
-        is_eos = live & (chosen == alignment.eos_union_id) & config.stop_at_eos
-        return s.replace(
-            step=s.step + fits.astype(jnp.int32), hidden=hidden, caches=caches,
-            union_ids=s.union_ids.at[:, s.step].set(chosen), spans=spans, done=s.done | is_eos | overflow | nonfinite,
-            stop_reason=jnp.select([is_eos, overflow, nonfinite], [STOP_EOS, STOP_CACHE_FULL, STOP_NONFINITE],
-                                   s.stop_reason), out_of_room=~fits)
-
-    if any(growing):
-        state = jax.lax.while_loop(lambda s: keep_going(s) & ~s.out_of_room, lambda s: body(s, True), state)
-        state = state.replace(caches=tuple(cache.grow(full) for cache, (_, full) in zip(state.caches, slots)))
-    final = jax.lax.while_loop(keep_going, lambda s: body(s, False), state)
-    lengths = jnp.sum(final.union_ids != NO_TOKEN, axis=1)
-    stop_reason = jnp.where(final.stop_reason == RUNNING, STOP_LENGTH, final.stop_reason)
-    ingested = jnp.stack([cache.next_position - mask.sum(-1) for cache, mask in
-                          zip(final.caches, prompts.attention_mask)], axis=1)
-    spans = final.spans
-    return DecodeResult(final.union_ids, lengths, stop_reason, spans.span_weights, spans.span_features,
-                        spans.span_valid, spans.weight_carry, spans.weight_fallback, ingested)
+    Every rung of `room_ladder` is compiled into the one program: the loop runs with the smallest
+    caches, and each time a member runs out of room all caches grow to the next rung (so the peak
+    memory is the last rung's; `decode_growing` grows only what is needed, from the host)."""
+    ladder = room_ladder(members, alignment, prompts, config)
+    context, state = with_prompt(new_context(members, alignment, weight_fn, key, temperature, top_p, config),
+                                 prompts, ladder[0])
+    for lengths in ladder[1:]:
+        state = grow(run(context, state), lengths)
+    return finish(run(context, state), prompts)
 
 
 # JAX takes compile options only on a top-level jit: inside your own jit, call `decode`.
 decode_jit = jax.jit(decode, static_argnames=("config",), compiler_options=decode_loop_options())
+prefill_jit = jax.jit(prefill, static_argnames=("lengths",), compiler_options=decode_loop_options())
+run_jit = jax.jit(run, compiler_options=decode_loop_options())
+
+
+def decode_growing(members: Sequence[Member], alignment: Alignment, prompts: PromptBatch, weight_fn,
+                   key: jax.Array, temperature: jax.Array, top_p: jax.Array, config: DecodeConfig) -> DecodeResult:
+    """`decode` driven from the host: the loop runs with the first rung's caches, and when it stops
+    because members need room, only those members' caches double (to their rung cap), and it goes on.
+    Each new set of cache lengths compiles the loop once more (at most log2 of a member's growth
+    times); memory follows what the generation uses. Same result as `decode_jit`."""
+    ladder = room_ladder(members, alignment, prompts, config)
+    context, state = with_prompt(new_context(members, alignment, weight_fn, key, temperature, top_p, config),
+                                 prompts, ladder[0], lambda *args: prefill_jit(*args[:2], lengths=args[2]))
+    lengths = list(ladder[0])
+    while True:
+        state = run_jit(context, state)
+        needs_room = np.flatnonzero(np.asarray(state.needs_room))
+        if not len(needs_room):
+            return finish(state, prompts)
+        if any(lengths[n] == ladder[-1][n] for n in needs_room):
+            raise RuntimeError(f"members {needs_room.tolist()} need more than their largest cache {lengths}")
+        for n in needs_room:
+            prompt_slots = prompts.input_ids[n].shape[1]
+            lengths[n] = min(prompt_slots + 2 * (lengths[n] - prompt_slots), ladder[-1][n])
+        state = grow(state, lengths)
 
 
 @dataclasses.dataclass
@@ -548,15 +644,19 @@ def generate(members: Sequence[Member], alignment: Alignment, prompts: Sequence[
              top_p: float = 1.0, weights: Sequence[float] | None = None, threshold: float = 0.5, primary: int = 0,
              top_k: int = 4, packllm_temperature: float = 1.0, candidates_per_member: int = 0,
              expansion_budget: int = 2, first_pass_tokens: int | None = None, respell_chunk: int = 4,
-             respell_slots: int | None = None, record_features: bool = True) -> EnsembleOutput:
+             respell_slots: int | None = None, record_features: bool = True,
+             stop_at_eos: bool = True) -> EnsembleOutput:
     """Ensemble-generate continuations of `prompts`.
 
     strategy: "uniform", "fixed" (with `weights`), "single" (member `primary` alone), "threshold"
     (GaC gating on member `primary` with `threshold`), "topk" (UniTE with `top_k`), "packllm", or a
     weight_fn object (see `rlae_jax.engine.strategies`). The weight_fn is called every `span_length`
-    generated tokens. `record_features=False` skips keeping per-span features (faster);
-    `expansion_budget`, `first_pass_tokens` (None: `default_first_pass_tokens`), `respell_chunk` and
-    `respell_slots` (None: `default_respell_slots`) as in `DecodeConfig`.
+    generated tokens. A row ends at EOS, after `max_new_tokens`, or when a member's context window
+    is full (stop reason 'context_window', with a warning naming the member); caches grow as needed
+    (`decode_growing`). `record_features=False` skips keeping per-span features (faster);
+    `expansion_budget` (initial cache room), `first_pass_tokens` (None: `default_first_pass_tokens`),
+    `respell_chunk`, `respell_slots` (None: `default_respell_slots`) and `stop_at_eos` as in
+    `DecodeConfig`.
     """
     members = list(members)
     weight_fn, selection = resolve_strategy(strategy, len(members), weights, threshold, primary, top_k,
@@ -566,26 +666,30 @@ def generate(members: Sequence[Member], alignment: Alignment, prompts: Sequence[
                           first_pass_tokens=(default_first_pass_tokens(len(prompts)) if first_pass_tokens is None
                                              else first_pass_tokens), respell_chunk=respell_chunk,
                           respell_slots=(default_respell_slots(len(prompts), members) if respell_slots is None
-                                        else respell_slots), record_features=record_features)
+                                        else respell_slots), record_features=record_features,
+                          stop_at_eos=stop_at_eos)
     batch = tokenize_for_members(members, prompts, max_new_tokens)
-    result = decode_jit(members, alignment, batch, weight_fn, jax.random.key(seed), jnp.float32(temperature),
-                        jnp.float32(top_p), config=config)
-    return to_host(result, alignment, config)
+    result = decode_growing(members, alignment, batch, weight_fn, jax.random.key(seed), jnp.float32(temperature),
+                            jnp.float32(top_p), config=config)
+    return to_host(result, alignment, config, [m.name or m.config.model_type for m in members])
 
 
-def to_host(result: DecodeResult, alignment: Alignment, config: DecodeConfig) -> EnsembleOutput:
-    """Decode union ids to text and gather per-row records on the host."""
+def to_host(result: DecodeResult, alignment: Alignment, config: DecodeConfig,
+            member_names: Sequence[str] | None = None) -> EnsembleOutput:
+    """Decode union ids to text and gather per-row records on the host (warnings name the rows that
+    stopped early, and `member_names` the members whose context window stopped them)."""
     union_ids = np.asarray(result.union_ids)
     lengths = np.asarray(result.lengths)
     span_valid = np.asarray(result.span_valid)
     span_weights = np.asarray(result.span_weights)
     rows = [union_ids[b, :lengths[b]].tolist() for b in range(len(lengths))]
     stopped_nonfinite = np.flatnonzero(np.asarray(result.stop_reason) == STOP_NONFINITE)
-    stopped_full = np.flatnonzero(np.asarray(result.stop_reason) == STOP_CACHE_FULL)
-    if len(stopped_full):
-        warnings.warn(f"rows {stopped_full.tolist()} stopped early: a member's KV cache filled up (its re-spellings "
-                      f"of the chosen tokens took more than expansion_budget={config.expansion_budget} tokens per "
-                      "union token); raise expansion_budget")
+    window_member = np.asarray(result.window_member)
+    for member in np.unique(window_member[window_member >= 0]):
+        rows_stopped = np.flatnonzero(window_member == member).tolist()
+        name = member_names[member] if member_names else f"member {member}"
+        warnings.warn(f"rows {rows_stopped} stopped early (stop reason 'context_window'): member {name!r} "
+                      "cannot take the next token within its context window (max_position_embeddings)")
     if len(stopped_nonfinite):
         warnings.warn(f"rows {stopped_nonfinite.tolist()} stopped early: a member produced NaN/inf logits (or all "
                       "−inf; stop reason 'nonfinite_logits'; bf16 overflow or broken weights?)")

@@ -25,7 +25,8 @@ def bucket_length(length: int, minimum: int = MIN_BUCKET) -> int:
 
 def left_pad(token_lists: Sequence[Sequence[int]], pad_id: int, length: int | None = None
              ) -> tuple[np.ndarray, np.ndarray]:
-    """Left-pad id lists to `length` (default: their bucket). Returns ids and mask, int32 `[B, T]`."""
+    """Left-pad id lists to `length` (default: their bucket). Returns ids and mask, int32
+    `[B, T]`."""
     longest = max(len(t) for t in token_lists)
     length = length or bucket_length(longest)
     ids = np.full((len(token_lists), length), pad_id, np.int32)
@@ -43,7 +44,8 @@ def plain_prompt(messages: Sequence[Mapping[str, str]]) -> str:
     user block before it after one space. The last turn must be the user's question:
 
         [{"role": "user", "content": "2+2?"}, {"role": "assistant", "content": "The answer is 4."},
-         {"role": "user", "content": "3+3?"}]   →   "2+2?\\nAnswer: The answer is 4.\\n\\n3+3?\\nAnswer:"
+         {"role": "user", "content": "3+3?"}]
+        →  "2+2?\\nAnswer: The answer is 4.\\n\\n3+3?\\nAnswer:"
     """
     if not messages or messages[-1]["role"] != "user":
         raise ValueError("messages must end with a user turn (the question)")
@@ -59,7 +61,8 @@ def plain_prompt(messages: Sequence[Mapping[str, str]]) -> str:
             blocks[-1] += f" {content}"
         else:
             raise ValueError(f"message {index} ({role!r}) breaks the plain format: one optional "
-                             "system turn first, then user/assistant pairs, ending with a user turn")
+                             "system turn first, then user/assistant pairs, ending with a user "
+                             "turn")
     return "\n\n".join(blocks)
 
 
@@ -75,7 +78,8 @@ def chat_prompt(messages: Sequence[Mapping[str, str]], tokenizer=None) -> str:
 def member_prompts(members: Sequence, task, examples: Sequence, shots: Sequence = ()
                    ) -> list[list[str]]:
     """Each member's prompt texts for `examples`, `[N][B]`: the task's messages formatted by the
-    member's own `chat_prompt(messages)` when it has one, else by `chat_prompt` with its tokenizer."""
+    member's own `chat_prompt(messages)` when it has one, else by `chat_prompt` with its
+    tokenizer."""
     prompts = []
     for member in members:
         own = getattr(member, "chat_prompt", None)
@@ -86,10 +90,11 @@ def member_prompts(members: Sequence, task, examples: Sequence, shots: Sequence 
     return prompts
 
 
-def encode_prompts(tokenizer, prompts: Sequence[str], add_special_tokens: bool = True) -> list[list[int]]:
-    """Token ids of every prompt; raises on an empty prompt list or a prompt that encodes to nothing.
-    A prompt that already starts with the tokenizer's BOS text (chat templates that write it) gets
-    no special tokens added, so it holds one BOS, not two."""
+def encode_prompts(tokenizer, prompts: Sequence[str], add_special_tokens: bool = True
+                   ) -> list[list[int]]:
+    """Token ids of every prompt; raises on an empty prompt list or a prompt that encodes to
+    nothing. A prompt that already starts with the tokenizer's BOS text (chat templates that write
+    it) gets no special tokens added, so it holds one BOS, not two."""
     if isinstance(prompts, str):
         raise TypeError("prompts must be a list of strings, not one string")
     if len(prompts) == 0:
@@ -107,7 +112,8 @@ def check_context(longest_prompt: int, max_new_tokens: int, context: int, who: s
     """Raise a clear error when prompt + generation cannot fit the model's context window."""
     if longest_prompt + max_new_tokens > context:
         raise ValueError(
-            f"{who}: longest prompt has {longest_prompt} tokens; with max_new_tokens={max_new_tokens} that needs "
+            f"{who}: longest prompt has {longest_prompt} tokens; with "
+            f"max_new_tokens={max_new_tokens} that needs "
             f"{longest_prompt + max_new_tokens} positions but the model's context is {context}. "
             "Shorten the prompt or lower max_new_tokens.")
 

@@ -8,8 +8,9 @@ import pytest
 from rlae_jax.align import build_alignment
 from rlae_jax.tasks import get_task
 from rlae_jax.tasks import synthetic
-from rlae_jax.tasks.synthetic import (SKILLS, SYNTHETIC, TRAIN_SIZE, Problem, char_accuracy, reward_in_graph,
-                                      sample_problems, split_of, target_bytes, tokenizer_corpus)
+from rlae_jax.tasks.synthetic import (SKILLS, SYNTHETIC, TRAIN_SIZE, Problem, char_accuracy,
+                                      reward_in_graph, sample_problems, split_of, target_bytes,
+                                      tokenizer_corpus)
 from rlae_jax.tokenization import train_byte_level_bpe, train_metaspace_bpe
 
 
@@ -40,23 +41,25 @@ def test_splits_share_no_prompt_by_construction():
 
 
 def test_the_old_leaking_split_is_refused_with_the_count(monkeypatch):
-    """Before the fix, test problems were drawn from their own seed without the split hash: 29 of the
-    256 test prompts were also training prompts. The load-time check names that count."""
+    """Before the fix, test problems were drawn from their own seed without the split hash: 29 of
+    the 256 test prompts were also training prompts. The load-time check names that count."""
     def unfiltered(self, split, count):
-        problems = sample_problems(count, seed=1000 + synthetic.SPLIT_SEEDS[split], kinds=self.kinds)
-        return [synthetic.Example(id=str(i), prompt=p.prompt, answer=p.answer(), aliases=(p.answer(),))
-                for i, p in enumerate(problems)]
+        seed = 1000 + synthetic.SPLIT_SEEDS[split]
+        return [synthetic.Example(id=str(i), prompt=p.prompt, answer=p.answer(), aliases=())
+                for i, p in enumerate(sample_problems(count, seed=seed, kinds=self.kinds))]
 
     monkeypatch.setattr(synthetic.SyntheticTask, "sample", unfiltered)
-    monkeypatch.setattr(synthetic, "training_prompts", lambda: [e.prompt for e in unfiltered(SYNTHETIC, "train",
-                                                                                           TRAIN_SIZE)])
-    with pytest.raises(ValueError, match="^synthetic: 29 of 256 test prompts also occur in the training split$"):
+    monkeypatch.setattr(synthetic, "training_prompts",
+                        lambda: [e.prompt for e in unfiltered(SYNTHETIC, "train", TRAIN_SIZE)])
+    message = "^synthetic: 29 of 256 test prompts also occur in the training split$"
+    with pytest.raises(ValueError, match=message):
         SYNTHETIC.load("test", limit=256)
 
 
 def test_member_corpus_is_unchanged_by_the_split_filter():
     assert sample_problems(3, seed=7) == sample_problems(3, seed=7, keep=lambda problem: True)
-    assert [p.prompt for p in sample_problems(2, seed=0)] == ["rev k i e e =", "up b a ="]  # as before the fix
+    # as before the fix
+    assert [p.prompt for p in sample_problems(2, seed=0)] == ["rev k i e e =", "up b a ="]
 
 
 def test_in_graph_reward_equals_host_reward():
@@ -68,7 +71,8 @@ def test_in_graph_reward_equals_host_reward():
     candidates = [" t a c", " T A C ;", examples[0].answer, "", " x"]
     union_rows, completions = [], []
     for row, example in enumerate(examples):
-        text = example.answer if row % 3 == 0 else candidates[row % len(candidates)] + " " * int(rng.integers(0, 2))
+        text = (example.answer if row % 3 == 0
+                else candidates[row % len(candidates)] + " " * int(rng.integers(0, 2)))
         ids = alignment.to_union(0, tokenizers[0].encode(text)) + [alignment.eos_union_id]
         union_rows.append(ids)
         completions.append(alignment.decode(ids))
@@ -79,7 +83,9 @@ def test_in_graph_reward_equals_host_reward():
     table, lengths = alignment.byte_table()
     reward, exact = reward_in_graph(jnp.asarray(union_ids), jnp.asarray(target_bytes(examples, 64)),
                                     jnp.asarray(table), jnp.asarray(lengths))
-    np.testing.assert_allclose(np.asarray(reward), SYNTHETIC.rewards(completions, examples), rtol=1e-6)
+    np.testing.assert_allclose(np.asarray(reward), SYNTHETIC.rewards(completions, examples),
+                               rtol=1e-6)
     np.testing.assert_array_equal(np.asarray(exact),
-                                  [SYNTHETIC.exact_match(c, e) for c, e in zip(completions, examples)])
+                                  [SYNTHETIC.exact_match(c, e)
+                                   for c, e in zip(completions, examples)])
     assert np.asarray(exact)[0] == 1.0 and char_accuracy(b"", b"abc") == 0.0

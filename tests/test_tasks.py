@@ -1,4 +1,5 @@
-"""Tasks: JSONL loaders on fixtures, malformed-row errors, prompt rendering, and tricky reward cases."""
+"""Tasks: JSONL loaders on fixtures, malformed-row errors, split overlap, prompt rendering and
+per-member prompts, reasoning-gym tasks, and tricky reward cases."""
 import dataclasses
 import importlib.util
 import json
@@ -17,8 +18,8 @@ from transformers import PreTrainedTokenizerFast
 from rlae_jax.prompts import encode_prompts, member_prompts, plain_prompt
 from rlae_jax.tasks import TASKS, Example, get_task, reasoning_gym_task, rgym
 from rlae_jax.tasks.rewards import (
-    choice_reward, exact_match_reward, extract_answer, extract_choice, extract_final_number, normalize_answer,
-    number_reward,
+    choice_reward, exact_match_reward, extract_answer, extract_choice, extract_final_number,
+    normalize_answer, number_reward,
 )
 
 DATA = pathlib.Path(__file__).parent / "data" / "tasks"
@@ -34,8 +35,8 @@ def word_level_tokenizer(chat_template=None) -> PreTrainedTokenizerFast:
 
 # ---------------------------------------------------------------- loaders
 def test_registry_knows_every_task_and_names_them_on_a_typo():
-    assert sorted(TASKS) == ["arc_challenge", "gsm8k", "gsm_symbolic", "mmlu", "nq_open", "piqa", "synthetic",
-                             "synthetic_two_part", "triviaqa"]
+    assert sorted(TASKS) == ["arc_challenge", "gsm8k", "gsm_symbolic", "mmlu", "nq_open", "piqa",
+                             "synthetic", "synthetic_two_part", "triviaqa"]
     with pytest.raises(KeyError, match="known tasks: arc_challenge, gsm8k, gsm_symbolic, mmlu"):
         get_task("gsm9k")
 
@@ -43,7 +44,8 @@ def test_registry_knows_every_task_and_names_them_on_a_typo():
 def test_gsm8k_loader_extracts_the_final_number():
     examples = get_task("gsm8k").load("test", source=DATA / "gsm8k.jsonl")
     assert [e.answer for e in examples] == ["72", "2500", "-5"]
-    assert [e.id for e in examples] == ["gsm8k/test/0", "pens", "gsm8k/test/2"]  # blank line skipped
+    # the blank line is skipped
+    assert [e.id for e in examples] == ["gsm8k/test/0", "pens", "gsm8k/test/2"]
     assert "Natalia sold clips" in examples[0].prompt and examples[0].choices == ()
 
 
@@ -64,7 +66,8 @@ def test_qa_loaders_keep_every_alias(name):
 
 
 def test_folder_source_reads_split_file_and_limit_stops_early(tmp_path):
-    (tmp_path / "train.jsonl").write_text((DATA / "nq_open.jsonl").read_text() + "not json at all\n")
+    text = (DATA / "nq_open.jsonl").read_text()
+    (tmp_path / "train.jsonl").write_text(text + "not json at all\n")
     examples = get_task("nq_open").load("train", source=tmp_path, limit=2)
     assert [e.id for e in examples] == ["nq_open/train/0", "nq_open/train/1"]
 
@@ -79,9 +82,12 @@ def test_folder_source_reads_split_file_and_limit_stops_early(tmp_path):
     ("mmlu", '{"question": "q", "choices": ["a"], "answer": 0}', "at least 2 non-empty strings"),
     ("mmlu", '{"question": "q", "choices": ["a", 2], "answer": 0}', "at least 2 non-empty strings"),
     ("mmlu", '{"question": "q", "choices": "ab", "answer": 0}', "field 'choices' must be list"),
-    ("arc_challenge", '{"question": "q", "choices": ["a", "b"], "answer": 2}', "index 2 is outside 0..1"),
-    ("arc_challenge", '{"question": "q", "choices": ["a", "b"], "answer": "C"}', "not one of the letters A, B"),
-    ("piqa", '{"question": "q", "choices": ["a", "b"], "answer": true}', "must be str or int, got bool"),
+    ("arc_challenge", '{"question": "q", "choices": ["a", "b"], "answer": 2}',
+     "index 2 is outside 0..1"),
+    ("arc_challenge", '{"question": "q", "choices": ["a", "b"], "answer": "C"}',
+     "not one of the letters A, B"),
+    ("piqa", '{"question": "q", "choices": ["a", "b"], "answer": true}',
+     "must be str or int, got bool"),
     ("piqa", '{"question": "q", "choices": ["a", "b"], "answer": -1}', "index -1 is outside"),
     ("triviaqa", '{"question": "q", "answers": []}', "at least 1 non-empty strings"),
     ("nq_open", '{"question": "q", "answer": ["x"]}', "missing field 'answers'"),
@@ -113,11 +119,13 @@ HUB_ROWS = {  # one row per hub dataset, in the hub's own layout
 TRAIN_ROW = {"gsm8k": {"question": "t", "answer": "#### 2"},
              "arc_challenge": dict(HUB_ROWS["arc_challenge"], question="t"),
              "mmlu": dict(HUB_ROWS["mmlu"], question="t"), "piqa": dict(HUB_ROWS["piqa"], goal="t"),
-             "triviaqa": dict(HUB_ROWS["triviaqa"], question="t"), "nq_open": dict(HUB_ROWS["nq_open"], question="t")}
+             "triviaqa": dict(HUB_ROWS["triviaqa"], question="t"),
+             "nq_open": dict(HUB_ROWS["nq_open"], question="t")}
 
 
 def fake_hub(monkeypatch, rows_of_split):
-    """Replace `datasets` by a fake whose load_dataset returns `rows_of_split(split)`; returns the calls."""
+    """Replace `datasets` by a fake whose load_dataset returns `rows_of_split(split)`; returns the
+    calls."""
     calls = []
 
     def load_dataset(*args, split):
@@ -129,12 +137,15 @@ def fake_hub(monkeypatch, rows_of_split):
 
 
 @pytest.mark.parametrize("name, answer, aliases", [
-    ("gsm8k", "1024", ("1024",)), ("arc_challenge", "B", ("B",)), ("mmlu", "D", ("D",)), ("piqa", "B", ("B",)),
-    ("triviaqa", "Paris", ("Paris", "Paris, France")), ("nq_open", "Paris", ("Paris", "City of Light")),
+    ("gsm8k", "1024", ("1024",)), ("arc_challenge", "B", ("B",)), ("mmlu", "D", ("D",)),
+    ("piqa", "B", ("B",)), ("triviaqa", "Paris", ("Paris", "Paris, France")),
+    ("nq_open", "Paris", ("Paris", "City of Light")),
 ])
-def test_hub_rows_convert_to_examples_and_are_checked_against_train(monkeypatch, name, answer, aliases):
+def test_hub_rows_convert_to_examples_and_are_checked_against_train(monkeypatch, name, answer,
+                                                                    aliases):
     task = get_task(name)
-    calls = fake_hub(monkeypatch, lambda split: [TRAIN_ROW[name] if split == task.train_split else HUB_ROWS[name]])
+    calls = fake_hub(monkeypatch, lambda split: [TRAIN_ROW[name] if split == task.train_split
+                                                 else HUB_ROWS[name]])
     (example,) = task.load("validation")
     hub = (task.hub_path, task.hub_config)
     assert calls == [(hub, "validation"), (hub, task.train_split)]
@@ -142,9 +153,11 @@ def test_hub_rows_convert_to_examples_and_are_checked_against_train(monkeypatch,
 
 
 def test_hub_split_sharing_a_training_prompt_is_refused(monkeypatch):
-    fake_hub(monkeypatch, lambda split: [HUB_ROWS["nq_open"], TRAIN_ROW["nq_open"]] if split == "train"
-             else [HUB_ROWS["nq_open"], dict(HUB_ROWS["nq_open"], question="new")])
-    with pytest.raises(ValueError, match="^nq_open: 1 of 2 validation prompts also occur in the training split$"):
+    row, train_row = HUB_ROWS["nq_open"], TRAIN_ROW["nq_open"]
+    fake_hub(monkeypatch, lambda split: [row, train_row] if split == "train"
+             else [row, dict(row, question="new")])
+    message = "^nq_open: 1 of 2 validation prompts also occur in the training split$"
+    with pytest.raises(ValueError, match=message):
         get_task("nq_open").load("validation")
 
 
@@ -172,7 +185,8 @@ def test_render_plain_and_chat_template():
     with_shot = task.render(question, word_level_tokenizer(CHAT_TEMPLATE), shots=[shot])
     assert with_shot == (f"<|user|>{shot.prompt}<|end|><|assistant|>The answer is B.<|end|>"
                          f"<|user|>{question.prompt}<|end|><|assistant|>")
-    assert task.render(question, shots=[shot]) == f"{shot.prompt}\nAnswer: The answer is B.\n\n{plain}"
+    plain_with_shot = f"{shot.prompt}\nAnswer: The answer is B.\n\n{plain}"
+    assert task.render(question, shots=[shot]) == plain_with_shot
 
 
 def test_batched_rewards_are_float32_and_check_lengths():
@@ -196,7 +210,8 @@ def test_batched_rewards_are_float32_and_check_lengths():
     ("The answer is 3.0", "3"),
     ("The answer is .5", "0.5"),
     ("She has 5 apples, buys 10 more, and has 15 left.", "15"),            # last-number fallback
-    ("The answer is 12. Check: 3 * 4 = 12, and 12 + 0 = 12 too, 99", "12"),  # the phrase beats the last number
+    # the phrase beats the last number
+    ("The answer is 12. Check: 3 * 4 = 12, and 12 + 0 = 12 too, 99", "12"),
     ("The answer is below.\n 3 + 4 = 7", "7"),                             # phrase without a number
     ("The answer is:\n\n42\nCheck: 40 + 2 = 42, not 41", "42"),
     ("So the total is \\boxed{1,000} dollars, not 999.", "1000"),
@@ -249,7 +264,7 @@ FOUR = ("Paris", "London", "Berlin", "Rome")
     ("The answer is not A. The answer is C.", "C"),
     ("Looking at it, I pick (C).", "C"),
     ("A cat sat on the mat.", None),                    # the article is no answer
-    ("the answer is a bit unclear", None),              # nor is a lower-case article after "answer is"
+    ("the answer is a bit unclear", None),  # nor is a lower-case article after "answer is"
     ("I think it is London.", "B"),                     # choice text fallback
     ("rome", "D"),
     ("Paris or London, hard to say.", None),            # two choice texts: ambiguous
@@ -320,9 +335,11 @@ def write_split(folder: pathlib.Path, split: str, questions) -> None:
 def test_leaking_folder_split_is_refused_with_the_count(tmp_path):
     write_split(tmp_path, "train", [f"q{i}" for i in range(10)])
     write_split(tmp_path, "test", ["q3", "new", "q7  ", "other"])  # whitespace does not hide a leak
-    with pytest.raises(ValueError, match="^gsm8k: 2 of 4 test prompts also occur in the training split$"):
+    message = "^gsm8k: 2 of 4 test prompts also occur in the training split$"
+    with pytest.raises(ValueError, match=message):
         get_task("gsm8k").load("test", source=tmp_path)
-    assert len(get_task("gsm8k").load("test", source=tmp_path / "test.jsonl")) == 4  # one file: no train split
+    # a single file names no training split
+    assert len(get_task("gsm8k").load("test", source=tmp_path / "test.jsonl")) == 4
     assert len(get_task("gsm8k").load("train", source=tmp_path)) == 10
 
 
@@ -357,19 +374,21 @@ def test_extract_answer(completion, expected):
     assert extract_answer(completion) == expected
 
 
-# ---------------------------------------------------------------- chat messages and per-member prompts
-CHATML = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
-          "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+# ---------------------------------------------------------------- messages, per-member prompts
+CHATML = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
+          "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
 
 
 def test_messages_and_plain_format():
     task = get_task("gsm8k")
     question, shot, _ = task.load("test", source=DATA / "gsm8k.jsonl")
     assert task.messages(question, shots=[shot]) == [
-        {"role": "user", "content": shot.prompt}, {"role": "assistant", "content": "The answer is 2500."},
+        {"role": "user", "content": shot.prompt},
+        {"role": "assistant", "content": "The answer is 2500."},
         {"role": "user", "content": question.prompt}]
     system = [{"role": "system", "content": "Be brief."}]
-    assert plain_prompt(system + task.messages(question)) == f"Be brief.\n\n{question.prompt}\nAnswer:"
+    with_system = plain_prompt(system + task.messages(question))
+    assert with_system == f"Be brief.\n\n{question.prompt}\nAnswer:"
     for bad in ([], system, [{"role": "user", "content": "a"}, {"role": "user", "content": "b"}],
                 [{"role": "assistant", "content": "a"}, {"role": "user", "content": "b"}]):
         with pytest.raises(ValueError, match="user turn|breaks the plain format"):
@@ -392,23 +411,26 @@ def test_member_prompts_use_each_members_format():
     members = [FakeMember(word_level_tokenizer(CHATML)), FakeMember(word_level_tokenizer()),
                ChatMember(word_level_tokenizer(CHATML))]
     chatml, plain, own = member_prompts(members, task, examples)
-    assert chatml == [f"<|im_start|>user\n{e.prompt}<|im_end|>\n<|im_start|>assistant\n" for e in examples]
+    assert chatml == [f"<|im_start|>user\n{e.prompt}<|im_end|>\n<|im_start|>assistant\n"
+                      for e in examples]
     assert plain == [f"{e.prompt}\nAnswer:" for e in examples]
     assert own == [f"{e.prompt}|go" for e in examples]
-    assert plain == [task.render(e) for e in examples]  # the existing single-tokenizer render agrees
+    assert plain == [task.render(e) for e in examples]  # as the single-tokenizer render
 
 
 def test_encoding_a_template_prompt_keeps_one_bos():
     backend = Tokenizer(models.WordLevel({"<unk>": 0, "<bos>": 1, "hi": 2}, unk_token="<unk>"))
     backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    backend.post_processor = processors.TemplateProcessing(single="<bos> $A", special_tokens=[("<bos>", 1)])
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, bos_token="<bos>", unk_token="<unk>")
+    backend.post_processor = processors.TemplateProcessing(single="<bos> $A",
+                                                           special_tokens=[("<bos>", 1)])
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, bos_token="<bos>",
+                                        unk_token="<unk>")
     assert encode_prompts(tokenizer, ["<bos> hi", "hi", "hi <bos>"]) == [[1, 2], [1, 2], [1, 2, 1]]
 
 
 # ---------------------------------------------------------------- reasoning-gym
 needs_gym = pytest.mark.skipif(
-    importlib.util.find_spec("reasoning_gym") is None or importlib.util.find_spec("math_verify") is None,
+    not (importlib.util.find_spec("reasoning_gym") and importlib.util.find_spec("math_verify")),
     reason="reasoning-gym tasks need the tasks extra: pip install 'rlae_jax[tasks]'")
 
 
@@ -419,7 +441,8 @@ def test_reasoning_gym_splits_are_disjoint_and_deterministic():
     assert len(train) == task.train_size and len(test) == 300
     assert not {e.prompt for e in train} & {e.prompt for e in test}
     assert test == task.load("test", limit=300) and train[:5] == task.load("train", limit=5)
-    assert all(e.prompt.startswith("Calculate ") and e.prompt.endswith(rgym.INSTRUCTION) for e in test)
+    assert all(e.prompt.startswith("Calculate ") and e.prompt.endswith(rgym.INSTRUCTION)
+               for e in test)
     assert {e.id for e in test[:2]} <= {f"rg/basic_arithmetic:easy/test/{i}" for i in range(1000)}
     other_seed = dataclasses.replace(task, seed=1).load("train", limit=50)
     assert [e.prompt for e in other_seed] != [e.prompt for e in train[:50]]
@@ -427,11 +450,12 @@ def test_reasoning_gym_splits_are_disjoint_and_deterministic():
 
 @needs_gym
 def test_reasoning_gym_small_problem_space():
-    tiny = dict(min_terms=2, max_terms=2, min_digits=1, max_digits=1, operators=["+"], allow_parentheses=False,
-                allow_negation=False)  # at most 100 distinct questions
+    tiny = dict(min_terms=2, max_terms=2, min_digits=1, max_digits=1, operators=["+"],
+                allow_parentheses=False, allow_negation=False)  # at most 100 distinct questions
     task = reasoning_gym_task("basic_arithmetic", train_size=40, **tiny)
     test = task.load("test", limit=20)
-    assert not {e.prompt for e in test} & {e.prompt for e in task.load("train")}  # repeats were skipped
+    # repeats of training problems were skipped
+    assert not {e.prompt for e in test} & {e.prompt for e in task.load("train")}
     with pytest.raises(ValueError, match="problem space is too small: lower train_size"):
         reasoning_gym_task("basic_arithmetic", train_size=2000, **tiny).load("test", limit=200)
     with pytest.raises(ValueError, match="training split has 40 problems, 41 were asked for"):
@@ -440,12 +464,17 @@ def test_reasoning_gym_small_problem_space():
 
 @needs_gym
 def test_reasoning_gym_check_refuses_a_leaking_split(monkeypatch):
-    task = reasoning_gym_task("basic_arithmetic", train_size=40, min_terms=2, max_terms=2, max_digits=1,
-                              operators=["+"], allow_parentheses=False, allow_negation=False)
-    monkeypatch.setattr(rgym.ReasoningGymTask, "held_out",  # the test split without the skipping
-                        lambda self, split, count, training: [self.example(split, i, entry) for i, entry in
-                                                              enumerate(self.generator(split, count))])
-    with pytest.raises(ValueError, match=r"^rg/basic_arithmetic: \d+ of 60 test prompts also occur in the training"):
+    task = reasoning_gym_task("basic_arithmetic", train_size=40, min_terms=2, max_terms=2,
+                              max_digits=1, operators=["+"], allow_parentheses=False,
+                              allow_negation=False)
+
+    def without_skipping(self, split, count, training):
+        entries = self.generator(split, count)
+        return [self.example(split, i, entry) for i, entry in enumerate(entries)]
+
+    monkeypatch.setattr(rgym.ReasoningGymTask, "held_out", without_skipping)
+    message = r"^rg/basic_arithmetic: \d+ of 60 test prompts also occur in the training split$"
+    with pytest.raises(ValueError, match=message):
         task.load("test", limit=60)
 
 
@@ -457,12 +486,14 @@ def test_reasoning_gym_rewards_are_its_verifier_in_0_1():
     assert task.rewards(right, examples).tolist() == [1.0] * 4
     wrong = [f"The answer is {examples[0].answer}x.", "The answer is",
              f"<answer>{examples[2].answer[::-1]}</answer>", ""]  # [2] is no palindrome
-    assert task.rewards(wrong, examples).tolist() == [0.0] * 4  # partial credit ("...x" contains it) is 0
+    # partial credit ("...x" contains the answer) scores 0
+    assert task.rewards(wrong, examples).tolist() == [0.0] * 4
     arithmetic = get_task("rg/basic_arithmetic:easy")
     (example,) = arithmetic.load("test", limit=1)
     value = int(example.answer)
     for completion, reward in [(f"The answer is {value}.", 1.0), (f"#### {value:,}", 1.0),
-                               (f"The answer is \\boxed{{{value}.0}}", 1.0), (f"The answer is {value + 1}", 0.0),
+                               (f"The answer is \\boxed{{{value}.0}}", 1.0),
+                               (f"The answer is {value + 1}", 0.0),
                                (f"The answer is {value} or {value + 1}", 1.0),
                                (f"The answer is {value + 1} or {value}", 0.0)]:
         assert arithmetic.reward(completion, example) == reward, completion
@@ -472,17 +503,21 @@ def test_reasoning_gym_rewards_are_its_verifier_in_0_1():
 def test_gsm_symbolic_items_load_and_score():
     task = get_task("gsm_symbolic")
     examples = task.load("test", limit=5)
-    assert len({e.prompt for e in examples}) == 5 and all(e.answer.lstrip("-").isdigit() for e in examples)
+    assert len({e.prompt for e in examples}) == 5
+    assert all(e.answer.lstrip("-").isdigit() for e in examples)
     assert "Give the result as your final answer" in examples[0].prompt
-    cot = [e.entry["metadata"]["answer_cot"] for e in examples]  # the generator's worked solutions end "#### N"
+    # the generator's worked solutions, ending "#### N"
+    cot = [e.entry["metadata"]["answer_cot"] for e in examples]
     assert task.rewards(cot, examples).tolist() == [1.0] * 5
-    assert task.rewards([f"The answer is {int(e.answer) + 1}." for e in examples], examples).tolist() == [0.0] * 5
+    off_by_one = [f"The answer is {int(e.answer) + 1}." for e in examples]
+    assert task.rewards(off_by_one, examples).tolist() == [0.0] * 5
 
 
 @needs_gym
 @pytest.mark.parametrize("answer, predicted, same", [
-    ("1000", "1,000", True), ("1000", "$1,000", True), ("-3", "−3 degrees", True), ("0.5", "1/2", True),
-    ("0.5", "\\frac{1}{2}", True), ("3", "3.0", True), ("4", "3 or 4", False), ("4", "4 or 3", True),
+    ("1000", "1,000", True), ("1000", "$1,000", True), ("-3", "−3 degrees", True),
+    ("0.5", "1/2", True), ("0.5", "\\frac{1}{2}", True), ("3", "3.0", True), ("4", "3 or 4", False),
+    ("4", "4 or 3", True), ("0.5", "3 or 1/2", False), ("0.5", "1/2 or 3", True),
     ("45a", "45", False), ("3, 5", "3", False), ("7", "seven", False), ("12", "x", False),
 ])
 def test_same_number(answer, predicted, same):
@@ -492,7 +527,8 @@ def test_same_number(answer, predicted, same):
 @needs_gym
 def test_same_number_works_off_the_main_thread():
     results = []
-    thread = threading.Thread(target=lambda: results.append(rgym.same_number("0.5", "\\frac{1}{2}")))
+    thread = threading.Thread(
+        target=lambda: results.append(rgym.same_number("0.5", "\\frac{1}{2}")))
     thread.start()
     thread.join()
     assert results == [True]

@@ -21,10 +21,11 @@ from rlae_jax.prompts import chat_prompt
 
 @dataclasses.dataclass(frozen=True)
 class Example:
-    """One task item. `prompt`: the question rendered as text (no chat template); `answer`: canonical
-    answer (a number for GSM8K, a letter for multiple choice, the first alias for QA); `aliases`: every
-    accepted answer, `answer` included; `choices`: option texts (multiple choice only); `entry`: the
-    generator's item a verifier scores against (reasoning-gym only; not compared)."""
+    """One task item. `prompt`: the question rendered as text (no chat template); `answer`:
+    canonical answer (a number for GSM8K, a letter for multiple choice, the first alias for QA);
+    `aliases`: every accepted answer, `answer` included; `choices`: option texts (multiple choice
+    only); `entry`: the generator's item a verifier scores against (reasoning-gym only; not
+    compared)."""
     id: str
     prompt: str
     answer: str
@@ -34,26 +35,31 @@ class Example:
 
 
 def require(record: Mapping[str, Any], key: str, kind: type | tuple[type, ...]) -> Any:
-    """`record[key]`, raising ValueError when it is missing or not of `kind` (bool is never an int)."""
+    """`record[key]`, raising ValueError when it is missing or not of `kind` (bool is never an
+    int)."""
     if key not in record:
         raise ValueError(f"missing field {key!r}")
     value, kinds = record[key], kind if isinstance(kind, tuple) else (kind,)
     if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
         expected = " or ".join(k.__name__ for k in kinds)
-        raise ValueError(f"field {key!r} must be {expected}, got {type(value).__name__} {value!r:.60}")
+        raise ValueError(
+            f"field {key!r} must be {expected}, got {type(value).__name__} {value!r:.60}")
     return value
 
 
 def require_strings(record: Mapping[str, Any], key: str, minimum: int) -> tuple[str, ...]:
-    """`record[key]` as a tuple of non-empty strings with at least `minimum` entries, else ValueError."""
+    """`record[key]` as a tuple of non-empty strings with at least `minimum` entries, else
+    ValueError."""
     values = require(record, key, list)
     if len(values) < minimum or not all(isinstance(v, str) and v.strip() for v in values):
-        raise ValueError(f"field {key!r} must be a list of at least {minimum} non-empty strings, got {values!r:.80}")
+        raise ValueError(f"field {key!r} must be a list of at least {minimum} non-empty strings, "
+                         f"got {values!r:.80}")
     return tuple(values)
 
 
 def read_jsonl(path: pathlib.Path) -> Iterator[tuple[int, dict]]:
-    """(1-based line number, object) for every non-blank line; ValueError on bad JSON or a non-object."""
+    """(1-based line number, object) for every non-blank line; ValueError on bad JSON or a
+    non-object."""
     with open(path, encoding="utf-8") as lines:
         for line_number, line in enumerate(lines, start=1):
             if not line.strip():
@@ -61,27 +67,31 @@ def read_jsonl(path: pathlib.Path) -> Iterator[tuple[int, dict]]:
             try:
                 record = json.loads(line)
             except json.JSONDecodeError as err:
-                raise ValueError(f"{path}:{line_number}: invalid JSON: {err.msg} (column {err.colno})") from None
+                raise ValueError(f"{path}:{line_number}: invalid JSON: {err.msg} "
+                                 f"(column {err.colno})") from None
             if not isinstance(record, dict):
-                raise ValueError(f"{path}:{line_number}: expected a JSON object, got {type(record).__name__}")
+                raise ValueError(f"{path}:{line_number}: expected a JSON object, "
+                                 f"got {type(record).__name__}")
             yield line_number, record
 
 
 def hub_rows(path: str, config: str | None, split: str) -> Iterable[Mapping[str, Any]]:
-    """Rows of a Hugging Face hub dataset split (needs the optional `datasets` package and a network)."""
+    """Rows of a Hugging Face hub dataset split (needs the optional `datasets` package and a
+    network)."""
     try:
         import datasets
     except ImportError:
         raise ImportError(
-            f"reading {path!r} from the Hugging Face hub needs the `datasets` package: `pip install datasets`, "
+            f"reading {path!r} from the Hugging Face hub needs the `datasets` package: "
+            "`pip install datasets`, "
             "or pass source=<local JSONL file> (schemas in rlae_jax/tasks/README.md)") from None
     return datasets.load_dataset(path, config, split=split)
 
 
 @dataclasses.dataclass(frozen=True)
 class BaseTask:
-    """What every task offers: `load` a split, the question as chat `messages`, a rendered prompt and
-    0/1 rewards. Subclasses define `load` and `reward`."""
+    """What every task offers: `load` a split, the question as chat `messages`, a rendered prompt
+    and 0/1 rewards. Subclasses define `load` and `reward`."""
     name: str
 
     def load(self, split: str, source: str | os.PathLike | None = None,
@@ -102,8 +112,8 @@ class BaseTask:
         return f"The answer is {example.answer}."
 
     def messages(self, example: Example, shots: Sequence[Example] = ()) -> list[dict[str, str]]:
-        """The conversation for `example`: the system prompt (if any), each shot as a user turn and an
-        assistant turn (its `target`), then the question as the last user turn."""
+        """The conversation for `example`: the system prompt (if any), each shot as a user turn and
+        an assistant turn (its `target`), then the question as the last user turn."""
         system = self.system_prompt()
         messages = [{"role": "system", "content": system}] if system else []
         for shot in shots:
@@ -126,8 +136,8 @@ class BaseTask:
         return np.array([self.reward(c, e) for c, e in zip(completions, examples)], np.float32)
 
 
-def check_disjoint(task: str, split: str, examples: Sequence[Example], training_prompts: Iterable[str]
-                   ) -> None:
+def check_disjoint(task: str, split: str, examples: Sequence[Example],
+                   training_prompts: Iterable[str]) -> None:
     """Raise ValueError naming the count when a prompt of `examples` (whitespace-normalised) also
     occurs among `training_prompts`."""
     seen = {" ".join(prompt.split()) for prompt in training_prompts}
@@ -139,8 +149,8 @@ def check_disjoint(task: str, split: str, examples: Sequence[Example], training_
 
 @dataclasses.dataclass(frozen=True)
 class Task(BaseTask):
-    """A dataset read from the hub or a JSONL file. `hub_record` turns a hub row into a record of the
-    task's JSONL schema; `train_split` names the split other splits are checked against;
+    """A dataset read from the hub or a JSONL file. `hub_record` turns a hub row into a record of
+    the task's JSONL schema; `train_split` names the split other splits are checked against;
     subclasses (one per answer kind) define `example_from_record` and `reward`."""
     hub_path: str
     hub_config: str | None
@@ -153,8 +163,8 @@ class Task(BaseTask):
 
     def load(self, split: str, source: str | os.PathLike | None = None,
              limit: int | None = None) -> list[Example]:
-        """Examples of `split`: from the hub when `source` is None, else from the JSONL file `source`
-        (or `source/<split>.jsonl` when `source` is a folder). At most `limit` rows.
+        """Examples of `split`: from the hub when `source` is None, else from the JSONL file
+        `source` (or `source/<split>.jsonl` when `source` is a folder). At most `limit` rows.
 
         A split other than `train_split` is checked against the whole training split (ValueError
         naming the count of shared prompts) when that split is known: on the hub, or as

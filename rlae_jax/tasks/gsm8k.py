@@ -1,7 +1,8 @@
 """GSM8K: grade-school maths word problems, scored on the final number.
 
 JSONL schema, one object a line: {"question": str, "answer": str, "id": str (optional)}, where
-"answer" is either GSM8K's worked solution ending "#### <number>" (the hub format) or just the number.
+"answer" is either GSM8K's worked solution ending "#### <number>" (the hub format) or just the
+number.
 Hub: ("openai/gsm8k", "main"), splits train / test.
 """
 from __future__ import annotations
@@ -12,7 +13,8 @@ from typing import Any, Mapping
 from rlae_jax.tasks.base import Example, Task, optional_id, require
 from rlae_jax.tasks.rewards import NUMBER, number_reward
 
-INSTRUCTION = 'Solve the problem step by step, then finish with "The answer is N." where N is a number.'
+INSTRUCTION = ('Solve the problem step by step, then finish with "The answer is N." '
+               'where N is a number.')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -26,7 +28,8 @@ class GSM8KTask(Task):
         if final is None:
             raise ValueError(f"field 'answer' has no final number: {solution[-60:]!r}")
         answer = ("-" if final["sign"] else "") + final["digits"].replace(",", "")
-        return Example(id=optional_id(record, default_id), prompt=f"Question: {question}\n{INSTRUCTION}",
+        return Example(id=optional_id(record, default_id),
+                       prompt=f"Question: {question}\n{INSTRUCTION}",
                        answer=answer, aliases=(answer,))
 
     def reward(self, completion: str, example: Example) -> float:

@@ -18,7 +18,8 @@ INSTRUCTION = 'Answer with the letter of the correct choice, as "The answer is X
 
 @dataclasses.dataclass(frozen=True)
 class MultipleChoiceTask(Task):
-    """Choice-letter task; `Example.answer` is the letter ("A".."Z"), `Example.choices` the option texts."""
+    """Choice-letter task; `Example.answer` is the letter ("A".."Z"), `Example.choices` the option
+    texts."""
 
     def example_from_record(self, record: Mapping[str, Any], default_id: str) -> Example:
         question = require(record, "question", str)
@@ -30,7 +31,8 @@ class MultipleChoiceTask(Task):
                 raise ValueError(f"field 'answer' index {answer} is outside 0..{len(choices) - 1}")
             answer = letters[answer]
         elif len(answer) != 1 or answer.upper() not in letters:
-            raise ValueError(f"field 'answer' {answer!r} is not one of the letters {', '.join(letters)}")
+            raise ValueError(
+                f"field 'answer' {answer!r} is not one of the letters {', '.join(letters)}")
         options = "\n".join(f"{letter}. {choice}" for letter, choice in zip(letters, choices))
         return Example(id=optional_id(record, default_id),
                        prompt=f"Question: {question}\n{options}\n{INSTRUCTION}",
@@ -59,6 +61,8 @@ def piqa_hub_record(row: Mapping[str, Any]) -> dict:
     return {"question": row["goal"], "choices": [row["sol1"], row["sol2"]], "answer": row["label"]}
 
 
-ARC_CHALLENGE = MultipleChoiceTask("arc_challenge", "allenai/ai2_arc", "ARC-Challenge", arc_hub_record)
-MMLU = MultipleChoiceTask("mmlu", "cais/mmlu", "all", mmlu_hub_record)
+ARC_CHALLENGE = MultipleChoiceTask("arc_challenge", "allenai/ai2_arc", "ARC-Challenge",
+                                   arc_hub_record)
+MMLU = MultipleChoiceTask("mmlu", "cais/mmlu", "all", mmlu_hub_record,
+                          train_split="auxiliary_train")
 PIQA = MultipleChoiceTask("piqa", "ybisk/piqa", None, piqa_hub_record)

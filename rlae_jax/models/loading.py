@@ -1,4 +1,5 @@
-"""Load Hugging Face checkpoints (local folder, hub id, or a llama `.gguf` file) into a Member.
+"""Load Hugging Face checkpoints (local folder, hub id, `.gguf` file or installed preset) into a
+Member.
 
 Weights are placed through one declarative table per family: our parameter path (with `{i}` for
 the layer index) → the Hugging Face tensor name and whether the `[out, in]` matrix is transposed.
@@ -159,60 +160,81 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "tokenizer
 
 
 def load_tokenizer(folder: pathlib.Path):
-    """The folder's own tokenizer. A `tokenizer.json` is used as is (AutoTokenizer could swap in a
-    model-specific class, e.g. Qwen2Tokenizer, that re-splits text differently)."""
+    """The folder's own tokenizer, or a `.gguf` file's (from its metadata). A `tokenizer.json` is
+    used as is (AutoTokenizer could swap in a model-specific class, e.g. Qwen2Tokenizer, that
+    re-splits text differently)."""
     from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
+    if folder.suffix == ".gguf":
+        from rlae_jax.models.gguf import load_gguf_tokenizer
+
+        return load_gguf_tokenizer(folder)
     if (folder / "tokenizer.json").exists():
         return PreTrainedTokenizerFast.from_pretrained(str(folder))
     if not any((folder / f).exists() for f in TOKENIZER_FILES):
         raise FileNotFoundError(
-            f"{folder} holds no tokenizer ({', '.join(TOKENIZER_FILES)}); pass tokenizer=... to from_pretrained")
+            f"{folder} holds no tokenizer ({', '.join(TOKENIZER_FILES)}); "
+            "pass tokenizer=... to from_pretrained")
     return AutoTokenizer.from_pretrained(str(folder))
 
 
 def resolve_checkpoint(path_or_repo_id: str) -> pathlib.Path:
-    """A local folder/file, or a hub snapshot downloaded on demand (clear error when offline)."""
+    """A local folder/file, an installed offline preset (`rlae_jax.models.installed.PRESETS`), or a
+    hub snapshot downloaded on demand (clear error when offline or not installed)."""
+    from rlae_jax.models.installed import PRESETS, installed_gguf
+
     path = pathlib.Path(os.path.expanduser(str(path_or_repo_id)))
     if path.exists():
         return path
+    if str(path_or_repo_id) in PRESETS:
+        return installed_gguf(str(path_or_repo_id))
     if str(path_or_repo_id).startswith((".", "/", "~")) or str(path_or_repo_id).count("/") != 1:
-        raise FileNotFoundError(f"no checkpoint at {path_or_repo_id!r} (not a local path nor an 'org/name' hub id)")
+        raise FileNotFoundError(
+            f"no checkpoint at {path_or_repo_id!r}: not a local path, an installed preset "
+            f"({', '.join(PRESETS)}) nor an 'org/name' hub id")
     from huggingface_hub import snapshot_download
 
     try:
         return pathlib.Path(snapshot_download(
             str(path_or_repo_id),
-            allow_patterns=["*.json", "*.safetensors", "tokenizer*", "*.model", "*.tiktoken", "merges.txt"]))
+            allow_patterns=["*.json", "*.safetensors", "tokenizer*", "*.model", "*.tiktoken",
+                            "merges.txt"]))
     except Exception as error:  # network, auth, missing repo: all end the same way for the user
         raise OSError(
-            f"could not fetch {path_or_repo_id!r} from the Hugging Face hub ({type(error).__name__}: {error}). "
-            "If this machine is offline, download the checkpoint elsewhere and pass its local folder.") from error
+            f"could not fetch {path_or_repo_id!r} from the Hugging Face hub "
+            f"({type(error).__name__}: {error}). If this machine is offline, download the "
+            "checkpoint elsewhere and pass its local folder.") from error
 
 
-def from_pretrained(path_or_repo_id: str, dtype="float32", name: str | None = None, tokenizer=None) -> Member:
+def from_pretrained(path_or_repo_id: str, dtype="float32", name: str | None = None,
+                    tokenizer=None) -> Member:
     """Load a Member from a local HF folder (config.json + safetensors, sharded or not), a hub id,
-    or a llama `.gguf` file. `dtype` is "float32" or "bfloat16" (parameters and compute).
-    `tokenizer` overrides the checkpoint's own (a transformers tokenizer or a folder holding one)."""
-    path = resolve_checkpoint(path_or_repo_id)
-    name = name or (path.stem if path.suffix == ".gguf" else path.name)
-    if path.suffix == ".gguf":
-        from transformers import LlamaConfig
+    a `.gguf` file (llama, qwen2, qwen3, gemma3; float or llama.cpp-quantized tensors, dequantized
+    on load) or an installed preset name ("smollm2-135m-instruct", "gemma-3-270m").
+    `dtype` is "float32" or "bfloat16" (parameters and compute). `tokenizer` overrides the
+    checkpoint's own (a transformers tokenizer, or a folder or `.gguf` file holding one)."""
+    from transformers import AutoConfig
 
+    from rlae_jax.models.installed import PRESETS
+
+    path = resolve_checkpoint(path_or_repo_id)
+    if name is None:
+        preset = str(path_or_repo_id) in PRESETS
+        name = (str(path_or_repo_id) if preset else
+                path.stem if path.suffix == ".gguf" else path.name)
+    if path.suffix == ".gguf":
         from rlae_jax.models.gguf import read_gguf
 
         checkpoint = read_gguf(path)
-        config = config_from_hf(LlamaConfig(**checkpoint.config))
+        config = config_from_hf(AutoConfig.for_model(checkpoint.model_type, **checkpoint.config))
         graphdef, state = load_state(config, TensorSource(tensors=checkpoint.tensors), dtype)
-        tokenizer = tokenizer or checkpoint.tokenizer
     else:
-        from transformers import AutoConfig
-
         if not (path / "config.json").exists():
-            raise FileNotFoundError(f"{path} has no config.json: not a Hugging Face checkpoint folder")
+            raise FileNotFoundError(
+                f"{path} has no config.json: not a Hugging Face checkpoint folder")
         config = config_from_hf(AutoConfig.from_pretrained(str(path)))
         graphdef, state = load_state(config, TensorSource.from_folder(path), dtype)
-        tokenizer = tokenizer or load_tokenizer(path)
+    tokenizer = load_tokenizer(path) if tokenizer is None else tokenizer
     if isinstance(tokenizer, (str, os.PathLike)):
         tokenizer = load_tokenizer(pathlib.Path(tokenizer))
     model = nnx.merge(graphdef, state)

@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx, struct
 
+from rlae_jax.models import chat
 from rlae_jax.models.config import ModelConfig
 from rlae_jax.models.decoder import Decoder
 from rlae_jax.models.gpt2 import GPT2
@@ -69,6 +70,12 @@ class Member:
     @property
     def num_params(self) -> int:
         return sum(x.size for x in jax.tree.leaves(self.state))
+
+    def chat_prompt(self, messages, template: bool | None = None) -> str:
+        """This member's prompt text for chat `messages` (a str is one user turn): its tokenizer's
+        chat template when it has one, else the plain "question\\nAnswer:" format; `template=True`
+        requires the template, False forces the plain format (`rlae_jax.models.chat`)."""
+        return chat.chat_prompt(self.tokenizer, messages, template, who=f"member {self.name!r}")
 
     def init_cache(self, batch: int, length: int) -> KVCache:
         c = self.config

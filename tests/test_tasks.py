@@ -534,6 +534,17 @@ def test_same_number_works_off_the_main_thread():
     assert results == [True]
 
 
+@needs_gym
+def test_reasoning_gym_specs():
+    easy = get_task('rg/chain_sum:easy{"train_size": 80, "max_terms": 2}')
+    config = dict(easy.config)
+    assert (easy.train_size, config["max_terms"], config["max_digits"]) == (80, 2, 2)
+    assert dict(get_task("rg/chain_sum:easy").config) == rgym.EASY["chain_sum"]
+    assert get_task("rg/chain_sum").config == () and get_task("rg/chain_sum").train_size == 5000
+    operators = get_task('rg/basic_arithmetic:{"operators": ["+"]}').config
+    assert operators == (("operators", ("+",)),)  # lists become tuples: the task stays hashable
+
+
 @pytest.mark.parametrize("spec, message", [
     ("rg/no_such_dataset", "unknown reasoning-gym dataset 'no_such_dataset'; known: "),
     ("rg/gsm_symbolic:{bad", "is not JSON"),

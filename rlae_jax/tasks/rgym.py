@@ -2,7 +2,8 @@
 
 `reasoning_gym_task(name, **config)` wraps any dataset of `reasoning_gym.create_dataset(name,
 size=, seed=, **config)`; `get_task("rg/<name>")` gives its default config, `"rg/<name>:easy"` the
-EASY preset (sized for 100M-class members) and `'rg/<name>:{"max_terms": 2}'` a JSON config.
+EASY preset (sized for 100M-class members), `'rg/<name>:{"max_terms": 2}'` a JSON config and
+`'rg/<name>:easy{"train_size": 8000}'` the preset with fields changed.
 
 Splits: item i of a split is generated from seed `seed + SPLIT_INDEX[split] * SEED_STRIDE + i`
 (reasoning-gym seeds item i with `seed + i`), so the splits' random streams never meet. Small
@@ -168,17 +169,19 @@ def reasoning_gym_task(dataset: str, name: str | None = None, **config) -> Reaso
 
 
 def task_from_spec(spec: str) -> ReasoningGymTask:
-    """`rg/<dataset>` (default config), `rg/<dataset>:easy` (the EASY preset) or
-    `rg/<dataset>:<JSON object of config fields>`."""
+    """`rg/<dataset>` (default config), `rg/<dataset>:easy` (the EASY preset),
+    `rg/<dataset>:<JSON object>` (config and task fields) or `rg/<dataset>:easy<JSON object>` (the
+    preset with those fields changed), e.g. 'rg/chain_sum:easy{"train_size": 8000}'."""
     dataset, _, config = spec.removeprefix("rg/").partition(":")
-    if config == "easy":
+    fields = {}
+    if config.startswith("easy"):
         if dataset not in EASY:
             raise ValueError(f"no easy preset for {dataset!r}; presets: {', '.join(sorted(EASY))}")
-        return reasoning_gym_task(dataset, name=spec, **EASY[dataset])
+        fields, config = dict(EASY[dataset]), config.removeprefix("easy")
     try:
-        fields = json.loads(config) if config else {}
+        changes = json.loads(config) if config else {}
     except json.JSONDecodeError as err:
         raise ValueError(f"{spec!r}: the config after ':' is not JSON ({err.msg})") from None
-    if not isinstance(fields, dict):
+    if not isinstance(changes, dict):
         raise ValueError(f"{spec!r}: the config after ':' must be a JSON object")
-    return reasoning_gym_task(dataset, name=spec, **fields)
+    return reasoning_gym_task(dataset, name=spec, **{**fields, **changes})

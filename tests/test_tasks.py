@@ -366,8 +366,10 @@ def test_disjoint_folder_splits_load(tmp_path):
     ("It dropped to −3 degrees", "−3"),
     ("#### 5\nThe answer is 6", "5"),                         # #### beats a later answer phrase
     ("\\boxed{8} ... The answer is 6", "8"),                   # \boxed beats an answer phrase
+    ("  liav.\nIt is the word reversed", "liav"),              # no marker, no number: first line
     ("The answer is", None),
-    ("no answer here", None),
+    ("The answer is:\n\n", None),
+    (" \n ", None),
     ("", None),
 ])
 def test_extract_answer(completion, expected):
@@ -484,6 +486,7 @@ def test_reasoning_gym_rewards_are_its_verifier_in_0_1():
     examples = task.load("test", limit=4)
     right = [f"Reversed letter by letter. The answer is {e.answer}." for e in examples]
     assert task.rewards(right, examples).tolist() == [1.0] * 4
+    assert task.reward(f" {examples[1].answer}\n", examples[1]) == 1.0  # a bare word answer
     wrong = [f"The answer is {examples[0].answer}x.", "The answer is",
              f"<answer>{examples[2].answer[::-1]}</answer>", ""]  # [2] is no palindrome
     # partial credit ("...x" contains the answer) scores 0

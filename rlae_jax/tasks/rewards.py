@@ -10,7 +10,8 @@ Answer spans, `answer_spans`: where a completion states its answer, in priority 
      of its line, or the next non-blank line when the phrase ends its line.
 
 Answer text (reasoning-gym tasks), `extract_answer`: the first non-empty span, else the last number
-in the text, else None; then trimmed of spaces, `**`/`*` emphasis, one pair of surrounding quotes or
+in the text, else (no marker at all and no number: a bare word answer) the first non-blank line,
+else None; then trimmed of spaces, `**`/`*` emphasis, one pair of surrounding quotes or
 `$...$`, and a trailing sentence mark (`.`, `!`, `;`, `,`): "The answer is **-7**." gives "-7".
 
 Final number (GSM8K), `extract_final_number`: the first number in the first span that has one; else
@@ -119,10 +120,11 @@ def _last_boxed(text: str) -> str | None:
 
 def extract_answer(completion: str) -> str | None:
     """The completion's answer text (rules in the module docstring), or None."""
-    span = next((span for span in answer_spans(completion) if span), None)
+    spans = answer_spans(completion)
+    span = next((span for span in spans if span), None)
     if span is None:
         numbers = list(NUMBER.finditer(completion))
-        return numbers[-1].group(0) if numbers else None
+        span = numbers[-1].group(0) if numbers else "" if spans else _line_after(completion)
     return _trim(span) or None
 
 

@@ -12,8 +12,8 @@ question is not among the `train_size` training problems, and is then checked li
 
 Reward: `rewards.extract_answer` takes the completion's answer text; it scores 1.0 when the
 dataset's `score_answer` gives it full credit (partial credit scores 0), or, for an answer that is a
-single number, when `math_verify` finds it equal to the answer's first number or LaTeX expression
-("1,000" = "1000", "0.50" = "1/2", "-3." = "−3").
+single number, when `math_verify` finds the answer text's first number (or LaTeX expression)
+equal to it ("1,000" = "1000", "1/2" = "0.5", "−3 degrees" = "-3").
 """
 from __future__ import annotations
 

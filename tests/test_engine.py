@@ -10,11 +10,13 @@ from flax import struct
 import rlae_jax
 from rlae_jax.align import build_alignment
 from rlae_jax import compile_options
-from rlae_jax.engine import CallableWeightFn, DecodeConfig, decode_jit, generate, loop
+from rlae_jax.engine import CallableWeightFn, DecodeConfig, FixedWeights, Selection, decode_jit, generate, loop
+from rlae_jax.engine.loop import choose_from_full_union
 from rlae_jax.engine.features import top1_agreement, usable_rows
 from rlae_jax.engine.loop import (default_first_pass_tokens, default_respell_slots, feed_members,
                                   member_distributions, plan_packing)
 from rlae_jax.models import Member, ModelConfig, build_model
+from rlae_jax.sampling import select_tokens, top_p_filter
 from rlae_jax.tokenization import train_byte_level_bpe, train_metaspace_unigram
 from tiny_models import CORPUS
 
@@ -513,3 +515,108 @@ def test_decode_settings_below_one_are_refused(name):
 def test_negative_respell_slots_is_refused():
     with pytest.raises(ValueError, match="respell_slots must be >= 0"):
         DecodeConfig(respell_slots=-1)
+
+
+# ---- selection rules against NumPy references ------------------------------------------------------------
+
+
+def numpy_nucleus(logits: np.ndarray, top_p: float) -> np.ndarray:
+    """bool `[B, V]`: the smallest set of most likely ids whose probability reaches `top_p`."""
+    probs = np.exp(logits - logits.max(-1, keepdims=True))
+    probs /= probs.sum(-1, keepdims=True)
+    kept = np.zeros(logits.shape, bool)
+    for row, p in enumerate(probs):
+        order = np.argsort(-p, kind="stable")
+        mass_before = np.cumsum(p[order]) - p[order]
+        assert np.all(np.abs(mass_before - top_p) > 1e-5), "a boundary too close to call in float32"
+        kept[row, order[mass_before < top_p]] = True
+    return kept
+
+
+@pytest.mark.parametrize("temperature, top_p", [(1.0, 0.9), (0.5, 0.5), (2.0, 0.95), (0.7, 0.2)])
+def test_sampling_keeps_exactly_the_numpy_nucleus_and_draws_only_from_it(temperature, top_p):
+    logits = np.asarray(jax.random.normal(jax.random.key(3), (6, 50)) * 2.0, np.float32)
+    nucleus = numpy_nucleus(logits.astype(np.float64) / temperature, top_p)
+    filtered = top_p_filter(jnp.asarray(logits) / temperature, jnp.float32(top_p))
+    np.testing.assert_array_equal(np.isfinite(np.asarray(filtered)), nucleus)
+    draw = jax.jit(jax.vmap(lambda step: select_tokens(jnp.asarray(logits), jax.random.key(0), step,
+                                                        jnp.float32(temperature), jnp.float32(top_p))))
+    drawn = np.asarray(draw(jnp.arange(2000)))  # [steps, B]
+    for row in range(logits.shape[0]):
+        assert set(drawn[:, row].tolist()) <= set(np.flatnonzero(nucleus[row]).tolist())
+        probs = np.exp(logits[row] / temperature - (logits[row] / temperature).max())
+        likely = nucleus[row] & (probs / probs[nucleus[row]].sum() > 0.01)
+        assert set(np.flatnonzero(likely).tolist()) <= set(drawn[:, row].tolist())
+
+
+def numpy_top_k_union_choice(probs: list[np.ndarray], weights: np.ndarray, k: int, alignment) -> np.ndarray:
+    """UniTE's rule by brute force: the union tokens of every member's k most likely ids, each scored by
+    Σ_n w_n · (member n's probability summed over all its ids with the token's bytes); the best wins."""
+    member_to_union = np.asarray(alignment.member_to_union)
+    complete = np.asarray(alignment.union_complete)
+    chosen = []
+    for row in range(weights.shape[0]):
+        mixed = np.zeros(alignment.num_union + 1)
+        for n, p in enumerate(probs):
+            np.add.at(mixed, member_to_union[n, :len(p[row])], weights[row, n] * p[row])
+        candidates = {int(member_to_union[n, i]) for n, p in enumerate(probs)
+                      for i in np.argsort(-p[row], kind="stable")[:k]}
+        candidates = [u for u in candidates if u < alignment.num_union and complete[u]]
+        chosen.append(max(candidates, key=lambda u: mixed[u]))
+    return np.array(chosen)
+
+
+def test_unite_top_k_equals_a_brute_force_numpy_reference(members, alignment):
+    """Small k on flat random distributions (the candidates differ from the full union's best), over a
+    member with byte-fallback duplicates (their probabilities sum)."""
+    batch = 32
+    logits = [np.asarray(jax.random.normal(jax.random.key(n), (batch, v))) * 2.5
+              for n, v in enumerate(alignment.vocab_sizes)]
+    # in half the rows a token both members spell is second to distinct tokens in each: k = 1 misses it
+    table = np.asarray(alignment.member_to_union)
+    shared = np.intersect1d(table[0, :alignment.vocab_sizes[0]], table[1, :alignment.vocab_sizes[1]])
+    rng = np.random.RandomState(1)
+    for row in range(0, batch, 2):
+        second, first_0, first_1 = rng.choice(shared[shared < alignment.num_union], 3, replace=False)
+        for n, top in ((0, first_0), (1, first_1)):
+            logits[n][row, np.flatnonzero(table[n, :alignment.vocab_sizes[n]] == top)[0]] = 12.0
+            logits[n][row, np.flatnonzero(table[n, :alignment.vocab_sizes[n]] == second)[0]] = 11.9
+    logits = [jnp.asarray(x, jnp.float32) for x in logits]
+    weights = jnp.asarray(np.random.RandomState(0).dirichlet([1.0, 1.0], batch), jnp.float32)
+    dists = member_distributions(logits, alignment)
+    probs = [np.asarray(jax.nn.softmax(x), np.float64) for x in logits]
+    full = np.asarray(alignment.mixed_argmax(dists.exp_logits, weights / dists.normalizer))
+    differs = 0
+    for k in (1, 2, 3):
+        config = DecodeConfig(selection=Selection("topk", k))
+        got = jax.jit(lambda d, w: loop.choose_union_tokens(d, d.probabilities(), w, alignment, jax.random.key(0),
+                                                             jnp.int32(0), jnp.float32(0), jnp.float32(1),
+                                                             config))(dists, weights)
+        np.testing.assert_array_equal(np.asarray(got), numpy_top_k_union_choice(probs, np.asarray(weights), k,
+                                                                                alignment))
+        differs += int((np.asarray(got) != full).sum())
+    assert differs > 0, "small k should sometimes miss the full union's best token"
+
+
+def test_certified_shortcut_is_taken_on_peaked_members_and_equals_the_full_union(members, alignment,
+                                                                                monkeypatch):
+    """Greedy decoding with candidates_per_member = 2: the full union decides only in steps where some
+    row's best candidate is not certified (counted by a callback in that branch); peaked members are
+    certified in most steps, and the result equals the full union's."""
+    fallbacks = []
+
+    def counted_full_union(*args):
+        jax.debug.callback(lambda: fallbacks.append(1))
+        return choose_from_full_union(*args)
+
+    batch = loop.tokenize_for_members(members, PROMPTS, NEW_TOKENS)
+    args = (members, alignment, batch, FixedWeights(jnp.asarray([0.4, 0.6])), jax.random.key(0),
+            jnp.float32(0.0), jnp.float32(1.0))
+    full = jax.jit(lambda *a: loop.decode(*a, config=DecodeConfig(max_new_tokens=NEW_TOKENS)))(*args)
+    monkeypatch.setattr(loop, "choose_from_full_union", counted_full_union)
+    config = DecodeConfig(max_new_tokens=NEW_TOKENS, candidates_per_member=2)
+    shortcut = jax.jit(lambda *a: loop.decode(*a, config=config))(*args)
+    jax.effects_barrier()
+    np.testing.assert_array_equal(np.asarray(shortcut.union_ids), np.asarray(full.union_ids))
+    steps = int(np.asarray(full.lengths).max())
+    assert steps == NEW_TOKENS and len(fallbacks) <= steps // 4, (len(fallbacks), steps)

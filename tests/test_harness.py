@@ -1,0 +1,318 @@
+"""The LM Evaluation Harness backend (rlae_jax.harness) on tiny random members saved as HF folders:
+log-likelihoods equal lm-eval's own transformers model (HFLM) on the same weights, one-hot ensembles
+equal their member, generation equals the engine's, compiles are bounded by the length buckets, and
+the repo's local YAML tasks run through `simple_evaluate` and the command line."""
+
+import json
+import pathlib
+import sys
+
+import numpy as np
+import pytest
+
+pytest.importorskip("lm_eval", reason="lm-eval is not installed (pip install -e '.[harness]')")
+
+import lm_eval  # noqa: E402
+from lm_eval.api.instance import Instance  # noqa: E402
+from lm_eval.tasks import TaskManager  # noqa: E402
+
+from rlae_jax.engine import generate  # noqa: E402
+from rlae_jax.harness import RlaeLM  # noqa: E402
+from rlae_jax.harness.backend import CHAT_MARK  # noqa: E402
+from rlae_jax.harness.scoring import encode  # noqa: E402
+from rlae_jax.prompts import bucket_length  # noqa: E402
+
+sys.path.insert(0, str(pathlib.Path(__file__).parent))
+from tiny_models import save_tiny_model, train_byte_level_tokenizer  # noqa: E402
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+TASKS = REPO / "tests" / "data" / "harness"
+CHAT_TEMPLATES = (
+    "{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}\n{% endfor %}"
+    "{% if add_generation_prompt %}<assistant>{% endif %}",
+    "{% for m in messages %}[{{ m['role'] | upper }}] {{ m['content'] }}\n{% endfor %}"
+    "{% if add_generation_prompt %}[ASSISTANT]{% endif %}",
+)
+PAIRS = [
+    ("Once upon a time", " there was"),
+    ("The quick brown fox ", "jumps"),
+    ("", "Hello world"),
+    ("Alice and Bob exchanged 7 messages,", " then 11 more"),
+    ("12 + 30 =", " 42."),
+    ("Hello", " world! This is a tiny corpus for a tiny tokenizer, with some punctuation"),
+]
+PROMPTS = [
+    "Once upon a time",
+    "The quick brown fox jumps over the lazy dog; 12 + 30 =",
+    "Hello",
+    "Alice and Bob exchanged 7 messages, then 11 more, before the meeting at 5 pm. Once upon a",
+    "7",
+    "The little robot",
+    "Bob",
+    "Hello world! This is",
+]
+
+
+MAX_GEN = 16  # as the rlae_qa_gen task: tests share compiled programs
+
+
+def requests(kind, arguments):
+    return [Instance(kind, {}, args, index) for index, args in enumerate(arguments)]
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory):
+    """Two tiny members with different tokenizers and chat templates: a Llama and a GPT-2."""
+    root = tmp_path_factory.mktemp("harness_members")
+    for name, family, vocab, template in (
+        ("llama", "llama", 384, CHAT_TEMPLATES[0]),
+        ("gpt2", "gpt2", 320, CHAT_TEMPLATES[1]),
+    ):
+        tokenizer = train_byte_level_tokenizer(vocab)
+        tokenizer.chat_template = template
+        save_tiny_model(family, root / name, tokenizer, seed=vocab)
+    return root / "llama", root / "gpt2"
+
+
+@pytest.fixture(scope="module")
+def single(folders):
+    return RlaeLM(members=str(folders[0]), max_batch=4)
+
+
+@pytest.fixture(scope="module")
+def one_hot(folders):
+    return RlaeLM(
+        members=f"{folders[0]}|{folders[1]}", strategy="fixed", weights="1|0", max_batch=4
+    )
+
+
+@pytest.fixture(scope="module")
+def hflm(folders):
+    from lm_eval.models.huggingface import HFLM
+
+    return HFLM(pretrained=str(folders[0]), batch_size=4, device="cpu", dtype="float32")
+
+
+@pytest.fixture(scope="module")
+def pairs(hflm):
+    """PAIRS and a continuation the Llama member produces greedily."""
+    prompt = "Once upon a time"
+    greedy = hflm.generate_until(requests("generate_until", [(prompt, {"max_gen_toks": 3})]))[0]
+    return PAIRS + [(prompt, greedy)]
+
+
+def test_loglikelihood_equals_transformers_through_hflm(single, hflm, pairs):
+    """Same (context, continuation) → HFLM's tokenisation conventions and torch logits: equal within
+    1e-4, same greedy flags (including an empty context and a context ending in a space)."""
+    ours = single.loglikelihood(requests("loglikelihood", pairs))
+    reference = hflm.loglikelihood(requests("loglikelihood", pairs))
+    np.testing.assert_allclose(
+        [lp for lp, _ in ours], [lp for lp, _ in reference], atol=1e-4, rtol=0
+    )
+    assert [g for _, g in ours] == [g for _, g in reference]
+    assert ours[-1][1] and min(lp for lp, _ in ours) < -5  # a greedy continuation; real scores
+
+
+def test_rolling_loglikelihood_equals_transformers_with_windows(folders, hflm):
+    """Texts longer than max_length are scored in rolling windows exactly as HFLM scores them."""
+    texts = [(p + c,) for p, c in PAIRS if p]
+    ours = RlaeLM(members=str(folders[0]), max_batch=4, max_length=8)
+    assert max(len(encode(ours.members[0].tokenizer, t)) for t, in texts) > 3 * 8  # several windows
+    hflm._max_length = 8
+    try:
+        reference = hflm.loglikelihood_rolling(requests("loglikelihood_rolling", texts))
+    finally:
+        hflm._max_length = None
+    np.testing.assert_allclose(
+        ours.loglikelihood_rolling(requests("loglikelihood_rolling", texts)),
+        reference,
+        atol=1e-4,
+        rtol=0,
+    )
+
+
+def test_one_hot_ensemble_equals_its_member(single, one_hot, pairs):
+    """Weights 1|0 over a Llama and a GPT-2 with different tokenizers: the member's log-likelihoods,
+    greedy flags and rolling log-likelihoods, exactly."""
+    expected = single.loglikelihood(requests("loglikelihood", pairs))
+    assert one_hot.loglikelihood(requests("loglikelihood", pairs)) == expected and expected[-1][1]
+    texts = [(p + c,) for p, c in PAIRS if p]
+    assert one_hot.loglikelihood_rolling(
+        requests("loglikelihood_rolling", texts)
+    ) == single.loglikelihood_rolling(requests("loglikelihood_rolling", texts))
+
+
+@pytest.mark.slow
+def test_one_hot_ensemble_generates_its_members_text(single, one_hot):
+    """The same through the two-member engine: byte-identical texts (compiles a two-member
+    decode)."""
+    gen = requests(
+        "generate_until", [(p, {"until": ["\n"], "max_gen_toks": MAX_GEN}) for p in PROMPTS]
+    )
+    assert one_hot.generate_until(gen) == single.generate_until(gen)
+
+
+def test_mixture_is_the_weighted_sum_of_member_probabilities(folders, single):
+    """Weights 0.3|0.7: log(0.3 p_llama + 0.7 p_gpt2), each member scored alone; greedy only where
+    both are."""
+    mixed = RlaeLM(
+        members=f"{folders[0]}|{folders[1]}", strategy="fixed", weights="0.3|0.7", max_batch=4
+    )
+    gpt2 = RlaeLM(members=str(folders[1]), max_batch=4)
+    first, second = (
+        np.array(m.loglikelihood(requests("loglikelihood", PAIRS)), dtype=object)
+        for m in (single, gpt2)
+    )
+    got = mixed.loglikelihood(requests("loglikelihood", PAIRS))
+    expected = np.log(
+        0.3 * np.exp(first[:, 0].astype(float)) + 0.7 * np.exp(second[:, 0].astype(float))
+    )
+    np.testing.assert_allclose([lp for lp, _ in got], expected, rtol=1e-6)
+    assert [g for _, g in got] == [bool(a and b) for a, b in zip(first[:, 1], second[:, 1])]
+
+
+@pytest.mark.slow
+def test_threshold_strategy_weights_come_from_the_context(folders, single):
+    """GaC threshold 0 always trusts the primary member alone (its exact values); threshold 1 never
+    does and mixes uniformly (compiles a two-member one-token decode for the first-span weights)."""
+    pair = f"{folders[0]}|{folders[1]}"
+    always = RlaeLM(members=pair, strategy="threshold", threshold=0.0, max_batch=4)
+    assert always.loglikelihood(requests("loglikelihood", PAIRS)) == single.loglikelihood(
+        requests("loglikelihood", PAIRS)
+    )
+    never = RlaeLM(members=pair, strategy="threshold", threshold=1.0, max_batch=4)
+    uniform = RlaeLM(members=pair, strategy="uniform", max_batch=4)
+    np.testing.assert_allclose(
+        [lp for lp, _ in never.loglikelihood(requests("loglikelihood", PAIRS))],
+        [lp for lp, _ in uniform.loglikelihood(requests("loglikelihood", PAIRS))],
+        rtol=1e-6,
+    )
+
+
+def test_generate_until_equals_engine_cut_at_stops_and_compiles_once_per_bucket(folders):
+    """Texts = `engine.generate` of the same member, cut at the first stop string; one compile per
+    prompt-length bucket (batches of 4 rows; max_gen_toks no other test uses), none more for
+    sampling; sampling is seeded."""
+    lm = RlaeLM(members=str(folders[0]), max_batch=4)
+    until = [" the", "!"]
+    got = lm.generate_until(
+        requests("generate_until", [(p, {"until": until, "max_gen_toks": 10}) for p in PROMPTS])
+    )
+    member = lm.members[0]
+    engine = generate([member], lm.ensemble.alignment, PROMPTS, max_new_tokens=10).texts
+    expected = [text.split(" the")[0].split("!")[0] for text in engine]
+    assert got == expected
+    assert any(g != e for g, e in zip(got, engine))  # some stop string did cut
+    lengths = sorted(len(encode(member.tokenizer, p)) for p in PROMPTS)
+    buckets = {bucket_length(max(lengths[i : i + 4])) for i in range(0, len(lengths), 4)}
+    assert len(buckets) == 2 and lm.compile_count == len(buckets)
+    sampled = requests(
+        "generate_until",
+        [
+            (p, {"until": [], "max_gen_toks": 10, "do_sample": True, "temperature": 1.0})
+            for p in PROMPTS
+        ],
+    )
+    first = lm.generate_until(sampled)
+    assert lm.compile_count == len(buckets)  # temperature is an input, not a new program
+    assert (
+        first != got
+        and RlaeLM(members=str(folders[0]), max_batch=4).generate_until(sampled) == first
+    )
+
+
+def test_chat_template_per_member(folders, single):
+    """A marked chat renders with each member's own template; requests are answered for the rendered
+    text."""
+    pair = RlaeLM(members=f"{folders[0]}|{folders[1]}", max_batch=4)
+    marked = pair.apply_chat_template([{"role": "user", "content": "Hello"}])
+    assert (
+        marked.startswith(CHAT_MARK)
+        and single.apply_chat_template([{"role": "user", "content": "Hello"}]) == marked
+    )
+    assert pair.render(0, marked) == "<user>Hello\n<assistant>"
+    assert pair.render(1, marked) == "[USER] Hello\n[ASSISTANT]"
+    rendered = pair.render(0, marked)
+    gen = [(marked, {"max_gen_toks": MAX_GEN}), (rendered, {"max_gen_toks": MAX_GEN})]
+    first, second = single.generate_until(requests("generate_until", gen))
+    assert first == second
+    scored = single.loglikelihood(requests("loglikelihood", [(marked, " Hi"), (rendered, " Hi")]))
+    assert scored[0] == scored[1]
+
+
+def test_bad_arguments_are_named(folders):
+    with pytest.raises(ValueError, match="weights"):
+        RlaeLM(members=f"{folders[0]}|{folders[1]}", strategy="fixed", weights="1|0|0")
+    with pytest.raises(ValueError, match="no members"):
+        RlaeLM(members="")
+    with pytest.raises(ValueError, match="unknown rlae_jax model_args"):
+        RlaeLM(members=str(folders[0]), temperature=1.0)
+    lm = RlaeLM(members=str(folders[0]), max_batch=2)
+    with pytest.raises(ValueError, match="unsupported generation arguments"):
+        lm.generate_until(requests("generate_until", [("Hi", {"top_k": 5})]))
+    with pytest.raises(ValueError, match="max_length"):
+        RlaeLM(members=str(folders[0]), max_length=8).loglikelihood(
+            requests("loglikelihood", [PAIRS[5]])
+        )
+
+
+def test_local_yaml_tasks_through_simple_evaluate(single, hflm, monkeypatch):
+    """The repo's generate_until (exact match) and multiple-choice tasks: the same per-sample
+    answers and metrics as lm-eval's transformers model on the same weights."""
+    monkeypatch.chdir(REPO)
+    results = {}
+    for name, model in (("ours", single), ("hf", hflm)):
+        results[name] = lm_eval.simple_evaluate(
+            model=model,
+            tasks=["rlae_qa_gen", "rlae_mc"],
+            limit=6,
+            task_manager=TaskManager(include_path=str(TASKS), include_defaults=False),
+            log_samples=True,
+        )
+    for task in ("rlae_qa_gen", "rlae_mc"):
+        ours, theirs = (results[n]["samples"][task] for n in ("ours", "hf"))
+        assert len(ours) == 6
+        for a, b in zip(ours, theirs):
+            if task == "rlae_mc":
+                np.testing.assert_allclose(
+                    [float(r[0]) for r in a["filtered_resps"]],
+                    [float(r[0]) for r in b["filtered_resps"]],
+                    atol=1e-4,
+                )
+            else:
+                assert a["filtered_resps"] == b["filtered_resps"]
+    assert (
+        results["ours"]["results"]["rlae_mc"]["acc,none"]
+        == results["hf"]["results"]["rlae_mc"]["acc,none"]
+    )
+    assert (
+        results["ours"]["results"]["rlae_qa_gen"]["exact_match,none"]
+        == results["hf"]["results"]["rlae_qa_gen"]["exact_match,none"]
+    )
+
+
+@pytest.mark.slow
+def test_command_line(folders, tmp_path, monkeypatch):
+    """`python -m launch.lm_eval ...` takes the harness's own flags and writes its results file
+    (slow: the command line indexes every built-in harness task first, ~8 s of CPU)."""
+    from launch.lm_eval import main
+
+    monkeypatch.chdir(REPO)
+    main(
+        [
+            "--model_args",
+            f"members={folders[0]}",
+            "--tasks",
+            "rlae_mc",
+            "--include_path",
+            str(TASKS),
+            "--limit",
+            "2",
+            "--batch_size",
+            "4",
+            "--output_path",
+            str(tmp_path),
+        ]
+    )
+    written = json.loads(next(tmp_path.rglob("results_*.json")).read_text())
+    assert set(written["results"]["rlae_mc"]) >= {"acc,none", "acc_norm,none"}

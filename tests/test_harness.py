@@ -16,6 +16,7 @@ import lm_eval  # noqa: E402
 from lm_eval.api.instance import Instance  # noqa: E402
 from lm_eval.tasks import TaskManager  # noqa: E402
 
+from conftest import fixture_path  # noqa: E402
 from rlae_jax.engine import generate  # noqa: E402
 from rlae_jax.harness import RlaeLM  # noqa: E402
 from rlae_jax.harness.backend import CHAT_MARK  # noqa: E402
@@ -222,16 +223,20 @@ def test_generate_until_equals_engine_cut_at_stops_and_compiles_once_per_bucket(
 
 
 def test_chat_template_per_member(folders, single):
-    """A marked chat renders with each member's own template; requests are answered for the rendered
-    text."""
+    """A marked chat renders with each member's own template (a base model without one: the plain
+    format); requests are answered for the rendered text."""
     pair = RlaeLM(members=f"{folders[0]}|{folders[1]}", max_batch=4)
-    marked = pair.apply_chat_template([{"role": "user", "content": "Hello"}])
-    assert (
-        marked.startswith(CHAT_MARK)
-        and single.apply_chat_template([{"role": "user", "content": "Hello"}]) == marked
-    )
+    messages = [{"role": "user", "content": "Hello"}]
+    marked = pair.apply_chat_template(messages)
+    assert marked.startswith(CHAT_MARK) and single.apply_chat_template(messages) == marked
     assert pair.render(0, marked) == "<user>Hello\n<assistant>"
     assert pair.render(1, marked) == "[USER] Hello\n[ASSISTANT]"
+    prefill = pair.apply_chat_template(messages + [{"role": "assistant", "content": "Hi"}], False)
+    assert pair.render(1, prefill) == "[USER] Hello\n[ASSISTANT] Hi"
+    stories = RlaeLM(members=str(fixture_path("models", "stories260K", "stories260K.gguf")))
+    assert stories.render(0, marked) == "Hello\nAnswer:"
+    with pytest.raises(ValueError, match="no chat template"):
+        stories.render(0, prefill)
     rendered = pair.render(0, marked)
     gen = [(marked, {"max_gen_toks": MAX_GEN}), (rendered, {"max_gen_toks": MAX_GEN})]
     first, second = single.generate_until(requests("generate_until", gen))

@@ -10,8 +10,8 @@ batched compiled engine (a single member too, so its text is the engine's, byte 
 `loglikelihood` / `loglikelihood_rolling` are exact per member (tokenised as HFLM does) and, for an
 ensemble, the weighted mixture of the members' string probabilities (`rlae_jax.harness.scoring`).
 Chat templates: `apply_chat_template` returns the messages in a marked JSON string that each member
-renders with its own tokenizer's template when a request arrives, so every member sees its own
-format.
+renders in its own format (its tokenizer's template, or the plain format of base models) when a
+request arrives, so every member sees its own format.
 """
 
 from __future__ import annotations
@@ -136,28 +136,29 @@ class RlaeLM(LM):
     def apply_chat_template(
         self, chat_history: list[dict[str, str]], add_generation_prompt: bool = True
     ) -> str:
-        """The messages, marked, for each member to render with its own template (`render`)."""
-        for member in self.members:
-            if not getattr(member.tokenizer, "chat_template", None):
-                raise ValueError(
-                    f"member {member.name!r} has no chat template; "
-                    "run without --apply_chat_template"
-                )
+        """The messages, marked, for each member to render in its own format (`render`)."""
         return CHAT_MARK + json.dumps(
             {"messages": chat_history, "add_generation_prompt": add_generation_prompt}
         )
 
     def render(self, index: int, text: str) -> str:
-        """Member `index`'s text for a request context: a marked chat rendered with its tokenizer's
-        template (as HFLM calls it), anything else as is."""
+        """Member `index`'s text for a request context: a marked chat in that member's own format
+        (`Member.chat_prompt`: its chat template, else the plain "question\nAnswer:" format of base
+        models); a chat ending in an assistant turn to continue (`add_generation_prompt=False`) goes
+        through the template as HFLM calls it; any other text as is."""
         if not text.startswith(CHAT_MARK):
             return text
         chat = json.loads(text[len(CHAT_MARK) :])
-        return self.members[index].tokenizer.apply_chat_template(
-            chat["messages"],
-            tokenize=False,
-            add_generation_prompt=chat["add_generation_prompt"],
-            continue_final_message=not chat["add_generation_prompt"],
+        member = self.members[index]
+        if chat["add_generation_prompt"]:
+            return member.chat_prompt(chat["messages"])
+        if not getattr(member.tokenizer, "chat_template", None):
+            raise ValueError(
+                f"member {member.name!r} has no chat template to continue an assistant turn with"
+            )
+        return member.tokenizer.apply_chat_template(
+            chat["messages"], tokenize=False, add_generation_prompt=False,
+            continue_final_message=True,
         )
 
     def chat_template(self, chat_template: bool | str = False) -> str | None:

@@ -321,3 +321,44 @@ def test_command_line(folders, tmp_path, monkeypatch):
     )
     written = json.loads(next(tmp_path.rglob("results_*.json")).read_text())
     assert set(written["results"]["rlae_mc"]) >= {"acc,none", "acc_norm,none"}
+
+
+@pytest.mark.slow
+def test_agent_checkpoint_serves_its_mean_weights(tmp_path):
+    """An RLAE run folder (an untrained agent, checkpointed): log-likelihoods mix the members' exact
+    values with the agent's first-span mean weights, which depend on the context; generation
+    runs."""
+    from rlae_jax.align import build_alignment
+    from rlae_jax.demo_members import demo_model_config
+    from rlae_jax.harness.scoring import mixture_loglikelihood
+    from rlae_jax.models import Member, build_model
+    from rlae_jax.rl.trainer import RLAETrainer, RLConfig
+    from rlae_jax.tasks.synthetic import SYNTHETIC, tokenizer_corpus
+    from rlae_jax.tokenization import train_byte_level_bpe, train_metaspace_bpe
+
+    tokenizers = [train_byte_level_bpe(tokenizer_corpus(), 300),
+                  train_metaspace_bpe(tokenizer_corpus(), 120)]
+    kinds = ("gpt2", "llama")
+    members = [Member.from_model(build_model(demo_model_config(k, t, hidden_size=32), seed=i), t,
+                                 name=k) for i, (k, t) in enumerate(zip(kinds, tokenizers))]
+    alignment = build_alignment(tokenizers, vocab_sizes=[m.config.vocab_size for m in members])
+    config = RLConfig(max_new_tokens=8, span_length=2, hidden_sizes=(16,), batch_size=8)
+    trainer = RLAETrainer(config, members, alignment, SYNTHETIC, SYNTHETIC.load("train", limit=8),
+                          tmp_path)
+    trainer.save(trainer.restore_or_init())
+    trainer.manager.wait_until_finished()
+    agent = RlaeLM(members=members, checkpoint=str(tmp_path), max_batch=4)
+    alone = [RlaeLM(members=[m], max_batch=4) for m in members]
+    pairs = [("rev c a t =", " t a c"), ("up d o g ; rev a b =", " D O G ; b a")]
+    got = agent.loglikelihood(requests("loglikelihood", pairs))
+    scores = [m.loglikelihood(requests("loglikelihood", pairs)) for m in alone]
+    log_probs = np.array([[s[i][0] for s in scores] for i in range(len(pairs))])
+    weights = agent.ensemble.first_span_weights(
+        [[encode(m.tokenizer, c) for c, _ in pairs] for m in members])
+    np.testing.assert_allclose(weights.sum(1), 1.0, rtol=1e-6)
+    assert np.all((weights > 0) & (weights < 1)) and not np.allclose(weights[0], weights[1])
+    expected, _ = mixture_loglikelihood(log_probs, np.zeros_like(log_probs, bool), weights)
+    np.testing.assert_allclose([lp for lp, _ in got], expected, rtol=1e-6)
+    gen = [(c, {"max_gen_toks": 8}) for c, _ in pairs]
+    texts = agent.generate_until(requests("generate_until", gen))
+    assert len(texts) == 2 and all(isinstance(t, str) for t in texts)

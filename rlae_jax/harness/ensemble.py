@@ -82,8 +82,9 @@ def load_members(specs: Sequence[Any], dtype: str = "float32") -> list[Member]:
 
 def load_agent(workdir: str | pathlib.Path, members: Sequence[Member]) -> tuple[Any, DecodeConfig]:
     """A trained RLAE agent (the newest checkpoint of a `launch.train` / demo run folder) as a
-    deterministic weight_fn (its mean weights), with the run's decode settings. The members must be
-    the ones it was trained with (their architectures are checked against the run's config.json)."""
+    deterministic weight_fn (its mean weights), with the run's decode settings. `load_agent_state`
+    decides which members it may serve (those it was trained with, or others where its features
+    transfer)."""
     from rlae_jax.rl.rollout import policy_weight_fn
     from rlae_jax.rl.trainer import RLConfig, load_agent_state
 
@@ -91,19 +92,11 @@ def load_agent(workdir: str | pathlib.Path, members: Sequence[Member]) -> tuple[
     if not (path / "config.json").exists():
         raise FileNotFoundError(f"{path} has no config.json: not an RLAE training run folder")
     saved = json.loads((path / "config.json").read_text())
-    trained = [{k: v for k, v in m.items() if k != "name"} for m in saved["members"]]
-    given = [json.loads(json.dumps(dataclasses.asdict(m.config))) for m in members]
-    if len(trained) != len(given):
+    if len(saved["members"]) != len(members):
         raise ValueError(
-            f"the agent in {path} was trained with {len(trained)} members, {len(given)} were given"
+            f"the agent in {path} was trained with {len(saved['members'])} members, "
+            f"{len(members)} were given"
         )
-    for index, (a, b) in enumerate(zip(trained, given)):
-        if a != b:
-            differing = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
-            raise ValueError(
-                f"member {index} ({members[index].name}) differs from the one the agent in {path} "
-                f"was trained with (in: {', '.join(differing)})"
-            )
     config = RLConfig.from_dict(saved["rl"])
     state = load_agent_state(path, config, members)
     setup = config.setup(members)

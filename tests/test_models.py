@@ -18,8 +18,11 @@ from rlae_jax.prompts import left_pad  # noqa: E402
 from rlae_jax.sampling import first_argmax  # noqa: E402
 from tiny_models import hf_config, save_tiny_model, train_byte_level_tokenizer  # noqa: E402
 
-FAMILIES = ["llama3", "mistral", "qwen2", "gpt2"]
-# Three prompts of different lengths; the longest exceeds Mistral's sliding window (6) several times.
+FAMILIES = ["llama3", "mistral", "qwen2", "gpt2", "qwen3", "qwen3_tied", "gemma3"]
+# the decode loop's sampling and recompilation do not depend on the port: checked on the first four
+LOOP_FAMILIES = FAMILIES[:4]
+# Three prompts of different lengths; the longest exceeds the sliding windows (Mistral 6, Qwen 3 6,
+# Gemma 3 5) several times.
 PROMPTS = [
     "The quick brown fox jumps over the lazy dog; 12 + 30 = 42. Alice and Bob",
     "Hello world!",
@@ -150,6 +153,7 @@ def test_preset_counts_agree_with_transformers_on_meta_device():
     assert sum(p.numel() for p in model.parameters()) == PUBLISHED_PARAM_COUNTS["gpt2"]
 
 
+@pytest.mark.parametrize("tiny", LOOP_FAMILIES, indirect=True)
 def test_same_bucket_does_not_recompile(tiny):
     _, _, member = tiny
     rlae_jax.generate(member, ["Hello world!", "A"], max_new_tokens=8)
@@ -179,6 +183,7 @@ def test_decode_loop_copies_no_kv_cache(batch):
     assert not loop_copies, f"KV cache copied inside the decode loop: {loop_copies[:2]}"
 
 
+@pytest.mark.parametrize("tiny", LOOP_FAMILIES, indirect=True)
 def test_sampling_is_seeded_and_top_p_zero_is_greedy(tiny):
     _, _, member = tiny
     prompts = ["Hello world!"] * 4
@@ -190,6 +195,45 @@ def test_sampling_is_seeded_and_top_p_zero_is_greedy(tiny):
     greedy = rlae_jax.generate_tokens(member, prompts[:1], max_new_tokens=12)
     nucleus_of_one = rlae_jax.generate_tokens(member, prompts[:1], max_new_tokens=12, temperature=1.0, top_p=1e-6)
     assert nucleus_of_one == greedy
+
+
+def test_gemma3_config_reads_every_gemma_knob(tokenizer):
+    config = config_from_hf(hf_config("gemma3", len(tokenizer), tokenizer.eos_token_id))
+    assert config.family == "gemma3" and config.hidden_act == "gelu_pytorch_tanh"
+    assert config.layer_windows == (5, 5, None) and config.tie_word_embeddings
+    assert config.qk_norm and config.norm_plus_one and config.attention_scale == 24 ** -0.5
+    assert config.layer_rope(0) == ("default", 100.0, {})
+    assert config.layer_rope(2) == ("linear", 10000.0, {"factor": 2.0})
+
+
+def test_gemma3_final_logit_softcap_matches_transformers(tokenizer, tmp_path):
+    """final_logit_softcapping (None in released Gemma 3 configs) caps logits in (-3, 3) here,
+    changing them; our logits match transformers', and save_pretrained keeps the cap."""
+    from transformers import AutoConfig
+
+    from rlae_jax.models.loading import save_pretrained
+
+    reference = save_tiny_model("gemma3_softcap", tmp_path / "hf", tokenizer)
+    member = from_pretrained(str(tmp_path / "hf"))
+    token_lists = [tokenizer.encode(p) for p in PROMPTS]
+    ids, mask = left_pad(token_lists, tokenizer.pad_token_id)
+    ours = np.asarray(member.logits(jnp.asarray(ids), jnp.asarray(mask)))
+    for row, tokens in enumerate(token_lists):
+        expected = reference_logits(reference, tokens)
+        assert np.abs(ours[row, ids.shape[1] - len(tokens):] - expected).max() < 1e-4, row
+    reference.config.final_logit_softcapping = None
+    uncapped = reference_logits(reference, token_lists[0])
+    capped = ours[0, ids.shape[1] - len(token_lists[0]):]
+    assert np.abs(uncapped - capped).max() > 0.3  # the cap bites
+    save_pretrained(member, tmp_path / "ours")
+    assert AutoConfig.from_pretrained(tmp_path / "ours").final_logit_softcapping == 3.0
+
+
+def test_gemma3_options_transformers_does_not_run_are_refused(tokenizer):
+    config = hf_config("gemma3", len(tokenizer), tokenizer.eos_token_id)
+    config.attn_logit_softcapping = 50.0
+    with pytest.raises(ValueError, match="attn_logit_softcapping=50.0 is not supported"):
+        config_from_hf(config)
 
 
 def test_first_argmax_equals_argmax_with_ties_and_infinities():
@@ -219,7 +263,8 @@ def test_unsupported_model_type_names_it_and_the_supported_list(llama_folder):
     from transformers import BertConfig
 
     BertConfig(vocab_size=config["vocab_size"]).save_pretrained(llama_folder)
-    with pytest.raises(ValueError, match=r"'bert'.*llama, mistral, qwen2, gpt2"):
+    supported = "llama, mistral, qwen2, qwen3, gemma3_text, gpt2"
+    with pytest.raises(ValueError, match=rf"'bert'.*{supported}"):
         from_pretrained(str(llama_folder))
 
 

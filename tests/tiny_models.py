@@ -20,8 +20,12 @@ def train_byte_level_tokenizer(vocab_size: int = 384):
 
 def hf_config(family: str, vocab_size: int, eos_token_id: int):
     """A 2-layer random config; GQA where the family has it. Families: llama3 (llama3 rope scaling),
-    mistral (sliding window 6), qwen2 (q/k/v bias, tied embeddings), gpt2, llama (plain)."""
-    from transformers import GPT2Config, LlamaConfig, MistralConfig, Qwen2Config
+    mistral (sliding window 6), qwen2 (q/k/v bias, tied embeddings), gpt2, llama (plain),
+    qwen3 (untied; head_dim 32 != hidden/heads; layer 1 slides a window of 6), qwen3_tied, gemma3:
+    local, local, global layers (window 5), local RoPE base 100 and linear-scaled global base 10^4,
+    query_pre_attn_scalar 24 != head_dim 32; gemma3_softcap adds final logit soft-capping at 3."""
+    from transformers import (GPT2Config, Gemma3TextConfig, LlamaConfig, MistralConfig, Qwen2Config,
+                              Qwen3Config)
 
     common = dict(vocab_size=vocab_size, hidden_size=64, intermediate_size=112, num_hidden_layers=2,
                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
@@ -36,6 +40,20 @@ def hf_config(family: str, vocab_size: int, eos_token_id: int):
         return MistralConfig(**common, sliding_window=6)
     if family == "qwen2":
         return Qwen2Config(**common, tie_word_embeddings=True)
+    if family == "qwen3":
+        return Qwen3Config(**common, head_dim=32, tie_word_embeddings=False,
+                           use_sliding_window=True, sliding_window=6, max_window_layers=1)
+    if family == "qwen3_tied":
+        return Qwen3Config(**common, head_dim=32, tie_word_embeddings=True)
+    if family.startswith("gemma3"):
+        common.update(num_hidden_layers=3, head_dim=32)
+        return Gemma3TextConfig(
+            **common, query_pre_attn_scalar=24, sliding_window=5,
+            layer_types=["sliding_attention", "sliding_attention", "full_attention"],
+            rope_parameters={
+                "sliding_attention": dict(rope_type="default", rope_theta=100.0),
+                "full_attention": dict(rope_type="linear", rope_theta=10000.0, factor=2.0)},
+            final_logit_softcapping=3.0 if family == "gemma3_softcap" else None)
     if family == "gpt2":
         return GPT2Config(vocab_size=vocab_size, n_positions=256, n_embd=64, n_layer=2, n_head=4,
                           bos_token_id=eos_token_id, eos_token_id=eos_token_id, initializer_range=0.1)
@@ -50,6 +68,11 @@ def save_tiny_model(family: str, folder: pathlib.Path, tokenizer, seed: int = 0)
     torch.manual_seed(seed)
     config = hf_config(family, len(tokenizer), tokenizer.eos_token_id)
     model = AutoModelForCausalLM.from_config(config).eval()
+    if family.startswith(("qwen3", "gemma3")):  # norms start at 1 (Gemma: 0); make them matter
+        with torch.no_grad():
+            for name, weight in model.named_parameters():
+                if "norm" in name:
+                    weight.add_(0.5 * torch.randn_like(weight))
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return model

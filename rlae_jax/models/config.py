@@ -4,7 +4,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "gpt2")
+SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3", "gemma3_text", "gpt2")
 SUPPORTED_ROPE_TYPES = ("default", "linear", "llama3")
 
 
@@ -14,6 +14,12 @@ class ModelConfig:
 
     `layer_windows[i]` is the sliding-window length of layer i (None = full causal attention).
     `rope_scaling` holds the non-theta entries of HF's `rope_parameters` as sorted (key, value) pairs.
+    `local_rope` holds the whole `rope_parameters` (rope_type, rope_theta, scaling entries) of the
+    sliding-window layers as sorted pairs when they have their own (Gemma 3); empty = as global.
+    `qk_norm`: RMSNorm over each head's queries and keys before RoPE (Qwen 3, Gemma 3).
+    `norm_plus_one`: every RMSNorm scales by `(1 + w)`, in float32 before the cast (Gemma).
+    `query_pre_attn_scalar`: attention scores are `q·k / sqrt(it)`; None = head_dim (Gemma 3).
+    `final_logit_softcap`: logits become `cap · tanh(logits / cap)` when set (Gemma).
     """
 
     model_type: str
@@ -38,15 +44,36 @@ class ModelConfig:
     bos_token_id: int | None = None
     eos_token_ids: tuple[int, ...] = ()
     pad_token_id: int | None = None
+    qk_norm: bool = False
+    norm_plus_one: bool = False
+    query_pre_attn_scalar: float | None = None
+    local_rope: tuple[tuple[str, Any], ...] = ()
+    final_logit_softcap: float | None = None
 
     @property
     def family(self) -> str:
-        """Which port implements this config: 'gpt2' or the Llama-style 'decoder'."""
-        return "gpt2" if self.model_type == "gpt2" else "decoder"
+        """Which port implements this config: 'gpt2', 'gemma3' or the Llama-style 'decoder'."""
+        return FAMILY_OF_MODEL_TYPE.get(self.model_type, "decoder")
 
     @property
     def rope_options(self) -> dict[str, Any]:
         return dict(self.rope_scaling)
+
+    @property
+    def attention_scale(self) -> float:
+        """The factor multiplying q·k: `query_pre_attn_scalar ** -0.5` (head_dim by default)."""
+        return (self.query_pre_attn_scalar or self.head_dim) ** -0.5
+
+    def layer_rope(self, layer_index: int) -> tuple[str, float, dict[str, Any]]:
+        """(rope_type, rope_theta, scaling options) of one layer: `local_rope` for a sliding-window
+        layer when set, else the global RoPE."""
+        if self.local_rope and self.layer_windows[layer_index] is not None:
+            options = dict(self.local_rope)
+            return options.pop("rope_type"), options.pop("rope_theta"), options
+        return self.rope_type, self.rope_theta, self.rope_options
+
+
+FAMILY_OF_MODEL_TYPE = {"gpt2": "gpt2", "gemma3_text": "gemma3"}
 
 
 def _as_tuple(ids) -> tuple[int, ...]:
@@ -90,11 +117,15 @@ def config_from_hf(hf_config) -> ModelConfig:
             layer_windows=(None,) * hf_config.n_layer,
         )
 
-    rope = dict(hf_config.rope_parameters or {})
-    rope_type = rope.pop("rope_type", "default")
-    if rope_type not in SUPPORTED_ROPE_TYPES:
-        raise ValueError(f"unsupported rope_type {rope_type!r}; supported: {', '.join(SUPPORTED_ROPE_TYPES)}")
-    rope_theta = float(rope.pop("rope_theta", 10000.0))
+    if model_type == "gemma3_text":
+        check_gemma3(hf_config)
+        rope_type, rope_theta, rope_scaling = _rope(hf_config.rope_parameters["full_attention"])
+        local_type, theta, scaling = _rope(hf_config.rope_parameters["sliding_attention"])
+        local = {"rope_type": local_type, "rope_theta": theta, **dict(scaling)}
+        local_rope = tuple(sorted(local.items()))
+    else:
+        rope_type, rope_theta, rope_scaling = _rope(hf_config.rope_parameters)
+        local_rope = ()
     num_heads = hf_config.num_attention_heads
     head_dim = getattr(hf_config, "head_dim", None) or hf_config.hidden_size // num_heads
     layer_types = getattr(hf_config, "layer_types", None)
@@ -104,6 +135,7 @@ def config_from_hf(hf_config) -> ModelConfig:
     else:
         layer_windows = tuple(window if kind == "sliding_attention" else None for kind in layer_types)
     bias = bool(getattr(hf_config, "attention_bias", False))
+    gemma = model_type == "gemma3_text"
     return ModelConfig(
         **common,
         hidden_size=hf_config.hidden_size,
@@ -114,12 +146,39 @@ def config_from_hf(hf_config) -> ModelConfig:
         head_dim=head_dim,
         max_position_embeddings=hf_config.max_position_embeddings,
         norm_eps=hf_config.rms_norm_eps,
-        hidden_act=hf_config.hidden_act,
+        hidden_act=hf_config.hidden_activation if gemma else hf_config.hidden_act,
         qkv_bias=True if model_type == "qwen2" else bias,
-        out_bias=bias if model_type == "llama" else False,
+        out_bias=bias if model_type in ("llama", "qwen3", "gemma3_text") else False,
         mlp_bias=bool(getattr(hf_config, "mlp_bias", False)),
         rope_theta=rope_theta,
         rope_type=rope_type,
-        rope_scaling=tuple(sorted(rope.items())),
+        rope_scaling=rope_scaling,
         layer_windows=layer_windows,
+        qk_norm=model_type in ("qwen3", "gemma3_text"),
+        norm_plus_one=gemma,
+        query_pre_attn_scalar=hf_config.query_pre_attn_scalar if gemma else None,
+        local_rope=local_rope,
+        final_logit_softcap=hf_config.final_logit_softcapping if gemma else None,
     )
+
+
+def _rope(parameters) -> tuple[str, float, tuple[tuple[str, Any], ...]]:
+    """(rope_type, rope_theta, the other entries as sorted pairs) of an HF `rope_parameters`."""
+    rope = dict(parameters or {})
+    rope_type = rope.pop("rope_type", "default")
+    if rope_type not in SUPPORTED_ROPE_TYPES:
+        raise ValueError(f"unsupported rope_type {rope_type!r}; "
+                         f"supported: {', '.join(SUPPORTED_ROPE_TYPES)}")
+    return rope_type, float(rope.pop("rope_theta", 10000.0)), tuple(sorted(rope.items()))
+
+
+def check_gemma3(hf_config) -> None:
+    """Refuse the Gemma 3 options transformers 5's text model does not run as configured: attention
+    logit soft-capping (its attention never applies it) and bidirectional attention."""
+    if getattr(hf_config, "attn_logit_softcapping", None) is not None:
+        raise ValueError(f"gemma3_text attn_logit_softcapping={hf_config.attn_logit_softcapping} "
+                         "is not supported (transformers 5's Gemma 3 attention ignores it); "
+                         "set it to None")
+    if getattr(hf_config, "use_bidirectional_attention", False):
+        raise ValueError("gemma3_text use_bidirectional_attention=True is not supported "
+                         "(causal LMs only)")

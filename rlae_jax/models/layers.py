@@ -29,16 +29,24 @@ def activation(name: str):
 
 
 class RMSNorm(nnx.Module):
-    """x / rms(x) * scale, computed in float32 like HF's LlamaRMSNorm."""
+    """x / rms(x) * scale, computed in float32 like HF's LlamaRMSNorm; with `plus_one` (Gemma) the
+    scale is `1 + w` (w starts at 0), applied in float32 before the cast back (Gemma3RMSNorm)."""
 
-    def __init__(self, dim: int, eps: float, *, param_dtype):
-        self.scale = nnx.Param(jnp.ones((dim,), param_dtype))
-        self.eps = eps
+    def __init__(self, dim: int, eps: float, *, param_dtype, plus_one: bool = False):
+        self.scale = nnx.Param(jnp.full((dim,), 0.0 if plus_one else 1.0, param_dtype))
+        self.eps, self.plus_one = eps, plus_one
 
     def __call__(self, x: jax.Array) -> jax.Array:
         x32 = x.astype(jnp.float32)
         normed = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
+        if self.plus_one:
+            return (normed * (1.0 + self.scale[...].astype(jnp.float32))).astype(x.dtype)
         return self.scale[...] * normed.astype(x.dtype)
+
+
+def rms_norm(config: ModelConfig, dim: int, dtype) -> RMSNorm:
+    """The config's RMSNorm over `dim` features."""
+    return RMSNorm(dim, config.norm_eps, param_dtype=dtype, plus_one=config.norm_plus_one)
 
 
 def linear(in_dim: int, out_dim: int, bias: bool, dtype, rngs: nnx.Rngs) -> nnx.Linear:
@@ -46,15 +54,15 @@ def linear(in_dim: int, out_dim: int, bias: bool, dtype, rngs: nnx.Rngs) -> nnx.
                       kernel_init=nnx.initializers.normal(0.02))
 
 
-def rope_inverse_frequencies(config: ModelConfig) -> np.ndarray:
-    """`[D/2]` float32 inverse frequencies, with HF's 'linear' and 'llama3' scaling."""
+def rope_inverse_frequencies(config: ModelConfig, layer_index: int) -> np.ndarray:
+    """`[D/2]` float32 inverse frequencies of one layer, with HF's 'linear' and 'llama3' scaling."""
     dim = config.head_dim
-    inv_freq = (1.0 / (config.rope_theta ** (np.arange(0, dim, 2, dtype=np.int64).astype(np.float32) / dim)))
+    rope_type, theta, options = config.layer_rope(layer_index)
+    inv_freq = (1.0 / (theta ** (np.arange(0, dim, 2, dtype=np.int64).astype(np.float32) / dim)))
     inv_freq = inv_freq.astype(np.float32)
-    options = config.rope_options
-    if config.rope_type == "linear":
+    if rope_type == "linear":
         return (inv_freq / options["factor"]).astype(np.float32)
-    if config.rope_type == "llama3":
+    if rope_type == "llama3":
         factor = options["factor"]
         low, high = options["low_freq_factor"], options["high_freq_factor"]
         old_context = options["original_max_position_embeddings"]
@@ -79,11 +87,12 @@ def apply_rope(x: jax.Array, positions: jax.Array, inv_freq: np.ndarray) -> jax.
 
 def cached_attention(
     q: jax.Array, keys: jax.Array, values: jax.Array, query_positions: jax.Array,
-    slot_positions: jax.Array, window: int | None,
+    slot_positions: jax.Array, window: int | None, scale: float | None = None,
 ) -> jax.Array:
     """Causal GQA attention of `q [B, L, Hq, D]` over the cache `keys/values [B·Hkv, S, D]`.
 
-    A query at position p sees slots with 0 <= slot position <= p (and p - slot < window).
+    A query at position p sees slots with 0 <= slot position <= p (and p - slot < window, as in
+    transformers' sliding-window mask). Scores are q·k · `scale` (default `D ** -0.5`).
     Softmax runs in float32; rows that see no slot (padding queries) return zeros.
     """
     batch, block, num_heads, head_dim = q.shape
@@ -93,7 +102,8 @@ def cached_attention(
     # every (row, kv head) pair attends with its G·L queries: [B·Hkv, G·L, D]
     q = q.reshape(batch, block, num_kv, group, head_dim).transpose(0, 2, 3, 1, 4)
     q = q.reshape(batch * num_kv, group * block, head_dim)
-    scores = jnp.einsum("nqd,nsd->nqs", q, keys, preferred_element_type=jnp.float32) / math.sqrt(head_dim)
+    scale = head_dim ** -0.5 if scale is None else scale
+    scores = jnp.einsum("nqd,nsd->nqs", q, keys, preferred_element_type=jnp.float32) * scale
     slot = slot_positions[:, None, :]
     query = query_positions[:, :, None]
     visible = (slot >= 0) & (slot <= query)
@@ -122,10 +132,13 @@ class CausalLM(nnx.Module):
         return self.embedding(tokens)
 
     def lm_head_logits(self, x: jax.Array) -> jax.Array:
-        """`[..., H] -> [..., V]` float32 logits."""
+        """`[..., H] -> [..., V]` float32 logits (soft-capped when the config says so)."""
         if self.config.tie_word_embeddings:
-            return self.embedding.attend(x).astype(jnp.float32)
-        return self.lm_head(x).astype(jnp.float32)
+            logits = self.embedding.attend(x).astype(jnp.float32)
+        else:
+            logits = self.lm_head(x).astype(jnp.float32)
+        cap = self.config.final_logit_softcap
+        return logits if cap is None else cap * jnp.tanh(logits / cap)
 
     def __call__(self, tokens: jax.Array, valid: jax.Array, cache: KVCache | None = None
                  ) -> tuple[jax.Array, KVCache | None]:
@@ -178,25 +191,29 @@ class PackedSlots(NamedTuple):
     slots: jax.Array
 
 
-def append_and_attend(q, k, v, cache_keys, cache_values, slots, positions, slot_positions, window):
+def append_and_attend(q, k, v, cache_keys, cache_values, slots, positions, slot_positions, window,
+                      scale=None):
     """Write the block's `k, v [B, L, Hkv, D]` into the layer cache at `slots [B, L]` and attend with `q`
     (with no cache, attend over the block itself; with `PackedSlots`, block row b writes to and attends
-    over its own batch row). Returns `(output [B, L, Hq, D], cache keys, cache values)`."""
+    over its own batch row; `scale` as in `cached_attention`). Returns `(output [B, L, Hq, D],
+    cache keys, cache values)`."""
     if cache_keys is None:
         batch, block, num_kv, head_dim = k.shape
 
         def rows_first(x):  # [B, L, Hkv, D] -> [B·Hkv, L, D]
             return x.transpose(0, 2, 1, 3).reshape(batch * num_kv, block, head_dim)
 
-        return cached_attention(q, rows_first(k), rows_first(v), positions, slot_positions, window), None, None
+        out = cached_attention(q, rows_first(k), rows_first(v), positions, slot_positions, window,
+                               scale)
+        return out, None, None
     if isinstance(slots, PackedSlots):
         cache_keys = write_layer(cache_keys, k, slots.slots, slots.rows)
         cache_values = write_layer(cache_values, v, slots.slots, slots.rows)
         kv_rows = kv_row_indices(slots.rows, k.shape[2]).reshape(-1)
         out = cached_attention(q, cache_keys[kv_rows], cache_values[kv_rows], positions,
-                               slot_positions[slots.rows], window)
+                               slot_positions[slots.rows], window, scale)
         return out, cache_keys, cache_values
     cache_keys = write_layer(cache_keys, k, slots)
     cache_values = write_layer(cache_values, v, slots)
-    out = cached_attention(q, cache_keys, cache_values, positions, slot_positions, window)
+    out = cached_attention(q, cache_keys, cache_values, positions, slot_positions, window, scale)
     return out, cache_keys, cache_values

@@ -34,6 +34,8 @@ DECODER_WEIGHTS = {
     "layers.{i}.v_proj.bias": ("model.layers.{i}.self_attn.v_proj.bias", False),
     "layers.{i}.o_proj.kernel": ("model.layers.{i}.self_attn.o_proj.weight", TRANSPOSE),
     "layers.{i}.o_proj.bias": ("model.layers.{i}.self_attn.o_proj.bias", False),
+    "layers.{i}.q_norm.scale": ("model.layers.{i}.self_attn.q_norm.weight", False),
+    "layers.{i}.k_norm.scale": ("model.layers.{i}.self_attn.k_norm.weight", False),
     "layers.{i}.post_attention_norm.scale": ("model.layers.{i}.post_attention_layernorm.weight", False),
     "layers.{i}.gate_proj.kernel": ("model.layers.{i}.mlp.gate_proj.weight", TRANSPOSE),
     "layers.{i}.gate_proj.bias": ("model.layers.{i}.mlp.gate_proj.bias", False),
@@ -65,7 +67,15 @@ GPT2_WEIGHTS = {  # GPT-2's Conv1D weights are already [in, out]
     "lm_head.kernel": ("lm_head.weight", TRANSPOSE),
 }
 
-WEIGHT_TABLES = {"decoder": DECODER_WEIGHTS, "gpt2": GPT2_WEIGHTS}
+GEMMA3_WEIGHTS = {
+    **DECODER_WEIGHTS,
+    "layers.{i}.pre_feedforward_norm.scale":
+        ("model.layers.{i}.pre_feedforward_layernorm.weight", False),
+    "layers.{i}.post_feedforward_norm.scale":
+        ("model.layers.{i}.post_feedforward_layernorm.weight", False),
+}
+
+WEIGHT_TABLES = {"decoder": DECODER_WEIGHTS, "gemma3": GEMMA3_WEIGHTS, "gpt2": GPT2_WEIGHTS}
 # Prefixes some checkpoints omit (the original GPT-2 files store `h.0...` rather than `transformer.h.0...`).
 OPTIONAL_PREFIXES = ("transformer.", "model.")
 # Buffers saved by some checkpoints that are not parameters.
@@ -255,21 +265,37 @@ def to_hf_config(config: ModelConfig):
             n_inner=config.intermediate_size, layer_norm_epsilon=config.norm_eps,
             activation_function=config.hidden_act, tie_word_embeddings=config.tie_word_embeddings, **tokens)
     windows = {w for w in config.layer_windows if w is not None}
-    extra = {}
+    if len(windows) > 1:
+        raise ValueError(f"layers with sliding windows {sorted(windows)} cannot be exported")
+    window = windows.pop() if windows else None
+    layer_types = ["full_attention" if w is None else "sliding_attention"
+                   for w in config.layer_windows]
+    rope = dict(rope_type=config.rope_type, rope_theta=config.rope_theta, **config.rope_options)
+    extra = dict(hidden_act=config.hidden_act, rope_parameters=rope)
     if config.model_type == "mistral":
-        extra["sliding_window"] = windows.pop() if windows else None
-    elif windows:
+        extra["sliding_window"] = window
+    elif config.model_type in ("qwen2", "qwen3"):
+        extra.update(use_sliding_window=window is not None, sliding_window=window,
+                     layer_types=layer_types)
+    elif config.model_type == "gemma3_text":
+        extra = dict(hidden_activation=config.hidden_act, sliding_window=window,
+                     layer_types=layer_types, query_pre_attn_scalar=config.query_pre_attn_scalar,
+                     final_logit_softcapping=config.final_logit_softcap,
+                     rope_parameters={"full_attention": rope,
+                                      "sliding_attention": dict(config.local_rope or rope)})
+    elif window is not None:
         raise ValueError(f"{config.model_type} configs with sliding windows cannot be exported")
+    if config.model_type in ("llama", "qwen3", "gemma3_text"):
+        extra.update(attention_bias=config.qkv_bias)
     if config.model_type == "llama":
-        extra.update(attention_bias=config.qkv_bias, mlp_bias=config.mlp_bias)
+        extra.update(mlp_bias=config.mlp_bias)
     return AutoConfig.for_model(
         config.model_type, vocab_size=config.vocab_size, hidden_size=config.hidden_size,
         intermediate_size=config.intermediate_size, num_hidden_layers=config.num_layers,
-        num_attention_heads=config.num_heads, num_key_value_heads=config.num_kv_heads, head_dim=config.head_dim,
-        max_position_embeddings=config.max_position_embeddings, rms_norm_eps=config.norm_eps,
-        hidden_act=config.hidden_act, tie_word_embeddings=config.tie_word_embeddings,
-        rope_parameters=dict(rope_type=config.rope_type, rope_theta=config.rope_theta, **config.rope_options),
-        **extra, **tokens)
+        num_attention_heads=config.num_heads, num_key_value_heads=config.num_kv_heads,
+        head_dim=config.head_dim, max_position_embeddings=config.max_position_embeddings,
+        rms_norm_eps=config.norm_eps, tie_word_embeddings=config.tie_word_embeddings, **extra,
+        **tokens)
 
 
 def save_pretrained(member: Member, folder: str | os.PathLike) -> pathlib.Path:

@@ -11,11 +11,12 @@ from flax import nnx, struct
 from rlae_jax.models import chat
 from rlae_jax.models.config import ModelConfig
 from rlae_jax.models.decoder import Decoder
+from rlae_jax.models.gemma3 import Gemma3
 from rlae_jax.models.gpt2 import GPT2
 from rlae_jax.models.kv_cache import KVCache
 from rlae_jax.models.layers import CausalLM
 
-FAMILIES = {"decoder": Decoder, "gpt2": GPT2}
+FAMILIES = {"decoder": Decoder, "gemma3": Gemma3, "gpt2": GPT2}
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 

@@ -2,9 +2,9 @@
 `python -m launch.evaluate --config=configs/evaluate.py --config.members=A,B --config.task=gsm8k
  --config.checkpoints=outputs/ppo,outputs/mappo`.
 
-`checkpoints`: comma-separated RLAE training workdirs (their config.json says how each was trained);
-an agent trained on one task can be evaluated on another (cross-task transfer) as long as the
-members are the same.
+`checkpoints`: comma-separated RLAE training workdirs (their config.json says how each was trained).
+An agent restores for any `max_new_tokens` and task (cross-task transfer); one trained with
+feature_set "portable" also on other members of the same count.
 """
 import ml_collections
 
@@ -24,5 +24,6 @@ def get_config() -> ml_collections.ConfigDict:
     config.batch_size = 64
     config.threshold = 0.5
     config.top_k = 4
+    config.baselines = True  # False: evaluate only the checkpoints
     config.output_dir = "outputs/evaluate"
     return config

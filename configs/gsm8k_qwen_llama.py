@@ -19,7 +19,6 @@ def get_config():
     config.limit = 7473
     config.workdir = "outputs/gsm8k_qwen_llama_ppo"
     config.rl.max_new_tokens = 256
-    config.rl.span_length = 16
     config.rl.batch_size = 32
     config.rl.num_updates = 500
     config.rl.learning_rate = 3e-4

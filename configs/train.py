@@ -24,8 +24,12 @@ def get_config() -> ml_collections.ConfigDict:
     config.distributed = False  # jax.distributed.initialize() for multi-host runs
     config.mesh_data = 1
     config.mesh_model = 1
+    # reward: "correctness" (0/1: exact match on synthetic, the task's reward otherwise) or
+    # "char_accuracy" (synthetic only). feature_set: "full", "no_hidden" or "portable" (no
+    # member-specific widths: the agent can be evaluated on another pair of the same size).
     config.rl = ml_collections.ConfigDict(dict(
-        kind="ppo", seed=0, num_updates=150, batch_size=32, max_new_tokens=20, expansion_budget=2, span_length=1,
-        learning_rate=1e-3, hidden_sizes=(64, 64), feature_set="full", shared_actor=True, entropy_coef=0.0,
-        num_epochs=4, num_minibatches=4, gamma=1.0, gae_lambda=0.95, clip_eps=0.2, length_penalty=0.0))
+        kind="ppo", seed=0, num_updates=150, batch_size=32, max_new_tokens=20, expansion_budget=2,
+        span_length=4, reward="correctness", learning_rate=1e-3, hidden_sizes=(64, 64),
+        feature_set="full", shared_actor=True, entropy_coef=0.0, num_epochs=4, num_minibatches=4,
+        gamma=1.0, gae_lambda=0.95, clip_eps=0.2, length_penalty=0.0))
     return config

@@ -30,7 +30,8 @@ def main(argv):
     examples = task.load(config.split, config.data_source or None, limit=config.limit)
     results = {}
     respell_slots = default_respell_slots(config.batch_size, members)
-    for name, (weight_fn, selection) in baseline_strategies(members, config.threshold, config.top_k).items():
+    baselines = baseline_strategies(members, config.threshold, config.top_k) if config.baselines else {}
+    for name, (weight_fn, selection) in baselines.items():
         strategy_config = DecodeConfig(max_new_tokens=config.max_new_tokens, selection=selection,
                                        respell_slots=respell_slots, record_features=False)
         results[name] = run_strategy(name, members, alignment, task, examples, weight_fn, strategy_config,

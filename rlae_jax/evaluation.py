@@ -38,15 +38,17 @@ def accuracy_of(task, completion: str, example) -> float:
 
 
 def run_strategy(name: str, members: Sequence[Member], alignment: Alignment, task, examples: Sequence,
-                 weight_fn, config: DecodeConfig, batch_size: int = 64) -> StrategyResult:
-    """Generate every example's answer with `weight_fn` (compiled once, then timed) and score it."""
+                 weight_fn, config: DecodeConfig, batch_size: int = 64, warmup: bool = True) -> StrategyResult:
+    """Generate every example's answer with `weight_fn` and score it. `warmup` first runs the first
+    batch untimed (compiling), so tokens_per_second times generation only; without it the first
+    batch's time counts whatever compiling it did."""
     texts, weights, union_ids, elapsed, tokens = [], [], [], 0.0, 0
     key = jax.random.key(0)
     for start in range(0, len(examples), batch_size):
         chunk = examples[start:start + batch_size]
         prompts = tokenize_for_members(members, [task.render(e, members[0].tokenizer) for e in chunk],
                                        config.max_new_tokens)
-        if start == 0:  # compile outside the timing
+        if start == 0 and warmup:  # compile outside the timing
             jax.block_until_ready(decode_jit(members, alignment, prompts, weight_fn, key, jnp.float32(0),
                                              jnp.float32(1), config=config))
         began = time.perf_counter()

@@ -12,7 +12,7 @@ from rlae_jax.rl.bandit import BanditConfig, rollout, train
 from rlae_jax.rl.distributions import Dirichlet, LogGamma
 from rlae_jax.rl.gae import generalized_advantages
 from rlae_jax.rl.losses import LossConfig, normalize_advantages, ppo_loss
-from rlae_jax.rl.networks import AgentConfig, MultiAgentObs, make_agent
+from rlae_jax.rl.networks import AgentConfig, MultiAgentObs, make_agent, span_encoding, span_encoding_dim
 from rlae_jax.rl.ppo import PPOConfig, create_train_state, raise_if_nonfinite, update
 
 # ---------------------------------------------------------------- distributions
@@ -166,15 +166,25 @@ BANDIT = BanditConfig(num_members=3, max_spans=3, noise_dims=2, batch_size=64)
 def agent_config(kind, shared_actor=True):
     return AgentConfig(
         kind=kind, num_members=BANDIT.num_members, obs_dim=BANDIT.obs_dim, agent_obs_dim=BANDIT.obs_dim,
-        hidden_sizes=(32,), span_embed_dim=4, max_spans=BANDIT.max_spans, shared_actor=shared_actor,
+        hidden_sizes=(32,), span_horizon=BANDIT.max_spans, shared_actor=shared_actor,  # horizon: episode length
     )
+
+
+def test_span_encoding_is_bounded_and_tells_spans_apart():
+    """A function of the index with a width fixed by the horizon: any number of spans fits."""
+    encoded = np.asarray(span_encoding(jnp.arange(128), 32))
+    assert encoded.shape == (128, span_encoding_dim(32)) and np.all(np.abs(encoded) <= 1.0 + 1e-6)
+    np.testing.assert_array_equal(encoded[:, :32].argmax(-1), np.minimum(np.arange(128), 31))
+    np.testing.assert_allclose(encoded[:, -1], np.minimum(np.arange(128), 32) / 32)
+    distances = np.linalg.norm(encoded[:, None] - encoded[None], axis=-1) + np.eye(128)
+    assert distances.min() > 1e-2  # spans past the horizon still differ (sin / cos)
 
 
 @pytest.mark.parametrize("shared_actor", [True, False])
 def test_mappo_agent_shapes(shared_actor):
     agent = make_agent(agent_config("mappo", shared_actor), jax.random.key(0))
     obs = MultiAgentObs(state=jnp.ones((5, BANDIT.obs_dim)), agent_obs=jnp.ones((5, 3, BANDIT.obs_dim)))
-    span_index = jnp.arange(5)  # past max_spans: clipped to the last embedding
+    span_index = jnp.arange(5)  # past the bandit's 3 spans: the encoding is a function of the index
     actions, log_probs, values = agent.act(obs, span_index, jax.random.key(1))
     assert actions.shape == log_probs.shape == (5, 3) and values.shape == (5,)
     np.testing.assert_allclose(np.sum(agent.weights(actions), -1), 1.0, rtol=1e-6)

@@ -32,15 +32,15 @@ from rlae_jax.rl.distributions import Dirichlet, LogGamma
 @dataclasses.dataclass(frozen=True)
 class AgentConfig:
     """Agent architecture. `kind` is "ppo" or "mappo"; `obs_dim` is F (global features),
-    `agent_obs_dim` is F_a (MAPPO per-member features)."""
+    `agent_obs_dim` is F_a (MAPPO per-member features); `span_horizon` sizes the span-position
+    encoding (`span_encoding`): a constant of the architecture, not the run's number of spans."""
 
     kind: str
     num_members: int
     obs_dim: int
     agent_obs_dim: int = 0
     hidden_sizes: tuple[int, ...] = (64, 64)
-    span_embed_dim: int = 8
-    max_spans: int = 32
+    span_horizon: int = 32
     min_concentration: float = 1e-2
     initial_concentration: float = 1.0
     shared_actor: bool = True
@@ -87,15 +87,28 @@ def concentration_head(in_dim: int, out_dim: int, config: AgentConfig, *, rngs: 
     )
 
 
-class SpanEmbedding(nnx.Module):
-    """Learned embedding of the span index `[B]` -> `[B, E]`; indices past max_spans share the last row."""
+def span_periods(horizon: int) -> tuple[int, ...]:
+    """Periods 2, 4, ..., up to the first power of two >= 2 * horizon."""
+    return tuple(2 ** k for k in range(1, max(horizon, 1).bit_length() + 2))
 
-    def __init__(self, config: AgentConfig, *, rngs: nnx.Rngs):
-        self.max_spans = config.max_spans
-        self.embed = nnx.Embed(config.max_spans, config.span_embed_dim, rngs=rngs)
 
-    def __call__(self, span_index: jax.Array) -> jax.Array:
-        return self.embed(jnp.clip(span_index, 0, self.max_spans - 1))
+def span_encoding_dim(horizon: int) -> int:
+    """Width of `span_encoding`: the clipped one-hot, sin and cos per period, the clipped fraction."""
+    return horizon + 2 * len(span_periods(horizon)) + 1
+
+
+def span_encoding(span_index: jax.Array, horizon: int) -> jax.Array:
+    """Fixed features of the span index `[B]` -> `[B, span_encoding_dim(horizon)]`: one-hot of
+    min(i, horizon - 1) (spans past the horizon share the last slot), sin and cos of 2 pi i / p for
+    periods p = 2, 4, ... (`span_periods`, telling later spans apart) and min(i, horizon) / horizon.
+
+    Bounded, not a table sized by the run: the agent's parameters do not depend on how many spans a
+    run generates, so a checkpoint restores for any `max_new_tokens`."""
+    clipped = jax.nn.one_hot(jnp.clip(span_index, 0, horizon - 1), horizon)
+    index = span_index.astype(jnp.float32)[..., None]
+    angles = 2.0 * jnp.pi * index / jnp.asarray(span_periods(horizon), jnp.float32)
+    fraction = jnp.minimum(index, horizon) / horizon
+    return jnp.concatenate([clipped, jnp.sin(angles), jnp.cos(angles), fraction], axis=-1)
 
 
 class Agent(nnx.Module):
@@ -109,21 +122,22 @@ class Agent(nnx.Module):
 
 
 class PPOAgent(Agent):
-    """MLP torsos on [obs, span embedding] -> Dirichlet concentrations `[B, N]` (actor) and value `[B]`
-    (critic); actor and critic have separate torsos and share the span embedding."""
+    """MLP torsos on [obs, span encoding] -> Dirichlet concentrations `[B, N]` (actor) and value
+    `[B]` (critic); actor and critic have separate torsos."""
 
     def __init__(self, config: AgentConfig, *, rngs: nnx.Rngs):
         self.config = config
         hidden = config.hidden_sizes[-1]
-        self.span_embedding = SpanEmbedding(config, rngs=rngs)
-        self.actor_torso = MLP(config.obs_dim + config.span_embed_dim, config.hidden_sizes, rngs=rngs)
-        self.critic_torso = MLP(config.obs_dim + config.span_embed_dim, config.hidden_sizes, rngs=rngs)
+        in_dim = config.obs_dim + span_encoding_dim(config.span_horizon)
+        self.actor_torso = MLP(in_dim, config.hidden_sizes, rngs=rngs)
+        self.critic_torso = MLP(in_dim, config.hidden_sizes, rngs=rngs)
         self.concentration_head = concentration_head(hidden, config.num_members, config, rngs=rngs)
         self.value_head = nnx.Linear(hidden, 1, kernel_init=nnx.initializers.orthogonal(1.0), rngs=rngs)
 
     def __call__(self, obs: jax.Array, span_index: jax.Array) -> tuple[Dirichlet, jax.Array]:
         """`obs [B, F]`, `span_index [B]` -> (Dirichlet over `[B, N]`, value `[B]`)."""
-        inputs = jnp.concatenate([obs, self.span_embedding(span_index)], axis=-1)
+        span = span_encoding(span_index, self.config.span_horizon)
+        inputs = jnp.concatenate([obs, span], axis=-1)
         concentration = (jax.nn.softplus(self.concentration_head(self.actor_torso(inputs)))
                          + self.config.min_concentration)
         return Dirichlet(concentration), self.value_head(self.critic_torso(inputs))[..., 0]
@@ -153,13 +167,13 @@ class Actor(nnx.Module):
 
 class MAPPOAgent(Agent):
     """N actors (shared parameters + one-hot agent id, or stacked separate parameters) emitting one
-    concentration each, and a centralised critic on [state, span embedding] -> value `[B]`."""
+    concentration each, and a centralised critic on [state, span encoding] -> value `[B]`."""
 
     def __init__(self, config: AgentConfig, *, rngs: nnx.Rngs):
         self.config = config
         num_members = config.num_members
-        actor_in = config.agent_obs_dim + config.span_embed_dim + (num_members if config.shared_actor else 0)
-        self.actor_span_embedding = SpanEmbedding(config, rngs=rngs)
+        span_dim = span_encoding_dim(config.span_horizon)
+        actor_in = config.agent_obs_dim + span_dim + (num_members if config.shared_actor else 0)
         if config.shared_actor:
             self.actor = Actor(actor_in, config, rngs=rngs)
         else:
@@ -170,8 +184,7 @@ class MAPPOAgent(Agent):
                 return Actor(actor_in, config, rngs=rngs)
 
             self.actor = stacked_actors(rngs)
-        self.critic_span_embedding = SpanEmbedding(config, rngs=rngs)
-        self.critic = MLP(config.obs_dim + config.span_embed_dim, config.hidden_sizes, rngs=rngs)
+        self.critic = MLP(config.obs_dim + span_dim, config.hidden_sizes, rngs=rngs)
         self.value_head = nnx.Linear(
             config.hidden_sizes[-1], 1, kernel_init=nnx.initializers.orthogonal(1.0), rngs=rngs
         )
@@ -179,8 +192,8 @@ class MAPPOAgent(Agent):
     def concentrations(self, agent_obs: jax.Array, span_index: jax.Array) -> jax.Array:
         """`agent_obs [B, N, F_a]`, `span_index [B]` -> per-agent concentrations `[B, N]`."""
         batch, num_members, _ = agent_obs.shape
-        span_embedding = self.actor_span_embedding(span_index)
-        span = jnp.broadcast_to(span_embedding[:, None], (batch, num_members, span_embedding.shape[-1]))
+        encoded = span_encoding(span_index, self.config.span_horizon)
+        span = jnp.broadcast_to(encoded[:, None], (batch, num_members, encoded.shape[-1]))
         if self.config.shared_actor:
             agent_id = jnp.broadcast_to(jnp.eye(num_members, dtype=agent_obs.dtype), (batch, num_members, num_members))
             return self.actor(jnp.concatenate([agent_obs, agent_id, span], axis=-1))
@@ -193,7 +206,8 @@ class MAPPOAgent(Agent):
 
     def value(self, state: jax.Array, span_index: jax.Array) -> jax.Array:
         """Centralised critic: `state [B, F]` -> `[B]`."""
-        features = self.critic(jnp.concatenate([state, self.critic_span_embedding(span_index)], axis=-1))
+        encoded = span_encoding(span_index, self.config.span_horizon)
+        features = self.critic(jnp.concatenate([state, encoded], axis=-1))
         return self.value_head(features)[..., 0]
 
     def __call__(self, obs: MultiAgentObs, span_index: jax.Array) -> tuple[LogGamma, jax.Array]:

@@ -2,7 +2,14 @@
 
 The state is the prompt summary and the generation state of every member (its current hidden
 state, entropy and max-prob), the members' agreement (top-1 match, JS divergence) and the previous
-weights; the span index goes to the agent's own embedding. `feature_set` picks which parts.
+weights; the span index goes to the agent's own encoding. `feature_set` picks which parts:
+
+- "full": everything, hidden states included (widths follow the members' hidden sizes);
+- "no_hidden": the distribution statistics only;
+- "portable": the distribution statistics plus a member-independent context summary — each
+  member's prompt perplexity (mean prompt NLL) and the cosine similarity of its current hidden
+  state to its prompt summary. Every part is a number per member or per row, so an agent trained
+  on one set of members can be evaluated on any other set of the same size.
 """
 from __future__ import annotations
 
@@ -18,9 +25,14 @@ FEATURE_SETS = {
     "full": ("hidden", "prompt_summary", "entropy", "max_prob", "top1_agreement", "js_divergence",
              "previous_weights"),
     "no_hidden": ("entropy", "max_prob", "top1_agreement", "js_divergence", "previous_weights"),
+    "portable": ("entropy", "max_prob", "prompt_nll", "context_similarity", "top1_agreement",
+                 "js_divergence", "previous_weights"),
 }
-PER_MEMBER = ("hidden", "prompt_summary", "entropy", "max_prob", "previous_weights")
+PER_MEMBER = ("hidden", "prompt_summary", "entropy", "max_prob", "prompt_nll", "context_similarity",
+              "previous_weights")
 SHARED = ("top1_agreement", "js_divergence")
+WIDE = ("hidden", "prompt_summary")  # one block of the member's hidden size
+ENGINE_OPTIONAL = ("js_divergence", "prompt_nll")  # computed by the engine only when asked for
 
 
 def check_feature_set(feature_set: str) -> tuple[str, ...]:
@@ -29,9 +41,28 @@ def check_feature_set(feature_set: str) -> tuple[str, ...]:
     return FEATURE_SETS[feature_set]
 
 
+def engine_features(feature_set: str) -> tuple[str, ...]:
+    """The optional engine features (a weight_fn's `optional_features`) that `feature_set` reads."""
+    return tuple(name for name in ENGINE_OPTIONAL if name in check_feature_set(feature_set))
+
+
+def context_similarity(features: SpanFeatures) -> jax.Array:
+    """`[B, N]` cosine similarity of each member's current hidden state to its prompt summary: how
+    far the answer has moved from the question, in the member's own space (0 for a zero vector)."""
+    columns = []
+    for hidden, summary in zip(features.hidden, features.prompt_summary):
+        hidden, summary = hidden.astype(jnp.float32), summary.astype(jnp.float32)
+        norms = jnp.linalg.norm(hidden, axis=-1) * jnp.linalg.norm(summary, axis=-1)
+        columns.append(jnp.sum(hidden * summary, axis=-1) / jnp.maximum(norms, 1e-12))
+    return jnp.stack(columns, axis=1)
+
+
 def member_parts(features: SpanFeatures, name: str) -> list[jax.Array]:
     """Per-member `[B, d_n]` blocks of one feature."""
-    value = getattr(features, name)
+    if name == "context_similarity":
+        value = context_similarity(features)
+    else:
+        value = getattr(features, name)
     if isinstance(value, tuple):
         return [v.astype(jnp.float32) for v in value]
     return [value[:, i:i + 1].astype(jnp.float32) for i in range(value.shape[1])]
@@ -54,7 +85,7 @@ def agent_observations(features: SpanFeatures, feature_set: str, hidden_width: i
     for name in names:
         if name in PER_MEMBER:
             for index, block in enumerate(member_parts(features, name)):
-                width = hidden_width if name in ("hidden", "prompt_summary") else block.shape[1]
+                width = hidden_width if name in WIDE else block.shape[1]
                 per_member[index].append(jnp.pad(block, ((0, 0), (0, width - block.shape[1]))))
     shared = [getattr(features, name)[:, None] for name in names if name in SHARED]
     return jnp.stack([jnp.concatenate(blocks + shared, axis=-1) for blocks in per_member], axis=1)
@@ -75,7 +106,7 @@ def observation_dims(hidden_sizes: Sequence[int], feature_set: str) -> tuple[int
     width = max(hidden_sizes)
     global_dim = agent_dim = 0
     for name in names:
-        if name in ("hidden", "prompt_summary"):
+        if name in WIDE:
             global_dim += sum(hidden_sizes)
             agent_dim += width
         elif name in PER_MEMBER:

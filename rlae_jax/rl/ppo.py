@@ -7,6 +7,7 @@ vmappable over seeds.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any
 
 import flax.struct
@@ -34,8 +35,11 @@ class PPOConfig:
     max_grad_norm: float = 0.5
     loss: LossConfig = LossConfig()
 
+    @functools.cache
     def optimizer(self) -> optax.GradientTransformation:
-        """clip_by_global_norm then Adam with the learning-rate schedule (counted per minibatch step)."""
+        """clip_by_global_norm then Adam with the learning-rate schedule (counted per minibatch step).
+        One object per (equal) config: a TrainState holds it as a static field, so a new object
+        would make every jitted step that takes the state compile again."""
         if self.total_updates:
             steps = self.total_updates * self.num_epochs * self.num_minibatches
             schedule = optax.linear_schedule(self.learning_rate, self.learning_rate * self.final_lr_fraction, steps)

@@ -21,8 +21,8 @@ from rlae_jax.compile_options import decode_loop_options
 from rlae_jax.engine.loop import DecodeConfig, DecodeResult, PromptBatch, decode
 from rlae_jax.models.member import Member
 from rlae_jax.rl import ppo
-from rlae_jax.rl.observations import observation
-from rlae_jax.tasks.synthetic import reward_in_graph
+from rlae_jax.rl.observations import engine_features, observation
+from rlae_jax.tasks.synthetic import SyntheticTask, reward_in_graph
 
 
 @struct.dataclass
@@ -69,34 +69,43 @@ class RLSetup:
 def policy_weight_fn(train_state: ppo.TrainState, setup: RLSetup, key: jax.Array,
                      deterministic: bool = False) -> PolicyWeightFn:
     return PolicyWeightFn(train_state.graphdef, train_state.params, key, setup.kind, setup.feature_set,
-                          setup.hidden_width, setup.num_members, deterministic)
+                          setup.hidden_width, setup.num_members, deterministic,
+                          engine_features(setup.feature_set))
 
 
 # ---- rewards ---------------------------------------------------------------------------------
 
 
+REWARDS = ("correctness", "char_accuracy")
+
+
 @struct.dataclass
 class InGraphReward:
-    """Char-accuracy reward of the synthetic task, computed on device from union ids.
-    Batch data: target bytes `[B, Lt]` (see `tasks.synthetic.target_bytes`)."""
+    """The synthetic task's reward, computed on device from union ids: exact match (0/1, `exact`)
+    or char accuracy (partial credit). Batch data: target bytes `[B, Lt]`
+    (`tasks.synthetic.target_bytes`)."""
 
     byte_table: jax.Array
     byte_lengths: jax.Array
+    exact: bool = struct.field(pytree_node=False, default=True)
 
     @classmethod
-    def for_alignment(cls, alignment: Alignment) -> "InGraphReward":
+    def for_alignment(cls, alignment: Alignment, exact: bool = True) -> "InGraphReward":
         table, lengths = alignment.byte_table()
-        return cls(jnp.asarray(table), jnp.asarray(lengths))
+        return cls(jnp.asarray(table), jnp.asarray(lengths), exact)
 
     def __call__(self, result: DecodeResult, targets: jax.Array) -> tuple[jax.Array, jax.Array]:
         """→ (reward `[B]`, exact-match accuracy `[B]`)."""
-        return reward_in_graph(result.union_ids, targets, self.byte_table, self.byte_lengths)
+        chars, exact = reward_in_graph(result.union_ids, targets, self.byte_table,
+                                       self.byte_lengths)
+        return (exact if self.exact else chars), exact
 
 
 @struct.dataclass
 class CallbackReward:
     """A Python task reward reached once per batch through `jax.pure_callback`: union ids are turned
-    into text on the host and scored by `task.rewards`. Batch data: example indices `[B]`."""
+    into text on the host and scored by `task.rewards` (the task's 0/1 correctness).
+    Batch data: example indices `[B]`."""
 
     task: Any = struct.field(pytree_node=False)
     examples: tuple = struct.field(pytree_node=False)
@@ -117,6 +126,20 @@ class CallbackReward:
         rewards = jax.pure_callback(self.host_rewards, shape, result.union_ids, result.lengths, indices,
                                     vmap_method="sequential")
         return rewards, (rewards >= 1.0).astype(jnp.float32)
+
+
+def make_reward(name: str, task, examples: Sequence, alignment: Alignment):
+    """The reward called `name` (one of REWARDS) for `task`: "correctness" is 0/1 (exact match on
+    the synthetic task, the task's own reward otherwise); "char_accuracy" is the synthetic task's
+    per-character partial credit."""
+    if name not in REWARDS:
+        raise ValueError(f"unknown reward {name!r}; known rewards: {', '.join(REWARDS)}")
+    if isinstance(task, SyntheticTask):
+        return InGraphReward.for_alignment(alignment, exact=name == "correctness")
+    if name != "correctness":
+        raise ValueError(f"reward {name!r} exists only for the synthetic tasks; "
+                         f"{task.name!r} has 'correctness'")
+    return CallbackReward.for_task(task, examples, alignment)
 
 
 # ---- transitions and the train step -----------------------------------------------------------

@@ -1,11 +1,15 @@
 """The RLAE training loop around the compiled train step: batches of prompts, orbax checkpoints with
-automatic resume (agent, optimiser, RNG and data position), JSONL + TensorBoard metrics, progress bar.
+automatic resume (agent, optimiser, RNG and data position), JSONL + TensorBoard metrics, progress
+bar, and a lock file that keeps a second run off a workdir in use.
 """
 from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import pathlib
+import socket
+import weakref
 from typing import Any, Sequence
 
 import jax
@@ -21,9 +25,9 @@ from rlae_jax.models.member import Member
 from rlae_jax.rl import ppo
 from rlae_jax.rl.losses import LossConfig
 from rlae_jax.rl.networks import AgentConfig, make_agent
-from rlae_jax.rl.observations import observation_dims
-from rlae_jax.rl.rollout import CallbackReward, InGraphReward, RLSetup, train_step_jit
-from rlae_jax.tasks.synthetic import SyntheticTask, target_bytes
+from rlae_jax.rl.observations import WIDE, check_feature_set, observation_dims
+from rlae_jax.rl.rollout import InGraphReward, RLSetup, make_reward, train_step_jit
+from rlae_jax.tasks.synthetic import target_bytes
 
 SCALAR_METRICS = ("reward", "accuracy", "approx_kl", "clip_frac", "entropy", "episode_tokens", "grad_norm",
                   "value_loss", "policy_loss")
@@ -31,13 +35,16 @@ SCALAR_METRICS = ("reward", "accuracy", "approx_kl", "clip_frac", "entropy", "ep
 
 @dataclasses.dataclass(frozen=True)
 class RLConfig:
-    """Everything that defines one RLAE training run (a checkpoint is only resumed under an equal config)."""
+    """Everything that defines one RLAE training run (a checkpoint is only resumed under an equal
+    config). `reward`: "correctness" (0/1) or "char_accuracy" (synthetic partial credit; see
+    `rollout.make_reward`)."""
 
     kind: str = "ppo"  # "ppo" (one Dirichlet agent) or "mappo" (one actor per member, central critic)
     feature_set: str = "full"
     hidden_sizes: tuple[int, ...] = (64, 64)
     shared_actor: bool = True
-    span_length: int = 1
+    span_length: int = 4
+    reward: str = "correctness"
     max_new_tokens: int = 24
     expansion_budget: int = 2
     batch_size: int = 32
@@ -71,11 +78,12 @@ class RLConfig:
                        length_penalty=self.length_penalty)
 
     def agent_config(self, members: Sequence[Member]) -> AgentConfig:
+        """The agent's architecture: independent of `max_new_tokens` and the task, so a checkpoint
+        restores for any of them (and, with a member-independent feature_set, for any members of
+        the same count)."""
         obs_dim, agent_obs_dim = observation_dims([m.config.hidden_size for m in members], self.feature_set)
-        num_spans = -(-self.max_new_tokens // self.span_length)
         return AgentConfig(kind=self.kind, num_members=len(members), obs_dim=obs_dim, agent_obs_dim=agent_obs_dim,
-                           hidden_sizes=tuple(self.hidden_sizes), max_spans=num_spans,
-                           shared_actor=self.shared_actor)
+                           hidden_sizes=tuple(self.hidden_sizes), shared_actor=self.shared_actor)
 
     def ppo_config(self) -> ppo.PPOConfig:
         return ppo.PPOConfig(gamma=self.gamma, gae_lambda=self.gae_lambda, num_epochs=self.num_epochs,
@@ -103,12 +111,31 @@ def batch_order(num_examples: int, batch_size: int, update: int, seed: int) -> n
     return np.array(indices)
 
 
-class MetricsWriter:
-    """Append-only JSONL metrics plus TensorBoard event files, in `workdir`."""
+def truncate_metrics(path: pathlib.Path, last_update: int) -> None:
+    """Keep only the rows of `path` (JSONL) up to update `last_update`: rows a run wrote after its
+    last checkpoint are redone on resume (a torn last line is dropped too)."""
+    if not path.exists():
+        return
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if row["update"] <= last_update:
+            kept.append(line + "\n")
+    partial = path.with_name(path.name + ".tmp")
+    partial.write_text("".join(kept))
+    os.replace(partial, path)
 
-    def __init__(self, workdir: pathlib.Path):
+
+class MetricsWriter:
+    """JSONL metrics plus TensorBoard event files, in `workdir`, continuing after update `start`."""
+
+    def __init__(self, workdir: pathlib.Path, start: int = 0):
         from tensorboardX import SummaryWriter
 
+        truncate_metrics(workdir / "metrics.jsonl", start)
         self.jsonl = open(workdir / "metrics.jsonl", "a")
         self.tensorboard = SummaryWriter(str(workdir / "tensorboard"))
 
@@ -134,11 +161,69 @@ def config_fingerprint(config: RLConfig, members: Sequence[Member]) -> dict:
             "members": [dataclasses.asdict(m.config) | {"name": m.name} for m in members]}
 
 
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this id runs on this host."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class WorkdirLock:
+    """`workdir/lock`, holding "<pid> <host>" of the run that uses the workdir. Created atomically;
+    a lock of this process is re-entered, one whose pid is dead on this host is stale and taken
+    over, any other is refused with a one-line RuntimeError naming the owner."""
+
+    def __init__(self, workdir: pathlib.Path):
+        self.path = workdir / "lock"
+        self.owner = f"{os.getpid()} {socket.gethostname()}"
+
+    def acquire(self) -> None:
+        while True:
+            try:
+                descriptor = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                if self.take_over_or_refuse():
+                    return
+                continue
+            with os.fdopen(descriptor, "w") as lock:
+                lock.write(self.owner + "\n")
+            return
+
+    def take_over_or_refuse(self) -> bool:
+        """True when the lock is ours; removes a stale one (→ False: try again); else raises."""
+        try:
+            owner = self.path.read_text().strip()
+        except FileNotFoundError:
+            return False
+        if owner == self.owner:
+            return True
+        pid, _, host = owner.partition(" ")
+        if host == socket.gethostname() and pid.isdigit() and not pid_alive(int(pid)):
+            self.path.unlink(missing_ok=True)
+            return False
+        raise RuntimeError(f"{self.path.parent} is in use by another run (pid {pid or '?'} on host "
+                           f"{host or '?'}, lock file {self.path}); wait for it or use another "
+                           "workdir")
+
+    def release(self) -> None:
+        """Remove the lock file if it is ours."""
+        try:
+            if self.path.read_text().strip() == self.owner:
+                self.path.unlink()
+        except FileNotFoundError:
+            pass
+
+
 class RLAETrainer:
     """Trains an RLAE agent on a task. Checkpoints go to `workdir/checkpoints` every
     `checkpoint_every` updates (keep `keep`); an existing checkpoint is resumed automatically.
     With a `mesh` (rlae_jax.sharding.make_mesh), members are sharded over 'model' and batches over
-    'data'; the compiled step is the same."""
+    'data'; the compiled step is the same. The workdir is locked (`WorkdirLock`) from construction
+    to the end of `train`, so a second run on it is refused before it touches anything."""
 
     def __init__(self, config: RLConfig, members: Sequence[Member], alignment: Alignment, task,
                  examples: Sequence, workdir: str | pathlib.Path, checkpoint_every: int = 10, keep: int = 3,
@@ -150,15 +235,20 @@ class RLAETrainer:
         self.task, self.examples = task, list(examples)
         self.workdir = pathlib.Path(workdir).absolute()
         self.workdir.mkdir(parents=True, exist_ok=True)
+        self.lock = WorkdirLock(self.workdir) if jax.process_index() == 0 else None
+        self.acquire()
+        if self.lock is not None:
+            weakref.finalize(self, self.lock.release)
         self.setup = config.setup(self.members)
         self.checkpoint_every = checkpoint_every
         self.manager = ocp.CheckpointManager(
             self.workdir / "checkpoints", options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True))
-        if isinstance(task, SyntheticTask):
-            self.reward_fn = InGraphReward.for_alignment(alignment)
-        else:
-            self.reward_fn = CallbackReward.for_task(task, self.examples, alignment)
+        self.reward_fn = make_reward(config.reward, task, self.examples, alignment)
         self.check_config()
+
+    def acquire(self) -> None:
+        if self.lock is not None:
+            self.lock.acquire()
 
     def check_config(self) -> None:
         """Refuse to resume a checkpoint written under a different config."""
@@ -196,9 +286,11 @@ class RLAETrainer:
     def train(self, num_updates: int | None = None, progress: bool = True) -> ppo.TrainState:
         """Run until `num_updates` (default: the config's) updates are done; returns the final state."""
         target = num_updates or self.config.num_updates
+        self.acquire()
         state = self.restore_or_init()
-        writer = MetricsWriter(self.workdir) if jax.process_index() == 0 else None
-        bar = tqdm(range(int(state.update_count), target), desc=f"RLAE {self.config.kind}", disable=not progress)
+        start = int(state.update_count)
+        writer = MetricsWriter(self.workdir, start) if jax.process_index() == 0 else None
+        bar = tqdm(range(start, target), desc=f"RLAE {self.config.kind}", disable=not progress)
         try:
             for update in bar:
                 prompts, reward_data = self.batch(update)
@@ -211,10 +303,12 @@ class RLAETrainer:
                 bar.set_postfix(reward=f"{float(metrics['reward']):.3f}", refresh=False)
                 if (update + 1) % self.checkpoint_every == 0 or update + 1 == target:
                     self.save(state)
+        finally:  # a run stopped by an exception still finishes the checkpoints it started
             self.manager.wait_until_finished()
-        finally:
             if writer is not None:
                 writer.close()
+            if self.lock is not None:
+                self.lock.release()
         return state
 
 
@@ -231,13 +325,36 @@ def restore_or_init(manager: ocp.CheckpointManager, config: RLConfig, members: S
     if step is None:
         return state
     restored = manager.restore(step, args=ocp.args.StandardRestore(checkpoint_items(state)))
+    # through the host: orbax hands back arrays committed to a device, and a jitted step taking them
+    # would compile again (its cache tells committed from uncommitted inputs)
+    restored = jax.tree.map(jnp.asarray, jax.device_get(restored))
     return state.replace(params=restored["params"], opt_state=restored["opt_state"],
                          key=jax.random.wrap_key_data(restored["key"]), update_count=restored["update_count"])
 
 
+def check_transfer(workdir: pathlib.Path, config: RLConfig, members: Sequence[Member]) -> None:
+    """Raise a one-line ValueError when the agent saved in `workdir` (its config.json) cannot
+    observe `members`: another member count, or hidden states of other widths under a feature_set
+    that reads them."""
+    saved = [m["hidden_size"] for m in json.loads((workdir / "config.json").read_text())["members"]]
+    given = [m.config.hidden_size for m in members]
+    if len(saved) != len(given):
+        raise ValueError(f"{workdir} holds an agent for {len(saved)} members, but {len(given)} "
+                         "are given")
+    if saved != given and any(name in WIDE for name in check_feature_set(config.feature_set)):
+        raise ValueError(f"{workdir}: feature_set {config.feature_set!r} observes hidden states of "
+                         f"sizes {saved}, these members have {given}; train with "
+                         "feature_set='portable' to evaluate on other members")
+
+
 def load_agent_state(workdir: str | pathlib.Path, config: RLConfig, members: Sequence[Member]) -> ppo.TrainState:
-    """The latest checkpointed TrainState of a finished run (for evaluation)."""
-    manager = ocp.CheckpointManager(pathlib.Path(workdir).absolute() / "checkpoints")
+    """The latest checkpointed TrainState of a finished run (for evaluation), for any
+    `max_new_tokens` and task, and for other members of the same count when the feature set allows
+    (`check_transfer`)."""
+    workdir = pathlib.Path(workdir).absolute()
+    manager = ocp.CheckpointManager(workdir / "checkpoints")
     if manager.latest_step() is None:
         raise FileNotFoundError(f"no checkpoint under {workdir}/checkpoints")
+    if (workdir / "config.json").exists():
+        check_transfer(workdir, config, members)
     return restore_or_init(manager, config, members)

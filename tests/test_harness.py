@@ -191,35 +191,26 @@ def test_threshold_strategy_weights_come_from_the_context(folders, single):
 
 
 def test_generate_until_equals_engine_cut_at_stops_and_compiles_once_per_bucket(folders):
-    """Texts = `engine.generate` of the same member, cut at the first stop string; one compile per
-    prompt-length bucket (batches of 4 rows; max_gen_toks no other test uses), none more for
-    sampling; sampling is seeded."""
+    """Texts = `engine.generate` of the same member, cut at the first stop string; one prefill and
+    one loop compiled per prompt-length bucket (batches of 4 rows; max_gen_toks no other test uses;
+    a single member never grows its cache), none more for sampling; sampling is seeded."""
     lm = RlaeLM(members=str(folders[0]), max_batch=4)
     until = [" the", "!"]
     got = lm.generate_until(
         requests("generate_until", [(p, {"until": until, "max_gen_toks": 10}) for p in PROMPTS])
     )
     member = lm.members[0]
-    engine = generate([member], lm.ensemble.alignment, PROMPTS, max_new_tokens=10).texts
-    expected = [text.split(" the")[0].split("!")[0] for text in engine]
-    assert got == expected
-    assert any(g != e for g, e in zip(got, engine))  # some stop string did cut
     lengths = sorted(len(encode(member.tokenizer, p)) for p in PROMPTS)
     buckets = {bucket_length(max(lengths[i : i + 4])) for i in range(0, len(lengths), 4)}
-    assert len(buckets) == 2 and lm.compile_count == len(buckets)
-    sampled = requests(
-        "generate_until",
-        [
-            (p, {"until": [], "max_gen_toks": 10, "do_sample": True, "temperature": 1.0})
-            for p in PROMPTS
-        ],
-    )
-    first = lm.generate_until(sampled)
-    assert lm.compile_count == len(buckets)  # temperature is an input, not a new program
-    assert (
-        first != got
-        and RlaeLM(members=str(folders[0]), max_batch=4).generate_until(sampled) == first
-    )
+    assert len(buckets) == 2 and lm.compile_count == 2 * len(buckets)
+    sampled = [(p, {"max_gen_toks": 10, "do_sample": True, "temperature": 1.0}) for p in PROMPTS]
+    first = lm.generate_until(requests("generate_until", sampled))
+    assert lm.compile_count == 2 * len(buckets)  # temperature is an input, not a new program
+    again = RlaeLM(members=str(folders[0]), max_batch=4)
+    assert first != got and again.generate_until(requests("generate_until", sampled)) == first
+    engine = generate([member], lm.ensemble.alignment, PROMPTS, max_new_tokens=10).texts
+    assert got == [text.split(" the")[0].split("!")[0] for text in engine]
+    assert any(g != e for g, e in zip(got, engine))  # some stop string did cut
 
 
 def test_chat_template_per_member(folders, single):

@@ -1,8 +1,11 @@
 """What the harness backend serves — members, their alignment and a weight_fn (a named strategy or a
-trained RLAE agent) — and the compiled calls it makes: the engine's decode for generation and for a
-strategy's first-span weights, and `scoring.continuation_scores` for log-likelihoods. Every batch is
-padded to `max_batch` rows and each member's prompts to their power-of-two length bucket, so the
-compiles are bounded by the buckets met (`compile_count` counts them)."""
+trained RLAE agent) — and the compiled calls it makes: the engine's `decode_growing` (a compiled
+prefill and loop; caches grow only when a member needs room) for generation and for a strategy's
+first-span weights, and `scoring.continuation_scores` for log-likelihoods. Every batch is padded to
+`max_batch` rows and each member's prompts to their power-of-two length bucket, so the compiles are
+bounded by the buckets met: a prefill and a loop per bucket (and per cache growth, and per distinct
+`max_gen_toks`: a harness task has one) for generation, one program per bucket and member for
+scoring (`compile_count` counts them)."""
 
 from __future__ import annotations
 
@@ -16,13 +19,14 @@ import jax.numpy as jnp
 import numpy as np
 
 from rlae_jax.align import Alignment, build_alignment
-from rlae_jax.compile_options import decode_loop_options
 from rlae_jax.engine.loop import (
     DecodeConfig,
     PromptBatch,
-    decode,
+    decode_growing,
     default_first_pass_tokens,
     default_respell_slots,
+    prefill_jit,
+    run_jit,
     to_host,
 )
 from rlae_jax.engine.strategies import FixedWeights, Selection, resolve_strategy
@@ -48,15 +52,13 @@ class CountingJit:
         return self.compiled(*args, **kwargs)
 
 
-# Shared by every backend instance, so models built on the same members reuse each other's programs.
-DECODE = CountingJit(decode, static_argnames=("config",), compiler_options=decode_loop_options())
-SCORE = CountingJit(continuation_scores)
+SCORE = CountingJit(continuation_scores)  # shared by every backend: same members, same programs
 
 
 def compiles_so_far() -> int:
-    """Traces of the harness's compiled functions (decode, first-span weights, scoring) in this
-    process."""
-    return DECODE.traces + SCORE.traces
+    """Programs compiled in this process by the harness's scoring and the engine's prefill and
+    loop (`jax.clear_caches` empties the engine's counts)."""
+    return SCORE.traces + prefill_jit._cache_size() + run_jit._cache_size()
 
 
 LOADED: dict[tuple[str, str], Member] = {}
@@ -216,7 +218,7 @@ class HarnessEnsemble:
         """One compiled decode of a padded batch, sampling (if at all) with key (seed,
         key_index)."""
         key = jax.random.fold_in(jax.random.key(self.seed), key_index)
-        return DECODE(
+        return decode_growing(
             self.members,
             self.alignment,
             batch,

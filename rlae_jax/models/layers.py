@@ -58,8 +58,10 @@ def rope_inverse_frequencies(config: ModelConfig, layer_index: int) -> np.ndarra
     """`[D/2]` float32 inverse frequencies of one layer, with HF's 'linear' and 'llama3' scaling."""
     dim = config.head_dim
     rope_type, theta, options = config.layer_rope(layer_index)
-    inv_freq = (1.0 / (theta ** (np.arange(0, dim, 2, dtype=np.int64).astype(np.float32) / dim)))
-    inv_freq = inv_freq.astype(np.float32)
+    exponents = np.arange(0, dim, 2, dtype=np.int64).astype(np.float32) / dim
+    # float32 as transformers rounds it: the power rounded to float32, then its float32 reciprocal
+    # (one float32 numpy pow differs in a few entries by an ulp, visible in logits past ~500 tokens)
+    inv_freq = np.float32(1.0) / (theta ** exponents.astype(np.float64)).astype(np.float32)
     if rope_type == "linear":
         return (inv_freq / options["factor"]).astype(np.float32)
     if rope_type == "llama3":

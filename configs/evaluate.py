@@ -24,6 +24,13 @@ def get_config() -> ml_collections.ConfigDict:
     config.batch_size = 64
     config.threshold = 0.5
     config.top_k = 4
-    config.baselines = True  # False: evaluate only the checkpoints
+    config.baselines = True  # False: evaluate only the checkpoints (and the fitted baselines below)
+    # baselines fitted on `train_split` (its first `train_limit` rows); spans of `span_length`
+    config.train_split = "train"
+    config.train_limit = 256
+    config.tune_fixed_resolution = 0  # > 0: best fixed weights on a simplex grid of this step
+    config.router = False  # a supervised span router on teacher-forced labels
+    config.router_feature_set = "portable"
+    config.span_length = 4
     config.output_dir = "outputs/evaluate"
     return config

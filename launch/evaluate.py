@@ -1,23 +1,46 @@
-"""Evaluate single members, uniform/fixed weights, GaC threshold, UniTE top-k, PackLLM and trained RLAE
+"""Evaluate single members, uniform/fixed weights, GaC threshold, UniTE top-k, PackLLM, the
+baselines fitted on the training split (tuned fixed weights, supervised router) and trained RLAE
 agents on one task split; writes results.json, results.md and per-span weight plots."""
 import dataclasses
 import json
 import pathlib
 
 import jax
+import numpy as np
 from absl import app, logging
 from ml_collections import config_flags
 
 from rlae_jax.align import build_alignment
 from rlae_jax.demo_members import load_members
 from rlae_jax.engine.loop import DecodeConfig, default_respell_slots
+from rlae_jax.engine.strategies import resolve_strategy
 from rlae_jax.evaluation import baseline_strategies, run_strategy, summarize, write_report
 from rlae_jax.plots import plot_weights_along_answers
+from rlae_jax.rl.baselines import RouterConfig, train_router, tune_fixed_weights
 from rlae_jax.rl.rollout import policy_weight_fn
 from rlae_jax.rl.trainer import RLConfig, load_agent_state
 from rlae_jax.tasks import get_task
 
 CONFIG = config_flags.DEFINE_config_file("config", "configs/evaluate.py", "evaluation config")
+
+
+def fitted_baselines(config, members, alignment, task) -> dict:
+    """Baselines fitted on the training split (`rlae_jax.rl.baselines`): fixed weights tuned over a
+    simplex grid and the supervised span router, as name -> weight_fn."""
+    if not (config.tune_fixed_resolution or config.router):
+        return {}
+    train = task.load(config.train_split, config.data_source or None, limit=config.train_limit)
+    fitted = {}
+    if config.tune_fixed_resolution:
+        decode = DecodeConfig(max_new_tokens=config.max_new_tokens, record_features=False)
+        search = tune_fixed_weights(members, alignment, task, train, decode,
+                                    config.tune_fixed_resolution, config.batch_size)
+        name = f"fixed {np.round(search.weights, 2).tolist()} (tuned on {config.train_split})"
+        fitted[name] = resolve_strategy("fixed", len(members), weights=search.weights)[0]
+    if config.router:
+        router_config = RouterConfig(feature_set=config.router_feature_set)
+        fitted["supervised router"] = train_router(members, alignment, task, train, router_config)
+    return fitted
 
 
 def main(argv):
@@ -36,6 +59,12 @@ def main(argv):
                                        respell_slots=respell_slots, record_features=False)
         results[name] = run_strategy(name, members, alignment, task, examples, weight_fn, strategy_config,
                                      config.batch_size)
+    for name, weight_fn in fitted_baselines(config, members, alignment, task).items():
+        strategy_config = DecodeConfig(max_new_tokens=config.max_new_tokens,
+                                       span_length=config.span_length, respell_slots=respell_slots,
+                                       record_features=False)
+        results[name] = run_strategy(name, members, alignment, task, examples, weight_fn,
+                                     strategy_config, config.batch_size)
     output = pathlib.Path(config.output_dir).absolute()
     output.mkdir(parents=True, exist_ok=True)
     for workdir in [w for w in config.checkpoints.split(",") if w]:

@@ -1,7 +1,8 @@
 """Agents that transfer: a PPO and a MAPPO checkpoint, trained on the synthetic task with one
 generation length, restored by `python -m launch.evaluate` (a subprocess) with another
 `max_new_tokens`, on another task (GSM8K rows from tests/data) and on another pair of members of
-the same count (the "portable" observation). Also the clear refusals when it cannot transfer."""
+the same count (the "portable" observation), beside the baselines fitted on the training split.
+Also the clear refusals when an agent cannot transfer."""
 import dataclasses
 import json
 import os
@@ -62,15 +63,19 @@ def test_checkpoints_restore_for_another_length_task_and_pair(trained, tmp_path)
     output = tmp_path / "evaluate"
     command = [sys.executable, "-m", "launch.evaluate", "--config=configs/evaluate.py",
                f"--config.members={','.join(folders['b'])}", "--config.task=gsm8k",
-               f"--config.data_source={GSM8K_ROWS}", "--config.split=test", "--config.limit=4",
-               "--config.max_new_tokens=9", "--config.baselines=False",
+               "--config.split=test", "--config.limit=4",
+               "--config.max_new_tokens=9", "--config.baselines=False", "--config.router=True",
+               "--config.tune_fixed_resolution=2", f"--config.data_source={GSM8K_ROWS}",
                f"--config.checkpoints={workdirs['ppo']},{workdirs['mappo']}",
                f"--config.output_dir={output}"]
-    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300,
+    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600,
                           env=dict(os.environ, JAX_PLATFORMS="cpu"))
     assert done.returncode == 0, done.stderr[-3000:]
     results = json.loads((output / "results.json").read_text())
-    assert sorted(results) == ["RLAE_MAPPO (mappo)", "RLAE_PPO (ppo)"], sorted(results)
+    fixed = [name for name in results if name.endswith("(tuned on train)")]
+    assert sorted(set(results) - set(fixed)) == ["RLAE_MAPPO (mappo)", "RLAE_PPO (ppo)",
+                                                 "supervised router"], sorted(results)
+    assert len(fixed) == 1, sorted(results)  # the baselines fitted on the training split ride along
     for row in results.values():
         assert row["seeds"] == 1 and 0.0 <= row["accuracy_mean"] <= 1.0
     for kind in ("ppo", "mappo"):

@@ -237,6 +237,7 @@ def test_chat_template_per_member(folders, single):
 
 
 def test_bad_arguments_are_named(folders):
+    """Wrong model_args, generation arguments and requests: a ValueError naming the problem."""
     with pytest.raises(ValueError, match="weights"):
         RlaeLM(members=f"{folders[0]}|{folders[1]}", strategy="fixed", weights="1|0|0")
     with pytest.raises(ValueError, match="no members"):
@@ -250,6 +251,10 @@ def test_bad_arguments_are_named(folders):
         RlaeLM(members=str(folders[0]), max_length=8).loglikelihood(
             requests("loglikelihood", [PAIRS[5]])
         )
+    with pytest.raises(ValueError, match="context encodes to no tokens"):
+        lm.loglikelihood(requests("loglikelihood", [("  ", "Hello")]))
+    with pytest.raises(ValueError, match="checkpoint, not both"):
+        RlaeLM(members=str(folders[0]), strategy="uniform", checkpoint=str(folders[0]))
 
 
 def test_local_yaml_tasks_through_simple_evaluate(single, hflm, monkeypatch):

@@ -141,8 +141,9 @@ def member_loglikelihoods(
     """Every pair's log-probability and greedy flag for one member, `[R]` each, batched `rows` at a
     time in order of input length (so a batch spans few length buckets)."""
     for index, (context, continuation) in enumerate(pairs):
-        if not continuation:
-            raise ValueError(f"request {index}: the continuation encodes to no tokens")
+        if not context or not continuation:
+            part = "context" if not context else "continuation"
+            raise ValueError(f"request {index}: the {part} encodes to no tokens ({member.name})")
         if len(context) + len(continuation) > max_length + 1:
             raise ValueError(
                 f"request {index}: context + continuation take {len(context) + len(continuation)} "

@@ -97,7 +97,8 @@ def test_config_matches_stories260k(checkpoint, reference):
         config["num_key_value_heads"],
         config["intermediate_size"],
     ) == (8, 4, 172)
-    assert (config["bos_token_id"], config["eos_token_id"], config["pad_token_id"]) == (1, 2, None)
+    assert (config["bos_token_id"], config["eos_token_id"]) == (1, 2)
+    assert "pad_token_id" not in config  # the file's 0xFFFFFFFF means none
     assert config["tie_word_embeddings"] is False
     ours = transformers.AutoConfig.for_model("llama", **config).to_dict()
     theirs = reference[0].config.to_dict()
@@ -379,3 +380,90 @@ def test_presets_say_what_to_install(monkeypatch, tmp_path):
         FileNotFoundError, match="installed preset \\(smollm2-135m-instruct, gemma-3-270m\\)"
     ):
         rlae_jax.from_pretrained("gemma-3-270")
+
+
+TINY = dict(vocab_size=96, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+            num_attention_heads=4, num_key_value_heads=2, head_dim=16, max_position_embeddings=256,
+            rms_norm_eps=1e-6, bos_token_id=1, eos_token_id=2, pad_token_id=0)
+TINY_FAMILIES = {  # GGUF architecture -> (transformers model type, extra config)
+    "llama": ("llama", dict(tie_word_embeddings=False)),
+    "qwen2": ("qwen2", dict(tie_word_embeddings=True)),
+    "qwen3": ("qwen3", dict(tie_word_embeddings=False, head_dim=128)),  # transformers reads 128
+    "gemma3": ("gemma3_text", dict(tie_word_embeddings=True, sliding_window=8)),
+}
+
+
+def write_as_llama_cpp(model, architecture: str, path) -> None:
+    """A float32 GGUF of a transformers model as llama.cpp's converter writes it: gguf's tensor
+    names, llama Q/K rows in interleaved-pair RoPE order, gemma3 norms stored as 1 + w."""
+    config = model.config
+    writer = gguf.GGUFWriter(path, arch=architecture)
+    writer.add_block_count(config.num_hidden_layers)
+    writer.add_context_length(config.max_position_embeddings)
+    writer.add_embedding_length(config.hidden_size)
+    writer.add_feed_forward_length(config.intermediate_size)
+    writer.add_head_count(config.num_attention_heads)
+    writer.add_head_count_kv(config.num_key_value_heads)
+    writer.add_layer_norm_rms_eps(config.rms_norm_eps)
+    writer.add_rope_freq_base(10000.0)
+    writer.add_vocab_size(config.vocab_size)
+    writer.add_key_length(config.head_dim)
+    writer.add_value_length(config.head_dim)
+    if architecture == "llama":
+        writer.add_rope_dimension_count(config.head_dim)
+    if architecture == "gemma3":
+        writer.add_sliding_window(config.sliding_window)
+    writer.add_bos_token_id(config.bos_token_id)
+    writer.add_eos_token_id(config.eos_token_id)
+    writer.add_pad_token_id(config.pad_token_id)
+    arch = next(a for a, name in gguf.MODEL_ARCH_NAMES.items() if name == architecture)
+    names = gguf.get_tensor_name_map(arch, config.num_hidden_layers)
+    for name, tensor in model.state_dict().items():
+        if name == "lm_head.weight" and config.tie_word_embeddings:
+            continue
+        module, suffix = name.rsplit(".", 1)
+        values = tensor.numpy().astype(np.float32)
+        heads = {"q_proj": config.num_attention_heads, "k_proj": config.num_key_value_heads}
+        kind = module.rsplit(".", 1)[-1]
+        if architecture == "llama" and kind in heads and suffix == "weight":
+            values = values.reshape(heads[kind], 2, -1, values.shape[1]).swapaxes(1, 2)
+            values = values.reshape(tensor.shape)
+        if architecture == "gemma3" and name.endswith("norm.weight"):
+            values = values + 1.0
+        writer.add_tensor(f"{names.get_name(module)}.{suffix}", values)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+
+
+@pytest.mark.parametrize("architecture", list(TINY_FAMILIES))
+def test_config_and_tensors_equal_transformers_gguf_loader(tmp_path, architecture):
+    """A tiny random model of each family written as llama.cpp writes it: our reader gives
+    transformers' GGUF loader's config and tensors, and the original weights back."""
+    from transformers.modeling_gguf_pytorch_utils import load_gguf_checkpoint
+
+    model_type, extra = TINY_FAMILIES[architecture]
+    torch.manual_seed(0)
+    config = transformers.AutoConfig.for_model(model_type, **{**TINY, **extra})
+    model = transformers.AutoModelForCausalLM.from_config(config)
+    with torch.no_grad():  # norms away from their initial ones, so a missed +1/-1 shows
+        for name, parameter in model.named_parameters():
+            if name.endswith("norm.weight"):
+                parameter.uniform_(-0.5, 0.5)
+    path = tmp_path / f"{architecture}.gguf"
+    write_as_llama_cpp(model, architecture, path)
+    ours = read_gguf(path)
+    theirs = load_gguf_checkpoint(str(path), return_tensors=True, model_to_load=model)
+    assert ours.model_type == model_type
+    ignored = ("_model_name_or_path", "_name_or_path")
+    ours_config = transformers.AutoConfig.for_model(model_type, **ours.config).to_dict()
+    their_config = transformers.AutoConfig.for_model(**theirs["config"]).to_dict()
+    for key in ignored:
+        ours_config.pop(key, None), their_config.pop(key, None)
+    assert ours_config == their_config
+    assert set(ours.tensors) == set(theirs["tensors"])
+    state = model.state_dict()
+    for name, values in ours.tensors.items():
+        np.testing.assert_array_equal(values, theirs["tensors"][name].numpy(), err_msg=name)
+        np.testing.assert_allclose(values, state[name].numpy(), atol=1e-6, err_msg=name)

@@ -42,6 +42,10 @@ LAYER_TENSORS = {
 GLOBAL_TENSORS = ("model.embed_tokens.weight", "model.norm.weight", "lm_head.weight")
 IGNORED_TENSORS = ("rope_freqs.weight",)  # llama 3 frequency factors, which transformers skips too
 DEFAULT_ROPE_THETA = 10000.0  # llama.cpp's value when `{arch}.rope.freq_base` is absent
+# where head_dim is stated (qwen2 has none: hidden / heads); transformers ignores qwen3's and takes
+# Qwen3Config's default, 128, which every Qwen 3 checkpoint has
+HEAD_DIM_KEYS = {"llama": "rope.dimension_count", "qwen3": "attention.key_length",
+                 "gemma3": "attention.key_length"}
 TOKEN_ROLES = (("bos", "bos"), ("eos", "eos"), ("unk", "unknown"), ("pad", "padding"))  # HF, GGUF
 DEQUANTIZE_CHUNK = 1 << 20  # values per `dequantize` call: temporaries stay in cache (4x faster)
 
@@ -222,11 +226,11 @@ def model_config(file: GGUFFile) -> dict:
         rope_theta=float(key("rope.freq_base") or DEFAULT_ROPE_THETA),
         tie_word_embeddings="output.weight" not in file.tensors,
     )
-    for role, gguf_role in TOKEN_ROLES:
-        config[f"{role}_token_id"] = token_id(metadata, gguf_role, vocab_size)
-    head_dim = key("rope.dimension_count" if architecture == "llama" else "attention.key_length")
-    if head_dim is not None:
-        config["head_dim"] = head_dim
+    for role, gguf_role in TOKEN_ROLES:  # absent ones keep the config class's default
+        if token_id(metadata, gguf_role, vocab_size) is not None:
+            config[f"{role}_token_id"] = token_id(metadata, gguf_role, vocab_size)
+    if architecture in HEAD_DIM_KEYS and key(HEAD_DIM_KEYS[architecture]) is not None:
+        config["head_dim"] = key(HEAD_DIM_KEYS[architecture])
     if architecture == "gemma3" and key("attention.sliding_window") is not None:
         config["sliding_window"] = key("attention.sliding_window")
     return config

@@ -2,6 +2,7 @@
 between two checkpoints), determinism, vmapped seeds, the workdir lock, and training stopped with
 clear messages on NaN rewards or a mismatched checkpoint."""
 import dataclasses
+import gc
 import json
 import socket
 import subprocess
@@ -120,6 +121,9 @@ def test_a_workdir_in_use_is_refused_and_a_stale_lock_taken_over(members, alignm
         live.wait()
     trainer = RLAETrainer(CONFIG, members, alignment, SYNTHETIC, examples, tmp_path)
     assert (tmp_path / "lock").read_text().split() == [str(trainer_module.os.getpid()), socket.gethostname()]
+    del trainer
+    gc.collect()
+    assert not (tmp_path / "lock").exists()  # released with the trainer
     other_host = tmp_path / "other"
     other_host.mkdir()
     (other_host / "lock").write_text(f"{live.pid} some-other-host\n")  # a dead pid elsewhere proves nothing

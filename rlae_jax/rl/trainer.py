@@ -137,7 +137,9 @@ class MetricsWriter:
 
         truncate_metrics(workdir / "metrics.jsonl", start)
         self.jsonl = open(workdir / "metrics.jsonl", "a")
-        self.tensorboard = SummaryWriter(str(workdir / "tensorboard"))
+        # purge_step hides the events a killed run wrote past its last checkpoint (steps > start)
+        self.tensorboard = SummaryWriter(str(workdir / "tensorboard"),
+                                         purge_step=start + 1 if start else None)
 
     def write(self, update: int, metrics: dict[str, Any]) -> None:
         row = {"update": update, **{k: np.asarray(v).tolist() for k, v in metrics.items()}}

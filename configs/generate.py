@@ -1,4 +1,6 @@
-"""Single-member generation: `python -m launch.generate --config=configs/generate.py --config.model=PATH`."""
+"""Single-member generation: `python -m launch.generate --config=configs/generate.py
+--config.model=PATH`."""
+
 import ml_collections
 
 

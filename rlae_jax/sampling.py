@@ -1,4 +1,5 @@
 """Next-token selection shared by single-member generation and the ensemble engine."""
+
 from __future__ import annotations
 
 from typing import Callable
@@ -14,8 +15,9 @@ def max_and_first_key(scores: jax.Array, keys: jax.Array) -> tuple[jax.Array, ja
     (value, index) reduction 2-5x slower (benchmarks/union_ops.py)."""
     best = scores.max(axis=-1)
     if jnp.issubdtype(best.dtype, jnp.floating):
-        # an identity select between the max and its broadcast: without it XLA:CPU may fuse the broadcast
-        # into the max's fusion and write the maxima out as a full `[..., V]` array (benchmarks/RESULTS.md)
+        # an identity select between the max and its broadcast: without it XLA:CPU may fuse the
+        # broadcast into the max's fusion and write the maxima out as a full `[..., V]` array
+        # (benchmarks/RESULTS.md)
         best = jnp.where(jnp.isnan(best), jnp.nan, best)
     key = jnp.min(jnp.where(scores == best[..., None], keys, jnp.iinfo(jnp.int32).max), axis=-1)
     return best, key
@@ -39,8 +41,14 @@ def top_p_filter(logits: jax.Array, top_p: jax.Array) -> jax.Array:
     return jnp.where(logits >= threshold, logits, -jnp.inf)
 
 
-def select_from(greedy_pick: Callable[[], jax.Array], sampling_logits: Callable[[], jax.Array], key: jax.Array,
-                step: jax.Array, temperature: jax.Array, top_p: jax.Array) -> jax.Array:
+def select_from(
+    greedy_pick: Callable[[], jax.Array],
+    sampling_logits: Callable[[], jax.Array],
+    key: jax.Array,
+    step: jax.Array,
+    temperature: jax.Array,
+    top_p: jax.Array,
+) -> jax.Array:
     """One id per row, int32 `[B]`: `greedy_pick()` when temperature == 0, else a
     draw from softmax(sampling_logits() / temperature) restricted to the top-p nucleus, with key
     `fold_in(key, step)`. Each callable is traced only inside its own branch, so greedy decoding
@@ -49,12 +57,15 @@ def select_from(greedy_pick: Callable[[], jax.Array], sampling_logits: Callable[
     def sample():
         scaled = sampling_logits() / jnp.maximum(temperature, 1e-6)
         scaled = jax.lax.cond(top_p < 1.0, lambda s: top_p_filter(s, top_p), lambda s: s, scaled)
-        return jax.random.categorical(jax.random.fold_in(key, step), scaled, axis=-1).astype(jnp.int32)
+        return jax.random.categorical(jax.random.fold_in(key, step), scaled, axis=-1).astype(
+            jnp.int32
+        )
 
     return jax.lax.cond(temperature > 0.0, sample, greedy_pick)
 
 
-def select_tokens(logits: jax.Array, key: jax.Array, step: jax.Array, temperature: jax.Array,
-                  top_p: jax.Array) -> jax.Array:
+def select_tokens(
+    logits: jax.Array, key: jax.Array, step: jax.Array, temperature: jax.Array, top_p: jax.Array
+) -> jax.Array:
     """`select_from` on `logits [B, V]`: their first argmax, or a draw from them."""
     return select_from(lambda: first_argmax(logits), lambda: logits, key, step, temperature, top_p)

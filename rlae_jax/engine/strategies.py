@@ -4,6 +4,7 @@ A weight_fn is a pytree with `init_carry(batch, num_spans)` and
 `__call__(features: SpanFeatures, carry) -> (weights [B, N], carry)`; `optional_features` names the
 costly features it needs ("js_divergence", "prompt_nll"). The RL policy is one such object.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -32,7 +33,9 @@ def check_weights(weights: Sequence[float], num_members: int) -> np.ndarray:
     """Validate user weights eagerly: shape [N], finite, non-negative, not all zero → normalised."""
     array = np.asarray(weights, np.float32)
     if array.shape != (num_members,):
-        raise ValueError(f"weights must have shape ({num_members},) — one per member — got {array.shape}")
+        raise ValueError(
+            f"weights must have shape ({num_members},) — one per member — got {array.shape}"
+        )
     if not np.all(np.isfinite(array)):
         raise ValueError(f"weights contain NaN or infinity: {array.tolist()}")
     if np.any(array < 0):
@@ -53,7 +56,8 @@ class StatelessWeightFn:
 
 @struct.dataclass
 class FixedWeights(StatelessWeightFn):
-    """The same weights `[N]` for every row and span (uniform = GaC's average; one-hot = single member)."""
+    """The same weights `[N]` for every row and span (uniform = GaC's average; one-hot = single
+    member)."""
 
     weights: jax.Array
 
@@ -64,7 +68,8 @@ class FixedWeights(StatelessWeightFn):
 @struct.dataclass
 class ThresholdGating(StatelessWeightFn):
     """GaC gating, per row: the primary member alone where its max probability exceeds `threshold`,
-    else the `ensemble_weights` [N]. Evaluated at every span boundary (use span_length=1 for GaC)."""
+    else the `ensemble_weights` [N]. Evaluated at every span boundary (use span_length=1 for GaC).
+    """
 
     threshold: jax.Array
     ensemble_weights: jax.Array
@@ -90,7 +95,8 @@ class PackLLMWeights(StatelessWeightFn):
 
 @struct.dataclass
 class CallableWeightFn(StatelessWeightFn):
-    """Wrap a plain function `fn(features) -> weights [B, N]` (hashable, closed-over constants only)."""
+    """Wrap a plain function `fn(features) -> weights [B, N]` (hashable, closed-over constants
+    only)."""
 
     fn: Callable[[SpanFeatures], jax.Array] = struct.field(pytree_node=False)
     optional_features: tuple[str, ...] = struct.field(pytree_node=False, default=())
@@ -99,9 +105,15 @@ class CallableWeightFn(StatelessWeightFn):
         return self.fn(features), carry
 
 
-def resolve_strategy(strategy: Any, num_members: int, weights: Sequence[float] | None = None,
-                     threshold: float = 0.5, primary: int = 0, top_k: int = 4,
-                     packllm_temperature: float = 1.0) -> tuple[Any, Selection]:
+def resolve_strategy(
+    strategy: Any,
+    num_members: int,
+    weights: Sequence[float] | None = None,
+    threshold: float = 0.5,
+    primary: int = 0,
+    top_k: int = 4,
+    packllm_temperature: float = 1.0,
+) -> tuple[Any, Selection]:
     """A strategy name (see STRATEGY_NAMES) or a weight_fn object → (weight_fn, Selection)."""
     uniform = np.full((num_members,), 1.0 / num_members, np.float32)
     if not isinstance(strategy, str):
@@ -130,4 +142,6 @@ def resolve_strategy(strategy: Any, num_members: int, weights: Sequence[float] |
         return FixedWeights(jnp.asarray(ensemble)), Selection("topk", top_k)
     if strategy == "packllm":
         return PackLLMWeights(jnp.float32(packllm_temperature)), Selection()
-    raise ValueError(f"unknown strategy {strategy!r}; known: {', '.join(STRATEGY_NAMES)} or a weight_fn object")
+    raise ValueError(
+        f"unknown strategy {strategy!r}; known: {', '.join(STRATEGY_NAMES)} or a weight_fn object"
+    )

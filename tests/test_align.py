@@ -1,4 +1,5 @@
 """Alignment on tokenizers trained in the test (both styles) and the stories260K GGUF vocabulary."""
+
 import itertools
 
 import jax
@@ -14,7 +15,9 @@ from rlae_jax.sampling import first_argmax
 from conftest import fixture_path
 from tokenizer_fixtures import train_byte_level_bpe, train_metaspace_unigram, unicode_text
 
-SETTINGS = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+SETTINGS = settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +49,8 @@ def test_trained_token_bytes(trained):
             assert unigram.token_bytes[token_id] == piece.replace("\u2581", " ").encode()
     # every single-character piece also has a byte-fallback twin with the same bytes
     singles = [
-        i for i in range(unigram.size)
+        i
+        for i in range(unigram.size)
         if len(unigram.token_bytes[i] or b"") == 1 and i not in unigram.byte_fallback_ids
     ]
     assert unigram.duplicate_count() == len(singles) > 0
@@ -72,7 +76,9 @@ def test_union_order_is_independent_of_member_order(trained):
     forward = build_alignment(trained, use_cache=False)
     backward = build_alignment(trained[::-1], use_cache=False)
     assert forward.vocab.union_bytes == backward.vocab.union_bytes
-    np.testing.assert_array_equal(forward.vocab.member_to_union[::-1], backward.vocab.member_to_union)
+    np.testing.assert_array_equal(
+        forward.vocab.member_to_union[::-1], backward.vocab.member_to_union
+    )
 
 
 def test_identical_bytes_share_union_id(trained, alignment):
@@ -93,7 +99,9 @@ def test_round_trip_between_members(trained, alignment, text):
         original = alignment.member_bytes(a, ids_a)
         ids_b = alignment.from_union(b, alignment.to_union(a, ids_a))
         assert alignment.member_bytes(b, ids_b) == original
-        assert alignment.decode(alignment.to_union(b, ids_b)) == original.decode("utf-8", errors="replace")
+        assert alignment.decode(alignment.to_union(b, ids_b)) == original.decode(
+            "utf-8", errors="replace"
+        )
     assert alignment.member_bytes(0, encode(trained[0], text)) == text.encode()
 
 
@@ -114,7 +122,9 @@ def test_projection_conserves_mass(alignment, seed, temperature, one_hot):
 
 
 def test_projection_matrix_matches_project(alignment):
-    probs = jax.nn.softmax(jax.random.normal(jax.random.key(0), (2, 2, alignment.member_to_union.shape[1])))
+    probs = jax.nn.softmax(
+        jax.random.normal(jax.random.key(0), (2, 2, alignment.member_to_union.shape[1]))
+    )
     projected = alignment.project(probs)
     for n in range(2):
         matrix = alignment.projection_matrix(n)
@@ -124,7 +134,9 @@ def test_projection_matrix_matches_project(alignment):
 
 
 def test_project_under_vmap(alignment):
-    probs = jax.nn.softmax(jax.random.normal(jax.random.key(1), (4, 2, 2, alignment.member_to_union.shape[1])))
+    probs = jax.nn.softmax(
+        jax.random.normal(jax.random.key(1), (4, 2, 2, alignment.member_to_union.shape[1]))
+    )
     stacked = jax.vmap(alignment.project)(probs)
     np.testing.assert_allclose(stacked[3], alignment.project(probs[3]), atol=1e-7)
 
@@ -141,29 +153,47 @@ def test_top_k_union_matches_full_mix(alignment):
     for row in range(3):
         ids = np.asarray(candidates.union_ids[row])[np.asarray(candidates.valid[row])]
         assert len(set(ids.tolist())) == len(ids)
-        np.testing.assert_allclose(candidates.scores[row][candidates.valid[row]], full[row, ids], atol=1e-6)
+        np.testing.assert_allclose(
+            candidates.scores[row][candidates.valid[row]], full[row, ids], atol=1e-6
+        )
         assert int(candidates.best()[row]) == int(ids[np.argmax(full[row, ids])])
 
 
 @SETTINGS
-@given(seed=st.integers(0, 2**31 - 1), levels=st.sampled_from([2, 3, 1000]), zero_member=st.sampled_from([-1, 0, 1]))
+@given(
+    seed=st.integers(0, 2**31 - 1),
+    levels=st.sampled_from([2, 3, 1000]),
+    zero_member=st.sampled_from([-1, 0, 1]),
+)
 def test_mixed_argmax_is_the_full_union_first_argmax(alignment, seed, levels, zero_member):
-    # few logit levels give many exact ties (smallest union id must win); a zero weight leaves one member
+    # few logit levels give many exact ties (smallest union id must win); a zero weight leaves one
+    # member
     keys = jax.random.split(jax.random.key(seed))
-    logits = jax.random.randint(keys[0], (5, 2, alignment.member_to_union.shape[1]), 0, levels).astype(jnp.float32)
+    logits = jax.random.randint(
+        keys[0], (5, 2, alignment.member_to_union.shape[1]), 0, levels
+    ).astype(jnp.float32)
     probs = jnp.exp(alignment.masked_log_softmax(logits))
-    weights = jax.random.uniform(keys[1], (5, 2)).at[0].set(0.5)  # row 0: equal weights, cross-member ties
+    weights = (
+        jax.random.uniform(keys[1], (5, 2)).at[0].set(0.5)
+    )  # row 0: equal weights, cross-member ties
     if zero_member >= 0:
         weights = weights.at[:, zero_member].set(0.0)
     member_probs = [probs[:, n, :size] for n, size in enumerate(alignment.vocab_sizes)]
-    full = first_argmax(jnp.where(alignment.union_complete, alignment.mix(member_probs, weights), -1.0))
-    np.testing.assert_array_equal(jax.jit(Alignment.mixed_argmax)(alignment, member_probs, weights), full)
+    full = first_argmax(
+        jnp.where(alignment.union_complete, alignment.mix(member_probs, weights), -1.0)
+    )
+    np.testing.assert_array_equal(
+        jax.jit(Alignment.mixed_argmax)(alignment, member_probs, weights), full
+    )
     # every complete union token is scored exactly once: gathered (shared) or in its one member id
-    assert alignment.shared_union_ids.shape[0] + int(alignment.exclusive.sum()) == int(alignment.union_complete.sum())
+    assert alignment.shared_union_ids.shape[0] + int(alignment.exclusive.sum()) == int(
+        alignment.union_complete.sum()
+    )
 
 
 def union_js_divergence(alignment: Alignment, member_probs) -> np.ndarray:
-    """The definition: H(mean_n P_n) − mean_n H(P_n) over the whole projected `[B, N, U]`, in float64."""
+    """The definition: H(mean_n P_n) − mean_n H(P_n) over the whole projected `[B, N, U]`, in
+    float64."""
     union = np.asarray(alignment.project(member_probs), np.float64)
 
     def entropy(p):
@@ -183,18 +213,30 @@ def variants(trained, alignment):
 
 
 @SETTINGS
-@given(seed=st.integers(0, 2**31 - 1), scale=st.sampled_from([0.1, 1.0, 8.0, 40.0]),
-       variant=st.sampled_from(["full", "capped", "wide"]))
+@given(
+    seed=st.integers(0, 2**31 - 1),
+    scale=st.sampled_from([0.1, 1.0, 8.0, 40.0]),
+    variant=st.sampled_from(["full", "capped", "wide"]),
+)
 def test_js_divergence_matches_the_union_space_definition(variants, seed, scale, variant):
     alignment = variants[variant]
     assert variant != "capped" or alignment.incomplete_member_ids.shape[1] > 0
-    logits = jax.random.normal(jax.random.key(seed), (4, 2, alignment.member_to_union.shape[1])) * scale
+    logits = (
+        jax.random.normal(jax.random.key(seed), (4, 2, alignment.member_to_union.shape[1])) * scale
+    )
     logits = jnp.where(alignment.member_valid, logits, -jnp.inf)
-    exp_logits = [jnp.exp(logits[:, n, :size] - logits[:, n, :size].max(-1, keepdims=True))
-                  for n, size in enumerate(alignment.vocab_sizes)]
+    exp_logits = [
+        jnp.exp(logits[:, n, :size] - logits[:, n, :size].max(-1, keepdims=True))
+        for n, size in enumerate(alignment.vocab_sizes)
+    ]
     normalizer = jnp.stack([e.sum(-1) for e in exp_logits], axis=1)
-    probs = jnp.stack([jnp.pad(e / normalizer[:, n, None], ((0, 0), (0, logits.shape[-1] - e.shape[-1])))
-                       for n, e in enumerate(exp_logits)], axis=1)
+    probs = jnp.stack(
+        [
+            jnp.pad(e / normalizer[:, n, None], ((0, 0), (0, logits.shape[-1] - e.shape[-1])))
+            for n, e in enumerate(exp_logits)
+        ],
+        axis=1,
+    )
     got = jax.jit(Alignment.js_divergence)(alignment, exp_logits, normalizer)
     np.testing.assert_allclose(got, union_js_divergence(alignment, probs), rtol=1e-4, atol=1e-5)
 
@@ -216,7 +258,9 @@ def test_tokenizer_without_eos_is_an_error(trained):
 
 
 def test_model_vocab_smaller_than_tokenizer_is_an_error(trained):
-    with pytest.raises(ValueError, match=r"model vocab size 300 is smaller than its tokenizer's 360"):
+    with pytest.raises(
+        ValueError, match=r"model vocab size 300 is smaller than its tokenizer's 360"
+    ):
         build_alignment(trained, vocab_sizes=[400, 300], use_cache=False)
 
 
@@ -262,7 +306,9 @@ def test_expansion_cap_and_strict(trained):
 
 
 def test_stories260k_gguf_vocabulary(trained):
-    gguf = pytest.importorskip("rlae_jax.models.gguf", reason="rlae_jax.models.gguf.load_gguf_tokenizer is missing")
+    gguf = pytest.importorskip(
+        "rlae_jax.models.gguf", reason="rlae_jax.models.gguf.load_gguf_tokenizer is missing"
+    )
     stories = gguf.load_gguf_tokenizer(fixture_path("models", "stories260K", "stories260K.gguf"))
     vocab = member_vocab(stories)
     assert vocab.size == 512 and len(vocab.byte_fallback_ids) == 256
@@ -274,7 +320,10 @@ def test_stories260k_gguf_vocabulary(trained):
         for a, b in [(0, 1), (1, 0)]:
             ids_a = encode(members[a], text)
             union_ids = alignment.to_union(a, ids_a)
-            assert alignment.member_bytes(b, alignment.from_union(b, union_ids)) == alignment.member_bytes(a, ids_a)
-        # SentencePiece's dummy prefix is a real space in token bytes (added unless text starts with one)
+            assert alignment.member_bytes(
+                b, alignment.from_union(b, union_ids)
+            ) == alignment.member_bytes(a, ids_a)
+        # SentencePiece's dummy prefix is a real space in token bytes (added unless text starts with
+        # one)
         expected = text if text.startswith(" ") else " " + text
         assert alignment.member_bytes(0, encode(stories, text)) == expected.encode()

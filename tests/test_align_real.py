@@ -1,4 +1,6 @@
-"""Alignment of the real fixture tokenizers (GPT-2, NeoX, Llama 2, Mistral v1/v3, Llama 3 tiktoken)."""
+"""Alignment of the real fixture tokenizers (GPT-2, NeoX, Llama 2, Mistral v1/v3, Llama 3
+tiktoken)."""
+
 import itertools
 import time
 import unicodedata
@@ -16,25 +18,32 @@ from tokenizer_fixtures import REAL_TOKENIZERS, load_real_tokenizer, unicode_tex
 
 NAMES = list(REAL_TOKENIZERS)
 SENTENCEPIECE = {"llama2", "mistral_v1", "mistral_v3"}
-EXPANSION_CAP = 32  # keeps [6, U≈147k, L] at 113 MB; Llama 3's 128-space token needs 128 GPT-2 tokens
+EXPANSION_CAP = (
+    32  # keeps [6, U≈147k, L] at 113 MB; Llama 3's 128-space token needs 128 GPT-2 tokens
+)
 
 
 @pytest.fixture(scope="module")
 def tokenizers():
     return {
-        name: load_real_tokenizer(name, fixture_path("tokenizers", folder)) for name, folder in REAL_TOKENIZERS.items()
+        name: load_real_tokenizer(name, fixture_path("tokenizers", folder))
+        for name, folder in REAL_TOKENIZERS.items()
     }
 
 
 @pytest.fixture(scope="module")
 def alignment(tokenizers) -> Alignment:
-    with pytest.warns(UserWarning, match="cannot spell"):  # NeoX's byte alphabet lacks 0xC0, 0xC1, 0xF5..0xFF
-        return build_alignment([tokenizers[n] for n in NAMES], use_cache=False, max_expansion=EXPANSION_CAP)
+    with pytest.warns(
+        UserWarning, match="cannot spell"
+    ):  # NeoX's byte alphabet lacks 0xC0, 0xC1, 0xF5..0xFF
+        return build_alignment(
+            [tokenizers[n] for n in NAMES], use_cache=False, max_expansion=EXPANSION_CAP
+        )
 
 
 def text_bytes(name: str, text: str) -> bytes:
-    """Bytes a member's encoding of ``text`` should spell: NFC for NeoX; for SentencePiece its dummy prefix
-    and a literal '▁' (U+2581, its own space marker) read as a space."""
+    """Bytes a member's encoding of ``text`` should spell: NFC for NeoX; for SentencePiece its dummy
+    prefix and a literal '▁' (U+2581, its own space marker) read as a space."""
     if name == "neox":
         text = unicodedata.normalize("NFC", text)
     if name in SENTENCEPIECE:
@@ -47,7 +56,14 @@ def text_bytes(name: str, text: str) -> bytes:
 @pytest.mark.parametrize(
     "name, duplicates",
     # NeoX: the model vocab has none; its 23 added whitespace runs duplicate 'ĠĠ...' pieces
-    [("gpt2", 0), ("neox", 23), ("llama2", 96), ("mistral_v1", 125), ("mistral_v3", 125), ("llama3", 0)],
+    [
+        ("gpt2", 0),
+        ("neox", 23),
+        ("llama2", 96),
+        ("mistral_v1", 125),
+        ("mistral_v3", 125),
+        ("llama3", 0),
+    ],
 )
 def test_duplicate_byte_strings(tokenizers, name, duplicates):
     vocab = member_vocab(tokenizers[name])
@@ -61,15 +77,22 @@ def test_duplicate_byte_strings(tokenizers, name, duplicates):
 
 
 def test_hello_world_bytes(tokenizers):
-    expected = {"gpt2": [15496, 995], "neox": [12092, 1533], "llama2": [15043, 3186],
-                "mistral_v1": [22557, 1526], "mistral_v3": [23325, 2294], "llama3": [9906, 1917]}
+    expected = {
+        "gpt2": [15496, 995],
+        "neox": [12092, 1533],
+        "llama2": [15043, 3186],
+        "mistral_v1": [22557, 1526],
+        "mistral_v3": [23325, 2294],
+        "llama3": [9906, 1917],
+    }
     for name, ids in expected.items():
         assert tokenizers[name].encode("Hello world", add_special_tokens=False) == ids
         assert member_vocab(tokenizers[name]).decode(ids) == text_bytes(name, "Hello world")
 
 
 def test_leading_space_convention(tokenizers, alignment):
-    """Raw SentencePiece spells ' Hello' as [▁, ▁Hello]; transformers 5 as [▁Hello]. Token bytes are literal."""
+    """Raw SentencePiece spells ' Hello' as [▁, ▁Hello]; transformers 5 as [▁Hello]. Token bytes are
+    literal."""
     sentencepiece = pytest.importorskip("sentencepiece")
     model_file = fixture_path("tokenizers", "llama2-spm", "tokenizer.model")
     raw = sentencepiece.SentencePieceProcessor(model_file=str(model_file))
@@ -86,22 +109,30 @@ def test_build_time_two_real_vocabularies(tokenizers):
     start = time.perf_counter()
     built = build_alignment([tokenizers["gpt2"], tokenizers["llama2"]], use_cache=False)
     seconds = time.perf_counter() - start
-    print(f"build_alignment(gpt2, llama2): U={built.num_union} L={built.max_expansion} in {seconds:.2f} s")
+    print(
+        f"build_alignment(gpt2, llama2): U={built.num_union} L={built.max_expansion} "
+        f"in {seconds:.2f} s"
+    )
     assert seconds < 30 and bool(built.union_complete.all())
     assert built.max_expansion == 64  # GPT-2's 'ÃÂ' × 32 token needs 64 Llama 2 tokens
 
 
 def test_neox_cannot_spell_invalid_utf8_bytes(tokenizers):
-    """NeoX's byte alphabet lacks bytes that never occur in UTF-8; Mistral's <0xC0> etc. stay unselectable."""
+    """NeoX's byte alphabet lacks bytes that never occur in UTF-8; Mistral's <0xC0> etc. stay
+    unselectable."""
     with pytest.warns(UserWarning, match="cannot spell") as caught:
         built = build_alignment([tokenizers["neox"], tokenizers["mistral_v1"]], use_cache=False)
     assert "member 0: 13 tokens" in str(caught[0].message)
     missing = built.unspellable(0)
     assert sorted(missing) == sorted([bytes([b]) for b in [0xC0, 0xC1, *range(0xF5, 0x100)]])
-    byte_c0 = built.to_union(1, [member_vocab(tokenizers["mistral_v1"]).token_bytes.index(b"\xc0")])[0]
+    byte_c0 = built.to_union(
+        1, [member_vocab(tokenizers["mistral_v1"]).token_bytes.index(b"\xc0")]
+    )[0]
     assert not bool(built.union_complete[byte_c0]) and built.from_union(0, [byte_c0]) == []
     with pytest.raises(ValueError, match="cannot spell"):
-        build_alignment([tokenizers["neox"], tokenizers["mistral_v1"]], use_cache=False, strict=True)
+        build_alignment(
+            [tokenizers["neox"], tokenizers["mistral_v1"]], use_cache=False, strict=True
+        )
 
 
 def test_tables_are_consistent(tokenizers, alignment):
@@ -135,7 +166,9 @@ def members(tokenizers, alignment):
     return Members(tokenizers, alignment)
 
 
-@settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=50, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(text=unicode_text())
 def test_round_trip_between_real_members(members, text):
     tokenizers, alignment = members.tokenizers, members.alignment
@@ -145,13 +178,18 @@ def test_round_trip_between_real_members(members, text):
         assert alignment.member_bytes(NAMES.index(name), encoded[name]) == text_bytes(name, text)
     for a, b in itertools.permutations(range(len(NAMES)), 2):
         union_ids = alignment.to_union(a, encoded[NAMES[a]])
-        assume(complete[b, union_ids].all())  # only tokens longer than EXPANSION_CAP member-b tokens fail
+        assume(
+            complete[b, union_ids].all()
+        )  # only tokens longer than EXPANSION_CAP member-b tokens fail
         ids_b = alignment.from_union(b, union_ids)
         assert alignment.member_bytes(b, ids_b) == alignment.member_bytes(a, encoded[NAMES[a]])
 
 
 def test_real_projection_conserves_mass(alignment):
-    logits = jax.random.normal(jax.random.key(0), (2, len(NAMES), alignment.member_to_union.shape[1])) * 4
+    logits = (
+        jax.random.normal(jax.random.key(0), (2, len(NAMES), alignment.member_to_union.shape[1]))
+        * 4
+    )
     probs = jnp.exp(alignment.masked_log_softmax(logits))
     projected = jax.jit(Alignment.project)(alignment, probs)
     assert projected.shape == (2, len(NAMES), alignment.num_union)
@@ -161,7 +199,10 @@ def test_real_projection_conserves_mass(alignment):
 
 
 def test_real_top_k_union_matches_full_mix(alignment):
-    logits = jax.random.normal(jax.random.key(1), (2, len(NAMES), alignment.member_to_union.shape[1])) * 4
+    logits = (
+        jax.random.normal(jax.random.key(1), (2, len(NAMES), alignment.member_to_union.shape[1]))
+        * 4
+    )
     probs = jnp.exp(alignment.masked_log_softmax(logits))
     weights = jax.nn.softmax(jax.random.normal(jax.random.key(2), (2, len(NAMES))))
     _, top_ids = jax.lax.top_k(probs, 5)
@@ -170,14 +211,22 @@ def test_real_top_k_union_matches_full_mix(alignment):
     valid = np.asarray(candidates.valid)
     ids = np.asarray(candidates.union_ids)
     for row in range(2):
-        np.testing.assert_allclose(candidates.scores[row][valid[row]], full[row, ids[row][valid[row]]], rtol=1e-5)
+        np.testing.assert_allclose(
+            candidates.scores[row][valid[row]], full[row, ids[row][valid[row]]], rtol=1e-5
+        )
 
 
 def test_real_mixed_argmax_is_the_full_union_first_argmax(alignment):
-    logits = jnp.round(jax.random.normal(jax.random.key(3), (3, len(NAMES), alignment.member_to_union.shape[1])))
+    logits = jnp.round(
+        jax.random.normal(jax.random.key(3), (3, len(NAMES), alignment.member_to_union.shape[1]))
+    )
     probs = jnp.exp(alignment.masked_log_softmax(logits))  # integer logits: many exact ties
     weights = jax.nn.softmax(jax.random.normal(jax.random.key(4), (3, len(NAMES)))).at[0].set(1.0)
     member_probs = [probs[:, n, :size] for n, size in enumerate(alignment.vocab_sizes)]
-    full = first_argmax(jnp.where(alignment.union_complete, alignment.mix(member_probs, weights), -1.0))
-    np.testing.assert_array_equal(jax.jit(Alignment.mixed_argmax)(alignment, member_probs, weights), full)
+    full = first_argmax(
+        jnp.where(alignment.union_complete, alignment.mix(member_probs, weights), -1.0)
+    )
+    np.testing.assert_array_equal(
+        jax.jit(Alignment.mixed_argmax)(alignment, member_probs, weights), full
+    )
     assert 0 < alignment.shared_union_ids.shape[0] < alignment.num_union

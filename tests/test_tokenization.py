@@ -1,4 +1,6 @@
-"""The tokenizer trainers give the same tokenizer for the same texts (benchmarks and tests rebuild them)."""
+"""The tokenizer trainers give the same tokenizer for the same texts (benchmarks and tests rebuild
+them)."""
+
 from tiny_models import CORPUS
 
 from rlae_jax.tokenization import train_byte_level_bpe, train_metaspace_bpe, train_metaspace_unigram

@@ -2,6 +2,7 @@
 
 Loaders take the fixture folder (from conftest.fixture_path, which skips when it is absent).
 """
+
 from __future__ import annotations
 
 import pathlib
@@ -18,9 +19,17 @@ LLAMA3_PATTERN = (  # the split regex of meta-llama's tokenizer.py
     r"|\s*[\r\n]+|\s+(?!\S)|\s+"
 )
 LLAMA3_SPECIALS = [
-    "<|begin_of_text|>", "<|end_of_text|>", "<|reserved_special_token_0|>", "<|reserved_special_token_1|>",
-    "<|finetune_right_pad_id|>", "<|step_id|>", "<|start_header_id|>", "<|end_header_id|>", "<|eom_id|>",
-    "<|eot_id|>", "<|python_tag|>",
+    "<|begin_of_text|>",
+    "<|end_of_text|>",
+    "<|reserved_special_token_0|>",
+    "<|reserved_special_token_1|>",
+    "<|finetune_right_pad_id|>",
+    "<|step_id|>",
+    "<|start_header_id|>",
+    "<|end_header_id|>",
+    "<|eom_id|>",
+    "<|eot_id|>",
+    "<|python_tag|>",
 ] + [f"<|reserved_special_token_{i}|>" for i in range(2, 247)]
 
 # fixture name → folder under tokenizers/ (the file each loader reads must exist there)
@@ -35,16 +44,21 @@ REAL_TOKENIZERS = {
 
 
 def load_real_tokenizer(name: str, folder: pathlib.Path):
-    """One of REAL_TOKENIZERS from its fixture folder, as a `tokenizers`-backed transformers tokenizer."""
+    """One of REAL_TOKENIZERS from its fixture folder, as a `tokenizers`-backed transformers
+    tokenizer."""
     if name == "gpt2":
         return AutoTokenizer.from_pretrained(folder)
     if name == "neox":
-        return PreTrainedTokenizerFast(tokenizer_file=str(folder / "tokenizer.json"), eos_token="<|endoftext|>")
+        return PreTrainedTokenizerFast(
+            tokenizer_file=str(folder / "tokenizer.json"), eos_token="<|endoftext|>"
+        )
     if name in ("llama2", "mistral_v1", "mistral_v3"):
         return LlamaTokenizer.from_pretrained(folder)
     if name == "llama3":
         converted = TikTokenConverter(
-            vocab_file=str(folder / "tokenizer.model"), pattern=LLAMA3_PATTERN, extra_special_tokens=LLAMA3_SPECIALS
+            vocab_file=str(folder / "tokenizer.model"),
+            pattern=LLAMA3_PATTERN,
+            extra_special_tokens=LLAMA3_SPECIALS,
         ).converted()
         return PreTrainedTokenizerFast(
             tokenizer_object=converted, bos_token="<|begin_of_text|>", eos_token="<|end_of_text|>"
@@ -71,10 +85,13 @@ def train_metaspace_unigram(vocab_size: int = 300) -> PreTrainedTokenizerFast:
 
 
 def unicode_text():
-    """Hypothesis strategy: text mixing arbitrary code points, emoji, CJK, whitespace runs, digits."""
+    """Hypothesis strategy: text mixing arbitrary code points, emoji, CJK, whitespace runs,
+    digits."""
     pieces = st.one_of(
         st.text(st.characters(codec="utf-8", exclude_categories=["Cs"]), max_size=6),
-        st.sampled_from(["🙂", "🚀", "👩‍👩‍👧", "🇯🇵", "日本語", "中文句子", "한국어", "café", "naïve"]),
+        st.sampled_from(
+            ["🙂", "🚀", "👩‍👩‍👧", "🇯🇵", "日本語", "中文句子", "한국어", "café", "naïve"]
+        ),
         st.text(st.sampled_from(" \t\n\r\u00a0"), min_size=1, max_size=9),
         st.from_regex(r"[0-9]{1,7}", fullmatch=True),
         st.sampled_from([" the", " Hello", " world", "ing", ".", "!", "Once upon a time"]),

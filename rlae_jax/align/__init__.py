@@ -1,4 +1,5 @@
 """Vocabulary alignment: union vocabulary over token bytes and batched member↔union projection."""
+
 from rlae_jax.align.alignment import Alignment, UnionVocab
 from rlae_jax.align.project import TopKUnion, masked_log_softmax, mix, project, top_k_union
 from rlae_jax.align.token_bytes import MemberVocab, member_vocab

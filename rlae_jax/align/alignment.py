@@ -3,6 +3,7 @@
 Shapes: N members, V = V_max (largest model vocabulary), U union tokens, L = max_expansion
 (most member tokens one union token needs), D most member ids sharing one byte string.
 """
+
 from __future__ import annotations
 
 from typing import Sequence
@@ -101,29 +102,50 @@ class Alignment:
         return ops.project(member_probs, self.union_member_ids, self.duplicate_widths)
 
     def mix(self, member_probs: jax.Array | Sequence[jax.Array], weights: jax.Array) -> jax.Array:
-        """Probabilities `[B, N, V]` (or N arrays `[B, V_n]`), weights `[B, N]` → `[B, U]` mixed union
-        distribution Σ_n weights[:, n] · P_n (unnormalised inputs give the same mixture scaled)."""
+        """Probabilities `[B, N, V]` (or N arrays `[B, V_n]`), weights `[B, N]` → `[B, U]` mixed
+        union distribution Σ_n weights[:, n] · P_n (unnormalised inputs give the same mixture
+        scaled)."""
         if not isinstance(member_probs, (list, tuple)):
             member_probs = [member_probs[:, n] for n in range(member_probs.shape[1])]
         return ops.mix(member_probs, weights, self.union_member_ids, self.duplicate_widths)
 
     def mixed_argmax(self, member_probs: Sequence[jax.Array], weights: jax.Array) -> jax.Array:
-        """int32 `[B]`: first argmax of `mix(member_probs, weights)` over complete union tokens, without
-        building `[B, U]` (see project.mixed_argmax); member_probs: N arrays `[B, V_n]`."""
-        return ops.mixed_argmax(member_probs, weights, self.member_to_union, self.exclusive, self.shared_union_ids,
-                                self.shared_member_ids, self.duplicate_widths)
+        """int32 `[B]`: first argmax of `mix(member_probs, weights)` over complete union tokens,
+        without building `[B, U]` (see project.mixed_argmax); member_probs: N arrays `[B, V_n]`."""
+        return ops.mixed_argmax(
+            member_probs,
+            weights,
+            self.member_to_union,
+            self.exclusive,
+            self.shared_union_ids,
+            self.shared_member_ids,
+            self.duplicate_widths,
+        )
 
     def js_divergence(self, exp_logits: Sequence[jax.Array], normalizer: jax.Array) -> jax.Array:
-        """`[B]` equal-weight Jensen-Shannon divergence of the members' distributions in union space,
-        from unnormalised `exp_logits` (N arrays `[B, V_n]`) and their row sums `normalizer [B, N]`,
-        without building `[B, N, U]` (see project.js_divergence)."""
-        return ops.js_divergence(exp_logits, normalizer, self.exclusive,
-                                 (self.shared_member_ids, self.incomplete_member_ids), self.duplicate_widths)
+        """`[B]` equal-weight Jensen-Shannon divergence of the members' distributions in union
+        space, from unnormalised `exp_logits` (N arrays `[B, V_n]`) and their row sums `normalizer
+        [B, N]`, without building `[B, N, U]` (see project.js_divergence)."""
+        return ops.js_divergence(
+            exp_logits,
+            normalizer,
+            self.exclusive,
+            (self.shared_member_ids, self.incomplete_member_ids),
+            self.duplicate_widths,
+        )
 
-    def top_k_union(self, member_probs: jax.Array, member_top_ids: jax.Array, weights: jax.Array) -> ops.TopKUnion:
-        """Candidates from member top-k ids [B, N, k] scored without [B, U] (see project.top_k_union)."""
+    def top_k_union(
+        self, member_probs: jax.Array, member_top_ids: jax.Array, weights: jax.Array
+    ) -> ops.TopKUnion:
+        """Candidates from member top-k ids [B, N, k] scored without [B, U] (see
+        project.top_k_union)."""
         return ops.top_k_union(
-            member_probs, member_top_ids, weights, self.member_to_union, self.union_member_ids, self.num_union
+            member_probs,
+            member_top_ids,
+            weights,
+            self.member_to_union,
+            self.union_member_ids,
+            self.num_union,
         )
 
     def retokenize(self, union_ids: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -133,12 +155,16 @@ class Alignment:
         return tokens, counts
 
     def projection_matrix(self, member: int) -> sparse.BCOO:
-        """One-hot projection of member ``member`` as a BCOO matrix [V_i, U] (V_i its model vocab)."""
+        """One-hot projection of member ``member`` as a BCOO matrix [V_i, U] (V_i its model
+        vocab)."""
         table = self.vocab.member_to_union[member, : self.vocab_sizes[member]]
         rows = np.flatnonzero(table < self.num_union)
         indices = np.stack([rows, table[rows]], axis=1).astype(np.int32)
         data = np.ones(len(rows), np.float32)
-        return sparse.BCOO((jnp.asarray(data), jnp.asarray(indices)), shape=(self.vocab_sizes[member], self.num_union))
+        return sparse.BCOO(
+            (jnp.asarray(data), jnp.asarray(indices)),
+            shape=(self.vocab_sizes[member], self.num_union),
+        )
 
     # ---- host side ----
     def to_union(self, member: int, member_ids: Sequence[int]) -> list[int]:
@@ -172,17 +198,19 @@ class Alignment:
         if skip_special_tokens:
             return self.decode_bytes(union_ids).decode("utf-8", errors="replace")
         return b"".join(
-            self.vocab.special_names[u].encode() if u in self.vocab.special_names else self.vocab.union_bytes[u]
+            self.vocab.special_names[u].encode()
+            if u in self.vocab.special_names
+            else self.vocab.union_bytes[u]
             for u in union_ids
         ).decode("utf-8", errors="replace")
 
     def byte_table(self) -> tuple[np.ndarray, np.ndarray]:
-        """Bytes of every union token as int32 `[U, Lb]` (zero-padded) and their lengths int32 `[U]`,
-        for device-side rewards over union ids."""
+        """Bytes of every union token as int32 `[U, Lb]` (zero-padded) and their lengths int32
+        `[U]`, for device-side rewards over union ids."""
         lengths = np.array([len(b) for b in self.vocab.union_bytes], np.int32)
         table = np.zeros((self.num_union, max(int(lengths.max()), 1)), np.int32)
         for union_id, data in enumerate(self.vocab.union_bytes):
-            table[union_id, :len(data)] = list(data)
+            table[union_id, : len(data)] = list(data)
         return table, lengths
 
     def unspellable(self, member: int) -> list[bytes]:

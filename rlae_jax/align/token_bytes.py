@@ -13,6 +13,7 @@ is a real space here (``[▁Hello]`` is b" Hello"). Decoders that strip it (the 
 transformers' Llama decoder) are deliberately not applied: a member's token sequence always
 denotes the plain concatenation of its token bytes.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -27,7 +28,11 @@ _METASPACE = "\u2581"
 
 def _bytes_to_unicode() -> dict[int, str]:
     """GPT-2's reversible byte → printable character table."""
-    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    printable = [
+        *range(ord("!"), ord("~") + 1),
+        *range(ord("¡"), ord("¬") + 1),
+        *range(ord("®"), ord("ÿ") + 1),
+    ]
     chars = printable[:]
     extra = 0
     for byte in range(256):
@@ -70,7 +75,8 @@ class MemberVocab:
         return 0 if token_id in self.added_ids else 2 if token_id in self.byte_fallback_ids else 1
 
     def preferred_ids(self) -> dict[bytes, int]:
-        """bytes → the id the tokenizer itself would emit for them (lowest preference, then lowest id)."""
+        """bytes → the id the tokenizer itself would emit for them (lowest preference, then lowest
+        id)."""
         preferred: dict[bytes, int] = {}
         for token_id, token in enumerate(self.token_bytes):
             if token is None:
@@ -117,7 +123,9 @@ def _decoding_style(spec: dict[str, Any]) -> tuple[str, bool]:
     kinds = {step["type"] for step in steps}
     unsupported = kinds & {"WordPiece", "BPEDecoder", "CTC"}
     if unsupported:
-        raise NotImplementedError(f"cannot map tokens to exact bytes for decoder {sorted(unsupported)}")
+        raise NotImplementedError(
+            f"cannot map tokens to exact bytes for decoder {sorted(unsupported)}"
+        )
     byte_fallback = bool(spec["model"].get("byte_fallback")) or "ByteFallback" in kinds
     if "ByteLevel" in kinds:
         return "byte_level", byte_fallback
@@ -183,5 +191,9 @@ def member_vocab(tokenizer) -> MemberVocab:
         specials[tokenizer.eos_token_id] = tokenizer.eos_token
         token_bytes[tokenizer.eos_token_id] = None
     return MemberVocab(
-        tuple(token_bytes), specials, frozenset(byte_fallback_ids), frozenset(added_ids), tokenizer.eos_token_id
+        tuple(token_bytes),
+        specials,
+        frozenset(byte_fallback_ids),
+        frozenset(added_ids),
+        tokenizer.eos_token_id,
     )

@@ -11,6 +11,7 @@ member tokens spelling b (longest first piece on ties; byte-fallback / byte-leve
 make this always possible for byte-complete vocabularies). Special union tokens a member lacks
 get length 0 (they carry no bytes); the union EOS maps to every member's EOS.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -71,11 +72,16 @@ def build_alignment(
     unspellable = {m: alignment.unspellable(m) for m in range(alignment.num_members)}
     unspellable = {m: tokens for m, tokens in unspellable.items() if tokens}
     if unspellable:
-        summary = "; ".join(f"member {m}: {len(t)} tokens, e.g. {t[:4]}" for m, t in unspellable.items())
+        summary = "; ".join(
+            f"member {m}: {len(t)} tokens, e.g. {t[:4]}" for m, t in unspellable.items()
+        )
         if strict:
-            raise ValueError(f"members cannot spell these union tokens within max_expansion: {summary}")
+            raise ValueError(
+                f"members cannot spell these union tokens within max_expansion: {summary}"
+            )
         warnings.warn(
-            f"union tokens left out of union_complete (a member cannot spell them within max_expansion): {summary}"
+            "union tokens left out of union_complete (a member cannot spell them within "
+            f"max_expansion): {summary}"
         )
     return alignment
 
@@ -103,8 +109,12 @@ def _build(
     fingerprint: str,
     expansion_cap: int | None,
 ) -> Alignment:
-    special_names = sorted({name for v in vocabs for i, name in v.specials.items() if i != v.eos_id})
-    regular = sorted({b for v in vocabs for b in v.token_bytes if b is not None}, key=lambda b: (len(b), b))
+    special_names = sorted(
+        {name for v in vocabs for i, name in v.specials.items() if i != v.eos_id}
+    )
+    regular = sorted(
+        {b for v in vocabs for b in v.token_bytes if b is not None}, key=lambda b: (len(b), b)
+    )
     special_index = {name: 1 + j for j, name in enumerate(special_names)}
     first_regular = 1 + len(special_names)
     regular_index = {b: first_regular + j for j, b in enumerate(regular)}
@@ -114,16 +124,21 @@ def _build(
     member_to_union = np.full((members, vocab_max), num_union, np.int32)
     for n, vocab in enumerate(vocabs):
         member_to_union[n, : vocab.size] = [
-            regular_index[b] if b is not None
-            else EOS_UNION_ID if i == vocab.eos_id
-            else special_index[vocab.specials[i]] if i in vocab.specials
+            regular_index[b]
+            if b is not None
+            else EOS_UNION_ID
+            if i == vocab.eos_id
+            else special_index[vocab.specials[i]]
+            if i in vocab.specials
             else num_union
             for i, b in enumerate(vocab.token_bytes)
         ]
 
     groups = [_ids_by_union(vocab, member_to_union[n], num_union) for n, vocab in enumerate(vocabs)]
-    spellings = [_spellings(vocab, backend, group, regular, first_regular)
-                 for vocab, backend, group in zip(vocabs, backends, groups)]
+    spellings = [
+        _spellings(vocab, backend, group, regular, first_regular)
+        for vocab, backend, group in zip(vocabs, backends, groups)
+    ]
     needed = max(len(ids or ()) for rows in spellings for ids in rows)
     max_expansion = min(needed, expansion_cap or needed)
     union_to_member = np.zeros((members, num_union, max_expansion), np.int32)
@@ -144,16 +159,27 @@ def _build(
             union_member_ids[n, u, : len(ids)] = ids
 
     union_bytes = [b""] * first_regular + regular
-    names = {EOS_UNION_ID: vocabs[0].specials[vocabs[0].eos_id], **{i: name for name, i in special_index.items()}}
-    host = UnionVocab(fingerprint, union_bytes, names, member_to_union, union_to_member, union_to_member_len)
+    names = {
+        EOS_UNION_ID: vocabs[0].specials[vocabs[0].eos_id],
+        **{i: name for name, i in special_index.items()},
+    }
+    host = UnionVocab(
+        fingerprint, union_bytes, names, member_to_union, union_to_member, union_to_member_len
+    )
     return _to_alignment(host, union_member_ids, union_complete, sizes, max_expansion)
 
 
 def _to_alignment(
-    host: UnionVocab, union_member_ids: np.ndarray, union_complete: np.ndarray, sizes: Sequence[int], max_expansion: int
+    host: UnionVocab,
+    union_member_ids: np.ndarray,
+    union_complete: np.ndarray,
+    sizes: Sequence[int],
+    max_expansion: int,
 ) -> Alignment:
     num_union = len(host.union_bytes)
-    spellers = [(union_member_ids[n] < size).sum(-1) for n, size in enumerate(sizes)]  # [U] per member
+    spellers = [
+        (union_member_ids[n] < size).sum(-1) for n, size in enumerate(sizes)
+    ]  # [U] per member
     widths = [max(int(count.max()), 1) for count in spellers]
     alone = union_complete & (sum(spellers) == 1)
     shared_union_ids = np.flatnonzero(union_complete & ~alone).astype(np.int32)
@@ -181,7 +207,9 @@ def _to_alignment(
     )
 
 
-def _ids_by_union(vocab: MemberVocab, member_to_union: np.ndarray, num_union: int) -> dict[int, list[int]]:
+def _ids_by_union(
+    vocab: MemberVocab, member_to_union: np.ndarray, num_union: int
+) -> dict[int, list[int]]:
     """union id → member ids with its bytes (or its special), preferred spelling first."""
     group: dict[int, list[int]] = defaultdict(list)
     for i in sorted(range(vocab.size), key=lambda i: (vocab.preference(i), i)):
@@ -215,7 +243,10 @@ def _spellings(
     encoder.no_truncation()
     for u, encoding in zip(text_rows, encoder.encode_batch(texts, add_special_tokens=False)):
         target = regular[u - first_regular]
-        ids = [preferred.get(vocab.token_bytes[i], i) if vocab.token_bytes[i] is not None else i for i in encoding.ids]
+        ids = [
+            preferred.get(vocab.token_bytes[i], i) if vocab.token_bytes[i] is not None else i
+            for i in encoding.ids
+        ]
         if all(vocab.token_bytes[i] is not None for i in ids) and vocab.decode(ids) == target:
             rows[u] = ids
     longest_piece = max(len(b) for b in preferred)
@@ -226,7 +257,9 @@ def _spellings(
     return rows
 
 
-def _shortest_spelling(target: bytes, preferred: dict[bytes, int], longest_piece: int) -> list[int] | None:
+def _shortest_spelling(
+    target: bytes, preferred: dict[bytes, int], longest_piece: int
+) -> list[int] | None:
     """Fewest member tokens whose bytes concatenate to ``target`` (longest first piece on ties)."""
     length = len(target)
     unreachable = length + 1
@@ -279,7 +312,9 @@ def load_alignment(path: str | os.PathLike) -> Alignment:
     with np.load(path) as data:
         meta = json.loads(str(data["meta"]))
         if meta["format"] != CACHE_FORMAT:
-            raise ValueError(f"{path}: alignment format {meta['format']!r}, expected {CACHE_FORMAT!r}")
+            raise ValueError(
+                f"{path}: alignment format {meta['format']!r}, expected {CACHE_FORMAT!r}"
+            )
         blob, offsets = data["union_bytes"].tobytes(), data["union_bytes_offsets"]
         union_bytes = [blob[offsets[u] : offsets[u + 1]] for u in range(len(offsets) - 1)]
         host = UnionVocab(
@@ -291,5 +326,9 @@ def load_alignment(path: str | os.PathLike) -> Alignment:
             data["union_to_member_len"],
         )
         return _to_alignment(
-            host, data["union_member_ids"], data["union_complete"], meta["vocab_sizes"], meta["max_expansion"]
+            host,
+            data["union_member_ids"],
+            data["union_complete"],
+            meta["vocab_sizes"],
+            meta["max_expansion"],
         )

@@ -15,8 +15,32 @@ PROMPT = "Once upon a time"
 PROMPT_IDS = [1, 403, 407, 261, 378]
 # transformers' greedy continuation of PROMPT, 24 new tokens: "<s> Once upon a time, there was a
 # little girl named Lily. She loved to play outside in the p" (the first 16 as in SOURCES.md)
-GREEDY_24 = [432, 383, 286, 261, 376, 298, 315, 421, 395, 317, 426, 338,
-             401, 396, 267, 337, 410, 408, 419, 292, 411, 322, 265, 282]
+GREEDY_24 = [
+    432,
+    383,
+    286,
+    261,
+    376,
+    298,
+    315,
+    421,
+    395,
+    317,
+    426,
+    338,
+    401,
+    396,
+    267,
+    337,
+    410,
+    408,
+    419,
+    292,
+    411,
+    322,
+    265,
+    282,
+]
 # stories260K.gguf writes "no such token" as 0xFFFFFFFF, which transformers' loader cannot take.
 UNSET_TOKEN_ID_KEYS = ("tokenizer.ggml.padding_token_id", "tokenizer.ggml.seperator_token_id")
 ROUND_TRIP_TEXTS = [
@@ -333,9 +357,8 @@ def test_gguf_without_tokenizer_metadata(tmp_path):
     )
     one_line_error(lambda: load_gguf_tokenizer(path), expected)
     one_line_error(lambda: rlae_jax.from_pretrained(str(path)), expected)
-    member = rlae_jax.from_pretrained(
-        str(path), tokenizer=source
-    )  # the tokenizer from another file
+    # the tokenizer from another file
+    member = rlae_jax.from_pretrained(str(path), tokenizer=source)
     assert member.tokenizer(PROMPT).input_ids == PROMPT_IDS
 
 
@@ -382,9 +405,20 @@ def test_presets_say_what_to_install(monkeypatch, tmp_path):
         rlae_jax.from_pretrained("gemma-3-270")
 
 
-TINY = dict(vocab_size=96, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
-            num_attention_heads=4, num_key_value_heads=2, head_dim=16, max_position_embeddings=256,
-            rms_norm_eps=1e-6, bos_token_id=1, eos_token_id=2, pad_token_id=0)
+TINY = dict(
+    vocab_size=96,
+    hidden_size=64,
+    intermediate_size=96,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    head_dim=16,
+    max_position_embeddings=256,
+    rms_norm_eps=1e-6,
+    bos_token_id=1,
+    eos_token_id=2,
+    pad_token_id=0,
+)
 TINY_FAMILIES = {  # GGUF architecture -> (transformers model type, extra config)
     "llama": ("llama", dict(tie_word_embeddings=False)),
     "qwen2": ("qwen2", dict(tie_word_embeddings=True)),

@@ -1,4 +1,6 @@
-"""Parity of the Flax ports with transformers' PyTorch models, KV-cache exactness, loading errors."""
+"""Parity of the Flax ports with transformers' PyTorch models, KV-cache exactness, loading
+errors."""
+
 import json
 import math
 import re
@@ -8,7 +10,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-torch = pytest.importorskip("torch", reason="torch==2.13.0 (CPU) is the parity reference: pip install -e '.[test]'")
+torch = pytest.importorskip(
+    "torch", reason="torch==2.13.0 (CPU) is the parity reference: pip install -e '.[test]'"
+)
 
 import rlae_jax  # noqa: E402
 from rlae_jax.generation import generate_ids_jit  # noqa: E402
@@ -55,7 +59,7 @@ def test_logits_match_transformers_on_left_padded_batch(tiny, tokenizer):
     ours = np.asarray(member.logits(jnp.asarray(ids), jnp.asarray(mask)))
     for row, tokens in enumerate(token_lists):
         expected = reference_logits(reference, tokens)
-        got = ours[row, ids.shape[1] - len(tokens):]
+        got = ours[row, ids.shape[1] - len(tokens) :]
         assert np.abs(got - expected).max() < 1e-4, f"{family} row {row}"
     assert len(token_lists[0]) > 3 * 6  # the Mistral case really slides its window
 
@@ -66,15 +70,16 @@ def test_greedy_continuations_match_transformers_generate(tiny, tokenizer):
     for prompt, got in zip(PROMPTS, ours):
         ids = torch.tensor([tokenizer.encode(prompt)])
         with torch.no_grad():
-            expected = reference.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=24,
-                                          do_sample=False)[0, ids.shape[1]:].tolist()
+            expected = reference.generate(
+                ids, attention_mask=torch.ones_like(ids), max_new_tokens=24, do_sample=False
+            )[0, ids.shape[1] :].tolist()
         assert got == expected, f"{family}: {prompt!r}"
 
 
 def test_cached_decode_equals_full_forward(tiny, tokenizer):
-    """Prefill, then one-token steps, multi-token steps with row-varying counts (0..3) and packed single
-    tokens from any rows (two of one row in one call, an invalid entry), must give the logits the full
-    forward gives on the whole sequence of each row."""
+    """Prefill, then one-token steps, multi-token steps with row-varying counts (0..3) and packed
+    single tokens from any rows (two of one row in one call, an invalid entry), must give the logits
+    the full forward gives on the whole sequence of each row."""
     family, _, member = tiny
     rng = np.random.RandomState(1)
     token_lists = [tokenizer.encode(p) for p in PROMPTS]
@@ -95,28 +100,39 @@ def test_cached_decode_equals_full_forward(tiny, tokenizer):
             logits = out.logits
             counts = np.ones(len(PROMPTS), int)
             block = new[:, None]
-        elif kind == "packed":  # entries: row 0 offset 0, row 2 offset 0, row 0 offset 1, invalid (row 1)
+        elif kind == "packed":
+            # entries: row 0 offset 0, row 2 offset 0, row 0 offset 1, invalid (row 1)
             new = rng.randint(0, len(tokenizer), size=4)
-            hidden, cache = append_packed(cache, jnp.asarray(new, jnp.int32), jnp.asarray([0, 2, 0, 1]),
-                                          jnp.asarray([0, 0, 1, 0]), jnp.asarray([True, True, True, False]))
+            hidden, cache = append_packed(
+                cache,
+                jnp.asarray(new, jnp.int32),
+                jnp.asarray([0, 2, 0, 1]),
+                jnp.asarray([0, 0, 1, 0]),
+                jnp.asarray([True, True, True, False]),
+            )
             counts = np.array([2, 0, 1])
             cache = cache.advance(jnp.asarray(counts, jnp.int32))
-            logits = jnp.where((jnp.asarray(counts) > 0)[:, None], next_token_logits(hidden[jnp.asarray([2, 0, 1])]),
-                               logits)
+            logits = jnp.where(
+                (jnp.asarray(counts) > 0)[:, None],
+                next_token_logits(hidden[jnp.asarray([2, 0, 1])]),
+                logits,
+            )
             block = np.array([[new[0], new[2]], [0, 0], [new[1], 0]])
         else:
             block = rng.randint(0, len(tokenizer), size=(len(PROMPTS), 3))
             counts = next(multi_counts)
-            last, cache = append(cache, jnp.asarray(block, jnp.int32), jnp.asarray(counts, jnp.int32))
+            last, cache = append(
+                cache, jnp.asarray(block, jnp.int32), jnp.asarray(counts, jnp.int32)
+            )
             # rows with count 0 keep their previous output
             logits = jnp.where((jnp.asarray(counts) > 0)[:, None], next_token_logits(last), logits)
         for row in range(len(PROMPTS)):
-            sequences[row] += list(block[row, :counts[row]])
+            sequences[row] += list(block[row, : counts[row]])
         # full forward of every row's whole sequence, right-padded to one static shape
         ids = np.zeros((len(sequences), 80), np.int32)
         mask = np.zeros_like(ids)
         for row, sequence in enumerate(sequences):
-            ids[row, :len(sequence)], mask[row, :len(sequence)] = sequence, 1
+            ids[row, : len(sequence)], mask[row, : len(sequence)] = sequence, 1
         full = np.asarray(full_forward(jnp.asarray(ids), jnp.asarray(mask)))
         for row, sequence in enumerate(sequences):
             error = np.abs(np.asarray(logits[row]) - full[row, len(sequence) - 1]).max()
@@ -169,16 +185,29 @@ def test_decode_loop_copies_no_kv_cache(batch):
     config = config_from_hf(hf_config("gpt2", 384, 0))
     member = Member.from_model(build_model(config))
     prompt, new_tokens = 16, 8
-    args = (member, jnp.full((batch, prompt), 5, jnp.int32), jnp.ones((batch, prompt), jnp.int32), jax.random.key(0),
-            jnp.float32(0.0), jnp.float32(1.0), jnp.asarray([-1], jnp.int32), jnp.int32(0))
+    args = (
+        member,
+        jnp.full((batch, prompt), 5, jnp.int32),
+        jnp.ones((batch, prompt), jnp.int32),
+        jax.random.key(0),
+        jnp.float32(0.0),
+        jnp.float32(1.0),
+        jnp.asarray([-1], jnp.int32),
+        jnp.int32(0),
+    )
     text = generate_ids_jit.lower(*args, max_new_tokens=new_tokens).compile().as_text()
-    cache_elements = batch * config.num_kv_heads * (prompt + new_tokens) * config.head_dim  # one layer, any layout
+    # one layer, any layout
+    cache_elements = batch * config.num_kv_heads * (prompt + new_tokens) * config.head_dim
     loop_copies, computation = [], None
     for line in text.splitlines():
         if line and not line.startswith(" ") and line.endswith("{"):
             computation = line.split()[0]  # "ENTRY" for the program outside the loop
         copied = re.search(r"= f32\[([\d,]+)\]\S* copy\(", line)
-        if copied and math.prod(map(int, copied.group(1).split(","))) == cache_elements and computation != "ENTRY":
+        if (
+            copied
+            and math.prod(map(int, copied.group(1).split(","))) == cache_elements
+            and computation != "ENTRY"
+        ):
             loop_copies.append(line.strip())
     assert not loop_copies, f"KV cache copied inside the decode loop: {loop_copies[:2]}"
 
@@ -193,7 +222,9 @@ def test_sampling_is_seeded_and_top_p_zero_is_greedy(tiny):
     assert first == again and first != other
     assert len({tuple(t) for t in first}) > 1  # rows draw independent samples
     greedy = rlae_jax.generate_tokens(member, prompts[:1], max_new_tokens=12)
-    nucleus_of_one = rlae_jax.generate_tokens(member, prompts[:1], max_new_tokens=12, temperature=1.0, top_p=1e-6)
+    nucleus_of_one = rlae_jax.generate_tokens(
+        member, prompts[:1], max_new_tokens=12, temperature=1.0, top_p=1e-6
+    )
     assert nucleus_of_one == greedy
 
 
@@ -201,7 +232,7 @@ def test_gemma3_config_reads_every_gemma_knob(tokenizer):
     config = config_from_hf(hf_config("gemma3", len(tokenizer), tokenizer.eos_token_id))
     assert config.family == "gemma3" and config.hidden_act == "gelu_pytorch_tanh"
     assert config.layer_windows == (5, 5, None) and config.tie_word_embeddings
-    assert config.qk_norm and config.norm_plus_one and config.attention_scale == 24 ** -0.5
+    assert config.qk_norm and config.norm_plus_one and config.attention_scale == 24**-0.5
     assert config.layer_rope(0) == ("default", 100.0, {})
     assert config.layer_rope(2) == ("linear", 10000.0, {"factor": 2.0})
 
@@ -220,10 +251,10 @@ def test_gemma3_final_logit_softcap_matches_transformers(tokenizer, tmp_path):
     ours = np.asarray(member.logits(jnp.asarray(ids), jnp.asarray(mask)))
     for row, tokens in enumerate(token_lists):
         expected = reference_logits(reference, tokens)
-        assert np.abs(ours[row, ids.shape[1] - len(tokens):] - expected).max() < 1e-4, row
+        assert np.abs(ours[row, ids.shape[1] - len(tokens) :] - expected).max() < 1e-4, row
     reference.config.final_logit_softcapping = None
     uncapped = reference_logits(reference, token_lists[0])
-    capped = ours[0, ids.shape[1] - len(token_lists[0]):]
+    capped = ours[0, ids.shape[1] - len(token_lists[0]) :]
     assert np.abs(uncapped - capped).max() > 0.3  # the cap bites
     save_pretrained(member, tmp_path / "ours")
     assert AutoConfig.from_pretrained(tmp_path / "ours").final_logit_softcapping == 3.0
@@ -246,7 +277,8 @@ def test_first_argmax_equals_argmax_with_ties_and_infinities():
     assert got.dtype == jnp.int32
     np.testing.assert_array_equal(got, np.argmax(scores, axis=-1))
     scores[9, 4] = np.nan
-    assert int(first_argmax(jnp.asarray(scores))[9]) == 0  # an in-range id; decode loops stop NaN rows
+    # an in-range id; decode loops stop NaN rows
+    assert int(first_argmax(jnp.asarray(scores))[9]) == 0
 
 
 # ---- bad input -------------------------------------------------------------------------------
@@ -284,7 +316,9 @@ def test_mismatched_tensor_is_named(llama_folder):
 
     path = llama_folder / "model.safetensors"
     tensors = load_file(path)
-    tensors["model.layers.0.self_attn.k_proj.weight"] = tensors["model.layers.0.self_attn.k_proj.weight"][:-1]
+    tensors["model.layers.0.self_attn.k_proj.weight"] = tensors[
+        "model.layers.0.self_attn.k_proj.weight"
+    ][:-1]
     save_file(tensors, path, metadata={"format": "pt"})
     with pytest.raises(ValueError, match=r"model.layers.0.self_attn.k_proj.weight.*shape"):
         from_pretrained(str(llama_folder))
@@ -295,7 +329,10 @@ def test_sharded_checkpoint_loads(tokenizer, tmp_path):
     reference.save_pretrained(tmp_path / "sharded", max_shard_size="50KB")
     tokenizer.save_pretrained(tmp_path / "sharded")
     assert (tmp_path / "sharded" / "model.safetensors.index.json").exists()
-    one, sharded = from_pretrained(str(tmp_path / "one")), from_pretrained(str(tmp_path / "sharded"))
+    one, sharded = (
+        from_pretrained(str(tmp_path / "one")),
+        from_pretrained(str(tmp_path / "sharded")),
+    )
     for a, b in zip(jax.tree.leaves(one.state), jax.tree.leaves(sharded.state)):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
@@ -320,7 +357,9 @@ def test_tokenizer_larger_than_embedding_is_refused(tokenizer, tmp_path):
     small = hf_config("llama", len(tokenizer) - 10, tokenizer.eos_token_id)
     AutoModelForCausalLM.from_config(small).save_pretrained(tmp_path)
     tokenizer.save_pretrained(tmp_path)
-    with pytest.raises(ValueError, match=r"tokenizer has \d+ tokens but the model embedding has only"):
+    with pytest.raises(
+        ValueError, match=r"tokenizer has \d+ tokens but the model embedding has only"
+    ):
         from_pretrained(str(tmp_path))
 
 
@@ -331,7 +370,7 @@ def test_embedding_rows_beyond_the_tokenizer_are_never_generated(tokenizer, tmp_
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_config(hf_config("llama", 512, tokenizer.eos_token_id))
     with torch.no_grad():
-        model.lm_head.weight[len(tokenizer):] *= 50.0
+        model.lm_head.weight[len(tokenizer) :] *= 50.0
     model.save_pretrained(tmp_path)
     tokenizer.save_pretrained(tmp_path)
     member = from_pretrained(str(tmp_path))

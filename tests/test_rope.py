@@ -1,4 +1,5 @@
 """RoPE inverse frequencies against transformers' initialisers, all three llama3 bands included."""
+
 import math
 
 import numpy as np
@@ -10,14 +11,27 @@ from rlae_jax.models.layers import rope_inverse_frequencies
 
 # original context 64 with low/high frequency factors 1 and 4: wavelengths under 16 positions keep
 # their frequency, over 64 are divided by `factor`, and those in between (medium) are interpolated
-LLAMA3 = dict(rope_type="llama3", rope_theta=10000.0, factor=8.0, low_freq_factor=1.0,
-              high_freq_factor=4.0, original_max_position_embeddings=64)
+LLAMA3 = dict(
+    rope_type="llama3",
+    rope_theta=10000.0,
+    factor=8.0,
+    low_freq_factor=1.0,
+    high_freq_factor=4.0,
+    original_max_position_embeddings=64,
+)
 
 
 def hf_llama(rope_parameters) -> LlamaConfig:
-    return LlamaConfig(vocab_size=32, hidden_size=256, intermediate_size=64, num_hidden_layers=1,
-                       num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=512,
-                       rope_parameters=rope_parameters)
+    return LlamaConfig(
+        vocab_size=32,
+        hidden_size=256,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        max_position_embeddings=512,
+        rope_parameters=rope_parameters,
+    )
 
 
 def test_llama3_rope_equals_transformers_in_every_band():

@@ -1,5 +1,6 @@
 """Tiny random Hugging Face models of every supported family, saved with `save_pretrained`, with a
 small byte-level BPE tokenizer trained here by the `tokenizers` library (no downloads)."""
+
 from __future__ import annotations
 
 import pathlib
@@ -13,6 +14,7 @@ CORPUS = [
     "Alice and Bob exchanged 7 messages, then 11 more, before the meeting at 5 pm.",
 ] * 20
 
+
 def train_byte_level_tokenizer(vocab_size: int = 384):
     """A byte-level BPE tokenizer trained on CORPUS, with EOS (also used as pad)."""
     return train_byte_level_bpe(CORPUS, vocab_size)
@@ -24,39 +26,81 @@ def hf_config(family: str, vocab_size: int, eos_token_id: int):
     qwen3 (untied; head_dim 32 != hidden/heads; layer 1 slides a window of 6), qwen3_tied, gemma3:
     local, local, global layers (window 5), local RoPE base 100 and linear-scaled global base 10^4,
     query_pre_attn_scalar 24 != head_dim 32; gemma3_softcap adds final logit soft-capping at 3."""
-    from transformers import (GPT2Config, Gemma3TextConfig, LlamaConfig, MistralConfig, Qwen2Config,
-                              Qwen3Config)
+    from transformers import (
+        GPT2Config,
+        Gemma3TextConfig,
+        LlamaConfig,
+        MistralConfig,
+        Qwen2Config,
+        Qwen3Config,
+    )
 
-    common = dict(vocab_size=vocab_size, hidden_size=64, intermediate_size=112, num_hidden_layers=2,
-                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-                  eos_token_id=eos_token_id, bos_token_id=None, pad_token_id=eos_token_id, initializer_range=0.1)
+    common = dict(
+        vocab_size=vocab_size,
+        hidden_size=64,
+        intermediate_size=112,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        eos_token_id=eos_token_id,
+        bos_token_id=None,
+        pad_token_id=eos_token_id,
+        initializer_range=0.1,
+    )
     if family == "llama":
         return LlamaConfig(**common)
     if family == "llama3":
-        return LlamaConfig(**common, rope_parameters=dict(
-            rope_type="llama3", rope_theta=500000.0, factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0,
-            original_max_position_embeddings=32))
+        return LlamaConfig(
+            **common,
+            rope_parameters=dict(
+                rope_type="llama3",
+                rope_theta=500000.0,
+                factor=8.0,
+                low_freq_factor=1.0,
+                high_freq_factor=4.0,
+                original_max_position_embeddings=32,
+            ),
+        )
     if family == "mistral":
         return MistralConfig(**common, sliding_window=6)
     if family == "qwen2":
         return Qwen2Config(**common, tie_word_embeddings=True)
     if family == "qwen3":
-        return Qwen3Config(**common, head_dim=32, tie_word_embeddings=False,
-                           use_sliding_window=True, sliding_window=6, max_window_layers=1)
+        return Qwen3Config(
+            **common,
+            head_dim=32,
+            tie_word_embeddings=False,
+            use_sliding_window=True,
+            sliding_window=6,
+            max_window_layers=1,
+        )
     if family == "qwen3_tied":
         return Qwen3Config(**common, head_dim=32, tie_word_embeddings=True)
     if family.startswith("gemma3"):
         common.update(num_hidden_layers=3, head_dim=32)
         return Gemma3TextConfig(
-            **common, query_pre_attn_scalar=24, sliding_window=5,
+            **common,
+            query_pre_attn_scalar=24,
+            sliding_window=5,
             layer_types=["sliding_attention", "sliding_attention", "full_attention"],
             rope_parameters={
                 "sliding_attention": dict(rope_type="default", rope_theta=100.0),
-                "full_attention": dict(rope_type="linear", rope_theta=10000.0, factor=2.0)},
-            final_logit_softcapping=3.0 if family == "gemma3_softcap" else None)
+                "full_attention": dict(rope_type="linear", rope_theta=10000.0, factor=2.0),
+            },
+            final_logit_softcapping=3.0 if family == "gemma3_softcap" else None,
+        )
     if family == "gpt2":
-        return GPT2Config(vocab_size=vocab_size, n_positions=256, n_embd=64, n_layer=2, n_head=4,
-                          bos_token_id=eos_token_id, eos_token_id=eos_token_id, initializer_range=0.1)
+        return GPT2Config(
+            vocab_size=vocab_size,
+            n_positions=256,
+            n_embd=64,
+            n_layer=2,
+            n_head=4,
+            bos_token_id=eos_token_id,
+            eos_token_id=eos_token_id,
+            initializer_range=0.1,
+        )
     raise KeyError(family)
 
 

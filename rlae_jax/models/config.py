@@ -1,4 +1,6 @@
-"""ModelConfig: the one architecture description every port reads, built from a transformers config."""
+"""ModelConfig: the one architecture description every port reads, built from a transformers
+config."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -13,9 +15,10 @@ class ModelConfig:
     """Static, hashable description of one member architecture.
 
     `layer_windows[i]` is the sliding-window length of layer i (None = full causal attention).
-    `rope_scaling` holds the non-theta entries of HF's `rope_parameters` as sorted (key, value) pairs.
-    `local_rope` holds the whole `rope_parameters` (rope_type, rope_theta, scaling entries) of the
-    sliding-window layers as sorted pairs when they have their own (Gemma 3); empty = as global.
+    `rope_scaling` holds the non-theta entries of HF's `rope_parameters` as sorted (key, value)
+    pairs. `local_rope` holds the whole `rope_parameters` (rope_type, rope_theta, scaling entries)
+    of the sliding-window layers as sorted pairs when they have their own (Gemma 3); empty = as
+    global.
     `qk_norm`: RMSNorm over each head's queries and keys before RoPE (Qwen 3, Gemma 3).
     `norm_plus_one`: every RMSNorm scales by `(1 + w)`, in float32 before the cast (Gemma).
     `query_pre_attn_scalar`: attention scores are `q·k / sqrt(it)`; None = head_dim (Gemma 3).
@@ -85,11 +88,13 @@ def _as_tuple(ids) -> tuple[int, ...]:
 
 
 def config_from_hf(hf_config) -> ModelConfig:
-    """Translate a transformers 5 `PretrainedConfig` into a ModelConfig (raises on unsupported ones)."""
+    """Translate a transformers 5 `PretrainedConfig` into a ModelConfig (raises on unsupported
+    ones)."""
     model_type = getattr(hf_config, "model_type", None)
     if model_type not in SUPPORTED_MODEL_TYPES:
         raise ValueError(
-            f"unsupported model_type {model_type!r}; supported model types: {', '.join(SUPPORTED_MODEL_TYPES)}"
+            f"unsupported model_type {model_type!r}; "
+            f"supported model types: {', '.join(SUPPORTED_MODEL_TYPES)}"
         )
     common = dict(
         model_type=model_type,
@@ -133,7 +138,9 @@ def config_from_hf(hf_config) -> ModelConfig:
     if layer_types is None:
         layer_windows = (window,) * hf_config.num_hidden_layers
     else:
-        layer_windows = tuple(window if kind == "sliding_attention" else None for kind in layer_types)
+        layer_windows = tuple(
+            window if kind == "sliding_attention" else None for kind in layer_types
+        )
     bias = bool(getattr(hf_config, "attention_bias", False))
     gemma = model_type == "gemma3_text"
     return ModelConfig(
@@ -167,8 +174,9 @@ def _rope(parameters) -> tuple[str, float, tuple[tuple[str, Any], ...]]:
     rope = dict(parameters or {})
     rope_type = rope.pop("rope_type", "default")
     if rope_type not in SUPPORTED_ROPE_TYPES:
-        raise ValueError(f"unsupported rope_type {rope_type!r}; "
-                         f"supported: {', '.join(SUPPORTED_ROPE_TYPES)}")
+        raise ValueError(
+            f"unsupported rope_type {rope_type!r}; supported: {', '.join(SUPPORTED_ROPE_TYPES)}"
+        )
     return rope_type, float(rope.pop("rope_theta", 10000.0)), tuple(sorted(rope.items()))
 
 
@@ -176,9 +184,12 @@ def check_gemma3(hf_config) -> None:
     """Refuse the Gemma 3 options transformers 5's text model does not run as configured: attention
     logit soft-capping (its attention never applies it) and bidirectional attention."""
     if getattr(hf_config, "attn_logit_softcapping", None) is not None:
-        raise ValueError(f"gemma3_text attn_logit_softcapping={hf_config.attn_logit_softcapping} "
-                         "is not supported (transformers 5's Gemma 3 attention ignores it); "
-                         "set it to None")
+        raise ValueError(
+            f"gemma3_text attn_logit_softcapping={hf_config.attn_logit_softcapping} "
+            "is not supported (transformers 5's Gemma 3 attention ignores it); "
+            "set it to None"
+        )
     if getattr(hf_config, "use_bidirectional_attention", False):
-        raise ValueError("gemma3_text use_bidirectional_attention=True is not supported "
-                         "(causal LMs only)")
+        raise ValueError(
+            "gemma3_text use_bidirectional_attention=True is not supported (causal LMs only)"
+        )

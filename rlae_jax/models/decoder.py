@@ -1,14 +1,22 @@
 """Llama-style decoder: Llama 2/3/3.1/3.2, Mistral (sliding window), Qwen2/2.5 (qkv bias, tied
 embeddings) and Qwen 3 (per-head q/k RMSNorm), selected by ModelConfig fields rather than by code
 paths."""
+
 from __future__ import annotations
 
 import jax.numpy as jnp
 from flax import nnx
 
 from rlae_jax.models.config import ModelConfig
-from rlae_jax.models.layers import (CausalLM, activation, append_and_attend, apply_rope, linear,
-                                    rms_norm, rope_inverse_frequencies)
+from rlae_jax.models.layers import (
+    CausalLM,
+    activation,
+    append_and_attend,
+    apply_rope,
+    linear,
+    rms_norm,
+    rope_inverse_frequencies,
+)
 
 
 class DecoderLayer(nnx.Module):
@@ -37,7 +45,8 @@ class DecoderLayer(nnx.Module):
 
     def __call__(self, x, positions, cache_keys, cache_values, slots, slot_positions):
         attn, cache_keys, cache_values = self.attention(
-            self.input_norm(x), positions, cache_keys, cache_values, slots, slot_positions)
+            self.input_norm(x), positions, cache_keys, cache_values, slots, slot_positions
+        )
         x = x + attn
         x = x + self.mlp(self.post_attention_norm(x))
         return x, cache_keys, cache_values
@@ -54,8 +63,17 @@ class DecoderLayer(nnx.Module):
         q, k = apply_rope(q, positions, inv_freq), apply_rope(k, positions, inv_freq)
         v = self.v_proj(h).reshape(batch, block, self.num_kv_heads, self.head_dim)
         attn, cache_keys, cache_values = append_and_attend(
-            q, k, v, cache_keys, cache_values, slots, positions, slot_positions, self.window,
-            self.scale)
+            q,
+            k,
+            v,
+            cache_keys,
+            cache_values,
+            slots,
+            positions,
+            slot_positions,
+            self.window,
+            self.scale,
+        )
         return self.o_proj(attn.reshape(batch, block, -1)), cache_keys, cache_values
 
     def mlp(self, h):
@@ -70,11 +88,17 @@ class Decoder(CausalLM):
 
     def __init__(self, config: ModelConfig, *, dtype=jnp.float32, rngs: nnx.Rngs):
         self.config = config
-        self.embedding = nnx.Embed(config.vocab_size, config.hidden_size, dtype=dtype,
-                                   param_dtype=dtype, embedding_init=nnx.initializers.normal(0.02),
-                                   rngs=rngs)
-        self.layers = nnx.List([self.layer_class(config, i, dtype=dtype, rngs=rngs)
-                                for i in range(config.num_layers)])
+        self.embedding = nnx.Embed(
+            config.vocab_size,
+            config.hidden_size,
+            dtype=dtype,
+            param_dtype=dtype,
+            embedding_init=nnx.initializers.normal(0.02),
+            rngs=rngs,
+        )
+        self.layers = nnx.List(
+            [self.layer_class(config, i, dtype=dtype, rngs=rngs) for i in range(config.num_layers)]
+        )
         self.norm = rms_norm(config, config.hidden_size, dtype)
         if not config.tie_word_embeddings:
             self.lm_head = linear(config.hidden_size, config.vocab_size, False, dtype, rngs)

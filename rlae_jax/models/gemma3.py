@@ -2,6 +2,7 @@
 config selects (1 + w) RMSNorms, per-head q/k norms, `query_pre_attn_scalar`, local/global RoPE
 and final logit soft-capping; here: the four norms of a block and the sqrt(hidden) embedding
 scale."""
+
 from __future__ import annotations
 
 import jax
@@ -22,7 +23,8 @@ class Gemma3Layer(DecoderLayer):
 
     def __call__(self, x, positions, cache_keys, cache_values, slots, slot_positions):
         attn, cache_keys, cache_values = self.attention(
-            self.input_norm(x), positions, cache_keys, cache_values, slots, slot_positions)
+            self.input_norm(x), positions, cache_keys, cache_values, slots, slot_positions
+        )
         x = x + self.post_attention_norm(attn)
         x = x + self.post_feedforward_norm(self.mlp(self.pre_feedforward_norm(x)))
         return x, cache_keys, cache_values
@@ -36,4 +38,4 @@ class Gemma3(Decoder):
 
     def embed(self, tokens: jax.Array, positions: jax.Array) -> jax.Array:
         x = self.embedding(tokens)
-        return x * jnp.asarray(np.float32(self.config.hidden_size ** 0.5)).astype(x.dtype)
+        return x * jnp.asarray(np.float32(self.config.hidden_size**0.5)).astype(x.dtype)

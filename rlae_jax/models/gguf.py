@@ -21,31 +21,55 @@ import gguf
 import numpy as np
 
 Q = gguf.GGMLQuantizationType
-SUPPORTED_TENSOR_TYPES = (Q.F32, Q.F16, Q.BF16, Q.Q4_0, Q.Q4_1, Q.Q5_0, Q.Q5_1, Q.Q8_0,
-                          Q.Q2_K, Q.Q3_K, Q.Q4_K, Q.Q5_K, Q.Q6_K)
+SUPPORTED_TENSOR_TYPES = (
+    Q.F32,
+    Q.F16,
+    Q.BF16,
+    Q.Q4_0,
+    Q.Q4_1,
+    Q.Q5_0,
+    Q.Q5_1,
+    Q.Q8_0,
+    Q.Q2_K,
+    Q.Q3_K,
+    Q.Q4_K,
+    Q.Q5_K,
+    Q.Q6_K,
+)
 # GGUF architecture -> transformers model type (a gemma3 file holds only the text backbone)
 MODEL_TYPES = {"llama": "llama", "qwen2": "qwen2", "qwen3": "qwen3", "gemma3": "gemma3_text"}
 # Hugging Face tensors of one decoder layer, per architecture; GGUF names come from gguf's own map
-DECODER_LAYER = ("self_attn.q_proj.weight", "self_attn.k_proj.weight", "self_attn.v_proj.weight",
-                 "self_attn.o_proj.weight", "input_layernorm.weight",
-                 "post_attention_layernorm.weight", "mlp.gate_proj.weight", "mlp.up_proj.weight",
-                 "mlp.down_proj.weight")
+DECODER_LAYER = (
+    "self_attn.q_proj.weight",
+    "self_attn.k_proj.weight",
+    "self_attn.v_proj.weight",
+    "self_attn.o_proj.weight",
+    "input_layernorm.weight",
+    "post_attention_layernorm.weight",
+    "mlp.gate_proj.weight",
+    "mlp.up_proj.weight",
+    "mlp.down_proj.weight",
+)
 QK_NORMS = ("self_attn.q_norm.weight", "self_attn.k_norm.weight")
 LAYER_TENSORS = {
     "llama": DECODER_LAYER,
-    "qwen2": DECODER_LAYER + ("self_attn.q_proj.bias", "self_attn.k_proj.bias",
-                              "self_attn.v_proj.bias"),
+    "qwen2": DECODER_LAYER
+    + ("self_attn.q_proj.bias", "self_attn.k_proj.bias", "self_attn.v_proj.bias"),
     "qwen3": DECODER_LAYER + QK_NORMS,
-    "gemma3": DECODER_LAYER + QK_NORMS + ("pre_feedforward_layernorm.weight",
-                                          "post_feedforward_layernorm.weight"),
+    "gemma3": DECODER_LAYER
+    + QK_NORMS
+    + ("pre_feedforward_layernorm.weight", "post_feedforward_layernorm.weight"),
 }
 GLOBAL_TENSORS = ("model.embed_tokens.weight", "model.norm.weight", "lm_head.weight")
 IGNORED_TENSORS = ("rope_freqs.weight",)  # llama 3 frequency factors, which transformers skips too
 DEFAULT_ROPE_THETA = 10000.0  # llama.cpp's value when `{arch}.rope.freq_base` is absent
 # where head_dim is stated (qwen2 has none: hidden / heads); transformers ignores qwen3's and takes
 # Qwen3Config's default, 128, which every Qwen 3 checkpoint has
-HEAD_DIM_KEYS = {"llama": "rope.dimension_count", "qwen3": "attention.key_length",
-                 "gemma3": "attention.key_length"}
+HEAD_DIM_KEYS = {
+    "llama": "rope.dimension_count",
+    "qwen3": "attention.key_length",
+    "gemma3": "attention.key_length",
+}
 TOKEN_ROLES = (("bos", "bos"), ("eos", "eos"), ("unk", "unknown"), ("pad", "padding"))  # HF, GGUF
 DEQUANTIZE_CHUNK = 1 << 20  # values per `dequantize` call: temporaries stay in cache (4x faster)
 
@@ -119,8 +143,19 @@ def open_gguf(path: str | os.PathLike) -> GGUFFile:
 class _HeaderReader:
     """Sequential little-endian reads of GGUF metadata values from a buffer."""
 
-    NUMBERS = {0: "B", 1: "b", 2: "H", 3: "h", 4: "I", 5: "i", 6: "f", 7: "?", 10: "Q", 11: "q",
-               12: "d"}  # struct formats of the fixed-size GGUF value types
+    NUMBERS = {
+        0: "B",
+        1: "b",
+        2: "H",
+        3: "h",
+        4: "I",
+        5: "i",
+        6: "f",
+        7: "?",
+        10: "Q",
+        11: "q",
+        12: "d",
+    }  # struct formats of the fixed-size GGUF value types
 
     def __init__(self, buffer, position: int):
         self.buffer, self.position = buffer, position

@@ -4,8 +4,10 @@ Every write appends a block of L tokens per row, some of which may be invalid (l
 in a prefill, or the unused tail of a multi-token step whose row-varying count is < L).
 Invalid slots are marked with position -1 and never attended to; a row's cursor only moves
 past its last valid token, so an unused tail is overwritten by the next write. Packed writes
-(`CausalLM.append_packed`) put single tokens of any rows past their cursors, which `advance` then moves.
+(`CausalLM.append_packed`) put single tokens of any rows past their cursors, which `advance` then
+moves.
 """
+
 from __future__ import annotations
 
 import jax
@@ -17,8 +19,8 @@ EMPTY = -1  # slot position of an unwritten or padding slot
 
 @struct.dataclass
 class KVCache:
-    """keys/values: per layer `[B·H_kv, S, D]`, one row per (batch row, KV head), batch-major: decode
-    attention is a matmul batched over that one dimension, reading the cache array itself (a
+    """keys/values: per layer `[B·H_kv, S, D]`, one row per (batch row, KV head), batch-major:
+    decode attention is a matmul batched over that one dimension, reading the cache array itself (a
     `[B, H_kv, S, D]` cache at B=1 reached the dot through a bitcast, and XLA:CPU then duplicated
     the in-place cache write and copied every layer's cache several times per step,
     benchmarks/RESULTS.md); slot_positions `[B, S]` (EMPTY if unused); cursor `[B]` next slot to
@@ -31,7 +33,9 @@ class KVCache:
     next_position: jax.Array
 
     @classmethod
-    def init(cls, num_layers: int, batch: int, length: int, num_kv_heads: int, head_dim: int, dtype) -> "KVCache":
+    def init(
+        cls, num_layers: int, batch: int, length: int, num_kv_heads: int, head_dim: int, dtype
+    ) -> "KVCache":
         shape = (batch * num_kv_heads, length, head_dim)
         return cls(
             keys=tuple(jnp.zeros(shape, dtype) for _ in range(num_layers)),
@@ -50,14 +54,17 @@ class KVCache:
         return self.next_position[:, None] + jnp.cumsum(valid.astype(jnp.int32), axis=1) - 1
 
     def write_slots(self, block_len: int) -> jax.Array:
-        """Slot indices `[B, L]` a block of `block_len` tokens is written to (>= S means dropped)."""
+        """Slot indices `[B, L]` a block of `block_len` tokens is written to (>= S means
+        dropped)."""
         return self.cursor[:, None] + jnp.arange(block_len, dtype=jnp.int32)[None, :]
 
     def with_block_positions(self, positions: jax.Array, valid: jax.Array) -> "KVCache":
         """Record the positions of a new block `[B, L]` (EMPTY where invalid) in the slot map."""
         slots = self.write_slots(positions.shape[1])
         rows = jnp.arange(positions.shape[0])[:, None]
-        slot_positions = self.slot_positions.at[rows, slots].set(jnp.where(valid, positions, EMPTY), mode="drop")
+        slot_positions = self.slot_positions.at[rows, slots].set(
+            jnp.where(valid, positions, EMPTY), mode="drop"
+        )
         return self.replace(slot_positions=slot_positions)
 
     def finish_block(self, valid: jax.Array) -> "KVCache":
@@ -65,7 +72,9 @@ class KVCache:
         valid = valid.astype(jnp.int32)
         offsets = jnp.arange(1, valid.shape[1] + 1, dtype=jnp.int32)[None, :]
         advance = jnp.max(valid * offsets, axis=1)
-        return self.replace(cursor=self.cursor + advance, next_position=self.next_position + valid.sum(axis=1))
+        return self.replace(
+            cursor=self.cursor + advance, next_position=self.next_position + valid.sum(axis=1)
+        )
 
     def grow(self, length: int) -> "KVCache":
         """The same cache with `length` >= S slots (the new ones empty)."""
@@ -74,17 +83,26 @@ class KVCache:
         def pad(x):
             return jnp.pad(x, ((0, 0), (0, extra), (0, 0)))
 
-        return self.replace(keys=tuple(map(pad, self.keys)), values=tuple(map(pad, self.values)),
-                            slot_positions=jnp.pad(self.slot_positions, ((0, 0), (0, extra)), constant_values=EMPTY))
+        return self.replace(
+            keys=tuple(map(pad, self.keys)),
+            values=tuple(map(pad, self.values)),
+            slot_positions=jnp.pad(
+                self.slot_positions, ((0, 0), (0, extra)), constant_values=EMPTY
+            ),
+        )
 
-    def with_packed_positions(self, rows: jax.Array, slots: jax.Array, positions: jax.Array) -> "KVCache":
-        """Record positions `[P]` of single tokens written to batch rows `rows [P]` at slots `slots [P]`
-        (>= S: not written) in the slot map; cursors stay (`advance`)."""
-        return self.replace(slot_positions=self.slot_positions.at[rows, slots].set(positions, mode="drop"))
+    def with_packed_positions(
+        self, rows: jax.Array, slots: jax.Array, positions: jax.Array
+    ) -> "KVCache":
+        """Record positions `[P]` of single tokens written to batch rows `rows [P]` at slots
+        `slots [P]` (>= S: not written) in the slot map; cursors stay (`advance`)."""
+        return self.replace(
+            slot_positions=self.slot_positions.at[rows, slots].set(positions, mode="drop")
+        )
 
     def advance(self, counts: jax.Array) -> "KVCache":
-        """Move each row's cursor and next position past `counts [B]` tokens written after them (packed
-        writes, `CausalLM.append_packed`)."""
+        """Move each row's cursor and next position past `counts [B]` tokens written after them
+        (packed writes, `CausalLM.append_packed`)."""
         return self.replace(cursor=self.cursor + counts, next_position=self.next_position + counts)
 
     @property
@@ -98,11 +116,13 @@ def kv_row_indices(rows: jax.Array, heads: int) -> jax.Array:
     return rows[:, None] * heads + jnp.arange(heads)[None, :]
 
 
-def write_layer(cache_array: jax.Array, block: jax.Array, slots: jax.Array, rows: jax.Array | None = None
-                ) -> jax.Array:
+def write_layer(
+    cache_array: jax.Array, block: jax.Array, slots: jax.Array, rows: jax.Array | None = None
+) -> jax.Array:
     """Scatter `block [B, L, H, D]` into `cache_array [B'·H, S, D]` at `slots [B, L]` (out of range
     dropped) of batch rows `rows [B]` (default: block row b is batch row b)."""
     batch, _, heads, _ = block.shape
     rows = jnp.arange(batch) if rows is None else rows
     return cache_array.at[kv_row_indices(rows, heads)[:, :, None], slots[:, None, :]].set(
-        block.transpose(0, 2, 1, 3).astype(cache_array.dtype), mode="drop")
+        block.transpose(0, 2, 1, 3).astype(cache_array.dtype), mode="drop"
+    )

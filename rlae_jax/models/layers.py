@@ -1,5 +1,6 @@
 """Shared layers: norms, RoPE (HF rotate-half convention), cached GQA attention, MLPs, and the
 `CausalLM` base whose `__call__` runs one block of tokens through any family with a KV cache."""
+
 from __future__ import annotations
 
 import math
@@ -50,8 +51,15 @@ def rms_norm(config: ModelConfig, dim: int, dtype) -> RMSNorm:
 
 
 def linear(in_dim: int, out_dim: int, bias: bool, dtype, rngs: nnx.Rngs) -> nnx.Linear:
-    return nnx.Linear(in_dim, out_dim, use_bias=bias, dtype=dtype, param_dtype=dtype, rngs=rngs,
-                      kernel_init=nnx.initializers.normal(0.02))
+    return nnx.Linear(
+        in_dim,
+        out_dim,
+        use_bias=bias,
+        dtype=dtype,
+        param_dtype=dtype,
+        rngs=rngs,
+        kernel_init=nnx.initializers.normal(0.02),
+    )
 
 
 def rope_inverse_frequencies(config: ModelConfig, layer_index: int) -> np.ndarray:
@@ -88,8 +96,13 @@ def apply_rope(x: jax.Array, positions: jax.Array, inv_freq: np.ndarray) -> jax.
 
 
 def cached_attention(
-    q: jax.Array, keys: jax.Array, values: jax.Array, query_positions: jax.Array,
-    slot_positions: jax.Array, window: int | None, scale: float | None = None,
+    q: jax.Array,
+    keys: jax.Array,
+    values: jax.Array,
+    query_positions: jax.Array,
+    slot_positions: jax.Array,
+    window: int | None,
+    scale: float | None = None,
 ) -> jax.Array:
     """Causal GQA attention of `q [B, L, Hq, D]` over the cache `keys/values [B·Hkv, S, D]`.
 
@@ -104,7 +117,7 @@ def cached_attention(
     # every (row, kv head) pair attends with its G·L queries: [B·Hkv, G·L, D]
     q = q.reshape(batch, block, num_kv, group, head_dim).transpose(0, 2, 3, 1, 4)
     q = q.reshape(batch * num_kv, group * block, head_dim)
-    scale = head_dim ** -0.5 if scale is None else scale
+    scale = head_dim**-0.5 if scale is None else scale
     scores = jnp.einsum("nqd,nsd->nqs", q, keys, preferred_element_type=jnp.float32) * scale
     slot = slot_positions[:, None, :]
     query = query_positions[:, :, None]
@@ -112,21 +125,26 @@ def cached_attention(
     if window is not None:
         visible &= query - slot < window
     visible = visible[:, None, None]  # [B, 1, 1, L, S]
-    scores = jnp.where(visible, scores.reshape(batch, num_kv, group, block, slots), jnp.finfo(jnp.float32).min)
+    scores = jnp.where(
+        visible, scores.reshape(batch, num_kv, group, block, slots), jnp.finfo(jnp.float32).min
+    )
     probs = jax.nn.softmax(scores, axis=-1) * visible.any(axis=-1, keepdims=True)
     # the output in dot_general's own order, then a transpose of the small result: asking the einsum
-    # for the final layout made XLA:CPU take the cache as the matmul's left operand, up to 14x slower
-    # (benchmarks/attention_einsum.py)
-    out = jnp.einsum("nqs,nsd->nqd", probs.reshape(batch * num_kv, group * block, slots).astype(values.dtype),
-                     values)
+    # for the final layout made XLA:CPU take the cache as the matmul's left operand, up to 14x
+    # slower (benchmarks/attention_einsum.py)
+    out = jnp.einsum(
+        "nqs,nsd->nqd",
+        probs.reshape(batch * num_kv, group * block, slots).astype(values.dtype),
+        values,
+    )
     out = out.reshape(batch, num_kv, group, block, head_dim).transpose(0, 3, 1, 2, 4)
     return out.reshape(batch, block, num_heads, head_dim)
 
 
 class CausalLM(nnx.Module):
-    """Base for every family. Subclasses set `config`, `embedding` (nnx.Embed), `layers` (each called as
-    `layer(x, positions, keys, values, slots, slot_positions) -> (x, keys, values)`), `norm`, and
-    `lm_head` unless embeddings are tied; they may override `embed`."""
+    """Base for every family. Subclasses set `config`, `embedding` (nnx.Embed), `layers` (each
+    called as `layer(x, positions, keys, values, slots, slot_positions) -> (x, keys, values)`),
+    `norm`, and `lm_head` unless embeddings are tied; they may override `embed`."""
 
     config: ModelConfig
 
@@ -142,8 +160,9 @@ class CausalLM(nnx.Module):
         cap = self.config.final_logit_softcap
         return logits if cap is None else cap * jnp.tanh(logits / cap)
 
-    def __call__(self, tokens: jax.Array, valid: jax.Array, cache: KVCache | None = None
-                 ) -> tuple[jax.Array, KVCache | None]:
+    def __call__(
+        self, tokens: jax.Array, valid: jax.Array, cache: KVCache | None = None
+    ) -> tuple[jax.Array, KVCache | None]:
         """Run a block `tokens [B, L]` (validity `valid [B, L]`) through the model, appending it to
         `cache`; with no cache, the block attends only to itself (a full forward: cheaper to
         differentiate). Returns final-normed hidden states `[B, L, H]` and the updated cache."""
@@ -156,64 +175,88 @@ class CausalLM(nnx.Module):
             cache = cache.with_block_positions(positions, valid)
             slot_positions, slots = cache.slot_positions, cache.write_slots(tokens.shape[1])
             layer_caches = list(zip(cache.keys, cache.values))
-        x, keys, values = self.run_layers(self.embed(tokens, positions), positions, layer_caches, slots,
-                                          slot_positions)
+        x, keys, values = self.run_layers(
+            self.embed(tokens, positions), positions, layer_caches, slots, slot_positions
+        )
         if cache is not None:
             cache = cache.replace(keys=keys, values=values).finish_block(valid)
         return self.norm(x), cache
 
-    def append_packed(self, tokens: jax.Array, rows: jax.Array, offsets: jax.Array, valid: jax.Array,
-                      cache: KVCache) -> tuple[jax.Array, KVCache]:
-        """Write `P` single tokens `tokens [P]`, each to its own batch row `rows [P]`, `offsets [P]` slots
-        (and positions) past that row's cursor, without moving the cursors (`KVCache.advance` after the
-        last write). A token sees its row's cache and the tokens of lower offset, in this call or an
-        earlier one; entries not `valid [P]` write nothing. Returns final-normed hidden states `[P, H]`."""
+    def append_packed(
+        self,
+        tokens: jax.Array,
+        rows: jax.Array,
+        offsets: jax.Array,
+        valid: jax.Array,
+        cache: KVCache,
+    ) -> tuple[jax.Array, KVCache]:
+        """Write `P` single tokens `tokens [P]`, each to its own batch row `rows [P]`, `offsets [P]`
+        slots (and positions) past that row's cursor, without moving the cursors (`KVCache.advance`
+        after the last write). A token sees its row's cache and the tokens of lower offset, in this
+        call or an earlier one; entries not `valid [P]` write nothing. Returns final-normed hidden
+        states `[P, H]`."""
         positions = (cache.next_position[rows] + offsets)[:, None]
         slots = jnp.where(valid, cache.cursor[rows] + offsets, cache.length)[:, None]
         cache = cache.with_packed_positions(rows, slots[:, 0], positions[:, 0])
-        x, keys, values = self.run_layers(self.embed(tokens[:, None], positions), positions,
-                                          list(zip(cache.keys, cache.values)), PackedSlots(rows, slots),
-                                          cache.slot_positions)
+        x, keys, values = self.run_layers(
+            self.embed(tokens[:, None], positions),
+            positions,
+            list(zip(cache.keys, cache.values)),
+            PackedSlots(rows, slots),
+            cache.slot_positions,
+        )
         return self.norm(x)[:, 0], cache.replace(keys=keys, values=values)
 
     def run_layers(self, x, positions, layer_caches, slots, slot_positions):
         """Every layer over `x [B, L, H]` → (x, per-layer cache keys, per-layer cache values)."""
         keys, values = [], []
         for layer, (layer_keys, layer_values) in zip(self.layers, layer_caches):
-            x, layer_keys, layer_values = layer(x, positions, layer_keys, layer_values, slots, slot_positions)
+            x, layer_keys, layer_values = layer(
+                x, positions, layer_keys, layer_values, slots, slot_positions
+            )
             keys.append(layer_keys)
             values.append(layer_values)
         return x, tuple(keys), tuple(values)
 
 
 class PackedSlots(NamedTuple):
-    """Where the tokens of a packed block `[P, 1]` go: batch rows `rows [P]`, cache slots `slots [P, 1]`."""
+    """Where the tokens of a packed block `[P, 1]` go: batch rows `rows [P]`, cache slots
+    `slots [P, 1]`."""
 
     rows: jax.Array
     slots: jax.Array
 
 
-def append_and_attend(q, k, v, cache_keys, cache_values, slots, positions, slot_positions, window,
-                      scale=None):
-    """Write the block's `k, v [B, L, Hkv, D]` into the layer cache at `slots [B, L]` and attend with `q`
-    (with no cache, attend over the block itself; with `PackedSlots`, block row b writes to and attends
-    over its own batch row; `scale` as in `cached_attention`). Returns `(output [B, L, Hq, D],
-    cache keys, cache values)`."""
+def append_and_attend(
+    q, k, v, cache_keys, cache_values, slots, positions, slot_positions, window, scale=None
+):
+    """Write the block's `k, v [B, L, Hkv, D]` into the layer cache at `slots [B, L]` and attend
+    with `q` (with no cache, attend over the block itself; with `PackedSlots`, block row b writes to
+    and attends over its own batch row; `scale` as in `cached_attention`). Returns
+    `(output [B, L, Hq, D], cache keys, cache values)`."""
     if cache_keys is None:
         batch, block, num_kv, head_dim = k.shape
 
         def rows_first(x):  # [B, L, Hkv, D] -> [B·Hkv, L, D]
             return x.transpose(0, 2, 1, 3).reshape(batch * num_kv, block, head_dim)
 
-        out = cached_attention(q, rows_first(k), rows_first(v), positions, slot_positions, window,
-                               scale)
+        out = cached_attention(
+            q, rows_first(k), rows_first(v), positions, slot_positions, window, scale
+        )
         return out, None, None
     if isinstance(slots, PackedSlots):
         cache_keys = write_layer(cache_keys, k, slots.slots, slots.rows)
         cache_values = write_layer(cache_values, v, slots.slots, slots.rows)
         kv_rows = kv_row_indices(slots.rows, k.shape[2]).reshape(-1)
-        out = cached_attention(q, cache_keys[kv_rows], cache_values[kv_rows], positions,
-                               slot_positions[slots.rows], window, scale)
+        out = cached_attention(
+            q,
+            cache_keys[kv_rows],
+            cache_values[kv_rows],
+            positions,
+            slot_positions[slots.rows],
+            window,
+            scale,
+        )
         return out, cache_keys, cache_values
     cache_keys = write_layer(cache_keys, k, slots)
     cache_values = write_layer(cache_values, v, slots)

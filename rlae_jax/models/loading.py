@@ -5,6 +5,7 @@ Weights are placed through one declarative table per family: our parameter path 
 the layer index) → the Hugging Face tensor name and whether the `[out, in]` matrix is transposed.
 No torch is needed.
 """
+
 from __future__ import annotations
 
 import json
@@ -36,7 +37,10 @@ DECODER_WEIGHTS = {
     "layers.{i}.o_proj.bias": ("model.layers.{i}.self_attn.o_proj.bias", False),
     "layers.{i}.q_norm.scale": ("model.layers.{i}.self_attn.q_norm.weight", False),
     "layers.{i}.k_norm.scale": ("model.layers.{i}.self_attn.k_norm.weight", False),
-    "layers.{i}.post_attention_norm.scale": ("model.layers.{i}.post_attention_layernorm.weight", False),
+    "layers.{i}.post_attention_norm.scale": (
+        "model.layers.{i}.post_attention_layernorm.weight",
+        False,
+    ),
     "layers.{i}.gate_proj.kernel": ("model.layers.{i}.mlp.gate_proj.weight", TRANSPOSE),
     "layers.{i}.gate_proj.bias": ("model.layers.{i}.mlp.gate_proj.bias", False),
     "layers.{i}.up_proj.kernel": ("model.layers.{i}.mlp.up_proj.weight", TRANSPOSE),
@@ -69,14 +73,19 @@ GPT2_WEIGHTS = {  # GPT-2's Conv1D weights are already [in, out]
 
 GEMMA3_WEIGHTS = {
     **DECODER_WEIGHTS,
-    "layers.{i}.pre_feedforward_norm.scale":
-        ("model.layers.{i}.pre_feedforward_layernorm.weight", False),
-    "layers.{i}.post_feedforward_norm.scale":
-        ("model.layers.{i}.post_feedforward_layernorm.weight", False),
+    "layers.{i}.pre_feedforward_norm.scale": (
+        "model.layers.{i}.pre_feedforward_layernorm.weight",
+        False,
+    ),
+    "layers.{i}.post_feedforward_norm.scale": (
+        "model.layers.{i}.post_feedforward_layernorm.weight",
+        False,
+    ),
 }
 
 WEIGHT_TABLES = {"decoder": DECODER_WEIGHTS, "gemma3": GEMMA3_WEIGHTS, "gpt2": GPT2_WEIGHTS}
-# Prefixes some checkpoints omit (the original GPT-2 files store `h.0...` rather than `transformer.h.0...`).
+# Prefixes some checkpoints omit (the original GPT-2 files store `h.0...` rather than
+# `transformer.h.0...`).
 OPTIONAL_PREFIXES = ("transformer.", "model.")
 # Buffers saved by some checkpoints that are not parameters.
 IGNORED_TENSORS = re.compile(r"(\.attn\.bias|\.attn\.masked_bias|rotary_emb\.inv_freq)$")
@@ -88,7 +97,9 @@ def hf_tensor_name(family: str, param_path: str) -> tuple[str, bool]:
     key = f"layers.{{i}}.{match.group(2)}" if match else param_path
     table = WEIGHT_TABLES[family]
     if key not in table:
-        raise KeyError(f"no Hugging Face tensor is mapped to parameter {param_path!r} for family {family!r}")
+        raise KeyError(
+            f"no Hugging Face tensor is mapped to parameter {param_path!r} for family {family!r}"
+        )
     name, transpose = table[key]
     return (name.format(i=match.group(1)) if match else name), transpose
 
@@ -110,7 +121,8 @@ class TensorSource:
         if not single.exists():
             raise FileNotFoundError(
                 f"{folder} has neither model.safetensors nor model.safetensors.index.json "
-                "(only safetensors checkpoints are supported; re-save with save_pretrained)")
+                "(only safetensors checkpoints are supported; re-save with save_pretrained)"
+            )
         from safetensors import safe_open
 
         with safe_open(single, framework="flax") as f:
@@ -124,8 +136,8 @@ class TensorSource:
         if name in self._tensors or name in self._files:
             return name
         for prefix in OPTIONAL_PREFIXES:
-            if name.startswith(prefix) and name[len(prefix):] in self.names():
-                return name[len(prefix):]
+            if name.startswith(prefix) and name[len(prefix) :] in self.names():
+                return name[len(prefix) :]
         return None
 
     def read(self, name: str) -> jax.Array:
@@ -137,7 +149,9 @@ class TensorSource:
             return f.get_tensor(name)
 
 
-def load_state(config: ModelConfig, source: TensorSource, dtype="float32") -> tuple[nnx.GraphDef, nnx.State]:
+def load_state(
+    config: ModelConfig, source: TensorSource, dtype="float32"
+) -> tuple[nnx.GraphDef, nnx.State]:
     """Build the model's (graphdef, state) with every parameter read from `source` via the table."""
     dtype = resolve_dtype(dtype)
     abstract = nnx.eval_shape(lambda: build_model(config, dtype))
@@ -148,21 +162,26 @@ def load_state(config: ModelConfig, source: TensorSource, dtype="float32") -> tu
         hf_name, transpose = hf_tensor_name(config.family, param_path)
         stored = source.resolve(hf_name)
         if stored is None:
-            raise KeyError(f"checkpoint is missing tensor {hf_name!r} (needed for parameter {param_path})")
+            raise KeyError(
+                f"checkpoint is missing tensor {hf_name!r} (needed for parameter {param_path})"
+            )
         tensor = source.read(stored)
         tensor = tensor.T if transpose else tensor
         if tuple(tensor.shape) != tuple(variable.shape):
             raise ValueError(
-                f"tensor {hf_name!r} has shape {tuple(tensor.shape)} but parameter {param_path} needs "
-                f"{tuple(variable.shape)}: the checkpoint does not match its config")
+                f"tensor {hf_name!r} has shape {tuple(tensor.shape)} but parameter {param_path} "
+                f"needs {tuple(variable.shape)}: the checkpoint does not match its config"
+            )
         used.add(stored)
         filled.append((path, variable.replace(jnp.asarray(tensor, dtype))))
     unused = sorted(n for n in source.names() - used if not IGNORED_TENSORS.search(n))
     if config.tie_word_embeddings:
         unused = [n for n in unused if not n.endswith("lm_head.weight")]
     if unused:
-        warnings.warn(f"checkpoint tensors not used by the {config.model_type} port: {unused[:8]}"
-                      + (" ..." if len(unused) > 8 else ""))
+        warnings.warn(
+            f"checkpoint tensors not used by the {config.model_type} port: {unused[:8]}"
+            + (" ..." if len(unused) > 8 else "")
+        )
     return graphdef, nnx.from_flat_state(filled)
 
 
@@ -184,7 +203,8 @@ def load_tokenizer(folder: pathlib.Path):
     if not any((folder / f).exists() for f in TOKENIZER_FILES):
         raise FileNotFoundError(
             f"{folder} holds no tokenizer ({', '.join(TOKENIZER_FILES)}); "
-            "pass tokenizer=... to from_pretrained")
+            "pass tokenizer=... to from_pretrained"
+        )
     return AutoTokenizer.from_pretrained(str(folder))
 
 
@@ -201,23 +221,35 @@ def resolve_checkpoint(path_or_repo_id: str) -> pathlib.Path:
     if str(path_or_repo_id).startswith((".", "/", "~")) or str(path_or_repo_id).count("/") != 1:
         raise FileNotFoundError(
             f"no checkpoint at {path_or_repo_id!r}: not a local path, an installed preset "
-            f"({', '.join(PRESETS)}) nor an 'org/name' hub id")
+            f"({', '.join(PRESETS)}) nor an 'org/name' hub id"
+        )
     from huggingface_hub import snapshot_download
 
     try:
-        return pathlib.Path(snapshot_download(
-            str(path_or_repo_id),
-            allow_patterns=["*.json", "*.safetensors", "tokenizer*", "*.model", "*.tiktoken",
-                            "merges.txt"]))
+        return pathlib.Path(
+            snapshot_download(
+                str(path_or_repo_id),
+                allow_patterns=[
+                    "*.json",
+                    "*.safetensors",
+                    "tokenizer*",
+                    "*.model",
+                    "*.tiktoken",
+                    "merges.txt",
+                ],
+            )
+        )
     except Exception as error:  # network, auth, missing repo: all end the same way for the user
         raise OSError(
             f"could not fetch {path_or_repo_id!r} from the Hugging Face hub "
             f"({type(error).__name__}: {error}). If this machine is offline, download the "
-            "checkpoint elsewhere and pass its local folder.") from error
+            "checkpoint elsewhere and pass its local folder."
+        ) from error
 
 
-def from_pretrained(path_or_repo_id: str, dtype="float32", name: str | None = None,
-                    tokenizer=None) -> Member:
+def from_pretrained(
+    path_or_repo_id: str, dtype="float32", name: str | None = None, tokenizer=None
+) -> Member:
     """Load a Member from a local HF folder (config.json + safetensors, sharded or not), a hub id,
     a `.gguf` file (llama, qwen2, qwen3, gemma3; float or llama.cpp-quantized tensors, dequantized
     on load) or an installed preset name ("smollm2-135m-instruct", "gemma-3-270m").
@@ -230,8 +262,9 @@ def from_pretrained(path_or_repo_id: str, dtype="float32", name: str | None = No
     path = resolve_checkpoint(path_or_repo_id)
     if name is None:
         preset = str(path_or_repo_id) in PRESETS
-        name = (str(path_or_repo_id) if preset else
-                path.stem if path.suffix == ".gguf" else path.name)
+        name = (
+            str(path_or_repo_id) if preset else path.stem if path.suffix == ".gguf" else path.name
+        )
     if path.suffix == ".gguf":
         from rlae_jax.models.gguf import read_gguf
 
@@ -241,7 +274,8 @@ def from_pretrained(path_or_repo_id: str, dtype="float32", name: str | None = No
     else:
         if not (path / "config.json").exists():
             raise FileNotFoundError(
-                f"{path} has no config.json: not a Hugging Face checkpoint folder")
+                f"{path} has no config.json: not a Hugging Face checkpoint folder"
+            )
         config = config_from_hf(AutoConfig.from_pretrained(str(path)))
         graphdef, state = load_state(config, TensorSource.from_folder(path), dtype)
     tokenizer = load_tokenizer(path) if tokenizer is None else tokenizer
@@ -255,34 +289,54 @@ def to_hf_config(config: ModelConfig):
     """The transformers config object describing `config` (inverse of `config_from_hf`)."""
     from transformers import AutoConfig
 
-    tokens = dict(bos_token_id=config.bos_token_id, pad_token_id=config.pad_token_id,
-                  eos_token_id=list(config.eos_token_ids) if len(config.eos_token_ids) > 1 else
-                  (config.eos_token_ids[0] if config.eos_token_ids else None))
+    tokens = dict(
+        bos_token_id=config.bos_token_id,
+        pad_token_id=config.pad_token_id,
+        eos_token_id=list(config.eos_token_ids)
+        if len(config.eos_token_ids) > 1
+        else (config.eos_token_ids[0] if config.eos_token_ids else None),
+    )
     if config.model_type == "gpt2":
         return AutoConfig.for_model(
-            "gpt2", vocab_size=config.vocab_size, n_positions=config.max_position_embeddings,
-            n_embd=config.hidden_size, n_layer=config.num_layers, n_head=config.num_heads,
-            n_inner=config.intermediate_size, layer_norm_epsilon=config.norm_eps,
-            activation_function=config.hidden_act, tie_word_embeddings=config.tie_word_embeddings, **tokens)
+            "gpt2",
+            vocab_size=config.vocab_size,
+            n_positions=config.max_position_embeddings,
+            n_embd=config.hidden_size,
+            n_layer=config.num_layers,
+            n_head=config.num_heads,
+            n_inner=config.intermediate_size,
+            layer_norm_epsilon=config.norm_eps,
+            activation_function=config.hidden_act,
+            tie_word_embeddings=config.tie_word_embeddings,
+            **tokens,
+        )
     windows = {w for w in config.layer_windows if w is not None}
     if len(windows) > 1:
         raise ValueError(f"layers with sliding windows {sorted(windows)} cannot be exported")
     window = windows.pop() if windows else None
-    layer_types = ["full_attention" if w is None else "sliding_attention"
-                   for w in config.layer_windows]
+    layer_types = [
+        "full_attention" if w is None else "sliding_attention" for w in config.layer_windows
+    ]
     rope = dict(rope_type=config.rope_type, rope_theta=config.rope_theta, **config.rope_options)
     extra = dict(hidden_act=config.hidden_act, rope_parameters=rope)
     if config.model_type == "mistral":
         extra["sliding_window"] = window
     elif config.model_type in ("qwen2", "qwen3"):
-        extra.update(use_sliding_window=window is not None, sliding_window=window,
-                     layer_types=layer_types)
+        extra.update(
+            use_sliding_window=window is not None, sliding_window=window, layer_types=layer_types
+        )
     elif config.model_type == "gemma3_text":
-        extra = dict(hidden_activation=config.hidden_act, sliding_window=window,
-                     layer_types=layer_types, query_pre_attn_scalar=config.query_pre_attn_scalar,
-                     final_logit_softcapping=config.final_logit_softcap,
-                     rope_parameters={"full_attention": rope,
-                                      "sliding_attention": dict(config.local_rope or rope)})
+        extra = dict(
+            hidden_activation=config.hidden_act,
+            sliding_window=window,
+            layer_types=layer_types,
+            query_pre_attn_scalar=config.query_pre_attn_scalar,
+            final_logit_softcapping=config.final_logit_softcap,
+            rope_parameters={
+                "full_attention": rope,
+                "sliding_attention": dict(config.local_rope or rope),
+            },
+        )
     elif window is not None:
         raise ValueError(f"{config.model_type} configs with sliding windows cannot be exported")
     if config.model_type in ("llama", "qwen3", "gemma3_text"):
@@ -290,17 +344,25 @@ def to_hf_config(config: ModelConfig):
     if config.model_type == "llama":
         extra.update(mlp_bias=config.mlp_bias)
     return AutoConfig.for_model(
-        config.model_type, vocab_size=config.vocab_size, hidden_size=config.hidden_size,
-        intermediate_size=config.intermediate_size, num_hidden_layers=config.num_layers,
-        num_attention_heads=config.num_heads, num_key_value_heads=config.num_kv_heads,
-        head_dim=config.head_dim, max_position_embeddings=config.max_position_embeddings,
-        rms_norm_eps=config.norm_eps, tie_word_embeddings=config.tie_word_embeddings, **extra,
-        **tokens)
+        config.model_type,
+        vocab_size=config.vocab_size,
+        hidden_size=config.hidden_size,
+        intermediate_size=config.intermediate_size,
+        num_hidden_layers=config.num_layers,
+        num_attention_heads=config.num_heads,
+        num_key_value_heads=config.num_kv_heads,
+        head_dim=config.head_dim,
+        max_position_embeddings=config.max_position_embeddings,
+        rms_norm_eps=config.norm_eps,
+        tie_word_embeddings=config.tie_word_embeddings,
+        **extra,
+        **tokens,
+    )
 
 
 def save_pretrained(member: Member, folder: str | os.PathLike) -> pathlib.Path:
-    """Write `member` as a Hugging Face folder (config.json, model.safetensors, tokenizer files) that
-    `from_pretrained` — and transformers' PyTorch classes — load back."""
+    """Write `member` as a Hugging Face folder (config.json, model.safetensors, tokenizer files)
+    that `from_pretrained` — and transformers' PyTorch classes — load back."""
     from safetensors.flax import save_file
 
     folder = pathlib.Path(folder)

@@ -1,5 +1,6 @@
 """Member: one ensemble member as a pytree — (graphdef, state) plus static config and tokenizer —
 with pure compute paths usable inside `jit`, `lax.while_loop` and `lax.scan`."""
+
 from __future__ import annotations
 
 from typing import Any, NamedTuple
@@ -29,12 +30,14 @@ def resolve_dtype(dtype) -> Any:
 
 
 def build_model(config: ModelConfig, dtype="float32", seed: int = 0) -> CausalLM:
-    """A randomly initialised model of the config's family (use under `nnx.eval_shape` to avoid allocating)."""
+    """A randomly initialised model of the config's family (use under `nnx.eval_shape` to avoid
+    allocating)."""
     return FAMILIES[config.family](config, dtype=resolve_dtype(dtype), rngs=nnx.Rngs(seed))
 
 
 class StepOutput(NamedTuple):
-    logits: jax.Array  # [B, V] float32 next-token logits; ids the tokenizer cannot decode are masked
+    # [B, V] float32 next-token logits; ids the tokenizer cannot decode are masked
+    logits: jax.Array
     hidden: jax.Array  # [B, H] final hidden state of each row's last valid token
 
 
@@ -42,8 +45,8 @@ class StepOutput(NamedTuple):
 class Member:
     """A model's `(graphdef, state)` with its static config and tokenizer.
 
-    `usable_vocab` ids (< V) are the ones the tokenizer can decode; the rest of the embedding rows get
-    a masked logit in every decode path (`logits()` returns the raw full-forward logits).
+    `usable_vocab` ids (< V) are the ones the tokenizer can decode; the rest of the embedding rows
+    get a masked logit in every decode path (`logits()` returns the raw full-forward logits).
     """
 
     graphdef: nnx.GraphDef = struct.field(pytree_node=False)
@@ -57,8 +60,19 @@ class Member:
     def from_model(cls, model: CausalLM, tokenizer=None, name: str = "") -> "Member":
         graphdef, state = nnx.split(model)
         config = model.config
-        usable = config.vocab_size if tokenizer is None else check_tokenizer_fits(tokenizer, config.vocab_size)
-        return cls(graphdef=graphdef, state=state, config=config, tokenizer=tokenizer, usable_vocab=usable, name=name)
+        usable = (
+            config.vocab_size
+            if tokenizer is None
+            else check_tokenizer_fits(tokenizer, config.vocab_size)
+        )
+        return cls(
+            graphdef=graphdef,
+            state=state,
+            config=config,
+            tokenizer=tokenizer,
+            usable_vocab=usable,
+            name=name,
+        )
 
     @property
     def model(self) -> CausalLM:
@@ -82,8 +96,11 @@ class Member:
         c = self.config
         return KVCache.init(c.num_layers, batch, length, c.num_kv_heads, c.head_dim, self.dtype)
 
-    def forward(self, tokens: jax.Array, valid: jax.Array, cache: KVCache) -> tuple[jax.Array, KVCache]:
-        """Append a block `tokens [B, L]` (validity `valid [B, L]`) to `cache`; hidden `[B, L, H]`."""
+    def forward(
+        self, tokens: jax.Array, valid: jax.Array, cache: KVCache
+    ) -> tuple[jax.Array, KVCache]:
+        """Append a block `tokens [B, L]` (validity `valid [B, L]`) to `cache`; hidden
+        `[B, L, H]`."""
         return self.model(tokens, valid, cache)
 
     def logits(self, input_ids: jax.Array, attention_mask: jax.Array) -> jax.Array:
@@ -94,19 +111,20 @@ class Member:
         return model.lm_head_logits(hidden)
 
     def next_token_logits(self, hidden: jax.Array) -> jax.Array:
-        """float32 next-token logits `[B, V]` from final hidden states `[B, H]`; ids the tokenizer cannot
-        decode get float32 min."""
+        """float32 next-token logits `[B, V]` from final hidden states `[B, H]`; ids the tokenizer
+        cannot decode get float32 min."""
         logits = self.model.lm_head_logits(hidden)
         if self.usable_vocab < self.config.vocab_size:
             usable = jnp.arange(self.config.vocab_size) < self.usable_vocab
             logits = jnp.where(usable, logits, jnp.finfo(jnp.float32).min)
         return logits
 
-    def prefill(self, input_ids: jax.Array, attention_mask: jax.Array, cache_length: int
-                ) -> tuple[StepOutput, jax.Array, KVCache]:
+    def prefill(
+        self, input_ids: jax.Array, attention_mask: jax.Array, cache_length: int
+    ) -> tuple[StepOutput, jax.Array, KVCache]:
         """Prefill a LEFT-padded batch `[B, T]` into a fresh cache of `cache_length` slots.
-        Returns the next-token StepOutput, the prompt summary (mean of valid hidden states, `[B, H]`)
-        and the cache."""
+        Returns the next-token StepOutput, the prompt summary (mean of valid hidden states,
+        `[B, H]`) and the cache."""
         model = self.model
         valid = attention_mask.astype(bool)
         hidden, cache = model(input_ids, valid, self.init_cache(input_ids.shape[0], cache_length))
@@ -122,19 +140,28 @@ class Member:
         last = hidden[:, 0]
         return StepOutput(self.next_token_logits(last), last), cache
 
-    def append(self, cache: KVCache, tokens: jax.Array, counts: jax.Array) -> tuple[jax.Array, KVCache]:
-        """Append the first `counts[b]` (0..L) of `tokens [B, L]` to each row → (final hidden state `[B, H]`
-        at each row's last appended token, cache); no logits. Rows with count 0 keep their cache and get
-        a meaningless hidden state."""
+    def append(
+        self, cache: KVCache, tokens: jax.Array, counts: jax.Array
+    ) -> tuple[jax.Array, KVCache]:
+        """Append the first `counts[b]` (0..L) of `tokens [B, L]` to each row → (final hidden state
+        `[B, H]` at each row's last appended token, cache); no logits. Rows with count 0 keep their
+        cache and get a meaningless hidden state."""
         valid = jnp.arange(tokens.shape[1])[None, :] < counts[:, None]
         hidden, cache = self.model(tokens, valid, cache)
         index = jnp.clip(counts - 1, 0, tokens.shape[1] - 1)
         return jnp.take_along_axis(hidden, index[:, None, None], axis=1)[:, 0], cache
 
-    def append_packed(self, cache: KVCache, tokens: jax.Array, rows: jax.Array, offsets: jax.Array,
-                      valid: jax.Array) -> tuple[jax.Array, KVCache]:
-        """Write single tokens `tokens [P]` to batch rows `rows [P]`, `offsets [P]` past their cursors, which
-        stay (`KVCache.advance` after the last write) → (hidden `[P, H]`, cache); `CausalLM.append_packed`."""
+    def append_packed(
+        self,
+        cache: KVCache,
+        tokens: jax.Array,
+        rows: jax.Array,
+        offsets: jax.Array,
+        valid: jax.Array,
+    ) -> tuple[jax.Array, KVCache]:
+        """Write single tokens `tokens [P]` to batch rows `rows [P]`, `offsets [P]` past their
+        cursors, which stay (`KVCache.advance` after the last write) → (hidden `[P, H]`, cache);
+        `CausalLM.append_packed`."""
         return self.model.append_packed(tokens, rows, offsets, valid, cache)
 
 
@@ -144,5 +171,6 @@ def check_tokenizer_fits(tokenizer, vocab_size: int) -> int:
     if size > vocab_size:
         raise ValueError(
             f"tokenizer has {size} tokens but the model embedding has only {vocab_size} rows: "
-            "the tokenizer does not belong to this model")
+            "the tokenizer does not belong to this model"
+        )
     return size

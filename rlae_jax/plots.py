@@ -1,4 +1,5 @@
 """PNG plots: reward curves of training runs and per-span weights along example answers."""
+
 from __future__ import annotations
 
 import json
@@ -22,9 +23,11 @@ def read_metrics(workdir: str | pathlib.Path) -> list[dict]:
         return [json.loads(line) for line in f]
 
 
-def plot_reward_curves(runs: dict[str, Sequence[str | pathlib.Path]], path: pathlib.Path,
-                       metric: str = "reward") -> pathlib.Path:
-    """One line per label (mean over its seeds' workdirs, band = min..max) of `metric` against updates."""
+def plot_reward_curves(
+    runs: dict[str, Sequence[str | pathlib.Path]], path: pathlib.Path, metric: str = "reward"
+) -> pathlib.Path:
+    """One line per label (mean over its seeds' workdirs, band = min..max) of `metric` against
+    updates."""
     plt = pyplot()
     figure, axis = plt.subplots(figsize=(6, 4))
     for label, workdirs in runs.items():
@@ -44,14 +47,22 @@ def plot_reward_curves(runs: dict[str, Sequence[str | pathlib.Path]], path: path
     return path
 
 
-def plot_weights_along_answers(token_texts: Sequence[Sequence[str]], span_weights: Sequence[np.ndarray],
-                               span_length: int, member_names: Sequence[str], prompts: Sequence[str],
-                               path: pathlib.Path) -> pathlib.Path:
-    """For each example: the weight on every member at every generated token (steps), tokens as labels."""
+def plot_weights_along_answers(
+    token_texts: Sequence[Sequence[str]],
+    span_weights: Sequence[np.ndarray],
+    span_length: int,
+    member_names: Sequence[str],
+    prompts: Sequence[str],
+    path: pathlib.Path,
+) -> pathlib.Path:
+    """For each example: the weight on every member at every generated token (steps), tokens as
+    labels."""
     plt = pyplot()
-    figure, axes = plt.subplots(len(token_texts), 1, figsize=(8, 2.2 * len(token_texts)), squeeze=False)
+    figure, axes = plt.subplots(
+        len(token_texts), 1, figsize=(8, 2.2 * len(token_texts)), squeeze=False
+    )
     for axis, tokens, weights, prompt in zip(axes[:, 0], token_texts, span_weights, prompts):
-        per_token = np.repeat(weights, span_length, axis=0)[:len(tokens)]
+        per_token = np.repeat(weights, span_length, axis=0)[: len(tokens)]
         steps = np.arange(len(tokens))
         for member, name in enumerate(member_names):
             axis.step(steps, per_token[:, member], where="mid", label=name)

@@ -1,4 +1,5 @@
 """The demo task: problems, member skills, and the in-graph reward equal to the host reward."""
+
 import collections
 
 import jax.numpy as jnp
@@ -8,9 +9,18 @@ import pytest
 from rlae_jax.align import build_alignment
 from rlae_jax.tasks import get_task
 from rlae_jax.tasks import synthetic
-from rlae_jax.tasks.synthetic import (SKILLS, SYNTHETIC, TRAIN_SIZE, Problem, char_accuracy,
-                                      reward_in_graph, sample_problems, split_of, target_bytes,
-                                      tokenizer_corpus)
+from rlae_jax.tasks.synthetic import (
+    SKILLS,
+    SYNTHETIC,
+    TRAIN_SIZE,
+    Problem,
+    char_accuracy,
+    reward_in_graph,
+    sample_problems,
+    split_of,
+    target_bytes,
+    tokenizer_corpus,
+)
 from rlae_jax.tokenization import train_byte_level_bpe, train_metaspace_bpe
 
 
@@ -43,14 +53,20 @@ def test_splits_share_no_prompt_by_construction():
 def test_the_old_leaking_split_is_refused_with_the_count(monkeypatch):
     """Before the fix, test problems were drawn from their own seed without the split hash: 29 of
     the 256 test prompts were also training prompts. The load-time check names that count."""
+
     def unfiltered(self, split, count):
         seed = 1000 + synthetic.SPLIT_SEEDS[split]
-        return [synthetic.Example(id=str(i), prompt=p.prompt, answer=p.answer(), aliases=())
-                for i, p in enumerate(sample_problems(count, seed=seed, kinds=self.kinds))]
+        return [
+            synthetic.Example(id=str(i), prompt=p.prompt, answer=p.answer(), aliases=())
+            for i, p in enumerate(sample_problems(count, seed=seed, kinds=self.kinds))
+        ]
 
     monkeypatch.setattr(synthetic.SyntheticTask, "sample", unfiltered)
-    monkeypatch.setattr(synthetic, "training_prompts",
-                        lambda: [e.prompt for e in unfiltered(SYNTHETIC, "train", TRAIN_SIZE)])
+    monkeypatch.setattr(
+        synthetic,
+        "training_prompts",
+        lambda: [e.prompt for e in unfiltered(SYNTHETIC, "train", TRAIN_SIZE)],
+    )
     message = "^synthetic: 29 of 256 test prompts also occur in the training split$"
     with pytest.raises(ValueError, match=message):
         SYNTHETIC.load("test", limit=256)
@@ -71,21 +87,29 @@ def test_in_graph_reward_equals_host_reward():
     candidates = [" t a c", " T A C ;", examples[0].answer, "", " x"]
     union_rows, completions = [], []
     for row, example in enumerate(examples):
-        text = (example.answer if row % 3 == 0
-                else candidates[row % len(candidates)] + " " * int(rng.integers(0, 2)))
+        text = (
+            example.answer
+            if row % 3 == 0
+            else candidates[row % len(candidates)] + " " * int(rng.integers(0, 2))
+        )
         ids = alignment.to_union(0, tokenizers[0].encode(text)) + [alignment.eos_union_id]
         union_rows.append(ids)
         completions.append(alignment.decode(ids))
     width = max(map(len, union_rows)) + 2
     union_ids = np.full((len(examples), width), -1, np.int32)
     for row, ids in enumerate(union_rows):
-        union_ids[row, :len(ids)] = ids
+        union_ids[row, : len(ids)] = ids
     table, lengths = alignment.byte_table()
-    reward, exact = reward_in_graph(jnp.asarray(union_ids), jnp.asarray(target_bytes(examples, 64)),
-                                    jnp.asarray(table), jnp.asarray(lengths))
-    np.testing.assert_allclose(np.asarray(reward), SYNTHETIC.rewards(completions, examples),
-                               rtol=1e-6)
-    np.testing.assert_array_equal(np.asarray(exact),
-                                  [SYNTHETIC.exact_match(c, e)
-                                   for c, e in zip(completions, examples)])
+    reward, exact = reward_in_graph(
+        jnp.asarray(union_ids),
+        jnp.asarray(target_bytes(examples, 64)),
+        jnp.asarray(table),
+        jnp.asarray(lengths),
+    )
+    np.testing.assert_allclose(
+        np.asarray(reward), SYNTHETIC.rewards(completions, examples), rtol=1e-6
+    )
+    np.testing.assert_array_equal(
+        np.asarray(exact), [SYNTHETIC.exact_match(c, e) for c, e in zip(completions, examples)]
+    )
     assert np.asarray(exact)[0] == 1.0 and char_accuracy(b"", b"abc") == 0.0

@@ -6,6 +6,7 @@ shifted variant for transfer); or any reasoning-gym dataset as "rg/<dataset>", "
 or 'rg/<dataset>:{"json": "config"}' (rlae_jax/tasks/rgym.py).
 JSONL schemas are in each task module's docstring and in rlae_jax/tasks/README.md.
 """
+
 from rlae_jax.tasks.base import BaseTask, Example, Task, check_disjoint
 from rlae_jax.tasks.gsm8k import GSM8K, GSM8KTask
 from rlae_jax.tasks.multiple_choice import ARC_CHALLENGE, MMLU, PIQA, MultipleChoiceTask
@@ -14,8 +15,20 @@ from rlae_jax.tasks.rgym import ReasoningGymTask, reasoning_gym_task, task_from_
 from rlae_jax.tasks.synthetic import SYNTHETIC, SYNTHETIC_TWO_PART
 
 GSM_SYMBOLIC = ReasoningGymTask(name="gsm_symbolic", dataset="gsm_symbolic")
-TASKS = {task.name: task for task in (GSM8K, ARC_CHALLENGE, MMLU, PIQA, TRIVIAQA, NATURAL_QUESTIONS,
-                                     GSM_SYMBOLIC, SYNTHETIC, SYNTHETIC_TWO_PART)}
+TASKS = {
+    task.name: task
+    for task in (
+        GSM8K,
+        ARC_CHALLENGE,
+        MMLU,
+        PIQA,
+        TRIVIAQA,
+        NATURAL_QUESTIONS,
+        GSM_SYMBOLIC,
+        SYNTHETIC,
+        SYNTHETIC_TWO_PART,
+    )
+}
 
 
 def get_task(name: str) -> BaseTask:
@@ -24,10 +37,23 @@ def get_task(name: str) -> BaseTask:
     if name.startswith("rg/"):
         return task_from_spec(name)
     if name not in TASKS:
-        raise KeyError(f"unknown task {name!r}; known tasks: {', '.join(sorted(TASKS))}, "
-                       "or rg/<reasoning-gym dataset>[:easy]")
+        raise KeyError(
+            f"unknown task {name!r}; known tasks: {', '.join(sorted(TASKS))}, "
+            "or rg/<reasoning-gym dataset>[:easy]"
+        )
     return TASKS[name]
 
 
-__all__ = ["BaseTask", "Example", "Task", "GSM8KTask", "MultipleChoiceTask", "QATask",
-           "ReasoningGymTask", "TASKS", "check_disjoint", "get_task", "reasoning_gym_task"]
+__all__ = [
+    "BaseTask",
+    "Example",
+    "Task",
+    "GSM8KTask",
+    "MultipleChoiceTask",
+    "QATask",
+    "ReasoningGymTask",
+    "TASKS",
+    "check_disjoint",
+    "get_task",
+    "reasoning_gym_task",
+]

@@ -5,6 +5,7 @@ A task reads rows either from the Hugging Face hub (the optional `datasets` pack
 JSONL file; hub rows are first converted to the task's JSONL schema, so both sources go through the
 same validation. Every schema allows an optional string "id" (default: "<task>/<split>/<row>").
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -26,6 +27,7 @@ class Example:
     `aliases`: every accepted answer, `answer` included; `choices`: option texts (multiple choice
     only); `entry`: the generator's item a verifier scores against (reasoning-gym only; not
     compared)."""
+
     id: str
     prompt: str
     answer: str
@@ -43,7 +45,8 @@ def require(record: Mapping[str, Any], key: str, kind: type | tuple[type, ...]) 
     if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
         expected = " or ".join(k.__name__ for k in kinds)
         raise ValueError(
-            f"field {key!r} must be {expected}, got {type(value).__name__} {value!r:.60}")
+            f"field {key!r} must be {expected}, got {type(value).__name__} {value!r:.60}"
+        )
     return value
 
 
@@ -52,8 +55,10 @@ def require_strings(record: Mapping[str, Any], key: str, minimum: int) -> tuple[
     ValueError."""
     values = require(record, key, list)
     if len(values) < minimum or not all(isinstance(v, str) and v.strip() for v in values):
-        raise ValueError(f"field {key!r} must be a list of at least {minimum} non-empty strings, "
-                         f"got {values!r:.80}")
+        raise ValueError(
+            f"field {key!r} must be a list of at least {minimum} non-empty strings, "
+            f"got {values!r:.80}"
+        )
     return tuple(values)
 
 
@@ -67,11 +72,13 @@ def read_jsonl(path: pathlib.Path) -> Iterator[tuple[int, dict]]:
             try:
                 record = json.loads(line)
             except json.JSONDecodeError as err:
-                raise ValueError(f"{path}:{line_number}: invalid JSON: {err.msg} "
-                                 f"(column {err.colno})") from None
+                raise ValueError(
+                    f"{path}:{line_number}: invalid JSON: {err.msg} (column {err.colno})"
+                ) from None
             if not isinstance(record, dict):
-                raise ValueError(f"{path}:{line_number}: expected a JSON object, "
-                                 f"got {type(record).__name__}")
+                raise ValueError(
+                    f"{path}:{line_number}: expected a JSON object, got {type(record).__name__}"
+                )
             yield line_number, record
 
 
@@ -84,7 +91,8 @@ def hub_rows(path: str, config: str | None, split: str) -> Iterable[Mapping[str,
         raise ImportError(
             f"reading {path!r} from the Hugging Face hub needs the `datasets` package: "
             "`pip install datasets`, "
-            "or pass source=<local JSONL file> (schemas in rlae_jax/tasks/README.md)") from None
+            "or pass source=<local JSONL file> (schemas in rlae_jax/tasks/README.md)"
+        ) from None
     return datasets.load_dataset(path, config, split=split)
 
 
@@ -92,10 +100,12 @@ def hub_rows(path: str, config: str | None, split: str) -> Iterable[Mapping[str,
 class BaseTask:
     """What every task offers: `load` a split, the question as chat `messages`, a rendered prompt
     and 0/1 rewards. Subclasses define `load` and `reward`."""
+
     name: str
 
-    def load(self, split: str, source: str | os.PathLike | None = None,
-             limit: int | None = None) -> list[Example]:
+    def load(
+        self, split: str, source: str | os.PathLike | None = None, limit: int | None = None
+    ) -> list[Example]:
         """Examples of `split` (at most `limit`), checked against the training split."""
         raise NotImplementedError
 
@@ -117,12 +127,19 @@ class BaseTask:
         system = self.system_prompt()
         messages = [{"role": "system", "content": system}] if system else []
         for shot in shots:
-            messages += [{"role": "user", "content": shot.prompt},
-                         {"role": "assistant", "content": self.target(shot)}]
+            messages += [
+                {"role": "user", "content": shot.prompt},
+                {"role": "assistant", "content": self.target(shot)},
+            ]
         return messages + [{"role": "user", "content": example.prompt}]
 
-    def render(self, example: Example, tokenizer=None, shots: Sequence[Example] = (),
-               formatter: Callable[[list[dict[str, str]]], str] | None = None) -> str:
+    def render(
+        self,
+        example: Example,
+        tokenizer=None,
+        shots: Sequence[Example] = (),
+        formatter: Callable[[list[dict[str, str]]], str] | None = None,
+    ) -> str:
         """Model input text of `messages(example, shots)`: through `formatter` (e.g. a member's own
         chat formatting) when given, else `rlae_jax.prompts.chat_prompt` with `tokenizer` (its chat
         template if it has one, else the plain format)."""
@@ -136,15 +153,17 @@ class BaseTask:
         return np.array([self.reward(c, e) for c, e in zip(completions, examples)], np.float32)
 
 
-def check_disjoint(task: str, split: str, examples: Sequence[Example],
-                   training_prompts: Iterable[str]) -> None:
+def check_disjoint(
+    task: str, split: str, examples: Sequence[Example], training_prompts: Iterable[str]
+) -> None:
     """Raise ValueError naming the count when a prompt of `examples` (whitespace-normalised) also
     occurs among `training_prompts`."""
     seen = {" ".join(prompt.split()) for prompt in training_prompts}
     leaked = sum(" ".join(example.prompt.split()) in seen for example in examples)
     if leaked:
-        raise ValueError(f"{task}: {leaked} of {len(examples)} {split} prompts also occur in the "
-                         "training split")
+        raise ValueError(
+            f"{task}: {leaked} of {len(examples)} {split} prompts also occur in the training split"
+        )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -152,6 +171,7 @@ class Task(BaseTask):
     """A dataset read from the hub or a JSONL file. `hub_record` turns a hub row into a record of
     the task's JSONL schema; `train_split` names the split other splits are checked against;
     subclasses (one per answer kind) define `example_from_record` and `reward`."""
+
     hub_path: str
     hub_config: str | None
     hub_record: Callable[[Mapping[str, Any]], dict]
@@ -161,8 +181,9 @@ class Task(BaseTask):
         """Validated Example from a JSONL-schema record; ValueError naming the problem."""
         raise NotImplementedError
 
-    def load(self, split: str, source: str | os.PathLike | None = None,
-             limit: int | None = None) -> list[Example]:
+    def load(
+        self, split: str, source: str | os.PathLike | None = None, limit: int | None = None
+    ) -> list[Example]:
         """Examples of `split`: from the hub when `source` is None, else from the JSONL file
         `source` (or `source/<split>.jsonl` when `source` is a folder). At most `limit` rows.
 
@@ -171,20 +192,25 @@ class Task(BaseTask):
         `<train_split>.jsonl` in a `source` folder; a single file names no training split."""
         examples = self.read(split, source, limit)
         path = None if source is None else pathlib.Path(source)
-        has_training_split = path is None or (path.is_dir() and
-                                              (path / f"{self.train_split}.jsonl").exists())
+        has_training_split = path is None or (
+            path.is_dir() and (path / f"{self.train_split}.jsonl").exists()
+        )
         if split != self.train_split and has_training_split:
             training = self.read(self.train_split, source, None)
             check_disjoint(self.name, split, examples, (e.prompt for e in training))
         return examples
 
-    def read(self, split: str, source: str | os.PathLike | None, limit: int | None
-             ) -> list[Example]:
+    def read(
+        self, split: str, source: str | os.PathLike | None, limit: int | None
+    ) -> list[Example]:
         """`load` without the overlap check."""
         if source is None:
-            rows = ((f"{self.hub_path} {split} row {index}", row)
-                    for index, row in enumerate(hub_rows(self.hub_path, self.hub_config, split),
-                                                start=1))
+            rows = (
+                (f"{self.hub_path} {split} row {index}", row)
+                for index, row in enumerate(
+                    hub_rows(self.hub_path, self.hub_config, split), start=1
+                )
+            )
             to_record = self.hub_record
         else:
             path = pathlib.Path(source)
@@ -194,8 +220,11 @@ class Task(BaseTask):
         examples = []
         for index, (where, row) in enumerate(itertools.islice(rows, limit)):
             try:
-                examples.append(self.example_from_record(
-                    to_record(row), default_id=f"{self.name}/{split}/{index}"))
+                examples.append(
+                    self.example_from_record(
+                        to_record(row), default_id=f"{self.name}/{split}/{index}"
+                    )
+                )
             except ValueError as err:
                 raise ValueError(f"{where}: {err}") from None
         return examples

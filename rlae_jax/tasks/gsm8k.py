@@ -5,6 +5,7 @@ JSONL schema, one object a line: {"question": str, "answer": str, "id": str (opt
 number.
 Hub: ("openai/gsm8k", "main"), splits train / test.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -13,8 +14,9 @@ from typing import Any, Mapping
 from rlae_jax.tasks.base import Example, Task, optional_id, require
 from rlae_jax.tasks.rewards import NUMBER, number_reward
 
-INSTRUCTION = ('Solve the problem step by step, then finish with "The answer is N." '
-               'where N is a number.')
+INSTRUCTION = (
+    'Solve the problem step by step, then finish with "The answer is N." where N is a number.'
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -28,9 +30,12 @@ class GSM8KTask(Task):
         if final is None:
             raise ValueError(f"field 'answer' has no final number: {solution[-60:]!r}")
         answer = ("-" if final["sign"] else "") + final["digits"].replace(",", "")
-        return Example(id=optional_id(record, default_id),
-                       prompt=f"Question: {question}\n{INSTRUCTION}",
-                       answer=answer, aliases=(answer,))
+        return Example(
+            id=optional_id(record, default_id),
+            prompt=f"Question: {question}\n{INSTRUCTION}",
+            answer=answer,
+            aliases=(answer,),
+        )
 
     def reward(self, completion: str, example: Example) -> float:
         return number_reward(completion, example.answer)

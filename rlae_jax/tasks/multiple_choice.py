@@ -5,6 +5,7 @@ JSONL schema, one object a line: {"question": str, "choices": [str, ...] (2 to 2
 Hub: ("allenai/ai2_arc", "ARC-Challenge") train/validation/test; ("cais/mmlu", "all")
 auxiliary_train/dev/validation/test; ("ybisk/piqa", None) train/validation (test has no labels).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -32,11 +33,16 @@ class MultipleChoiceTask(Task):
             answer = letters[answer]
         elif len(answer) != 1 or answer.upper() not in letters:
             raise ValueError(
-                f"field 'answer' {answer!r} is not one of the letters {', '.join(letters)}")
+                f"field 'answer' {answer!r} is not one of the letters {', '.join(letters)}"
+            )
         options = "\n".join(f"{letter}. {choice}" for letter, choice in zip(letters, choices))
-        return Example(id=optional_id(record, default_id),
-                       prompt=f"Question: {question}\n{options}\n{INSTRUCTION}",
-                       answer=answer.upper(), aliases=(answer.upper(),), choices=choices)
+        return Example(
+            id=optional_id(record, default_id),
+            prompt=f"Question: {question}\n{options}\n{INSTRUCTION}",
+            answer=answer.upper(),
+            aliases=(answer.upper(),),
+            choices=choices,
+        )
 
     def reward(self, completion: str, example: Example) -> float:
         return choice_reward(completion, example.answer, example.choices)
@@ -47,8 +53,12 @@ def arc_hub_record(row: Mapping[str, Any]) -> dict:
     labels = list(row["choices"]["label"])
     if row["answerKey"] not in labels:
         raise ValueError(f"answerKey {row['answerKey']!r} is not among the labels {labels}")
-    return {"id": row["id"], "question": row["question"], "choices": list(row["choices"]["text"]),
-            "answer": labels.index(row["answerKey"])}
+    return {
+        "id": row["id"],
+        "question": row["question"],
+        "choices": list(row["choices"]["text"]),
+        "answer": labels.index(row["answerKey"]),
+    }
 
 
 def mmlu_hub_record(row: Mapping[str, Any]) -> dict:
@@ -61,8 +71,10 @@ def piqa_hub_record(row: Mapping[str, Any]) -> dict:
     return {"question": row["goal"], "choices": [row["sol1"], row["sol2"]], "answer": row["label"]}
 
 
-ARC_CHALLENGE = MultipleChoiceTask("arc_challenge", "allenai/ai2_arc", "ARC-Challenge",
-                                   arc_hub_record)
-MMLU = MultipleChoiceTask("mmlu", "cais/mmlu", "all", mmlu_hub_record,
-                          train_split="auxiliary_train")
+ARC_CHALLENGE = MultipleChoiceTask(
+    "arc_challenge", "allenai/ai2_arc", "ARC-Challenge", arc_hub_record
+)
+MMLU = MultipleChoiceTask(
+    "mmlu", "cais/mmlu", "all", mmlu_hub_record, train_split="auxiliary_train"
+)
 PIQA = MultipleChoiceTask("piqa", "ybisk/piqa", None, piqa_hub_record)

@@ -5,6 +5,7 @@ the canonical answer), "id": str (optional)}.
 Hub: ("mandarjoshi/trivia_qa", "rc.nocontext") train/validation (test has no answers);
 ("google-research-datasets/nq_open", None) train/validation.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -24,9 +25,12 @@ class QATask(Task):
     def example_from_record(self, record: Mapping[str, Any], default_id: str) -> Example:
         question = require(record, "question", str)
         answers = require_strings(record, "answers", minimum=1)
-        return Example(id=optional_id(record, default_id),
-                       prompt=f"Question: {question}\n{INSTRUCTION}",
-                       answer=answers[0], aliases=answers)
+        return Example(
+            id=optional_id(record, default_id),
+            prompt=f"Question: {question}\n{INSTRUCTION}",
+            answer=answers[0],
+            aliases=answers,
+        )
 
     def reward(self, completion: str, example: Example) -> float:
         return exact_match_reward(completion, example.aliases)

@@ -40,6 +40,7 @@ collapse whitespace). The predicted span is the text after the last "answer is"/
 whole completion), first non-empty line; it matches when it, or its first sentence, equals any
 alias after normalisation. An empty prediction never matches.
 """
+
 from __future__ import annotations
 
 import re
@@ -95,7 +96,7 @@ def answer_spans(completion: str) -> list[str]:
     if tags := ANSWER_TAG.findall(completion):
         spans.append(tags[-1].strip())
     if phrases := list(NUMBER_ANSWER_PHRASE.finditer(completion)):
-        spans.append(_line_after(completion[phrases[-1].end():]))
+        spans.append(_line_after(completion[phrases[-1].end() :]))
     return spans
 
 
@@ -155,7 +156,7 @@ def number_reward(completion: str, answer: str) -> float:
 
 # ---------------------------------------------------------------- choice letter (ARC, MMLU, PIQA)
 def choice_letters(num_choices: int) -> str:
-    """"ABCD..." for `num_choices` choices (at most 26)."""
+    """ "ABCD..." for `num_choices` choices (at most 26)."""
     if not 1 <= num_choices <= 26:
         raise ValueError(f"need 1..26 choices, got {num_choices}")
     return string.ascii_uppercase[:num_choices]
@@ -166,8 +167,9 @@ def extract_choice(completion: str, choices: Sequence[str]) -> str | None:
     letters = choice_letters(len(choices))
     for match in reversed(list(CHOICE_ANSWER.finditer(completion))):
         letter = match["bracketed"] or match["bare"]
-        accepted = (match["bracketed"] or letter.isupper()
-                    or match["after"].strip("*_") in ".):,;!?\n")
+        accepted = (
+            match["bracketed"] or letter.isupper() or match["after"].strip("*_") in ".):,;!?\n"
+        )
         if accepted and letter.upper() in letters:
             return letter.upper()
     leading = LEADING_LETTER.match(completion)
@@ -187,8 +189,9 @@ def _choice_by_text(completion: str, choices: Sequence[str], letters: str) -> st
     for letter, text in zip(letters, normalised):
         if text and text == said:
             return letter
-    contained = [letter for letter, text in zip(letters, normalised)
-                 if text and f" {text} " in f" {said} "]
+    contained = [
+        letter for letter, text in zip(letters, normalised) if text and f" {text} " in f" {said} "
+    ]
     return contained[0] if len(contained) == 1 else None
 
 
@@ -201,8 +204,11 @@ def choice_reward(completion: str, answer: str, choices: Sequence[str]) -> float
 def normalize_answer(text: str) -> str:
     """SQuAD normalisation: lower-case, delete punctuation (ASCII and Unicode), articles, extra
     spaces."""
-    text = "".join(ch for ch in text.lower()
-                   if ch not in PUNCTUATION and not unicodedata.category(ch).startswith("P"))
+    text = "".join(
+        ch
+        for ch in text.lower()
+        if ch not in PUNCTUATION and not unicodedata.category(ch).startswith("P")
+    )
     return " ".join(ARTICLES.sub(" ", text).split())
 
 
@@ -210,7 +216,7 @@ def extract_short_answers(completion: str) -> tuple[str, ...]:
     """Candidate answer spans: the answer line (after the last "answer is"/"answer:") and its
     first sentence."""
     phrases = list(SHORT_ANSWER_PHRASE.finditer(completion))
-    text = completion[phrases[-1].end():] if phrases else completion
+    text = completion[phrases[-1].end() :] if phrases else completion
     line = next((line.strip() for line in text.splitlines() if line.strip()), "")
     first_sentence = SENTENCE_END.split(line, maxsplit=1)[0].strip()
     return (line, first_sentence) if first_sentence != line else (line,)

@@ -15,6 +15,7 @@ dataset's `score_answer` gives it full credit (partial credit scores 0), or, for
 single number, when `math_verify` finds the answer text's first number (or LaTeX expression)
 equal to it ("1,000" = "1000", "1/2" = "0.5", "−3 degrees" = "-3").
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -33,8 +34,15 @@ SEED_STRIDE = 10**9
 NUMERIC_ANSWER = re.compile(r"[-−]?(?:\d+(?:\.\d+)?|\.\d+)(?:/\d+)?")
 FRACTION = re.compile(r"(?<![\w.])[-−]?\d+\s*/\s*\d+(?![\d.])")
 EASY = {  # configs a 100M-class instruct model can answer in a few tokens
-    "basic_arithmetic": dict(min_terms=2, max_terms=2, min_digits=1, max_digits=2,
-                             operators=("+", "-"), allow_parentheses=False, allow_negation=False),
+    "basic_arithmetic": dict(
+        min_terms=2,
+        max_terms=2,
+        min_digits=1,
+        max_digits=2,
+        operators=("+", "-"),
+        allow_parentheses=False,
+        allow_negation=False,
+    ),
     "chain_sum": dict(min_terms=2, max_terms=3, min_digits=1, max_digits=2),
     "products": dict(min_terms=2, max_terms=2, min_digits=1, max_digits=2),
     "gcd": dict(max_value=100),
@@ -50,8 +58,10 @@ def require(module: str):
     try:
         return __import__(module)
     except ImportError:
-        raise ImportError(f"reasoning-gym tasks need `{module}`: pip install 'rlae_jax[tasks]' "
-                          "(or pip install reasoning-gym math-verify)") from None
+        raise ImportError(
+            f"reasoning-gym tasks need `{module}`: pip install 'rlae_jax[tasks]' "
+            "(or pip install reasoning-gym math-verify)"
+        ) from None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,6 +69,7 @@ class ReasoningGymTask(BaseTask):
     """A reasoning-gym dataset. `config`: the dataset's config fields as (key, value) pairs;
     `train_size`: problems in the training split (other splits exclude all of them);
     `test_size`: default size of other splits; `system`: optional system message."""
+
     dataset: str = ""
     config: tuple[tuple[str, Any], ...] = ()
     seed: int = 0
@@ -73,17 +84,25 @@ class ReasoningGymTask(BaseTask):
         """The reasoning-gym dataset object of `split` (items 0..size-1)."""
         if split not in SPLIT_INDEX:
             raise ValueError(
-                f"unknown split {split!r}; {self.name} splits: {', '.join(SPLIT_INDEX)}")
+                f"unknown split {split!r}; {self.name} splits: {', '.join(SPLIT_INDEX)}"
+            )
         if size > SEED_STRIDE:
             raise ValueError(f"{self.name}: {size} items exceed the seed stride {SEED_STRIDE}")
         return require("reasoning_gym").create_dataset(
-            self.dataset, size=size, seed=self.seed + SPLIT_INDEX[split] * SEED_STRIDE,
-            **dict(self.config))
+            self.dataset,
+            size=size,
+            seed=self.seed + SPLIT_INDEX[split] * SEED_STRIDE,
+            **dict(self.config),
+        )
 
     def example(self, split: str, index: int, entry: Mapping[str, Any]) -> Example:
-        return Example(id=f"{self.name}/{split}/{index}",
-                       prompt=f"{entry['question'].strip()}\n{INSTRUCTION}",
-                       answer=str(entry["answer"]), aliases=(str(entry["answer"]),), entry=entry)
+        return Example(
+            id=f"{self.name}/{split}/{index}",
+            prompt=f"{entry['question'].strip()}\n{INSTRUCTION}",
+            answer=str(entry["answer"]),
+            aliases=(str(entry["answer"]),),
+            entry=entry,
+        )
 
     def load(self, split: str, source=None, limit: int | None = None) -> list[Example]:
         """`limit` problems of `split` (default: train_size for train, else test_size)."""
@@ -92,11 +111,15 @@ class ReasoningGymTask(BaseTask):
         count = limit or (self.train_size if split == "train" else self.test_size)
         if split == "train":
             if count > self.train_size:
-                raise ValueError(f"{self.name}: the training split has {self.train_size} problems, "
-                                 f"{count} were asked for; raise train_size")
+                raise ValueError(
+                    f"{self.name}: the training split has {self.train_size} problems, "
+                    f"{count} were asked for; raise train_size"
+                )
             return [self.example(split, i, e) for i, e in enumerate(self.generator(split, count))]
-        training = [self.example("train", i, e)
-                    for i, e in enumerate(self.generator("train", self.train_size))]
+        training = [
+            self.example("train", i, e)
+            for i, e in enumerate(self.generator("train", self.train_size))
+        ]
         examples = self.held_out(split, count, {" ".join(e.prompt.split()) for e in training})
         check_disjoint(self.name, split, examples, (e.prompt for e in training))
         return examples
@@ -114,7 +137,8 @@ class ReasoningGymTask(BaseTask):
         raise ValueError(
             f"{self.name}: only {len(examples)} of {draws} {split} problems are not in the "
             f"{self.train_size}-problem training split, {count} were asked for; the config's "
-            "problem space is too small: lower train_size or widen the config")
+            "problem space is too small: lower train_size or widen the config"
+        )
 
     def reward(self, completion: str, example: Example) -> float:
         answer = extract_answer(completion)
@@ -159,13 +183,19 @@ def reasoning_gym_task(dataset: str, name: str | None = None, **config) -> Reaso
     known = require("reasoning_gym").factory.DATASETS
     if dataset not in known:
         raise ValueError(
-            f"unknown reasoning-gym dataset {dataset!r}; known: {', '.join(sorted(known))}")
+            f"unknown reasoning-gym dataset {dataset!r}; known: {', '.join(sorted(known))}"
+        )
     fields = {f.name for f in dataclasses.fields(ReasoningGymTask)} - {"name", "dataset", "config"}
     task_fields = {key: config.pop(key) for key in list(config) if key in fields}
-    config = {key: tuple(value) if isinstance(value, list) else value
-              for key, value in config.items()}
-    return ReasoningGymTask(name=name or f"rg/{dataset}", dataset=dataset,
-                            config=tuple(sorted(config.items())), **task_fields)
+    config = {
+        key: tuple(value) if isinstance(value, list) else value for key, value in config.items()
+    }
+    return ReasoningGymTask(
+        name=name or f"rg/{dataset}",
+        dataset=dataset,
+        config=tuple(sorted(config.items())),
+        **task_fields,
+    )
 
 
 def task_from_spec(spec: str) -> ReasoningGymTask:

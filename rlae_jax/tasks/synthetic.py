@@ -19,6 +19,7 @@ Rewards: `reward` (host) and `reward_in_graph` (device, over union ids) give the
 characters reproduced at their position (length mismatches count as errors); `exact_match` is the
 accuracy the demo reports.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -60,9 +61,14 @@ class Problem:
 ALL_KINDS = (("rev",), ("up",), ("rev", "up"), ("up", "rev"))
 
 
-def sample_problems(count: int, seed: int, min_letters: int = 2, max_letters: int = 4,
-                    kinds: tuple[tuple[str, ...], ...] = ALL_KINDS,
-                    keep: Callable[[Problem], bool] = lambda problem: True) -> list[Problem]:
+def sample_problems(
+    count: int,
+    seed: int,
+    min_letters: int = 2,
+    max_letters: int = 4,
+    kinds: tuple[tuple[str, ...], ...] = ALL_KINDS,
+    keep: Callable[[Problem], bool] = lambda problem: True,
+) -> list[Problem]:
     """`count` problems, cycling through `kinds` (default: a quarter each of rev, up, rev;up,
     up;rev) and drawing again (same kind) while `keep` rejects a problem."""
     rng = np.random.default_rng(seed)
@@ -71,7 +77,8 @@ def sample_problems(count: int, seed: int, min_letters: int = 2, max_letters: in
         ops = kinds[len(problems) % len(kinds)]
         parts = tuple(
             (op, tuple(rng.choice(list(LETTERS), rng.integers(min_letters, max_letters + 1))))
-            for op in ops)
+            for op in ops
+        )
         if keep(Problem(parts)):
             problems.append(Problem(parts))
     order = rng.permutation(count)
@@ -106,8 +113,10 @@ def tokenizer_corpus() -> list[str]:
     """Text covering every prompt word, letter and upper-case letter, for training the
     tokenizers."""
     problems = sample_problems(400, seed=99)
-    return ([p.prompt + p.answer() for p in problems]
-            + [" ".join(LETTERS), " ".join(LETTERS.upper())])
+    return [p.prompt + p.answer() for p in problems] + [
+        " ".join(LETTERS),
+        " ".join(LETTERS.upper()),
+    ]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -130,13 +139,25 @@ class SyntheticTask(BaseTask):
     def sample(self, split: str, count: int) -> list[Example]:
         if split not in SPLIT_SEEDS:
             raise ValueError(f"unknown split {split!r}; synthetic splits: {', '.join(SPLIT_SEEDS)}")
-        problems = sample_problems(count, seed=1000 + SPLIT_SEEDS[split], kinds=self.kinds,
-                                   keep=lambda problem: split_of(problem.prompt) == split)
-        return [Example(id=f"{self.name}/{split}/{i}", prompt=p.prompt, answer=p.answer(),
-                        aliases=(p.answer(),)) for i, p in enumerate(problems)]
+        problems = sample_problems(
+            count,
+            seed=1000 + SPLIT_SEEDS[split],
+            kinds=self.kinds,
+            keep=lambda problem: split_of(problem.prompt) == split,
+        )
+        return [
+            Example(
+                id=f"{self.name}/{split}/{i}",
+                prompt=p.prompt,
+                answer=p.answer(),
+                aliases=(p.answer(),),
+            )
+            for i, p in enumerate(problems)
+        ]
 
-    def render(self, example: Example, tokenizer=None, shots: Sequence[Example] = (),
-               formatter=None) -> str:
+    def render(
+        self, example: Example, tokenizer=None, shots: Sequence[Example] = (), formatter=None
+    ) -> str:
         """The bare prompt for every member: the demo members are small LMs trained on it, with no
         chat format."""
         return example.prompt
@@ -165,12 +186,13 @@ def target_bytes(examples: Sequence[Example], length: int) -> np.ndarray:
     out = np.full((len(examples), length), -1, np.int32)
     for row, example in enumerate(examples):
         data = example.answer.encode()[:length]
-        out[row, :len(data)] = list(data)
+        out[row, : len(data)] = list(data)
     return out
 
 
-def generated_bytes(union_ids: jax.Array, byte_table: jax.Array, byte_lengths: jax.Array,
-                    length: int) -> tuple[jax.Array, jax.Array]:
+def generated_bytes(
+    union_ids: jax.Array, byte_table: jax.Array, byte_lengths: jax.Array, length: int
+) -> tuple[jax.Array, jax.Array]:
     """Bytes spelled by union ids `[B, T]` (negative ids = nothing): the first `length` as int32
     `[B, length]` padded with -2, and the full byte count `[B]`.
 
@@ -189,13 +211,15 @@ def generated_bytes(union_ids: jax.Array, byte_table: jax.Array, byte_lengths: j
     return out.at[rows, positions].set(values, mode="drop"), lengths.sum(axis=1)
 
 
-def reward_in_graph(union_ids: jax.Array, targets: jax.Array, byte_table: jax.Array,
-                    byte_lengths: jax.Array) -> tuple[jax.Array, jax.Array]:
+def reward_in_graph(
+    union_ids: jax.Array, targets: jax.Array, byte_table: jax.Array, byte_lengths: jax.Array
+) -> tuple[jax.Array, jax.Array]:
     """Device rewards of generated union ids `[B, T]` against `targets [B, Lt]` (from
     `target_bytes`).
     Returns (char accuracy `[B]`, exact match `[B]`), both float32, equal to the host versions."""
-    generated, generated_len = generated_bytes(union_ids, byte_table, byte_lengths,
-                                               targets.shape[1])
+    generated, generated_len = generated_bytes(
+        union_ids, byte_table, byte_lengths, targets.shape[1]
+    )
     target_len = jnp.sum(targets >= 0, axis=1)
     matches = jnp.sum((generated == targets) & (targets >= 0), axis=1)
     longest = jnp.maximum(jnp.maximum(target_len, generated_len), 1)

@@ -7,6 +7,7 @@ each product runs 20 times inside one compiled `fori_loop`, fastest of --repeats
 
     python benchmarks/attention_einsum.py
 """
+
 from __future__ import annotations
 
 import argparse
@@ -44,10 +45,15 @@ def per_call_ms(product, probs, values, repeats):
     def loop(probs, values):
         def body(_, total):
             return total + product(probs + total[0, 0, 0, 0, 0] * 0, values)
+
         return jax.lax.fori_loop(0, ITERATIONS, body, jnp.zeros_like(output_layout(probs, values)))
 
     jax.block_until_ready(loop(probs, values))
-    return common.best_time(lambda: jax.block_until_ready(loop(probs, values)), repeats) / ITERATIONS * 1e3
+    return (
+        common.best_time(lambda: jax.block_until_ready(loop(probs, values)), repeats)
+        / ITERATIONS
+        * 1e3
+    )
 
 
 def main():
@@ -61,11 +67,15 @@ def main():
         keys = jax.random.split(jax.random.key(0))
         probs = jax.random.uniform(keys[0], (batch, heads, group, queries, slots))
         values = jax.random.normal(keys[1], (batch, heads, slots, dim))
-        np.testing.assert_allclose(dot_order(probs, values), output_layout(probs, values), rtol=1e-4, atol=1e-4)
+        np.testing.assert_allclose(
+            dot_order(probs, values), output_layout(probs, values), rtol=1e-4, atol=1e-4
+        )
         before = per_call_ms(output_layout, probs, values, opts.repeats)
         after = per_call_ms(dot_order, probs, values, opts.repeats)
-        print(f"{name:24s} {str((batch, heads, group, slots, dim, queries)):24s} 'blhgd' {before:7.4f} ms  "
-              f"'bhgld' + transpose {after:7.4f} ms  ratio {before / after:5.2f}")
+        print(
+            f"{name:24s} {str((batch, heads, group, slots, dim, queries)):24s} 'blhgd' "
+            f"{before:7.4f} ms  'bhgld' + transpose {after:7.4f} ms  ratio {before / after:5.2f}"
+        )
 
 
 if __name__ == "__main__":

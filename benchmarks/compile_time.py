@@ -1,9 +1,11 @@
-"""Seconds to trace and compile the ensemble's decode and each member's own decode, per size and number
-of new tokens (from 64 new tokens on, the ensemble compiles its step twice: first-phase and full caches).
-The members' layers are Python-unrolled, so every call site of a layer compiles it again.
+"""Seconds to trace and compile the ensemble's decode and each member's own decode, per size and
+number of new tokens (from 64 new tokens on, the ensemble compiles its step twice: first-phase and
+full caches). The members' layers are Python-unrolled, so every call site of a layer compiles it
+again.
 
     python benchmarks/compile_time.py --sizes 100m --new-tokens 20,128
 """
+
 from __future__ import annotations
 
 import argparse
@@ -28,25 +30,50 @@ def seconds_to_compile(jitted, args, **static) -> tuple[float, float, int]:
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--sizes", default="tiny-real,100m", help="comma list of tiny-trained, tiny-real, 100m")
+    parser.add_argument(
+        "--sizes", default="tiny-real,100m", help="comma list of tiny-trained, tiny-real, 100m"
+    )
     parser.add_argument("--new-tokens", default="20,128", help="comma list of max_new_tokens")
     opts = parser.parse_args()
     warnings.filterwarnings("ignore", message="union tokens left out")
     print(f"# compile_time  {common.machine_info()}")
     widths = [13, 6, 10, 8, 9, 9]
-    print(common.fmt_row(["size", "tokens", "program", "lower s", "compile s", "HLO lines"], widths))
+    print(
+        common.fmt_row(["size", "tokens", "program", "lower s", "compile s", "HLO lines"], widths)
+    )
     for size in opts.sizes.split(","):
         members, _ = decode_throughput.make_members(size, 1.0)
-        alignment = build_alignment([m.tokenizer for m in members], vocab_sizes=[m.config.vocab_size for m in members])
+        alignment = build_alignment(
+            [m.tokenizer for m in members], vocab_sizes=[m.config.vocab_size for m in members]
+        )
         for new_tokens in map(int, opts.new_tokens.split(",")):
-            programs = [("ensemble", decode_jit, decode_throughput.ensemble_args(members, alignment, [common.PROMPT],
-                                                                                 new_tokens),
-                         dict(config=decode_throughput.ensemble_config(new_tokens)))]
-            programs += [(member.name, generate_ids_jit, decode_throughput.member_runner_args(member, [common.PROMPT]),
-                          dict(max_new_tokens=new_tokens)) for member in members]
+            programs = [
+                (
+                    "ensemble",
+                    decode_jit,
+                    decode_throughput.ensemble_args(
+                        members, alignment, [common.PROMPT], new_tokens
+                    ),
+                    dict(config=decode_throughput.ensemble_config(new_tokens)),
+                )
+            ]
+            programs += [
+                (
+                    member.name,
+                    generate_ids_jit,
+                    decode_throughput.member_runner_args(member, [common.PROMPT]),
+                    dict(max_new_tokens=new_tokens),
+                )
+                for member in members
+            ]
             for name, jitted, args, static in programs:
                 lower_s, compile_s, lines = seconds_to_compile(jitted, args, **static)
-                print(common.fmt_row([size, new_tokens, name, f"{lower_s:.1f}", f"{compile_s:.1f}", lines], widths))
+                print(
+                    common.fmt_row(
+                        [size, new_tokens, name, f"{lower_s:.1f}", f"{compile_s:.1f}", lines],
+                        widths,
+                    )
+                )
 
 
 if __name__ == "__main__":

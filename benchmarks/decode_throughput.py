@@ -7,20 +7,23 @@ shortcut of `choose_union_tokens` is taken (untimed run with a host callback in 
 fallback branch). Besides ensemble / Σ member steps, prints ensemble / Σ ingest_n · member_n:
 members that take in several tokens per union token (ingest/step > 1, e.g. a random GPT-2 member
 re-spelling Llama-only pieces) do real extra member work that a single member step does not count;
-the second ratio is the engine's own overhead. "together" runs both members in one compiled loop, each
-greedy on its own tokens with its own-size cache and no union work: the floor of any engine that
-steps the members in one loop (on a CPU their weights and caches then share the caches and cores);
-ensemble / together is what the union work and re-spelling add on top. "together+Z" is `together`
-with each member also taking its softmax normaliser every step (`jax.nn.logsumexp` of its logits, the
-cheapest form measured): the least any exact mixing of the members' probabilities adds (a member alone
-only takes an argmax of its logits), so (together+Z) / Σ member steps is a floor for the ensemble's ratio.
-`--command-buffers loops,xla` compiles every program twice, with the library's decode-loop options (on a
-GPU: loops and conditionals inside command buffers) and with XLA's default command buffers, and times
-all of them interleaved.
+the second ratio is the engine's own overhead. "together" runs both members in one compiled loop,
+each greedy on its own tokens with its own-size cache and no union work: the floor of any engine
+that steps the members in one loop (on a CPU their weights and caches then share the caches and
+cores); ensemble / together is what the union work and re-spelling add on top. "together+Z" is
+`together` with each member also taking its softmax normaliser every step (`jax.nn.logsumexp` of its
+logits, the cheapest form measured): the least any exact mixing of the members' probabilities adds
+(a member alone only takes an argmax of its logits), so (together+Z) / Σ member steps is a floor for
+the ensemble's ratio. `--command-buffers loops,xla` compiles every program twice, with the library's
+decode-loop options (on a
+GPU: loops and conditionals inside command buffers) and with XLA's default command buffers, and
+times all of them interleaved.
 
-    python benchmarks/decode_throughput.py                       # tiny (trained + real vocabs) and 100m
-    python benchmarks/decode_throughput.py --sizes 100m --batches 1,16 --tokens 8,40 --repeats 5
+    python benchmarks/decode_throughput.py                       # tiny (trained + real vocabs) and
+    100m python benchmarks/decode_throughput.py --sizes 100m --batches 1,16 --tokens 8,40 --repeats
+    5
 """
+
 from __future__ import annotations
 
 import argparse
@@ -40,8 +43,14 @@ import common
 from rlae_jax.compile_options import XLA_DEFAULT_COMMAND_BUFFERS, decode_loop_options
 from rlae_jax.generation import generate_ids_jit
 from rlae_jax.align import build_alignment
-from rlae_jax.engine import (CallableWeightFn, DecodeConfig, decode, decode_jit, resolve_strategy,
-                             tokenize_for_members)
+from rlae_jax.engine import (
+    CallableWeightFn,
+    DecodeConfig,
+    decode,
+    decode_jit,
+    resolve_strategy,
+    tokenize_for_members,
+)
 from rlae_jax.engine.loop import default_respell_slots
 from rlae_jax.models import Member, build_model
 from rlae_jax.prompts import encode_prompts, left_pad, pad_id_of
@@ -49,37 +58,56 @@ from rlae_jax.sampling import first_argmax
 
 GOALS = {"tiny": 1.3, "100m": 1.15}
 DEFAULT_TOKENS = {"tiny-trained": "16,128", "tiny-real": "16,128", "100m": "4,20"}
-COMMAND_BUFFERS = {  # --command-buffers: compile options of every program of a variant (None: the jit's own)
-    "loops": None,  # the library's decode_loop_options(): on a GPU, loops and conditionals in command buffers
-    "xla": {"xla_gpu_enable_command_buffer": XLA_DEFAULT_COMMAND_BUFFERS},  # XLA's default command buffers
+# --command-buffers: compile options of every program of a variant (None: the jit's own)
+COMMAND_BUFFERS = {
+    # the library's decode_loop_options(): on a GPU, loops and conditionals in command buffers
+    "loops": None,
+    # XLA's default command buffers
+    "xla": {"xla_gpu_enable_command_buffer": XLA_DEFAULT_COMMAND_BUFFERS},
 }
-decode_module = importlib.import_module("rlae_jax.engine.loop")  # the package re-exports `decode` the function
+# the package re-exports `decode` the function
+decode_module = importlib.import_module("rlae_jax.engine.loop")
 
 
 def sharpen(member: Member, factor: float) -> Member:
-    """Scale the final norm (hence the logits) by `factor`: peaked distributions like a trained model's."""
+    """Scale the final norm (hence the logits) by `factor`: peaked distributions like a trained
+    model's."""
     if factor == 1.0:
         return member
     state = jax.tree_util.tree_map_with_path(
-        lambda path, x: x * factor if jax.tree_util.keystr(path).startswith("['norm']") else x, member.state)
+        lambda path, x: x * factor if jax.tree_util.keystr(path).startswith("['norm']") else x,
+        member.state,
+    )
     return member.replace(state=state)
 
 
 def make_members(size: str, head_scale: float):
     """(members, tokenizer note) for a size: tiny-trained, tiny-real or 100m."""
     if size == "tiny-trained":
-        tokenizers, note = common.trained_tokenizers(), "trained byte-level BPE 384 + metaspace Unigram 200"
-        configs = [common.tiny_config(t, len(tok), tok.eos_token_id) for t, tok in zip(("gpt2", "llama"), tokenizers)]
+        tokenizers, note = (
+            common.trained_tokenizers(),
+            "trained byte-level BPE 384 + metaspace Unigram 200",
+        )
+        configs = [
+            common.tiny_config(t, len(tok), tok.eos_token_id)
+            for t, tok in zip(("gpt2", "llama"), tokenizers)
+        ]
     else:
         *tokenizers, note = common.real_tokenizers()
         if size == "tiny-real":
-            configs = [common.tiny_config(t, len(tok), tok.eos_token_id)
-                       for t, tok in zip(("gpt2", "llama"), tokenizers)]
+            configs = [
+                common.tiny_config(t, len(tok), tok.eos_token_id)
+                for t, tok in zip(("gpt2", "llama"), tokenizers)
+            ]
         else:
-            configs = [common.gpt2_124m_config(), common.llama_100m_config(len(tokenizers[1]),
-                                                                           tokenizers[1].eos_token_id)]
-    members = [sharpen(Member.from_model(build_model(c, seed=i), tok, name=c.model_type), head_scale)
-               for i, (c, tok) in enumerate(zip(configs, tokenizers))]
+            configs = [
+                common.gpt2_124m_config(),
+                common.llama_100m_config(len(tokenizers[1]), tokenizers[1].eos_token_id),
+            ]
+    members = [
+        sharpen(Member.from_model(build_model(c, seed=i), tok, name=c.model_type), head_scale)
+        for i, (c, tok) in enumerate(zip(configs, tokenizers))
+    ]
     return members, note
 
 
@@ -110,7 +138,8 @@ class Program(NamedTuple):
 
     @property
     def working_bytes(self) -> int:
-        """Bytes XLA allocates for the run beyond its inputs and outputs (KV caches, activations)."""
+        """Bytes XLA allocates for the run beyond its inputs and outputs (KV caches,
+        activations)."""
         return self.compiled.memory_analysis().temp_size_in_bytes
 
 
@@ -122,24 +151,41 @@ def compile_program(jitted, args, options=None, **static) -> Program:
 FEATURE_USES = {  # --features: what the decode does with the per-span features
     "none": "uniform weights, nothing recorded (XLA drops the features)",
     "recorded": "uniform weights, every span's features recorded",
-    "agent": "features recorded and read, JS divergence included, as an RL agent's weight_fn does (weights "
-             "stay uniform)",
+    "agent": "features recorded and read, JS divergence included, as an RL agent's weight_fn does "
+    "(weights stay uniform)",
 }
 
 
-def ensemble_config(new_tokens, candidates=0, respell_chunk=4, expansion_budget=2, first_pass_tokens=1,
-                    respell_slots=0, features="none") -> DecodeConfig:
-    """The benchmarked decode: greedy full-union selection (uniform weights' default), runs all new_tokens."""
-    return DecodeConfig(max_new_tokens=new_tokens, stop_at_eos=False, record_features=features != "none",
-                        candidates_per_member=candidates, respell_chunk=respell_chunk,
-                        expansion_budget=expansion_budget, first_pass_tokens=first_pass_tokens,
-                        respell_slots=respell_slots)
+def ensemble_config(
+    new_tokens,
+    candidates=0,
+    respell_chunk=4,
+    expansion_budget=2,
+    first_pass_tokens=1,
+    respell_slots=0,
+    features="none",
+) -> DecodeConfig:
+    """The benchmarked decode: greedy full-union selection (uniform weights' default), runs all
+    new_tokens."""
+    return DecodeConfig(
+        max_new_tokens=new_tokens,
+        stop_at_eos=False,
+        record_features=features != "none",
+        candidates_per_member=candidates,
+        respell_chunk=respell_chunk,
+        expansion_budget=expansion_budget,
+        first_pass_tokens=first_pass_tokens,
+        respell_slots=respell_slots,
+    )
 
 
 def reads_every_feature(features) -> jax.Array:
-    """Uniform `[B, N]` weights that depend on every feature (0 × their sum), so none is compiled away."""
-    total = sum(jnp.sum(leaf.astype(jnp.float32).reshape(leaf.shape[0], -1), axis=1)
-                for leaf in jax.tree.leaves(features))
+    """Uniform `[B, N]` weights that depend on every feature (0 × their sum), so none is compiled
+    away."""
+    total = sum(
+        jnp.sum(leaf.astype(jnp.float32).reshape(leaf.shape[0], -1), axis=1)
+        for leaf in jax.tree.leaves(features)
+    )
     return features.previous_weights + 0.0 * total[:, None]
 
 
@@ -149,7 +195,15 @@ def ensemble_args(members, alignment, prompts, new_tokens, features="none") -> t
     else:
         weight_fn, _ = resolve_strategy("uniform", len(members))
     batch = tokenize_for_members(members, prompts, new_tokens)
-    return members, alignment, batch, weight_fn, jax.random.key(0), jnp.float32(0.0), jnp.float32(1.0)
+    return (
+        members,
+        alignment,
+        batch,
+        weight_fn,
+        jax.random.key(0),
+        jnp.float32(0.0),
+        jnp.float32(1.0),
+    )
 
 
 def ensemble_runner(members, alignment, prompts, new_tokens, options=None, **settings) -> Program:
@@ -159,22 +213,35 @@ def ensemble_runner(members, alignment, prompts, new_tokens, options=None, **set
 
 
 def member_runner_args(member, prompts) -> tuple:
-    """`generate_ids` arguments for greedy decoding of `prompts` by `member` alone, never stopping at EOS."""
+    """`generate_ids` arguments for greedy decoding of `prompts` by `member` alone, never stopping
+    at EOS."""
     ids, mask = left_pad(encode_prompts(member.tokenizer, prompts), pad_id_of(member.tokenizer))
-    return (member, jnp.asarray(ids), jnp.asarray(mask), jax.random.key(0), jnp.float32(0.0), jnp.float32(1.0),
-            jnp.asarray([-1], jnp.int32), jnp.int32(pad_id_of(member.tokenizer)))
+    return (
+        member,
+        jnp.asarray(ids),
+        jnp.asarray(mask),
+        jax.random.key(0),
+        jnp.float32(0.0),
+        jnp.float32(1.0),
+        jnp.asarray([-1], jnp.int32),
+        jnp.int32(pad_id_of(member.tokenizer)),
+    )
 
 
 def member_runner(member, prompts, new_tokens, options=None) -> Program:
-    return compile_program(generate_ids_jit, member_runner_args(member, prompts), options, max_new_tokens=new_tokens)
+    return compile_program(
+        generate_ids_jit, member_runner_args(member, prompts), options, max_new_tokens=new_tokens
+    )
 
 
-@functools.partial(jax.jit, static_argnames=("new_tokens", "normalisers"), compiler_options=decode_loop_options())
+@functools.partial(
+    jax.jit, static_argnames=("new_tokens", "normalisers"), compiler_options=decode_loop_options()
+)
 def members_together(members, input_ids, attention_masks, new_tokens, normalisers=False):
-    """Prefill every member on its own prompt `[B, T_n]` and step each greedily on its own tokens in one
-    `while_loop` for new_tokens steps (caches of T_n + new_tokens slots, as alone); with `normalisers`,
-    each step also takes each member's logsumexp (added to the result, so it is computed).
-    → sum of tokens `[B]` (float32)."""
+    """Prefill every member on its own prompt `[B, T_n]` and step each greedily on its own tokens in
+    one `while_loop` for new_tokens steps (caches of T_n + new_tokens slots, as alone); with
+    `normalisers`, each step also takes each member's logsumexp (added to the result, so it is
+    computed). → sum of tokens `[B]` (float32)."""
     logits, caches = [], []
     for member, ids, mask in zip(members, input_ids, attention_masks):
         out, _, cache = member.prefill(ids, mask, ids.shape[1] + new_tokens)
@@ -186,25 +253,37 @@ def members_together(members, input_ids, attention_masks, new_tokens, normaliser
         tokens = [first_argmax(member_logits) for member_logits in logits]
         if normalisers:
             total += sum(jax.nn.logsumexp(x, axis=-1) for x in logits)
-        outputs = [member.step(cache, token) for member, cache, token in zip(members, caches, tokens)]
-        return (step + 1, tuple(out.logits for out, _ in outputs), tuple(cache for _, cache in outputs),
-                total + sum(tokens))
+        outputs = [
+            member.step(cache, token) for member, cache, token in zip(members, caches, tokens)
+        ]
+        return (
+            step + 1,
+            tuple(out.logits for out, _ in outputs),
+            tuple(cache for _, cache in outputs),
+            total + sum(tokens),
+        )
 
-    carry = (jnp.int32(0), tuple(logits), tuple(caches), jnp.zeros(input_ids[0].shape[0], jnp.float32))
+    carry = (
+        jnp.int32(0),
+        tuple(logits),
+        tuple(caches),
+        jnp.zeros(input_ids[0].shape[0], jnp.float32),
+    )
     return jax.lax.while_loop(lambda c: c[0] < new_tokens, body, carry)[-1]
 
 
 def together_runner(members, prompts, new_tokens, normalisers=False, options=None) -> Program:
     batch = tokenize_for_members(members, prompts, new_tokens)
-    return compile_program(members_together, (members, *batch), options, new_tokens=new_tokens,
-                           normalisers=normalisers)
+    return compile_program(
+        members_together, (members, *batch), options, new_tokens=new_tokens, normalisers=normalisers
+    )
 
 
 def step_seconds(make_runners, tokens, repeats) -> tuple[list[float], list[int]]:
     """Per-token seconds of each runner from the N2 − N1 difference, and the working bytes of its
-    N2-token program. Every program is compiled and run once first; then the runs are interleaved (each
-    repeat times every runner once) and each keeps its fastest, so a slow phase of the shared machine
-    hits all of them alike."""
+    N2-token program. Every program is compiled and run once first; then the runs are interleaved
+    (each repeat times every runner once) and each keeps its fastest, so a slow phase of the shared
+    machine hits all of them alike."""
     n1, n2 = tokens
     runs = [(make(n1), make(n2)) for make in make_runners]
     best = [[float("inf"), float("inf")] for _ in runs]
@@ -219,61 +298,114 @@ def step_seconds(make_runners, tokens, repeats) -> tuple[list[float], list[int]]
 
 
 def ensemble_stats(members, alignment, prompts, new_tokens, **settings):
-    """(fraction of steps using the certified shortcut, mean member tokens ingested per step [N], per member
-    (rows per step re-spelling their union token in several tokens, fraction of steps with such a row,
-    least / median / most tokens the member took in a step over all rows)).
-    Raises when a row stopped before new_tokens (its cache filled up): the timing would then be of less
-    work."""
+    """(fraction of steps using the certified shortcut, mean member tokens ingested per step [N],
+    per member (rows per step re-spelling their union token in several tokens, fraction of steps
+    with such a row, least / median / most tokens the member took in a step over all rows)).
+    Raises when a row stopped before new_tokens (its cache filled up): the timing would then be of
+    less work."""
     args = ensemble_args(members, alignment, prompts, new_tokens, settings.get("features", "none"))
     config = ensemble_config(new_tokens, **settings)
     fallbacks = []
-    with counting_fallbacks(fallbacks):  # a fresh function: jax.jit(decode) would reuse decode's earlier trace
+    # a fresh function: jax.jit(decode) would reuse decode's earlier trace
+    with counting_fallbacks(fallbacks):
         result = jax.jit(lambda *decode_args: decode(*decode_args, config=config))(*args)
         common.block(result)
         jax.effects_barrier()
     if not (np.asarray(result.lengths) == new_tokens).all():
-        raise SystemExit(f"rows stopped early ({np.asarray(result.stop_reason).tolist()}): the ensemble timing is "
-                         f"invalid; raise --expansion-budget (now {config.expansion_budget})")
+        raise SystemExit(
+            f"rows stopped early ({np.asarray(result.stop_reason).tolist()}): the ensemble timing "
+            f"is invalid; raise --expansion-budget (now {config.expansion_budget})"
+        )
     ingested = np.asarray(result.ingested).mean(0) / new_tokens
-    lengths = np.asarray(alignment.union_to_member_len)[:, np.asarray(result.union_ids)]  # [N, B, T]
-    respelled = [((rows > 1).sum(0).mean(), (rows > 1).any(0).mean(), np.percentile(rows.sum(0), [0, 50, 100]))
-                 for rows in lengths]
+    lengths = np.asarray(alignment.union_to_member_len)[
+        :, np.asarray(result.union_ids)
+    ]  # [N, B, T]
+    respelled = [
+        (
+            (rows > 1).sum(0).mean(),
+            (rows > 1).any(0).mean(),
+            np.percentile(rows.sum(0), [0, 50, 100]),
+        )
+        for rows in lengths
+    ]
     return 1.0 - len(fallbacks) / new_tokens, ingested, respelled
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--sizes", default="tiny-trained,tiny-real,100m",
-                        help="comma list of tiny-trained, tiny-real, 100m")
+    parser.add_argument(
+        "--sizes",
+        default="tiny-trained,tiny-real,100m",
+        help="comma list of tiny-trained, tiny-real, 100m",
+    )
     parser.add_argument("--batches", default="1,16", help="comma list of batch sizes")
-    parser.add_argument("--tokens", default=None,
-                        help="N1,N2 new tokens, step = time difference / (N2-N1) (default 16,128 tiny; 4,20 100m)")
-    parser.add_argument("--repeats", type=int, default=7, help="timed runs per measurement (fastest)")
-    parser.add_argument("--candidates", type=int, default=0,
-                        help="candidates_per_member: 0 = full-union selection (default), k > 0 = certified top-k")
-    parser.add_argument("--respell-chunk", type=int, default=4,
-                        help="DecodeConfig.respell_chunk: member tokens per extra pass for multi-token re-spellings")
-    parser.add_argument("--first-pass-tokens", default=str(DecodeConfig.first_pass_tokens),
-                        help="DecodeConfig.first_pass_tokens: member tokens every row appends in a step's first pass; "
-                             "a comma list times one ensemble per width, side by side with the same members")
-    parser.add_argument("--respell-slots", default="auto",
-                        help="DecodeConfig.respell_slots: member tokens beyond the batch size per packed re-spelling "
-                             "pass (0: a first pass and whole-batch chunks; auto: generate's default for the batch "
-                             "and members, default_respell_slots); a comma list times one ensemble per value")
-    parser.add_argument("--expansion-budget", type=int, default=3,
-                        help="DecodeConfig.expansion_budget: member cache slots per generated union token (3, not "
-                             "the library's 2: with distinct prompts some row of the random ~100M GPT-2 member takes "
-                             "more than 2 tokens per union token over 20 steps)")
-    parser.add_argument("--features", choices=FEATURE_USES, default="none",
-                        help="; ".join(f"{name}: {what}" for name, what in FEATURE_USES.items()))
-    parser.add_argument("--command-buffers", default="loops",
-                        help="comma list of compile-option variants, each timed with its own members: loops = the "
-                             "library's (on a GPU: loops and conditionals in command buffers), xla = XLA's default")
-    parser.add_argument("--prompts", choices=("distinct", "same"), default="distinct",
-                        help="batch rows: distinct prompts of different lengths (as in a dataset batch, rows diverge "
-                             "and re-spell at different steps) or one prompt repeated (rows in lockstep)")
-    parser.add_argument("--head-scale", type=float, default=1.0,
-                        help="multiply the final norm by this (>1: peaked, trained-like distributions)")
+    parser.add_argument(
+        "--tokens",
+        default=None,
+        help="N1,N2 new tokens, step = time difference / (N2-N1) (default 16,128 tiny; 4,20 100m)",
+    )
+    parser.add_argument(
+        "--repeats", type=int, default=7, help="timed runs per measurement (fastest)"
+    )
+    parser.add_argument(
+        "--candidates",
+        type=int,
+        default=0,
+        help="candidates_per_member: 0 = full-union selection (default), k > 0 = certified top-k",
+    )
+    parser.add_argument(
+        "--respell-chunk",
+        type=int,
+        default=4,
+        help="DecodeConfig.respell_chunk: member tokens per extra pass for multi-token "
+        "re-spellings",
+    )
+    parser.add_argument(
+        "--first-pass-tokens",
+        default=str(DecodeConfig.first_pass_tokens),
+        help="DecodeConfig.first_pass_tokens: member tokens every row appends in a step's first "
+        "pass; a comma list times one ensemble per width, side by side with the same members",
+    )
+    parser.add_argument(
+        "--respell-slots",
+        default="auto",
+        help="DecodeConfig.respell_slots: member tokens beyond the batch size per packed "
+        "re-spelling pass (0: a first pass and whole-batch chunks; auto: generate's default for "
+        "the batch and members, default_respell_slots); a comma list times one ensemble per value",
+    )
+    parser.add_argument(
+        "--expansion-budget",
+        type=int,
+        default=3,
+        help="DecodeConfig.expansion_budget: member cache slots per generated union token (3, not "
+        "the library's 2: with distinct prompts some row of the random ~100M GPT-2 member takes "
+        "more than 2 tokens per union token over 20 steps)",
+    )
+    parser.add_argument(
+        "--features",
+        choices=FEATURE_USES,
+        default="none",
+        help="; ".join(f"{name}: {what}" for name, what in FEATURE_USES.items()),
+    )
+    parser.add_argument(
+        "--command-buffers",
+        default="loops",
+        help="comma list of compile-option variants, each timed with its own members: loops = the "
+        "library's (on a GPU: loops and conditionals in command buffers), xla = XLA's default",
+    )
+    parser.add_argument(
+        "--prompts",
+        choices=("distinct", "same"),
+        default="distinct",
+        help="batch rows: distinct prompts of different lengths (as in a dataset batch, rows "
+        "diverge and re-spell at different steps) or one prompt repeated (rows in lockstep)",
+    )
+    parser.add_argument(
+        "--head-scale",
+        type=float,
+        default=1.0,
+        help="multiply the final norm by this (>1: peaked, trained-like distributions)",
+    )
     opts = parser.parse_args()
     batches = [int(b) for b in opts.batches.split(",")]
     widths_first_pass = [int(w) for w in opts.first_pass_tokens.split(",")]
@@ -281,82 +413,161 @@ def main():
     variants = opts.command_buffers.split(",")
     unknown = set(variants) - set(COMMAND_BUFFERS)
     if unknown:
-        parser.error(f"--command-buffers: unknown {sorted(unknown)}; choose from {list(COMMAND_BUFFERS)}")
+        parser.error(
+            f"--command-buffers: unknown {sorted(unknown)}; choose from {list(COMMAND_BUFFERS)}"
+        )
     warnings.filterwarnings("ignore", message="union tokens left out")
 
     print(f"# decode_throughput  {datetime.datetime.now():%Y-%m-%d %H:%M}")
     print(f"# {common.machine_info()}")
-    selection = (f"certified top-{opts.candidates} shortcut" if opts.candidates else "full-union selection")
-    print(f"# repeats={opts.repeats}, greedy, uniform weights, {selection}, first pass {opts.first_pass_tokens} "
-          f"tokens, respell chunk {opts.respell_chunk}, respell slots {opts.respell_slots}, "
-          f"expansion budget {opts.expansion_budget}, head scale {opts.head_scale}"
-          f", features: {FEATURE_USES[opts.features]}, command buffers: {opts.command_buffers}, "
-          f"{opts.prompts} prompts")
+    selection = (
+        f"certified top-{opts.candidates} shortcut" if opts.candidates else "full-union selection"
+    )
+    print(
+        f"# repeats={opts.repeats}, greedy, uniform weights, {selection}, first pass "
+        f"{opts.first_pass_tokens} tokens, respell chunk {opts.respell_chunk}, respell slots "
+        f"{opts.respell_slots}, expansion budget {opts.expansion_budget}, head scale "
+        f"{opts.head_scale}, features: {FEATURE_USES[opts.features]}, command buffers: "
+        f"{opts.command_buffers}, {opts.prompts} prompts"
+    )
     header = ["size", "B", "member", "params", "ms/step", "tok/s", "ingest/step", "work MB"]
-    settings = dict(candidates=opts.candidates, respell_chunk=opts.respell_chunk,
-                    expansion_budget=opts.expansion_budget, features=opts.features)
-    ensembles = {" ".join(["ensemble"] + [f"F={w}"] * (len(widths_first_pass) > 1)
-                          + [f"S={r}"] * (len(respell_slots) > 1)): dict(first_pass_tokens=w, respell_slots=r)
-                 for w in widths_first_pass for r in respell_slots}
-    label_width = max(len(name) for name in [*ensembles, "together+Z"]) + (0 if len(variants) == 1 else 9)
+    settings = dict(
+        candidates=opts.candidates,
+        respell_chunk=opts.respell_chunk,
+        expansion_budget=opts.expansion_budget,
+        features=opts.features,
+    )
+    ensembles = {
+        " ".join(
+            ["ensemble"]
+            + [f"F={w}"] * (len(widths_first_pass) > 1)
+            + [f"S={r}"] * (len(respell_slots) > 1)
+        ): dict(first_pass_tokens=w, respell_slots=r)
+        for w in widths_first_pass
+        for r in respell_slots
+    }
+    label_width = max(len(name) for name in [*ensembles, "together+Z"]) + (
+        0 if len(variants) == 1 else 9
+    )
     widths = [13, 3, label_width + 2, 8, 9, 9, 11, 8]
     verdicts = []
     print(common.fmt_row(header, widths))
     for size in opts.sizes.split(","):
         members, note = make_members(size, opts.head_scale)
-        alignment = build_alignment([m.tokenizer for m in members],
-                                    vocab_sizes=[m.config.vocab_size for m in members])
+        alignment = build_alignment(
+            [m.tokenizer for m in members], vocab_sizes=[m.config.vocab_size for m in members]
+        )
         tokens = tuple(int(t) for t in (opts.tokens or DEFAULT_TOKENS[size]).split(","))
-        print(f"# {size}: {note}; union {alignment.num_union} tokens (V={[m.config.vocab_size for m in members]}); "
-              f"N1,N2={tokens}")
+        print(
+            f"# {size}: {note}; union {alignment.num_union} tokens "
+            f"(V={[m.config.vocab_size for m in members]}); N1,N2={tokens}"
+        )
         for batch in tqdm(batches, desc=size, leave=False):
             prompts = common.batch_prompts(batch, opts.prompts == "distinct")
-            shapes = {name: dict(shape, respell_slots=default_respell_slots(batch, members))
-                      if shape["respell_slots"] == "auto" else shape for name, shape in ensembles.items()}
+            shapes = {
+                name: dict(shape, respell_slots=default_respell_slots(batch, members))
+                if shape["respell_slots"] == "auto"
+                else shape
+                for name, shape in ensembles.items()
+            }
             runners = []
             for variant in variants:
                 options = COMMAND_BUFFERS[variant]
-                runners += [lambda n, m=m, o=options: member_runner(m, prompts, n, o) for m in members]
+                runners += [
+                    lambda n, m=m, o=options: member_runner(m, prompts, n, o) for m in members
+                ]
                 runners.append(lambda n, o=options: together_runner(members, prompts, n, options=o))
-                runners.append(lambda n, o=options: together_runner(members, prompts, n, normalisers=True, options=o))
+                runners.append(
+                    lambda n, o=options: together_runner(
+                        members, prompts, n, normalisers=True, options=o
+                    )
+                )
                 for shape in shapes.values():
-                    runners.append(lambda n, shape=shape, o=options: ensemble_runner(
-                        members, alignment, prompts, n, o, **settings, **shape))
+                    runners.append(
+                        lambda n, shape=shape, o=options: ensemble_runner(
+                            members, alignment, prompts, n, o, **settings, **shape
+                        )
+                    )
             all_seconds, all_work = step_seconds(runners, tokens, opts.repeats)
-            stats_by_name = {name: ensemble_stats(members, alignment, prompts, tokens[1], **settings, **shape)
-                             for name, shape in shapes.items()}
+            stats_by_name = {
+                name: ensemble_stats(members, alignment, prompts, tokens[1], **settings, **shape)
+                for name, shape in shapes.items()
+            }
             per_variant = len(runners) // len(variants)
             for index, variant in enumerate(variants):
-                seconds = all_seconds[index * per_variant:(index + 1) * per_variant]
-                work = all_work[index * per_variant:(index + 1) * per_variant]
+                seconds = all_seconds[index * per_variant : (index + 1) * per_variant]
+                work = all_work[index * per_variant : (index + 1) * per_variant]
                 label = "" if len(variants) == 1 else f" [{variant}]"
-                steps, together, normalised = seconds[:len(members)], seconds[len(members)], seconds[len(members) + 1]
-                ensemble_steps = dict(zip(ensembles, seconds[len(members) + 2:]))
-                rows = [[size, batch, m.name + label, f"{m.num_params / 1e6:.1f}M", f"{s * 1e3:.2f}",
-                         f"{batch / s:.0f}", "1.00"] for m, s in zip(members, steps)]
+                steps, together, normalised = (
+                    seconds[: len(members)],
+                    seconds[len(members)],
+                    seconds[len(members) + 1],
+                )
+                ensemble_steps = dict(zip(ensembles, seconds[len(members) + 2 :]))
+                rows = [
+                    [
+                        size,
+                        batch,
+                        m.name + label,
+                        f"{m.num_params / 1e6:.1f}M",
+                        f"{s * 1e3:.2f}",
+                        f"{batch / s:.0f}",
+                        "1.00",
+                    ]
+                    for m, s in zip(members, steps)
+                ]
                 for name, seconds_per_step in (("together", together), ("together+Z", normalised)):
-                    rows.append([size, batch, name + label, "", f"{seconds_per_step * 1e3:.2f}",
-                                 f"{batch / seconds_per_step:.0f}", "/".join(["1.00"] * len(members))])
+                    rows.append(
+                        [
+                            size,
+                            batch,
+                            name + label,
+                            "",
+                            f"{seconds_per_step * 1e3:.2f}",
+                            f"{batch / seconds_per_step:.0f}",
+                            "/".join(["1.00"] * len(members)),
+                        ]
+                    )
                 for name in ensembles:
                     ensemble = ensemble_steps[name]
                     shortcut, ingested, respelled = stats_by_name[name]
-                    rows.append([size, batch, name + label, "", f"{ensemble * 1e3:.2f}", f"{batch / ensemble:.0f}",
-                                 "/".join(f"{x:.2f}" for x in ingested)])
+                    rows.append(
+                        [
+                            size,
+                            batch,
+                            name + label,
+                            "",
+                            f"{ensemble * 1e3:.2f}",
+                            f"{batch / ensemble:.0f}",
+                            "/".join(f"{x:.2f}" for x in ingested),
+                        ]
+                    )
                     ratio = ensemble / sum(steps)
                     per_ingested = ensemble / sum(n * s for n, s in zip(ingested, steps))
                     goal = GOALS[size.split("-")[0]]
-                    used = f"  certified shortcut on {shortcut:.0%} of steps" if opts.candidates else ""
-                    used += "".join(f"  {m.name}: {rows:.1f} rows/step re-spell in several tokens ({share:.0%} of "
-                                    f"steps; {least:.0f}–{most:.0f} tokens a step, median {median:.0f})"
-                                    for m, (rows, share, (least, median, most)) in zip(members, respelled) if share > 0)
-                    verdicts.append(f"{size:13s} B={batch:<3d} {name + label + '/Σmembers':30s} = {ratio:.2f}  (goal ≤ "
-                                    f"{goal}: {'PASS' if ratio <= goal else 'MISS'});  ensemble/Σ(ingest·member) = "
-                                    f"{per_ingested:.2f};  ensemble/together = {ensemble / together:.2f}  "
-                                    f"(together/Σmembers = {together / sum(steps):.2f}, together+Z/Σmembers = "
-                                    f"{normalised / sum(steps):.2f}){used}")
+                    used = (
+                        f"  certified shortcut on {shortcut:.0%} of steps"
+                        if opts.candidates
+                        else ""
+                    )
+                    used += "".join(
+                        f"  {m.name}: {rows:.1f} rows/step re-spell in several tokens ({share:.0%} "
+                        f"of steps; {least:.0f}–{most:.0f} tokens a step, median {median:.0f})"
+                        for m, (rows, share, (least, median, most)) in zip(members, respelled)
+                        if share > 0
+                    )
+                    verdicts.append(
+                        f"{size:13s} B={batch:<3d} {name + label + '/Σmembers':30s} = {ratio:.2f}  "
+                        f"(goal ≤ {goal}: {'PASS' if ratio <= goal else 'MISS'});  "
+                        f"ensemble/Σ(ingest·member) = {per_ingested:.2f};  ensemble/together = "
+                        f"{ensemble / together:.2f}  (together/Σmembers = "
+                        f"{together / sum(steps):.2f}, together+Z/Σmembers = "
+                        f"{normalised / sum(steps):.2f}){used}"
+                    )
                 rows = [row + [f"{bytes_ / 2**20:.1f}"] for row, bytes_ in zip(rows, work)]
-                tqdm.write("\n".join(common.fmt_row(row, widths) for row in rows))  # a cut-off run keeps them
-                tqdm.write("\n".join(verdicts[-len(ensembles):]))
+                # a cut-off run keeps them
+                tqdm.write("\n".join(common.fmt_row(row, widths) for row in rows))
+                tqdm.write("\n".join(verdicts[-len(ensembles) :]))
     print()
     print("\n".join(verdicts))
 

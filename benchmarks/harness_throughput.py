@@ -51,8 +51,9 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         members = tiny_members(pathlib.Path(tmp)) if args.members == "tiny" else args.members
-        lm = RlaeLM(members=members, strategy=args.strategy, max_batch=args.max_batch,
-                    dtype=args.dtype)
+        lm = RlaeLM(
+            members=members, strategy=args.strategy, max_batch=args.max_batch, dtype=args.dtype
+        )
     texts = prompts(args.requests)
     settings = {"until": ["\n\n"], "max_gen_toks": args.max_gen_toks, "do_sample": False}
     requests = [Instance("generate_until", {}, (t, settings), i) for i, t in enumerate(texts)]
@@ -60,14 +61,18 @@ def main() -> None:
     batches = [lengths[i : i + args.max_batch] for i in range(0, len(texts), args.max_batch)]
     buckets = {tuple(bucket_length(max(col)) for col in zip(*batch)) for batch in batches}
     print(common.machine_info())
-    print(f"members {members} | strategy {args.strategy} | {len(texts)} requests | max_gen_toks "
-          f"{args.max_gen_toks} | max_batch {args.max_batch} | length buckets {sorted(buckets)}")
+    print(
+        f"members {members} | strategy {args.strategy} | {len(texts)} requests | max_gen_toks "
+        f"{args.max_gen_toks} | max_batch {args.max_batch} | length buckets {sorted(buckets)}"
+    )
     for name in ("cold (compiles included)", "warm"):
         began = time.perf_counter()
         lm.generate_until(requests)
         elapsed = time.perf_counter() - began
-        print(f"{name}: {len(texts) / elapsed:.2f} requests/s ({elapsed:.1f} s), "
-              f"compiles so far {lm.compile_count}")
+        print(
+            f"{name}: {len(texts) / elapsed:.2f} requests/s ({elapsed:.1f} s), compiles so far "
+            f"{lm.compile_count}"
+        )
 
 
 if __name__ == "__main__":

@@ -124,8 +124,8 @@ class Alignment:
 
     def js_divergence(self, exp_logits: Sequence[jax.Array], normalizer: jax.Array) -> jax.Array:
         """`[B]` equal-weight Jensen-Shannon divergence of the members' distributions in union
-        space, from unnormalised `exp_logits` (N arrays `[B, V_n]`) and their row sums `normalizer
-        [B, N]`, without building `[B, N, U]` (see project.js_divergence)."""
+        space, from unnormalised `exp_logits` (N arrays `[B, V_n]`) and their row sums
+        `normalizer [B, N]`, without building `[B, N, U]` (see project.js_divergence)."""
         return ops.js_divergence(
             exp_logits,
             normalizer,

@@ -92,8 +92,7 @@ def real_tokenizers():
 
 
 def trained_tokenizers(bpe_size: int = 384, unigram_size: int = 200):
-    """Small tokenizers of the two styles trained on CORPUS (byte-level BPE, `▁` Unigram + byte
-    fallback)."""
+    """Small tokenizers of both styles trained on CORPUS (byte-level BPE, `▁` Unigram + bytes)."""
     return (
         tokenization.train_byte_level_bpe(CORPUS, bpe_size),
         tokenization.train_metaspace_unigram(CORPUS, unigram_size),
@@ -133,8 +132,7 @@ def gpt2_124m_config() -> ModelConfig:
 
 
 def llama_100m_config(vocab_size: int = 32000, eos_id: int = 2) -> ModelConfig:
-    """A Llama-style ~106M member: hidden 768, 8 layers, SwiGLU 2048, untied head, 32k
-    vocabulary."""
+    """A Llama-style ~106M member: hidden 768, 8 layers, SwiGLU 2048, untied head, 32k vocab."""
     return ModelConfig(
         model_type="llama",
         vocab_size=vocab_size,

@@ -70,8 +70,7 @@ decode_module = importlib.import_module("rlae_jax.engine.loop")
 
 
 def sharpen(member: Member, factor: float) -> Member:
-    """Scale the final norm (hence the logits) by `factor`: peaked distributions like a trained
-    model's."""
+    """Scale the final norm (hence the logits) by `factor`: peaked, trained-like distributions."""
     if factor == 1.0:
         return member
     state = jax.tree_util.tree_map_with_path(
@@ -138,8 +137,7 @@ class Program(NamedTuple):
 
     @property
     def working_bytes(self) -> int:
-        """Bytes XLA allocates for the run beyond its inputs and outputs (KV caches,
-        activations)."""
+        """Bytes XLA allocates beyond the run's inputs and outputs (KV caches, activations)."""
         return self.compiled.memory_analysis().temp_size_in_bytes
 
 
@@ -165,8 +163,7 @@ def ensemble_config(
     respell_slots=0,
     features="none",
 ) -> DecodeConfig:
-    """The benchmarked decode: greedy full-union selection (uniform weights' default), runs all
-    new_tokens."""
+    """The benchmarked decode: greedy full-union selection (uniform weights), all new_tokens."""
     return DecodeConfig(
         max_new_tokens=new_tokens,
         stop_at_eos=False,
@@ -180,8 +177,7 @@ def ensemble_config(
 
 
 def reads_every_feature(features) -> jax.Array:
-    """Uniform `[B, N]` weights that depend on every feature (0 × their sum), so none is compiled
-    away."""
+    """Uniform `[B, N]` weights depending on every feature (0 × their sum): none compiled away."""
     total = sum(
         jnp.sum(leaf.astype(jnp.float32).reshape(leaf.shape[0], -1), axis=1)
         for leaf in jax.tree.leaves(features)
@@ -213,8 +209,7 @@ def ensemble_runner(members, alignment, prompts, new_tokens, options=None, **set
 
 
 def member_runner_args(member, prompts) -> tuple:
-    """`generate_ids` arguments for greedy decoding of `prompts` by `member` alone, never stopping
-    at EOS."""
+    """`generate_ids` arguments: greedy decoding of `prompts` by `member` alone, no EOS stop."""
     ids, mask = left_pad(encode_prompts(member.tokenizer, prompts), pad_id_of(member.tokenizer))
     return (
         member,

@@ -41,8 +41,7 @@ OP_NAME = re.compile(r'op_name="([^"]*)"')
 
 
 def trace_name(name: str) -> str:
-    """An op's name as trace events spell it on any backend (GPU kernels write `fusion_3` for
-    `fusion.3`)."""
+    """An op's name as trace events spell it on any backend (GPU: `fusion_3` for `fusion.3`)."""
     return name.replace(".", "_")
 
 
@@ -62,8 +61,7 @@ def op_table(compiled_text: str) -> dict[str, tuple[str, str]]:
 
 
 def traced_op_times(run, steps: int) -> tuple[float, dict[str, tuple[float, float]]]:
-    """(wall ms per step, trace_name → (ms per step, calls per step)) of one traced `run()` after a
-    warm-up."""
+    """(wall ms/step, trace_name → (ms/step, calls/step)) of one traced `run()` after a warm-up."""
     run()
     with tempfile.TemporaryDirectory() as folder:
         start = time.perf_counter()

@@ -26,8 +26,7 @@ def read_metrics(workdir: str | pathlib.Path) -> list[dict]:
 def plot_reward_curves(
     runs: dict[str, Sequence[str | pathlib.Path]], path: pathlib.Path, metric: str = "reward"
 ) -> pathlib.Path:
-    """One line per label (mean over its seeds' workdirs, band = min..max) of `metric` against
-    updates."""
+    """One line per label (mean of its seeds' workdirs, band = min..max) of `metric` by update."""
     plt = pyplot()
     figure, axis = plt.subplots(figsize=(6, 4))
     for label, workdirs in runs.items():
@@ -55,8 +54,7 @@ def plot_weights_along_answers(
     prompts: Sequence[str],
     path: pathlib.Path,
 ) -> pathlib.Path:
-    """For each example: the weight on every member at every generated token (steps), tokens as
-    labels."""
+    """Per example: each member's weight at every generated token (steps), tokens as labels."""
     plt = pyplot()
     figure, axes = plt.subplots(
         len(token_texts), 1, figsize=(8, 2.2 * len(token_texts)), squeeze=False

@@ -14,8 +14,7 @@ BYTE_LEVEL_EOS = "<|endoftext|>"
 
 
 def train_byte_level_bpe(texts: Iterable[str], vocab_size: int = 400) -> PreTrainedTokenizerFast:
-    """GPT-2-style byte-level BPE (all 256 bytes in the alphabet); EOS `<|endoftext|>`, also the
-    pad."""
+    """GPT-2-style byte-level BPE (all 256 bytes in the alphabet); EOS `<|endoftext|>` also pads."""
     tokenizer = Tokenizer(models.BPE())
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tokenizer.decoder = decoders.ByteLevel()

@@ -192,8 +192,7 @@ def test_mixed_argmax_is_the_full_union_first_argmax(alignment, seed, levels, ze
 
 
 def union_js_divergence(alignment: Alignment, member_probs) -> np.ndarray:
-    """The definition: H(mean_n P_n) − mean_n H(P_n) over the whole projected `[B, N, U]`, in
-    float64."""
+    """The definition: H(mean_n P_n) − mean_n H(P_n) over all of projected `[B, N, U]`, float64."""
     union = np.asarray(alignment.project(member_probs), np.float64)
 
     def entropy(p):

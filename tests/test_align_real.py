@@ -1,5 +1,4 @@
-"""Alignment of the real fixture tokenizers (GPT-2, NeoX, Llama 2, Mistral v1/v3, Llama 3
-tiktoken)."""
+"""Alignment of the real fixture tokenizers (GPT-2, NeoX, Llama 2/3, Mistral v1/v3)."""
 
 import itertools
 import time
@@ -118,8 +117,7 @@ def test_build_time_two_real_vocabularies(tokenizers):
 
 
 def test_neox_cannot_spell_invalid_utf8_bytes(tokenizers):
-    """NeoX's byte alphabet lacks bytes that never occur in UTF-8; Mistral's <0xC0> etc. stay
-    unselectable."""
+    """NeoX's alphabet lacks bytes never in UTF-8; Mistral's <0xC0> etc. stay unselectable."""
     with pytest.warns(UserWarning, match="cannot spell") as caught:
         built = build_alignment([tokenizers["neox"], tokenizers["mistral_v1"]], use_cache=False)
     assert "member 0: 13 tokens" in str(caught[0].message)

@@ -53,8 +53,7 @@ ROUND_TRIP_TEXTS = [
 
 
 def rewrite_gguf(source, destination, dropped_keys=(), tensor_dtype=None) -> None:
-    """Rewrite a GGUF file without some metadata keys, optionally casting its tensors (F32 ->
-    F16)."""
+    """Rewrite a GGUF file without some metadata keys, optionally casting tensors (F32 -> F16)."""
     reader = gguf.GGUFReader(source)
     writer = gguf.GGUFWriter(destination, arch=reader.get_field("general.architecture").contents())
     for field in reader.fields.values():

@@ -1,5 +1,4 @@
-"""Parity of the Flax ports with transformers' PyTorch models, KV-cache exactness, loading
-errors."""
+"""Parity of the Flax ports with transformers' PyTorch models, KV-cache exactness, load errors."""
 
 import json
 import math

@@ -1,5 +1,4 @@
-"""The tokenizer trainers give the same tokenizer for the same texts (benchmarks and tests rebuild
-them)."""
+"""The trainers give the same tokenizer for the same texts (benchmarks and tests rebuild them)."""
 
 from tiny_models import CORPUS
 

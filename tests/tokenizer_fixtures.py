@@ -44,8 +44,7 @@ REAL_TOKENIZERS = {
 
 
 def load_real_tokenizer(name: str, folder: pathlib.Path):
-    """One of REAL_TOKENIZERS from its fixture folder, as a `tokenizers`-backed transformers
-    tokenizer."""
+    """One of REAL_TOKENIZERS from its fixture folder as a `tokenizers`-backed transformers one."""
     if name == "gpt2":
         return AutoTokenizer.from_pretrained(folder)
     if name == "neox":
@@ -85,8 +84,7 @@ def train_metaspace_unigram(vocab_size: int = 300) -> PreTrainedTokenizerFast:
 
 
 def unicode_text():
-    """Hypothesis strategy: text mixing arbitrary code points, emoji, CJK, whitespace runs,
-    digits."""
+    """Hypothesis strategy: text mixing any code points, emoji, CJK, whitespace runs, digits."""
     pieces = st.one_of(
         st.text(st.characters(codec="utf-8", exclude_categories=["Cs"]), max_size=6),
         st.sampled_from(

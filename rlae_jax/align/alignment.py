@@ -155,8 +155,7 @@ class Alignment:
         return tokens, counts
 
     def projection_matrix(self, member: int) -> sparse.BCOO:
-        """One-hot projection of member ``member`` as a BCOO matrix [V_i, U] (V_i its model
-        vocab)."""
+        """One-hot projection of member ``member``: BCOO [V_i, U] (V_i its model vocab)."""
         table = self.vocab.member_to_union[member, : self.vocab_sizes[member]]
         rows = np.flatnonzero(table < self.num_union)
         indices = np.stack([rows, table[rows]], axis=1).astype(np.int32)

@@ -75,8 +75,7 @@ class MemberVocab:
         return 0 if token_id in self.added_ids else 2 if token_id in self.byte_fallback_ids else 1
 
     def preferred_ids(self) -> dict[bytes, int]:
-        """bytes → the id the tokenizer itself would emit for them (lowest preference, then lowest
-        id)."""
+        """bytes → the id the tokenizer emits for them (lowest preference, then lowest id)."""
         preferred: dict[bytes, int] = {}
         for token_id, token in enumerate(self.token_bytes):
             if token is None:

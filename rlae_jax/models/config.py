@@ -1,5 +1,4 @@
-"""ModelConfig: the one architecture description every port reads, built from a transformers
-config."""
+"""ModelConfig: the one architecture description every port reads, from a transformers config."""
 
 from __future__ import annotations
 
@@ -88,8 +87,7 @@ def _as_tuple(ids) -> tuple[int, ...]:
 
 
 def config_from_hf(hf_config) -> ModelConfig:
-    """Translate a transformers 5 `PretrainedConfig` into a ModelConfig (raises on unsupported
-    ones)."""
+    """A transformers 5 `PretrainedConfig` as a ModelConfig (raises on unsupported ones)."""
     model_type = getattr(hf_config, "model_type", None)
     if model_type not in SUPPORTED_MODEL_TYPES:
         raise ValueError(

@@ -52,8 +52,7 @@ class DecoderLayer(nnx.Module):
         return x, cache_keys, cache_values
 
     def attention(self, h, positions, cache_keys, cache_values, slots, slot_positions):
-        """Self-attention of normed `h [B, L, H]` through the layer cache → (`[B, L, H]`, keys,
-        values)."""
+        """Self-attention of normed `h [B, L, H]` over the cache → (`[B, L, H]`, keys, values)."""
         batch, block, _ = h.shape
         q = self.q_proj(h).reshape(batch, block, self.num_heads, self.head_dim)
         k = self.k_proj(h).reshape(batch, block, self.num_kv_heads, self.head_dim)

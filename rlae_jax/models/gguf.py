@@ -85,8 +85,7 @@ class TensorInfo:
 
 @dataclasses.dataclass(frozen=True)
 class GGUFFile:
-    """A GGUF file's metadata (key -> Python value) and tensor table, over a read-only memory
-    map."""
+    """A GGUF file's metadata (key -> Python value) and tensor table, over a read-only mmap."""
 
     path: str
     metadata: dict

@@ -53,8 +53,7 @@ class GPT2Block(nnx.Module):
 
 
 class GPT2(CausalLM):
-    """Token + learned position embeddings → blocks → LayerNorm → LM head (tied unless
-    configured)."""
+    """Token + learned position embeddings → blocks → LayerNorm → LM head (tied by default)."""
 
     def __init__(self, config: ModelConfig, *, dtype=jnp.float32, rngs: nnx.Rngs):
         self.config = config

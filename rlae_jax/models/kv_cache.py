@@ -54,8 +54,7 @@ class KVCache:
         return self.next_position[:, None] + jnp.cumsum(valid.astype(jnp.int32), axis=1) - 1
 
     def write_slots(self, block_len: int) -> jax.Array:
-        """Slot indices `[B, L]` a block of `block_len` tokens is written to (>= S means
-        dropped)."""
+        """Slot indices `[B, L]` a block of `block_len` tokens goes to (>= S means dropped)."""
         return self.cursor[:, None] + jnp.arange(block_len, dtype=jnp.int32)[None, :]
 
     def with_block_positions(self, positions: jax.Array, valid: jax.Array) -> "KVCache":

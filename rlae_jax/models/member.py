@@ -30,8 +30,7 @@ def resolve_dtype(dtype) -> Any:
 
 
 def build_model(config: ModelConfig, dtype="float32", seed: int = 0) -> CausalLM:
-    """A randomly initialised model of the config's family (use under `nnx.eval_shape` to avoid
-    allocating)."""
+    """A randomly initialised model of the config's family (`nnx.eval_shape` avoids allocating)."""
     return FAMILIES[config.family](config, dtype=resolve_dtype(dtype), rngs=nnx.Rngs(seed))
 
 

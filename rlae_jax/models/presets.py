@@ -1,5 +1,4 @@
-"""Hugging Face configs of full-size checkpoints, for shape checks and benchmarks without
-downloads."""
+"""Hugging Face configs of full-size checkpoints, for shape checks and benchmarks offline."""
 
 from __future__ import annotations
 

@@ -37,8 +37,7 @@ class Example:
 
 
 def require(record: Mapping[str, Any], key: str, kind: type | tuple[type, ...]) -> Any:
-    """`record[key]`, raising ValueError when it is missing or not of `kind` (bool is never an
-    int)."""
+    """`record[key]`; ValueError when it is missing or not of `kind` (bool is never an int)."""
     if key not in record:
         raise ValueError(f"missing field {key!r}")
     value, kinds = record[key], kind if isinstance(kind, tuple) else (kind,)
@@ -51,8 +50,7 @@ def require(record: Mapping[str, Any], key: str, kind: type | tuple[type, ...]) 
 
 
 def require_strings(record: Mapping[str, Any], key: str, minimum: int) -> tuple[str, ...]:
-    """`record[key]` as a tuple of non-empty strings with at least `minimum` entries, else
-    ValueError."""
+    """`record[key]` as a tuple of ≥ `minimum` non-empty strings, else ValueError."""
     values = require(record, key, list)
     if len(values) < minimum or not all(isinstance(v, str) and v.strip() for v in values):
         raise ValueError(
@@ -63,8 +61,7 @@ def require_strings(record: Mapping[str, Any], key: str, minimum: int) -> tuple[
 
 
 def read_jsonl(path: pathlib.Path) -> Iterator[tuple[int, dict]]:
-    """(1-based line number, object) for every non-blank line; ValueError on bad JSON or a
-    non-object."""
+    """(1-based line number, object) per non-blank line; ValueError on bad JSON or a non-object."""
     with open(path, encoding="utf-8") as lines:
         for line_number, line in enumerate(lines, start=1):
             if not line.strip():
@@ -83,8 +80,7 @@ def read_jsonl(path: pathlib.Path) -> Iterator[tuple[int, dict]]:
 
 
 def hub_rows(path: str, config: str | None, split: str) -> Iterable[Mapping[str, Any]]:
-    """Rows of a Hugging Face hub dataset split (needs the optional `datasets` package and a
-    network)."""
+    """Rows of a Hugging Face hub dataset split (needs the optional `datasets` and a network)."""
     try:
         import datasets
     except ImportError:

@@ -19,8 +19,7 @@ INSTRUCTION = 'Answer with a short phrase, as "The answer is X."'
 
 @dataclasses.dataclass(frozen=True)
 class QATask(Task):
-    """Short-answer task; `Example.aliases` are every accepted answer, `Example.answer` the
-    first."""
+    """Short-answer task; `Example.aliases`: every accepted answer, `Example.answer` the first."""
 
     def example_from_record(self, record: Mapping[str, Any], default_id: str) -> Example:
         question = require(record, "question", str)
@@ -37,8 +36,7 @@ class QATask(Task):
 
 
 def triviaqa_hub_record(row: Mapping[str, Any]) -> dict:
-    """mandarjoshi/trivia_qa row (question_id, question, answer{value, aliases}) → JSONL
-    record."""
+    """mandarjoshi/trivia_qa row (question_id, question, answer{value, aliases}) → record."""
     answer = row["answer"]
     answers = [answer["value"]] + [alias for alias in answer["aliases"] if alias != answer["value"]]
     return {"id": row["question_id"], "question": row["question"], "answers": answers}

@@ -106,8 +106,7 @@ def _line_after(text: str) -> str:
 
 
 def _last_boxed(text: str) -> str | None:
-    """The inside of the last `\\boxed{...}`, braces balanced; None when there is none (or
-    unclosed)."""
+    """The inside of the last `\\boxed{...}`, braces balanced; None when absent (or unclosed)."""
     start = text.rfind("\\boxed{")
     if start < 0:
         return None
@@ -148,8 +147,7 @@ def extract_final_number(completion: str) -> Decimal | None:
 
 
 def number_reward(completion: str, answer: str) -> float:
-    """1.0 when the completion's final number equals the number in `answer` (exact decimal
-    compare)."""
+    """1.0 when the completion's final number equals the one in `answer` (exact decimals)."""
     predicted, target = extract_final_number(completion), parse_number(answer)
     return float(predicted is not None and target is not None and predicted == target)
 

@@ -110,8 +110,7 @@ def member_corpus(skill: str, count: int, seed: int) -> list[tuple[str, str]]:
 
 
 def tokenizer_corpus() -> list[str]:
-    """Text covering every prompt word, letter and upper-case letter, for training the
-    tokenizers."""
+    """Text covering every prompt word, letter and upper-case letter, to train the tokenizers."""
     problems = sample_problems(400, seed=99)
     return [p.prompt + p.answer() for p in problems] + [
         " ".join(LETTERS),
@@ -121,8 +120,7 @@ def tokenizer_corpus() -> list[str]:
 
 @dataclasses.dataclass(frozen=True)
 class SyntheticTask(BaseTask):
-    """The demo task with the same interface as the dataset tasks (load / render / reward /
-    rewards)."""
+    """The demo task, with the dataset tasks' interface (load / render / reward / rewards)."""
 
     name: str = "synthetic"
     kinds: tuple[tuple[str, ...], ...] = ALL_KINDS

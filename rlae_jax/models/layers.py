@@ -14,12 +14,20 @@ from flax import nnx
 from rlae_jax.models.config import ModelConfig
 from rlae_jax.models.kv_cache import EMPTY, KVCache, kv_row_indices, write_layer
 
+def gelu_tanh(x: jax.Array) -> jax.Array:
+    """GELU's tanh approximation `x/2 · (1 + tanh(u))`, written as the equal `x · sigmoid(2u)`:
+    XLA:CPU's tanh is a coarse rational approximation, and on Gemma 3's large activations it moved
+    logits past float32 parity with transformers; the sigmoid form is accurate to ~1e-6 relative."""
+    u = math.sqrt(2 / math.pi) * (x + 0.044715 * x**3)
+    return x * jax.nn.sigmoid(2 * u)
+
+
 ACTIVATIONS = {
     "silu": jax.nn.silu,
     "swish": jax.nn.silu,
     "gelu": lambda x: jax.nn.gelu(x, approximate=False),
-    "gelu_new": lambda x: jax.nn.gelu(x, approximate=True),
-    "gelu_pytorch_tanh": lambda x: jax.nn.gelu(x, approximate=True),
+    "gelu_new": gelu_tanh,
+    "gelu_pytorch_tanh": gelu_tanh,
 }
 
 

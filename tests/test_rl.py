@@ -1,5 +1,6 @@
 """RL core: Dirichlet / log-Gamma vs scipy, GAE vs a NumPy loop, the PPO loss vs hand-computed
 values, learning on the contextual bandit (PPO and MAPPO, 3 seeds), determinism and NaN handling."""
+
 import functools
 
 import jax
@@ -12,7 +13,13 @@ from rlae_jax.rl.bandit import BanditConfig, rollout, train
 from rlae_jax.rl.distributions import Dirichlet, LogGamma
 from rlae_jax.rl.gae import generalized_advantages
 from rlae_jax.rl.losses import LossConfig, normalize_advantages, ppo_loss
-from rlae_jax.rl.networks import AgentConfig, MultiAgentObs, make_agent, span_encoding, span_encoding_dim
+from rlae_jax.rl.networks import (
+    AgentConfig,
+    MultiAgentObs,
+    make_agent,
+    span_encoding,
+    span_encoding_dim,
+)
 from rlae_jax.rl.ppo import PPOConfig, create_train_state, raise_if_nonfinite, update
 
 # ---------------------------------------------------------------- distributions
@@ -47,11 +54,14 @@ def test_log_gamma_matches_scipy_and_induces_dirichlet():
         dist = LogGamma(jnp.asarray(alpha))
         log_probs = np.asarray(dist.log_prob(jnp.asarray(actions)))
         entropy = np.asarray(dist.entropy())
-    np.testing.assert_allclose(log_probs, scipy.stats.loggamma.logpdf(actions, alpha), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        log_probs, scipy.stats.loggamma.logpdf(actions, alpha), rtol=1e-5, atol=1e-5
+    )
     np.testing.assert_allclose(entropy, scipy.stats.loggamma.entropy(alpha), rtol=1e-5, atol=1e-5)
     many = LogGamma(jnp.tile(jnp.asarray(alpha, jnp.float32), (20000, 1)))
     weights = many.weights(many.sample(jax.random.key(1)))
-    # softmax of independent log-Gamma(alpha_i) draws is Dirichlet(alpha): compare the first two moments
+    # softmax of independent log-Gamma(alpha_i) draws is Dirichlet(alpha): compare the first two
+    # moments
     np.testing.assert_allclose(np.mean(weights, 0), scipy.stats.dirichlet.mean(alpha), atol=0.01)
     np.testing.assert_allclose(np.var(weights, 0), scipy.stats.dirichlet.var(alpha), atol=0.005)
 
@@ -92,11 +102,18 @@ def test_gae_matches_numpy_loop():
     dones = (rng.random((num_steps, batch)) < 0.25) & valid  # several episodes per row
     dones[lengths - 1, np.arange(batch)] |= np.arange(batch) >= 1  # row 0 may be truncated
     gamma, lam = 0.97, 0.9
-    expected_adv, expected_ret = gae_reference(rewards, values, dones, valid, last_value, gamma, lam)
+    expected_adv, expected_ret = gae_reference(
+        rewards, values, dones, valid, last_value, gamma, lam
+    )
     with jax.enable_x64(True):
         advantages, returns = generalized_advantages(
-            jnp.asarray(rewards), jnp.asarray(values), jnp.asarray(dones, jnp.float64),
-            jnp.asarray(valid, jnp.float64), jnp.asarray(last_value), gamma, lam,
+            jnp.asarray(rewards),
+            jnp.asarray(values),
+            jnp.asarray(dones, jnp.float64),
+            jnp.asarray(valid, jnp.float64),
+            jnp.asarray(last_value),
+            gamma,
+            lam,
         )
     np.testing.assert_allclose(np.asarray(advantages), expected_adv, atol=1e-6, rtol=0)
     np.testing.assert_allclose(np.asarray(returns) * valid, expected_ret, atol=1e-6, rtol=0)
@@ -109,7 +126,13 @@ E_HALF, E_MINUS_HALF = 1.6487212707001282, 0.6065306597126334  # exp(0.5), exp(-
 
 
 def test_ppo_loss_hand_computed():
-    config = LossConfig(clip_eps=0.2, value_clip_eps=0.2, value_coef=0.5, entropy_coef=0.01, normalize_advantages=False)
+    config = LossConfig(
+        clip_eps=0.2,
+        value_clip_eps=0.2,
+        value_coef=0.5,
+        entropy_coef=0.01,
+        normalize_advantages=False,
+    )
     # the 4th step is padding: its huge numbers must not count
     loss, metrics = ppo_loss(
         log_probs=jnp.array([0.0, 0.5, -0.5, 3.0]),
@@ -122,7 +145,8 @@ def test_ppo_loss_hand_computed():
         mask=jnp.array([1.0, 1.0, 1.0, 0.0]),
         config=config,
     )
-    # ratios 1, e^0.5 = 1.6487, e^-0.5 = 0.6065; objectives min(rA, clip(r)A) = 1, 1.2*2 = 2.4, 0.8*-1 = -0.8
+    # ratios 1, e^0.5 = 1.6487, e^-0.5 = 0.6065; objectives min(rA, clip(r)A) = 1, 1.2*2 = 2.4,
+    # 0.8*-1 = -0.8
     policy_loss = -(1.0 + 2.4 - 0.8) / 3  # -0.866667
     # clipped values 0.7, 0.3, 0.7; max squared errors max(1, 1.69), max(1, 0.49), max(4, 0.49)
     value_loss = 0.5 * (1.69 + 1.0 + 4.0) / 3  # 1.115
@@ -143,7 +167,10 @@ def test_ppo_loss_per_agent_clipping():
         log_probs=jnp.array([[0.5, 0.0], [0.0, -0.5]]),  # [M=2, N=2]
         old_log_probs=jnp.zeros((2, 2)),
         advantages=jnp.array([1.0, -1.0]),
-        values=jnp.zeros(2), old_values=jnp.zeros(2), returns=jnp.zeros(2), entropy=jnp.zeros(2),
+        values=jnp.zeros(2),
+        old_values=jnp.zeros(2),
+        returns=jnp.zeros(2),
+        entropy=jnp.zeros(2),
         mask=jnp.ones(2),
         config=config,
     )
@@ -153,7 +180,9 @@ def test_ppo_loss_per_agent_clipping():
 
 
 def test_masked_advantage_normalisation():
-    normalized = normalize_advantages(jnp.array([1.0, 2.0, 3.0, 100.0]), jnp.array([1.0, 1.0, 1.0, 0.0]))
+    normalized = normalize_advantages(
+        jnp.array([1.0, 2.0, 3.0, 100.0]), jnp.array([1.0, 1.0, 1.0, 0.0])
+    )
     # mean 2, population std sqrt(2/3) = 0.816497 over the three valid entries
     np.testing.assert_allclose(normalized[:3], [-1.2247449, 0.0, 1.2247449], rtol=1e-5)
 
@@ -165,8 +194,13 @@ BANDIT = BanditConfig(num_members=3, max_spans=3, noise_dims=2, batch_size=64)
 
 def agent_config(kind, shared_actor=True):
     return AgentConfig(
-        kind=kind, num_members=BANDIT.num_members, obs_dim=BANDIT.obs_dim, agent_obs_dim=BANDIT.obs_dim,
-        hidden_sizes=(32,), span_horizon=BANDIT.max_spans, shared_actor=shared_actor,  # horizon: episode length
+        kind=kind,
+        num_members=BANDIT.num_members,
+        obs_dim=BANDIT.obs_dim,
+        agent_obs_dim=BANDIT.obs_dim,
+        hidden_sizes=(32,),
+        span_horizon=BANDIT.max_spans,
+        shared_actor=shared_actor,  # horizon: episode length
     )
 
 
@@ -183,7 +217,9 @@ def test_span_encoding_is_bounded_and_tells_spans_apart():
 @pytest.mark.parametrize("shared_actor", [True, False])
 def test_mappo_agent_shapes(shared_actor):
     agent = make_agent(agent_config("mappo", shared_actor), jax.random.key(0))
-    obs = MultiAgentObs(state=jnp.ones((5, BANDIT.obs_dim)), agent_obs=jnp.ones((5, 3, BANDIT.obs_dim)))
+    obs = MultiAgentObs(
+        state=jnp.ones((5, BANDIT.obs_dim)), agent_obs=jnp.ones((5, 3, BANDIT.obs_dim))
+    )
     span_index = jnp.arange(5)  # past the bandit's 3 spans: the encoding is a function of the index
     actions, log_probs, values = agent.act(obs, span_index, jax.random.key(1))
     assert actions.shape == log_probs.shape == (5, 3) and values.shape == (5,)
@@ -191,7 +227,9 @@ def test_mappo_agent_shapes(shared_actor):
     new_log_probs, entropy, _ = agent.evaluate(obs, span_index, actions)
     np.testing.assert_allclose(new_log_probs, log_probs, rtol=1e-6)
     assert entropy.shape == (5,)
-    if not shared_actor:  # identical inputs, different parameters per agent -> different concentrations
+    if (
+        not shared_actor
+    ):  # identical inputs, different parameters per agent -> different concentrations
         concentrations = agent.concentrations(obs.agent_obs, span_index)
         assert not np.allclose(concentrations[:, 0], concentrations[:, 1])
 
@@ -199,15 +237,25 @@ def test_mappo_agent_shapes(shared_actor):
 # ---------------------------------------------------------------- learning on the bandit
 
 NUM_UPDATES = 200
-PPO = PPOConfig(num_epochs=4, num_minibatches=2, learning_rate=1e-2, final_lr_fraction=0.1, total_updates=NUM_UPDATES)
+PPO = PPOConfig(
+    num_epochs=4,
+    num_minibatches=2,
+    learning_rate=1e-2,
+    final_lr_fraction=0.1,
+    total_updates=NUM_UPDATES,
+)
 
 
 @functools.cache
 def compiled_train(kind):
-    """One jitted training run per agent kind, a function of the seed key (compiled once, reused)."""
+    """One jitted training run per agent kind as a function of the seed key (compiled once)."""
     return jax.jit(
         functools.partial(
-            train, agent_config=agent_config(kind), ppo_config=PPO, bandit_config=BANDIT, num_updates=NUM_UPDATES
+            train,
+            agent_config=agent_config(kind),
+            ppo_config=PPO,
+            bandit_config=BANDIT,
+            num_updates=NUM_UPDATES,
         )
     )
 
@@ -218,7 +266,10 @@ def test_agent_reaches_90_percent_of_optimal_return(kind):
     metrics = jax.tree.map(lambda *seeds: np.stack(seeds), *jax.device_get(runs))
     final_mean_policy = np.mean(metrics["mean_policy_return"][:, -10:], axis=1)
     final_sampled = np.mean(metrics["return"][:, -10:], axis=1)
-    print(f"{kind}: after {NUM_UPDATES} updates, mean-policy return {final_mean_policy}, sampled {final_sampled}")
+    print(
+        f"{kind}: after {NUM_UPDATES} updates, mean-policy return {final_mean_policy}, sampled "
+        f"{final_sampled}"
+    )
     assert not np.any(metrics["nonfinite"])
     assert np.all(final_mean_policy >= 0.9), final_mean_policy
     assert np.all(final_sampled >= 0.9), final_sampled

@@ -13,6 +13,7 @@
   would have set (`teacher_forced_previous_weights`). It sees no span position: chunks are
   counted in characters, not spans.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -42,10 +43,14 @@ def simplex_grid(num_members: int, resolution: int) -> np.ndarray:
     """Every weight vector `[N]` with entries in {0, 1/r, ..., 1} summing to 1: `[P, N]`,
     P = C(r + N - 1, N - 1), in lexicographic order of the counts."""
     if num_members < 1 or resolution < 1:
-        raise ValueError(f"need num_members >= 1 and resolution >= 1, got {num_members}, "
-                         f"{resolution}")
-    counts = [c for c in itertools.product(range(resolution + 1), repeat=num_members)
-              if sum(c) == resolution]
+        raise ValueError(
+            f"need num_members >= 1 and resolution >= 1, got {num_members}, {resolution}"
+        )
+    counts = [
+        c
+        for c in itertools.product(range(resolution + 1), repeat=num_members)
+        if sum(c) == resolution
+    ]
     return np.array(counts, np.float32) / resolution
 
 
@@ -58,9 +63,15 @@ class FixedWeightsSearch:
     accuracy: np.ndarray
 
 
-def tune_fixed_weights(members: Sequence[Member], alignment: Alignment, task, examples: Sequence,
-                       config: DecodeConfig, resolution: int = 4,
-                       batch_size: int = 64) -> FixedWeightsSearch:
+def tune_fixed_weights(
+    members: Sequence[Member],
+    alignment: Alignment,
+    task,
+    examples: Sequence,
+    config: DecodeConfig,
+    resolution: int = 4,
+    batch_size: int = 64,
+) -> FixedWeightsSearch:
     """Score every point of `simplex_grid(len(members), resolution)` on `examples` (the training
     split) with the engine under `config` and the task's accuracy; the first best point wins.
     The weights are an input of one compiled decode, so the grid compiles once."""
@@ -68,8 +79,17 @@ def tune_fixed_weights(members: Sequence[Member], alignment: Alignment, task, ex
     accuracy = []
     for weights in grid:
         weight_fn, _ = resolve_strategy("fixed", len(members), weights=weights)
-        result = run_strategy(f"fixed {weights}", members, alignment, task, examples, weight_fn,
-                              config, batch_size, warmup=False)
+        result = run_strategy(
+            f"fixed {weights}",
+            members,
+            alignment,
+            task,
+            examples,
+            weight_fn,
+            config,
+            batch_size,
+            warmup=False,
+        )
         accuracy.append(result.accuracy)
     accuracy = np.array(accuracy)
     return FixedWeightsSearch(grid[int(np.argmax(accuracy))], grid, accuracy)
@@ -80,8 +100,10 @@ def tune_fixed_weights(members: Sequence[Member], alignment: Alignment, task, ex
 
 def reference_chunks(answer: str, chunk_chars: int) -> list[tuple[str, str]]:
     """(answer so far, next chunk) at every cut of `answer` into `chunk_chars`-character chunks."""
-    return [(answer[:start], answer[start:start + chunk_chars])
-            for start in range(0, len(answer), chunk_chars)]
+    return [
+        (answer[:start], answer[start : start + chunk_chars])
+        for start in range(0, len(answer), chunk_chars)
+    ]
 
 
 @jax.jit
@@ -91,16 +113,21 @@ def token_log_probs(member: Member, input_ids: jax.Array, attention_mask: jax.Ar
     return jnp.take_along_axis(log_probs, input_ids[:, 1:, None], axis=-1)[..., 0]
 
 
-def chunk_log_probs(member: Member, prompts: Sequence[str], answers: Sequence[str],
-                    chunk_chars: int) -> list[np.ndarray]:
+def chunk_log_probs(
+    member: Member, prompts: Sequence[str], answers: Sequence[str], chunk_chars: int
+) -> list[np.ndarray]:
     """Per example, `[K]` log-probabilities the member gives the K `chunk_chars`-character chunks
     of its answer after the prompt and the chunks before: in its own tokenisation of prompt +
     answer, the summed log-probs of the tokens that start inside the chunk (a token running past a
     chunk's end counts with the chunk it starts in, so no member pays for a cut inside its token).
     NaN for a chunk where no token starts."""
     bos = getattr(member.tokenizer, "bos_token", None)
-    encoded = [member.tokenizer(p + a, add_special_tokens=not (bos and p.startswith(bos)),
-                                return_offsets_mapping=True) for p, a in zip(prompts, answers)]
+    encoded = [
+        member.tokenizer(
+            p + a, add_special_tokens=not (bos and p.startswith(bos)), return_offsets_mapping=True
+        )
+        for p, a in zip(prompts, answers)
+    ]
     id_lists = [e["input_ids"] for e in encoded]
     ids, mask = left_pad(id_lists, pad_id_of(member.tokenizer))
     scores = np.asarray(token_log_probs(member, jnp.asarray(ids), jnp.asarray(mask)))
@@ -117,15 +144,18 @@ def chunk_log_probs(member: Member, prompts: Sequence[str], answers: Sequence[st
     return out
 
 
-def teacher_forced_labels(members: Sequence[Member], prompts: Sequence[str], answers: Sequence[str],
-                          chunk_chars: int) -> np.ndarray:
+def teacher_forced_labels(
+    members: Sequence[Member], prompts: Sequence[str], answers: Sequence[str], chunk_chars: int
+) -> np.ndarray:
     """int32 `[P]` over every chunk of every answer (`reference_chunks` order): the member giving
     the chunk the highest probability (`chunk_log_probs`); -1 where some member has no token
     starting in it (no fair comparison)."""
-    scores = np.stack([np.concatenate(chunk_log_probs(m, prompts, answers, chunk_chars))
-                       for m in members], axis=1)
-    return np.where(np.isnan(scores).any(axis=1), -1, np.argmax(np.nan_to_num(scores, nan=-np.inf),
-                                                                axis=1)).astype(np.int32)
+    scores = np.stack(
+        [np.concatenate(chunk_log_probs(m, prompts, answers, chunk_chars)) for m in members], axis=1
+    )
+    return np.where(
+        np.isnan(scores).any(axis=1), -1, np.argmax(np.nan_to_num(scores, nan=-np.inf), axis=1)
+    ).astype(np.int32)
 
 
 @struct.dataclass
@@ -161,8 +191,9 @@ class RouterWeightFn(StatelessWeightFn):
 class Router(nnx.Module):
     """tanh MLP `[B, F]` -> member logits `[B, N]`."""
 
-    def __init__(self, in_dim: int, hidden_sizes: tuple[int, ...], num_members: int, *,
-                 rngs: nnx.Rngs):
+    def __init__(
+        self, in_dim: int, hidden_sizes: tuple[int, ...], num_members: int, *, rngs: nnx.Rngs
+    ):
         self.torso = MLP(in_dim, hidden_sizes, rngs=rngs)
         self.head = nnx.Linear(hidden_sizes[-1], num_members, rngs=rngs)
 
@@ -182,8 +213,9 @@ class RouterConfig:
     seed: int = 0
 
 
-def teacher_forced_previous_weights(labels: np.ndarray, chunks_per_answer: Sequence[int],
-                                    num_members: int) -> np.ndarray:
+def teacher_forced_previous_weights(
+    labels: np.ndarray, chunks_per_answer: Sequence[int], num_members: int
+) -> np.ndarray:
     """`[P, N]` the weights a router following the labels would have set before each chunk:
     uniform before an answer's first chunk and after an unlabelled one, else the previous label's
     one-hot."""
@@ -195,38 +227,59 @@ def teacher_forced_previous_weights(labels: np.ndarray, chunks_per_answer: Seque
     return weights
 
 
-def router_dataset(members: Sequence[Member], alignment: Alignment, task, examples: Sequence,
-                   config: RouterConfig) -> tuple[np.ndarray, np.ndarray]:
+def router_dataset(
+    members: Sequence[Member], alignment: Alignment, task, examples: Sequence, config: RouterConfig
+) -> tuple[np.ndarray, np.ndarray]:
     """Observations `[P, F]` (engine features after prompt + reference so far) and labels `[P]`
     of the chunks with a label (`teacher_forced_labels`)."""
     prompts = [task.render(example, members[0].tokenizer) for example in examples]
     answers = [example.answer for example in examples]
-    prefixes = [prompt + done for prompt, answer in zip(prompts, answers)
-                for done, _ in reference_chunks(answer, config.chunk_chars)]
+    prefixes = [
+        prompt + done
+        for prompt, answer in zip(prompts, answers)
+        for done, _ in reference_chunks(answer, config.chunk_chars)
+    ]
     recorder = UniformProbe(engine_features(config.feature_set))
-    result = decode_jit(members, alignment, tokenize_for_members(members, prefixes, 1), recorder,
-                        jax.random.key(0), jnp.float32(0.0), jnp.float32(1.0),
-                        config=DecodeConfig(max_new_tokens=1, span_length=1, record_features=True))
+    result = decode_jit(
+        members,
+        alignment,
+        tokenize_for_members(members, prefixes, 1),
+        recorder,
+        jax.random.key(0),
+        jnp.float32(0.0),
+        jnp.float32(1.0),
+        config=DecodeConfig(max_new_tokens=1, span_length=1, record_features=True),
+    )
     labels = teacher_forced_labels(members, prompts, answers, config.chunk_chars)
     features = jax.tree.map(lambda x: x[:, 0], result.span_features)
-    features = features.replace(previous_weights=jnp.asarray(
-        teacher_forced_previous_weights(labels, [len(reference_chunks(a, config.chunk_chars))
-                                                 for a in answers], len(members))))
+    features = features.replace(
+        previous_weights=jnp.asarray(
+            teacher_forced_previous_weights(
+                labels,
+                [len(reference_chunks(a, config.chunk_chars)) for a in answers],
+                len(members),
+            )
+        )
+    )
     observations = np.asarray(global_observation(features, config.feature_set))
     if not np.any(labels >= 0):
-        raise ValueError(f"none of the {len(labels)} reference chunks of {len(examples)} examples "
-                         "has a token of every member starting in it: use a larger chunk_chars")
+        raise ValueError(
+            f"none of the {len(labels)} reference chunks of {len(examples)} examples "
+            "has a token of every member starting in it: use a larger chunk_chars"
+        )
     return observations[labels >= 0], labels[labels >= 0]
 
 
-def fit_router(observations: np.ndarray, labels: np.ndarray, num_members: int,
-               config: RouterConfig) -> RouterWeightFn:
+def fit_router(
+    observations: np.ndarray, labels: np.ndarray, num_members: int, config: RouterConfig
+) -> RouterWeightFn:
     """Full-batch Adam on the cross-entropy of `labels [P]` given standardised observations
     `[P, F]`."""
     mean, std = observations.mean(0), observations.std(0)
     std = np.where(std > 1e-6, std, 1.0)  # a feature constant in training is only centred
-    router = Router(observations.shape[1], config.hidden_sizes, num_members,
-                    rngs=nnx.Rngs(config.seed))
+    router = Router(
+        observations.shape[1], config.hidden_sizes, num_members, rngs=nnx.Rngs(config.seed)
+    )
     graphdef, params = nnx.split(router)
     x, y = jnp.asarray((observations - mean) / std), jnp.asarray(labels)
     tx = optax.adam(config.learning_rate)
@@ -243,12 +296,23 @@ def fit_router(observations: np.ndarray, labels: np.ndarray, num_members: int,
 
     fit = jax.jit(lambda p: jax.lax.scan(step, (p, tx.init(p)), None, config.steps))
     (params, _), _ = fit(params)
-    return RouterWeightFn(graphdef, params, jnp.asarray(mean), jnp.asarray(std), config.feature_set,
-                          engine_features(config.feature_set))
+    return RouterWeightFn(
+        graphdef,
+        params,
+        jnp.asarray(mean),
+        jnp.asarray(std),
+        config.feature_set,
+        engine_features(config.feature_set),
+    )
 
 
-def train_router(members: Sequence[Member], alignment: Alignment, task, examples: Sequence,
-                 config: RouterConfig = RouterConfig()) -> RouterWeightFn:
+def train_router(
+    members: Sequence[Member],
+    alignment: Alignment,
+    task,
+    examples: Sequence,
+    config: RouterConfig = RouterConfig(),
+) -> RouterWeightFn:
     """A supervised span router fitted on `examples` (the training split; see the module doc)."""
     observations, labels = router_dataset(members, alignment, task, examples, config)
     return fit_router(observations, labels, len(members), config)

@@ -8,6 +8,7 @@ small, and log(0) = -inf would make the stored log-prob (and every later PPO rat
 clipped sample is the action that is stored and scored, so the behaviour and learner log-probs
 are evaluated on the same point and stay finite. `log_prob` applies the same clip to its input.
 """
+
 from __future__ import annotations
 
 import flax.struct
@@ -49,10 +50,12 @@ class Dirichlet:
     def log_prob(self, weights: jax.Array) -> jax.Array:
         """Log density of `weights [..., N]` (clipped like `sample`), shape `[...]`."""
         weights = clip_to_simplex(weights, self.min_weight)
-        return jnp.sum((self.concentration - 1.0) * jnp.log(weights), axis=-1) - self.log_normalizer()
+        return (
+            jnp.sum((self.concentration - 1.0) * jnp.log(weights), axis=-1) - self.log_normalizer()
+        )
 
     def entropy(self) -> jax.Array:
-        """H = log B(alpha) + (alpha_0 - N) psi(alpha_0) - sum_i (alpha_i - 1) psi(alpha_i), `[...]`."""
+        """log B(alpha) + (alpha_0 - N) psi(alpha_0) - Σ_i (alpha_i - 1) psi(alpha_i), `[...]`."""
         alpha = self.concentration
         alpha_0 = jnp.sum(alpha, axis=-1)
         num_members = alpha.shape[-1]
@@ -71,9 +74,9 @@ class Dirichlet:
 class LogGamma:
     """Independent y_i = log g_i with g_i ~ Gamma(alpha_i, 1); `concentration [..., N]` > 0.
 
-    This is the MAPPO joint action: agent i owns y_i, and softmax(y) = g / sum(g) ~ Dirichlet(alpha),
-    so the induced ensemble weights have exactly the PPO agent's distribution. Per agent
-    log p(y_i) = alpha_i y_i - exp(y_i) - lgamma(alpha_i)  (scipy.stats.loggamma(c=alpha_i)),
+    This is the MAPPO joint action: agent i owns y_i, and softmax(y) = g / sum(g) ~
+    Dirichlet(alpha), so the induced ensemble weights have exactly the PPO agent's distribution. Per
+    agent log p(y_i) = alpha_i y_i - exp(y_i) - lgamma(alpha_i)  (scipy.stats.loggamma(c=alpha_i)),
     finite for every finite y, so no clipping is needed.
     """
 
@@ -89,7 +92,7 @@ class LogGamma:
         return alpha * actions - jnp.exp(actions) - gammaln(alpha)
 
     def entropy(self) -> jax.Array:
-        """Per-agent entropy H(y_i) = alpha_i + lgamma(alpha_i) - alpha_i psi(alpha_i), `[..., N]`."""
+        """Per-agent entropy `[..., N]`: alpha_i + lgamma(alpha_i) - alpha_i psi(alpha_i)."""
         alpha = self.concentration
         return alpha + gammaln(alpha) - alpha * digamma(alpha)
 

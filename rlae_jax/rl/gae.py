@@ -1,4 +1,5 @@
 """Generalised advantage estimation over spans with done / valid masks."""
+
 from __future__ import annotations
 
 import jax
@@ -17,7 +18,8 @@ def generalized_advantages(
     """GAE(gamma, lambda) computed backwards over time with `lax.scan`.
 
     Inputs are `[T, B]` (T spans, static maximum; B episodes) and `last_value [B]`, the value of
-    the state after step T-1 (0 when every episode ends within T). With valid_T = 1, V_T = last_value:
+    the state after step T-1 (0 when every episode ends within T). With valid_T = 1, V_T =
+    last_value:
 
         c_t     = (1 - done_t) * valid_{t+1}                     (continue into step t+1?)
         delta_t = r_t + gamma * c_t * V_{t+1} - V_t

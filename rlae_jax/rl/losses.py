@@ -4,6 +4,7 @@ One function serves both agents. PPO passes one log-prob per step (`[M]`); MAPPO
 agent (`[M, N]`): each agent's ratio is clipped on its own, with the shared advantage of its step
 (broadcast over agents) and the one centralised critic.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -24,7 +25,7 @@ class LossConfig:
 
 
 def masked_mean(x: jax.Array, mask: jax.Array) -> jax.Array:
-    """Mean of `x` over entries where `mask` is 1 (0 when the mask is empty); `mask` broadcasts to `x`."""
+    """Mean of `x` where `mask` is 1 (0 when the mask is empty); `mask` broadcasts to `x`."""
     mask = jnp.broadcast_to(mask, x.shape).astype(x.dtype)
     return jnp.sum(x * mask) / jnp.maximum(jnp.sum(mask), 1.0)
 
@@ -72,7 +73,9 @@ def ppo_loss(
     policy_objective = jnp.minimum(ratio * policy_advantages, clipped_ratio * policy_advantages)
     policy_loss = -masked_mean(policy_objective, policy_mask)
 
-    clipped_values = old_values + jnp.clip(values - old_values, -config.value_clip_eps, config.value_clip_eps)
+    clipped_values = old_values + jnp.clip(
+        values - old_values, -config.value_clip_eps, config.value_clip_eps
+    )
     value_errors = jnp.maximum(jnp.square(values - returns), jnp.square(clipped_values - returns))
     value_loss = 0.5 * masked_mean(value_errors, mask)
 
@@ -84,6 +87,8 @@ def ppo_loss(
         "value_loss": value_loss,
         "entropy": mean_entropy,
         "approx_kl": masked_mean((ratio - 1.0) - log_ratio, policy_mask),
-        "clip_frac": masked_mean((jnp.abs(ratio - 1.0) > config.clip_eps).astype(ratio.dtype), policy_mask),
+        "clip_frac": masked_mean(
+            (jnp.abs(ratio - 1.0) > config.clip_eps).astype(ratio.dtype), policy_mask
+        ),
     }
     return loss, metrics

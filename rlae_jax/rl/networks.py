@@ -16,6 +16,7 @@ bonus is the entropy of that induced Dirichlet (the spread of the weights), not 
 per-agent log-Gamma entropies, which grow without bound as alpha -> 0 and would reward
 degenerate weights.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -48,7 +49,7 @@ class AgentConfig:
 
 @flax.struct.dataclass
 class MultiAgentObs:
-    """MAPPO observation: global `state [..., F]` (critic) and per-member `agent_obs [..., N, F_a]` (actors)."""
+    """MAPPO obs: global `state [..., F]` (critic), per-member `agent_obs [..., N, F_a]` (actor)."""
 
     state: jax.Array
     agent_obs: jax.Array
@@ -75,8 +76,10 @@ class MLP(nnx.Module):
         return x
 
 
-def concentration_head(in_dim: int, out_dim: int, config: AgentConfig, *, rngs: nnx.Rngs) -> nnx.Linear:
-    """Small-init linear layer whose softplus(.) + min_concentration starts at initial_concentration."""
+def concentration_head(
+    in_dim: int, out_dim: int, config: AgentConfig, *, rngs: nnx.Rngs
+) -> nnx.Linear:
+    """Small-init linear layer: softplus(.) + min_concentration starts at initial_concentration."""
     bias = inverse_softplus(config.initial_concentration - config.min_concentration)
     return nnx.Linear(
         in_dim,
@@ -89,11 +92,11 @@ def concentration_head(in_dim: int, out_dim: int, config: AgentConfig, *, rngs: 
 
 def span_periods(horizon: int) -> tuple[int, ...]:
     """Periods 2, 4, ..., up to the first power of two >= 2 * horizon."""
-    return tuple(2 ** k for k in range(1, max(horizon, 1).bit_length() + 2))
+    return tuple(2**k for k in range(1, max(horizon, 1).bit_length() + 2))
 
 
 def span_encoding_dim(horizon: int) -> int:
-    """Width of `span_encoding`: the clipped one-hot, sin and cos per period, the clipped fraction."""
+    """Width of `span_encoding`: clipped one-hot, sin and cos per period, clipped fraction."""
     return horizon + 2 * len(span_periods(horizon)) + 1
 
 
@@ -132,14 +135,18 @@ class PPOAgent(Agent):
         self.actor_torso = MLP(in_dim, config.hidden_sizes, rngs=rngs)
         self.critic_torso = MLP(in_dim, config.hidden_sizes, rngs=rngs)
         self.concentration_head = concentration_head(hidden, config.num_members, config, rngs=rngs)
-        self.value_head = nnx.Linear(hidden, 1, kernel_init=nnx.initializers.orthogonal(1.0), rngs=rngs)
+        self.value_head = nnx.Linear(
+            hidden, 1, kernel_init=nnx.initializers.orthogonal(1.0), rngs=rngs
+        )
 
     def __call__(self, obs: jax.Array, span_index: jax.Array) -> tuple[Dirichlet, jax.Array]:
         """`obs [B, F]`, `span_index [B]` -> (Dirichlet over `[B, N]`, value `[B]`)."""
         span = span_encoding(span_index, self.config.span_horizon)
         inputs = jnp.concatenate([obs, span], axis=-1)
-        concentration = (jax.nn.softplus(self.concentration_head(self.actor_torso(inputs)))
-                         + self.config.min_concentration)
+        concentration = (
+            jax.nn.softplus(self.concentration_head(self.actor_torso(inputs)))
+            + self.config.min_concentration
+        )
         return Dirichlet(concentration), self.value_head(self.critic_torso(inputs))[..., 0]
 
     def evaluate(self, obs, span_index, actions):
@@ -195,7 +202,9 @@ class MAPPOAgent(Agent):
         encoded = span_encoding(span_index, self.config.span_horizon)
         span = jnp.broadcast_to(encoded[:, None], (batch, num_members, encoded.shape[-1]))
         if self.config.shared_actor:
-            agent_id = jnp.broadcast_to(jnp.eye(num_members, dtype=agent_obs.dtype), (batch, num_members, num_members))
+            agent_id = jnp.broadcast_to(
+                jnp.eye(num_members, dtype=agent_obs.dtype), (batch, num_members, num_members)
+            )
             return self.actor(jnp.concatenate([agent_obs, agent_id, span], axis=-1))
 
         @nnx.vmap(in_axes=(0, 1), out_axes=1)
@@ -211,7 +220,9 @@ class MAPPOAgent(Agent):
         return self.value_head(features)[..., 0]
 
     def __call__(self, obs: MultiAgentObs, span_index: jax.Array) -> tuple[LogGamma, jax.Array]:
-        return LogGamma(self.concentrations(obs.agent_obs, span_index)), self.value(obs.state, span_index)
+        return LogGamma(self.concentrations(obs.agent_obs, span_index)), self.value(
+            obs.state, span_index
+        )
 
     def evaluate(self, obs, span_index, actions):
         policy, values = self(obs, span_index)

@@ -11,6 +11,7 @@ weights; the span index goes to the agent's own encoding. `feature_set` picks wh
   state to its prompt summary. Every part is a number per member or per row, so an agent trained
   on one set of members can be evaluated on any other set of the same size.
 """
+
 from __future__ import annotations
 
 from typing import Sequence
@@ -22,14 +23,35 @@ from rlae_jax.engine.features import SpanFeatures
 from rlae_jax.rl.networks import MultiAgentObs
 
 FEATURE_SETS = {
-    "full": ("hidden", "prompt_summary", "entropy", "max_prob", "top1_agreement", "js_divergence",
-             "previous_weights"),
+    "full": (
+        "hidden",
+        "prompt_summary",
+        "entropy",
+        "max_prob",
+        "top1_agreement",
+        "js_divergence",
+        "previous_weights",
+    ),
     "no_hidden": ("entropy", "max_prob", "top1_agreement", "js_divergence", "previous_weights"),
-    "portable": ("entropy", "max_prob", "prompt_nll", "context_similarity", "top1_agreement",
-                 "js_divergence", "previous_weights"),
+    "portable": (
+        "entropy",
+        "max_prob",
+        "prompt_nll",
+        "context_similarity",
+        "top1_agreement",
+        "js_divergence",
+        "previous_weights",
+    ),
 }
-PER_MEMBER = ("hidden", "prompt_summary", "entropy", "max_prob", "prompt_nll", "context_similarity",
-              "previous_weights")
+PER_MEMBER = (
+    "hidden",
+    "prompt_summary",
+    "entropy",
+    "max_prob",
+    "prompt_nll",
+    "context_similarity",
+    "previous_weights",
+)
 SHARED = ("top1_agreement", "js_divergence")
 WIDE = ("hidden", "prompt_summary")  # one block of the member's hidden size
 ENGINE_OPTIONAL = ("js_divergence", "prompt_nll")  # computed by the engine only when asked for
@@ -65,20 +87,24 @@ def member_parts(features: SpanFeatures, name: str) -> list[jax.Array]:
         value = getattr(features, name)
     if isinstance(value, tuple):
         return [v.astype(jnp.float32) for v in value]
-    return [value[:, i:i + 1].astype(jnp.float32) for i in range(value.shape[1])]
+    return [value[:, i : i + 1].astype(jnp.float32) for i in range(value.shape[1])]
 
 
 def global_observation(features: SpanFeatures, feature_set: str) -> jax.Array:
     """The centralised state `[B, F]`: every chosen feature of every member, concatenated."""
     blocks = []
     for name in check_feature_set(feature_set):
-        blocks += member_parts(features, name) if name in PER_MEMBER else [getattr(features, name)[:, None]]
+        blocks += (
+            member_parts(features, name)
+            if name in PER_MEMBER
+            else [getattr(features, name)[:, None]]
+        )
     return jnp.concatenate(blocks, axis=-1)
 
 
 def agent_observations(features: SpanFeatures, feature_set: str, hidden_width: int) -> jax.Array:
-    """Per-member observations `[B, N, F_a]`: the member's own features (hidden vectors zero-padded to
-    `hidden_width`) and the shared agreement features."""
+    """Per-member observations `[B, N, F_a]`: the member's own features (hidden vectors zero-padded
+    to `hidden_width`) and the shared agreement features."""
     names = check_feature_set(feature_set)
     members = features.entropy.shape[1]
     per_member = [[] for _ in range(members)]
@@ -96,7 +122,9 @@ def observation(features: SpanFeatures, kind: str, feature_set: str, hidden_widt
     state = global_observation(features, feature_set)
     if kind == "ppo":
         return state
-    return MultiAgentObs(state=state, agent_obs=agent_observations(features, feature_set, hidden_width))
+    return MultiAgentObs(
+        state=state, agent_obs=agent_observations(features, feature_set, hidden_width)
+    )
 
 
 def observation_dims(hidden_sizes: Sequence[int], feature_set: str) -> tuple[int, int]:

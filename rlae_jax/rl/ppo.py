@@ -4,6 +4,7 @@ The agent type decides observation and action shapes (see `networks`); everythin
 pytrees with leading `[T, B]` (rollout) or `[M]` (minibatch) axes. The update is jittable and
 vmappable over seeds.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -37,22 +38,27 @@ class PPOConfig:
 
     @functools.cache
     def optimizer(self) -> optax.GradientTransformation:
-        """clip_by_global_norm then Adam with the learning-rate schedule (counted per minibatch step).
-        One object per (equal) config: a TrainState holds it as a static field, so a new object
-        would make every jitted step that takes the state compile again."""
+        """clip_by_global_norm then Adam with the learning-rate schedule (counted per minibatch
+        step). One object per (equal) config: a TrainState holds it as a static field, so a new
+        object would make every jitted step that takes the state compile again."""
         if self.total_updates:
             steps = self.total_updates * self.num_epochs * self.num_minibatches
-            schedule = optax.linear_schedule(self.learning_rate, self.learning_rate * self.final_lr_fraction, steps)
+            schedule = optax.linear_schedule(
+                self.learning_rate, self.learning_rate * self.final_lr_fraction, steps
+            )
         else:
             schedule = optax.constant_schedule(self.learning_rate)
-        return optax.chain(optax.clip_by_global_norm(self.max_grad_norm), optax.adam(schedule, eps=1e-5))
+        return optax.chain(
+            optax.clip_by_global_norm(self.max_grad_norm), optax.adam(schedule, eps=1e-5)
+        )
 
 
 @flax.struct.dataclass
 class Transitions:
     """One batch of episodes, `[T, B]` spans × episodes (T = static maximum, padded).
 
-    obs: agent observation pytree with leading `[T, B]` (`[T, B, F]` for PPO, `MultiAgentObs` for MAPPO)
+    obs: agent observation pytree with leading `[T, B]` (`[T, B, F]` for PPO, `MultiAgentObs` for
+    MAPPO)
     span_index: `[T, B]` int32
     actions: `[T, B, N]` (PPO: weights on the simplex; MAPPO: per-agent log-Gamma actions y,
         weights = softmax(y); see `networks`)
@@ -74,7 +80,7 @@ class Transitions:
 
 @flax.struct.dataclass
 class TrainState:
-    """Agent `(graphdef, params)`, optimiser state, RNG key and update count; `tx` and `config` are static."""
+    """Agent `(graphdef, params)`, optimiser state, RNG key, update count; `tx`, `config` static."""
 
     graphdef: nnx.GraphDef = flax.struct.field(pytree_node=False)
     params: nnx.State
@@ -105,7 +111,9 @@ def all_finite(tree) -> jax.Array:
     return jnp.all(jnp.stack([jnp.all(jnp.isfinite(leaf)) for leaf in jax.tree.leaves(tree)]))
 
 
-def update(train_state: TrainState, transitions: Transitions) -> tuple[TrainState, dict[str, jax.Array]]:
+def update(
+    train_state: TrainState, transitions: Transitions
+) -> tuple[TrainState, dict[str, jax.Array]]:
     """GAE, then `num_epochs` × `num_minibatches` clipped-PPO steps over the T·B flattened spans.
 
     A minibatch step whose loss or gradients are non-finite is skipped (parameters and optimiser
@@ -118,7 +126,9 @@ def update(train_state: TrainState, transitions: Transitions) -> tuple[TrainStat
     num_steps, batch = transitions.rewards.shape
     num_samples = num_steps * batch
     if num_samples % config.num_minibatches:
-        raise ValueError(f"T*B = {num_samples} is not divisible by num_minibatches = {config.num_minibatches}")
+        raise ValueError(
+            f"T*B = {num_samples} is not divisible by num_minibatches = {config.num_minibatches}"
+        )
     advantages, returns = generalized_advantages(
         transitions.rewards,
         transitions.values,
@@ -156,7 +166,10 @@ def update(train_state: TrainState, transitions: Transitions) -> tuple[TrainStat
         new_params = optax.apply_updates(params, updates)
         finite = inputs_finite & jnp.isfinite(loss) & all_finite(grads)
         keep_new = lambda new, old: jnp.where(finite, new, old)
-        carry = (jax.tree.map(keep_new, new_params, params), jax.tree.map(keep_new, new_opt_state, opt_state))
+        carry = (
+            jax.tree.map(keep_new, new_params, params),
+            jax.tree.map(keep_new, new_opt_state, opt_state),
+        )
         return carry, {**metrics, "grad_norm": optax.tree.norm(grads), "skipped": ~finite}
 
     def epoch(carry, key):
@@ -168,7 +181,9 @@ def update(train_state: TrainState, transitions: Transitions) -> tuple[TrainStat
 
     key, epoch_key = jax.random.split(train_state.key)
     (params, opt_state), step_metrics = jax.lax.scan(
-        epoch, (train_state.params, train_state.opt_state), jax.random.split(epoch_key, config.num_epochs)
+        epoch,
+        (train_state.params, train_state.opt_state),
+        jax.random.split(epoch_key, config.num_epochs),
     )
     skipped = step_metrics.pop("skipped")
     metrics = jax.tree.map(jnp.mean, step_metrics)
@@ -184,6 +199,8 @@ def raise_if_nonfinite(metrics: dict[str, Any], update_index: int) -> None:
     """Host-side check for a training loop: stop with a message naming the update."""
     if bool(metrics["nonfinite"]):
         raise FloatingPointError(
-            f"update {update_index}: non-finite loss or gradients in {int(metrics['skipped_minibatches'])} "
-            "minibatch step(s); those steps were skipped (check rewards and observations for NaN/inf)"
+            f"update {update_index}: non-finite loss or gradients in "
+            f"{int(metrics['skipped_minibatches'])} "
+            "minibatch step(s); those steps were skipped (check rewards and observations for "
+            "NaN/inf)"
         )

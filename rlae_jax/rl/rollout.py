@@ -6,6 +6,7 @@ episode's transitions come out of a single `engine.decode`; the train step then 
 (in-graph, or one `jax.pure_callback` per batch), runs GAE and the PPO/MAPPO epochs — all one
 compiled function.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -66,11 +67,20 @@ class RLSetup:
     length_penalty: float = 0.0
 
 
-def policy_weight_fn(train_state: ppo.TrainState, setup: RLSetup, key: jax.Array,
-                     deterministic: bool = False) -> PolicyWeightFn:
-    return PolicyWeightFn(train_state.graphdef, train_state.params, key, setup.kind, setup.feature_set,
-                          setup.hidden_width, setup.num_members, deterministic,
-                          engine_features(setup.feature_set))
+def policy_weight_fn(
+    train_state: ppo.TrainState, setup: RLSetup, key: jax.Array, deterministic: bool = False
+) -> PolicyWeightFn:
+    return PolicyWeightFn(
+        train_state.graphdef,
+        train_state.params,
+        key,
+        setup.kind,
+        setup.feature_set,
+        setup.hidden_width,
+        setup.num_members,
+        deterministic,
+        engine_features(setup.feature_set),
+    )
 
 
 # ---- rewards ---------------------------------------------------------------------------------
@@ -96,8 +106,9 @@ class InGraphReward:
 
     def __call__(self, result: DecodeResult, targets: jax.Array) -> tuple[jax.Array, jax.Array]:
         """→ (reward `[B]`, exact-match accuracy `[B]`)."""
-        chars, exact = reward_in_graph(result.union_ids, targets, self.byte_table,
-                                       self.byte_lengths)
+        chars, exact = reward_in_graph(
+            result.union_ids, targets, self.byte_table, self.byte_lengths
+        )
         return (exact if self.exact else chars), exact
 
 
@@ -116,15 +127,23 @@ class CallbackReward:
     def for_task(cls, task, examples: Sequence, alignment: Alignment) -> "CallbackReward":
         return cls(task, tuple(examples), alignment.vocab, alignment.decode)
 
-    def host_rewards(self, union_ids: np.ndarray, lengths: np.ndarray, indices: np.ndarray) -> np.ndarray:
+    def host_rewards(
+        self, union_ids: np.ndarray, lengths: np.ndarray, indices: np.ndarray
+    ) -> np.ndarray:
         texts = [self.decode_text(ids[:length].tolist()) for ids, length in zip(union_ids, lengths)]
         examples = [self.examples[int(i)] for i in indices]
         return self.task.rewards(texts, examples).astype(np.float32)
 
     def __call__(self, result: DecodeResult, indices: jax.Array) -> tuple[jax.Array, jax.Array]:
         shape = jax.ShapeDtypeStruct(result.lengths.shape, jnp.float32)
-        rewards = jax.pure_callback(self.host_rewards, shape, result.union_ids, result.lengths, indices,
-                                    vmap_method="sequential")
+        rewards = jax.pure_callback(
+            self.host_rewards,
+            shape,
+            result.union_ids,
+            result.lengths,
+            indices,
+            vmap_method="sequential",
+        )
         return rewards, (rewards >= 1.0).astype(jnp.float32)
 
 
@@ -137,8 +156,9 @@ def make_reward(name: str, task, examples: Sequence, alignment: Alignment):
     if isinstance(task, SyntheticTask):
         return InGraphReward.for_alignment(alignment, exact=name == "correctness")
     if name != "correctness":
-        raise ValueError(f"reward {name!r} exists only for the synthetic tasks; "
-                         f"{task.name!r} has 'correctness'")
+        raise ValueError(
+            f"reward {name!r} exists only for the synthetic tasks; {task.name!r} has 'correctness'"
+        )
     return CallbackReward.for_task(task, examples, alignment)
 
 
@@ -149,13 +169,20 @@ def time_major(x: jax.Array) -> jax.Array:
     return jnp.swapaxes(x, 0, 1)
 
 
-def episode_transitions(train_state: ppo.TrainState, setup: RLSetup, result: DecodeResult, actions: jax.Array,
-                        episode_rewards: jax.Array) -> ppo.Transitions:
+def episode_transitions(
+    train_state: ppo.TrainState,
+    setup: RLSetup,
+    result: DecodeResult,
+    actions: jax.Array,
+    episode_rewards: jax.Array,
+) -> ppo.Transitions:
     """`[S, B]` transitions of a batch of episodes: observations rebuilt from the recorded span
     features, the sampled actions, behaviour log-probs and values under the current parameters,
     and the episode reward on each row's last span."""
     batch, spans = result.span_valid.shape
-    flat_features = jax.tree.map(lambda x: x.reshape((batch * spans,) + x.shape[2:]), result.span_features)
+    flat_features = jax.tree.map(
+        lambda x: x.reshape((batch * spans,) + x.shape[2:]), result.span_features
+    )
     flat_obs = observation(flat_features, setup.kind, setup.feature_set, setup.hidden_width)
     flat_actions = actions.reshape(batch * spans, -1)
     agent = nnx.merge(train_state.graphdef, train_state.params)
@@ -165,40 +192,86 @@ def episode_transitions(train_state: ppo.TrainState, setup: RLSetup, result: Dec
     last = jnp.maximum(valid.sum(0) - 1, 0)
     dones = jax.nn.one_hot(last, spans, dtype=jnp.float32).T
     return ppo.Transitions(
-        obs=jax.tree.map(unflatten, flat_obs), span_index=unflatten(flat_features.span_index),
-        actions=time_major(actions), log_probs=unflatten(log_probs), values=unflatten(values),
-        rewards=dones * episode_rewards[None, :], dones=dones, valid=valid.astype(jnp.float32))
+        obs=jax.tree.map(unflatten, flat_obs),
+        span_index=unflatten(flat_features.span_index),
+        actions=time_major(actions),
+        log_probs=unflatten(log_probs),
+        values=unflatten(values),
+        rewards=dones * episode_rewards[None, :],
+        dones=dones,
+        valid=valid.astype(jnp.float32),
+    )
 
 
-def train_step(train_state: ppo.TrainState, members: Sequence[Member], alignment: Alignment, prompts: PromptBatch,
-               reward_fn, reward_data, setup: RLSetup) -> tuple[ppo.TrainState, dict[str, jax.Array]]:
-    """One RLAE update: rollout (the policy sets the weights every span), reward, GAE, PPO/MAPPO epochs."""
+def train_step(
+    train_state: ppo.TrainState,
+    members: Sequence[Member],
+    alignment: Alignment,
+    prompts: PromptBatch,
+    reward_fn,
+    reward_data,
+    setup: RLSetup,
+) -> tuple[ppo.TrainState, dict[str, jax.Array]]:
+    """One RLAE update: rollout (policy sets weights every span), reward, GAE, PPO/MAPPO epochs."""
     key, policy_key, decode_key = jax.random.split(train_state.key, 3)
     weight_fn = policy_weight_fn(train_state, setup, policy_key)
-    result = decode(members, alignment, prompts, weight_fn, decode_key, jnp.float32(0.0), jnp.float32(1.0),
-                    setup.decode)
+    result = decode(
+        members,
+        alignment,
+        prompts,
+        weight_fn,
+        decode_key,
+        jnp.float32(0.0),
+        jnp.float32(1.0),
+        setup.decode,
+    )
     rewards, accuracy = reward_fn(result, reward_data)
     shaped = rewards - setup.length_penalty * result.lengths / setup.decode.max_new_tokens
     transitions = episode_transitions(train_state, setup, result, result.weight_carry[1], shaped)
     train_state, metrics = ppo.update(train_state.replace(key=key), transitions)
     valid = result.span_valid
     span_weights = jnp.where(valid[..., None], result.span_weights, 0.0).sum(0) / jnp.maximum(
-        valid.sum(0)[:, None], 1)
-    metrics.update(reward=rewards.mean(), accuracy=accuracy.mean(), episode_tokens=result.lengths.mean(),
-                   mean_weights_per_span=span_weights, weight_fallback=result.weight_fallback.any())
+        valid.sum(0)[:, None], 1
+    )
+    metrics.update(
+        reward=rewards.mean(),
+        accuracy=accuracy.mean(),
+        episode_tokens=result.lengths.mean(),
+        mean_weights_per_span=span_weights,
+        weight_fallback=result.weight_fallback.any(),
+    )
     return train_state, metrics
 
 
-# JAX takes compile options only on a top-level jit: inside your own jit (or vmap), call `train_step`.
-train_step_jit = jax.jit(train_step, static_argnames=("setup",), compiler_options=decode_loop_options())
+# JAX takes compile options only on a top-level jit: inside your own jit (or vmap), call
+# `train_step`.
+train_step_jit = jax.jit(
+    train_step, static_argnames=("setup",), compiler_options=decode_loop_options()
+)
 
 
-def evaluate_policy(train_state: ppo.TrainState, members: Sequence[Member], alignment: Alignment,
-                    prompts: PromptBatch, setup: RLSetup, key: jax.Array) -> DecodeResult:
+def evaluate_policy(
+    train_state: ppo.TrainState,
+    members: Sequence[Member],
+    alignment: Alignment,
+    prompts: PromptBatch,
+    setup: RLSetup,
+    key: jax.Array,
+) -> DecodeResult:
     """Generate with the policy's mean weights (deterministic evaluation)."""
     weight_fn = policy_weight_fn(train_state, setup, key, deterministic=True)
-    return decode(members, alignment, prompts, weight_fn, key, jnp.float32(0.0), jnp.float32(1.0), setup.decode)
+    return decode(
+        members,
+        alignment,
+        prompts,
+        weight_fn,
+        key,
+        jnp.float32(0.0),
+        jnp.float32(1.0),
+        setup.decode,
+    )
 
 
-evaluate_policy_jit = jax.jit(evaluate_policy, static_argnames=("setup",),
-                              compiler_options=decode_loop_options())
+evaluate_policy_jit = jax.jit(
+    evaluate_policy, static_argnames=("setup",), compiler_options=decode_loop_options()
+)

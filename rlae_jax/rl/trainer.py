@@ -2,6 +2,7 @@
 automatic resume (agent, optimiser, RNG and data position), JSONL + TensorBoard metrics, progress
 bar, and a lock file that keeps a second run off a workdir in use.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -29,8 +30,17 @@ from rlae_jax.rl.observations import WIDE, check_feature_set, observation_dims
 from rlae_jax.rl.rollout import InGraphReward, RLSetup, make_reward, train_step_jit
 from rlae_jax.tasks.synthetic import target_bytes
 
-SCALAR_METRICS = ("reward", "accuracy", "approx_kl", "clip_frac", "entropy", "episode_tokens", "grad_norm",
-                  "value_loss", "policy_loss")
+SCALAR_METRICS = (
+    "reward",
+    "accuracy",
+    "approx_kl",
+    "clip_frac",
+    "entropy",
+    "episode_tokens",
+    "grad_norm",
+    "value_loss",
+    "policy_loss",
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,7 +49,8 @@ class RLConfig:
     config). `reward`: "correctness" (0/1) or "char_accuracy" (synthetic partial credit; see
     `rollout.make_reward`)."""
 
-    kind: str = "ppo"  # "ppo" (one Dirichlet agent) or "mappo" (one actor per member, central critic)
+    # "ppo" (one Dirichlet agent) or "mappo" (one actor per member, central critic)
+    kind: str = "ppo"
     feature_set: str = "full"
     hidden_sizes: tuple[int, ...] = (64, 64)
     shared_actor: bool = True
@@ -61,7 +72,7 @@ class RLConfig:
 
     @classmethod
     def from_dict(cls, values, **overrides) -> "RLConfig":
-        """From a mapping (e.g. an ml_collections ConfigDict or a saved config.json); unknown keys are ignored."""
+        """From a mapping (ml_collections ConfigDict, saved config.json); unknown keys ignored."""
         names = {f.name for f in dataclasses.fields(cls)}
         kwargs = {k: v for k, v in dict(values).items() if k in names}
         kwargs.update(overrides)
@@ -70,33 +81,57 @@ class RLConfig:
         return cls(**kwargs)
 
     def setup(self, members: Sequence[Member]) -> RLSetup:
-        decode = DecodeConfig(max_new_tokens=self.max_new_tokens, span_length=self.span_length,
-                              expansion_budget=self.expansion_budget,
-                              respell_slots=default_respell_slots(self.batch_size, members))
-        return RLSetup(kind=self.kind, num_members=len(members), feature_set=self.feature_set,
-                       hidden_width=max(m.config.hidden_size for m in members), decode=decode,
-                       length_penalty=self.length_penalty)
+        decode = DecodeConfig(
+            max_new_tokens=self.max_new_tokens,
+            span_length=self.span_length,
+            expansion_budget=self.expansion_budget,
+            respell_slots=default_respell_slots(self.batch_size, members),
+        )
+        return RLSetup(
+            kind=self.kind,
+            num_members=len(members),
+            feature_set=self.feature_set,
+            hidden_width=max(m.config.hidden_size for m in members),
+            decode=decode,
+            length_penalty=self.length_penalty,
+        )
 
     def agent_config(self, members: Sequence[Member]) -> AgentConfig:
         """The agent's architecture: independent of `max_new_tokens` and the task, so a checkpoint
         restores for any of them (and, with a member-independent feature_set, for any members of
         the same count)."""
-        obs_dim, agent_obs_dim = observation_dims([m.config.hidden_size for m in members], self.feature_set)
-        return AgentConfig(kind=self.kind, num_members=len(members), obs_dim=obs_dim, agent_obs_dim=agent_obs_dim,
-                           hidden_sizes=tuple(self.hidden_sizes), shared_actor=self.shared_actor)
+        obs_dim, agent_obs_dim = observation_dims(
+            [m.config.hidden_size for m in members], self.feature_set
+        )
+        return AgentConfig(
+            kind=self.kind,
+            num_members=len(members),
+            obs_dim=obs_dim,
+            agent_obs_dim=agent_obs_dim,
+            hidden_sizes=tuple(self.hidden_sizes),
+            shared_actor=self.shared_actor,
+        )
 
     def ppo_config(self) -> ppo.PPOConfig:
-        return ppo.PPOConfig(gamma=self.gamma, gae_lambda=self.gae_lambda, num_epochs=self.num_epochs,
-                             num_minibatches=self.num_minibatches, learning_rate=self.learning_rate,
-                             total_updates=self.num_updates,
-                             loss=dataclasses.replace(LossConfig(), clip_eps=self.clip_eps,
-                                                      entropy_coef=self.entropy_coef))
+        return ppo.PPOConfig(
+            gamma=self.gamma,
+            gae_lambda=self.gae_lambda,
+            num_epochs=self.num_epochs,
+            num_minibatches=self.num_minibatches,
+            learning_rate=self.learning_rate,
+            total_updates=self.num_updates,
+            loss=dataclasses.replace(
+                LossConfig(), clip_eps=self.clip_eps, entropy_coef=self.entropy_coef
+            ),
+        )
 
 
 def initial_train_state(config: RLConfig, members: Sequence[Member]) -> ppo.TrainState:
     key = jax.random.key(config.seed)
     agent_key, train_key = jax.random.split(key)
-    return ppo.create_train_state(make_agent(config.agent_config(members), agent_key), config.ppo_config(), train_key)
+    return ppo.create_train_state(
+        make_agent(config.agent_config(members), agent_key), config.ppo_config(), train_key
+    )
 
 
 def batch_order(num_examples: int, batch_size: int, update: int, seed: int) -> np.ndarray:
@@ -106,7 +141,7 @@ def batch_order(num_examples: int, batch_size: int, update: int, seed: int) -> n
     indices = []
     while len(indices) < batch_size:
         permutation = np.random.default_rng([seed, epoch]).permutation(num_examples)
-        indices += permutation[offset:offset + batch_size - len(indices)].tolist()
+        indices += permutation[offset : offset + batch_size - len(indices)].tolist()
         epoch, offset = epoch + 1, 0
     return np.array(indices)
 
@@ -138,8 +173,9 @@ class MetricsWriter:
         truncate_metrics(workdir / "metrics.jsonl", start)
         self.jsonl = open(workdir / "metrics.jsonl", "a")
         # purge_step hides the events a killed run wrote past its last checkpoint (steps > start)
-        self.tensorboard = SummaryWriter(str(workdir / "tensorboard"),
-                                         purge_step=start + 1 if start else None)
+        self.tensorboard = SummaryWriter(
+            str(workdir / "tensorboard"), purge_step=start + 1 if start else None
+        )
 
     def write(self, update: int, metrics: dict[str, Any]) -> None:
         row = {"update": update, **{k: np.asarray(v).tolist() for k, v in metrics.items()}}
@@ -150,7 +186,9 @@ class MetricsWriter:
                 self.tensorboard.add_scalar(name, float(metrics[name]), update)
         for span, weights in enumerate(np.asarray(metrics["mean_weights_per_span"])[:8]):
             for member, weight in enumerate(weights):
-                self.tensorboard.add_scalar(f"weights/span{span}/member{member}", float(weight), update)
+                self.tensorboard.add_scalar(
+                    f"weights/span{span}/member{member}", float(weight), update
+                )
 
     def close(self) -> None:
         self.jsonl.close()
@@ -159,8 +197,10 @@ class MetricsWriter:
 
 def config_fingerprint(config: RLConfig, members: Sequence[Member]) -> dict:
     """What a checkpoint must match to be resumed: the RL config and the members' architectures."""
-    return {"rl": dataclasses.asdict(config),
-            "members": [dataclasses.asdict(m.config) | {"name": m.name} for m in members]}
+    return {
+        "rl": dataclasses.asdict(config),
+        "members": [dataclasses.asdict(m.config) | {"name": m.name} for m in members],
+    }
 
 
 def pid_alive(pid: int) -> bool:
@@ -207,9 +247,11 @@ class WorkdirLock:
         if host == socket.gethostname() and pid.isdigit() and not pid_alive(int(pid)):
             self.path.unlink(missing_ok=True)
             return False
-        raise RuntimeError(f"{self.path.parent} is in use by another run (pid {pid or '?'} on host "
-                           f"{host or '?'}, lock file {self.path}); wait for it or use another "
-                           "workdir")
+        raise RuntimeError(
+            f"{self.path.parent} is in use by another run (pid {pid or '?'} on host "
+            f"{host or '?'}, lock file {self.path}); wait for it or use another "
+            "workdir"
+        )
 
     def release(self) -> None:
         """Remove the lock file if it is ours."""
@@ -227,9 +269,18 @@ class RLAETrainer:
     'data'; the compiled step is the same. The workdir is locked (`WorkdirLock`) from construction
     to the end of `train`, so a second run on it is refused before it touches anything."""
 
-    def __init__(self, config: RLConfig, members: Sequence[Member], alignment: Alignment, task,
-                 examples: Sequence, workdir: str | pathlib.Path, checkpoint_every: int = 10, keep: int = 3,
-                 mesh=None):
+    def __init__(
+        self,
+        config: RLConfig,
+        members: Sequence[Member],
+        alignment: Alignment,
+        task,
+        examples: Sequence,
+        workdir: str | pathlib.Path,
+        checkpoint_every: int = 10,
+        keep: int = 3,
+        mesh=None,
+    ):
         self.mesh = mesh
         if mesh is not None:
             members = [sharding.shard_member(m, mesh) for m in members]
@@ -244,7 +295,9 @@ class RLAETrainer:
         self.setup = config.setup(self.members)
         self.checkpoint_every = checkpoint_every
         self.manager = ocp.CheckpointManager(
-            self.workdir / "checkpoints", options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True))
+            self.workdir / "checkpoints",
+            options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True),
+        )
         self.reward_fn = make_reward(config.reward, task, self.examples, alignment)
         self.check_config()
 
@@ -259,11 +312,15 @@ class RLAETrainer:
         if path.exists() and self.manager.latest_step() is not None:
             saved = json.loads(path.read_text())
             if saved != fingerprint:
-                differing = sorted(k for k in set(saved["rl"]) | set(fingerprint["rl"])
-                                   if saved["rl"].get(k) != fingerprint["rl"].get(k))
+                differing = sorted(
+                    k
+                    for k in set(saved["rl"]) | set(fingerprint["rl"])
+                    if saved["rl"].get(k) != fingerprint["rl"].get(k)
+                )
                 raise ValueError(
                     f"{self.workdir} holds a checkpoint from a different config (differs in: "
-                    f"{', '.join(differing) or 'members'}); use another workdir or the same config")
+                    f"{', '.join(differing) or 'members'}); use another workdir or the same config"
+                )
         path.write_text(json.dumps(fingerprint, indent=1))
 
     def batch(self, update: int):
@@ -272,8 +329,11 @@ class RLAETrainer:
         examples = [self.examples[i] for i in indices]
         prompts = [self.task.render(e, self.members[0].tokenizer) for e in examples]
         batch = tokenize_for_members(self.members, prompts, self.config.max_new_tokens)
-        data = (jnp.asarray(target_bytes(examples, 4 * self.config.max_new_tokens))
-                if isinstance(self.reward_fn, InGraphReward) else jnp.asarray(indices, jnp.int32))
+        data = (
+            jnp.asarray(target_bytes(examples, 4 * self.config.max_new_tokens))
+            if isinstance(self.reward_fn, InGraphReward)
+            else jnp.asarray(indices, jnp.int32)
+        )
         if self.mesh is not None:
             batch, data = sharding.shard_batch((batch, data), self.mesh)
         return batch, data
@@ -283,10 +343,12 @@ class RLAETrainer:
         return state if self.mesh is None else sharding.shard_train_state(state, self.mesh)
 
     def save(self, state: ppo.TrainState) -> None:
-        self.manager.save(int(state.update_count), args=ocp.args.StandardSave(checkpoint_items(state)))
+        self.manager.save(
+            int(state.update_count), args=ocp.args.StandardSave(checkpoint_items(state))
+        )
 
     def train(self, num_updates: int | None = None, progress: bool = True) -> ppo.TrainState:
-        """Run until `num_updates` (default: the config's) updates are done; returns the final state."""
+        """Run until `num_updates` (default: the config's) updates are done → the final state."""
         target = num_updates or self.config.num_updates
         self.acquire()
         state = self.restore_or_init()
@@ -296,8 +358,15 @@ class RLAETrainer:
         try:
             for update in bar:
                 prompts, reward_data = self.batch(update)
-                state, metrics = train_step_jit(state, self.members, self.alignment, prompts, self.reward_fn,
-                                                reward_data, self.setup)
+                state, metrics = train_step_jit(
+                    state,
+                    self.members,
+                    self.alignment,
+                    prompts,
+                    self.reward_fn,
+                    reward_data,
+                    self.setup,
+                )
                 ppo.raise_if_nonfinite(metrics, update + 1)
                 metrics = jax.device_get(metrics)
                 if writer is not None:
@@ -315,12 +384,18 @@ class RLAETrainer:
 
 
 def checkpoint_items(state: ppo.TrainState) -> dict:
-    """The saved part of a TrainState: parameters, optimiser state, raw RNG key data and update count."""
-    return {"params": state.params, "opt_state": state.opt_state, "key": jax.random.key_data(state.key),
-            "update_count": state.update_count}
+    """A TrainState's saved part: parameters, optimiser state, raw RNG key data, update count."""
+    return {
+        "params": state.params,
+        "opt_state": state.opt_state,
+        "key": jax.random.key_data(state.key),
+        "update_count": state.update_count,
+    }
 
 
-def restore_or_init(manager: ocp.CheckpointManager, config: RLConfig, members: Sequence[Member]) -> ppo.TrainState:
+def restore_or_init(
+    manager: ocp.CheckpointManager, config: RLConfig, members: Sequence[Member]
+) -> ppo.TrainState:
     """The latest checkpoint's TrainState, or a fresh one when there is none."""
     state = initial_train_state(config, members)
     step = manager.latest_step()
@@ -330,8 +405,12 @@ def restore_or_init(manager: ocp.CheckpointManager, config: RLConfig, members: S
     # through the host: orbax hands back arrays committed to a device, and a jitted step taking them
     # would compile again (its cache tells committed from uncommitted inputs)
     restored = jax.tree.map(jnp.asarray, jax.device_get(restored))
-    return state.replace(params=restored["params"], opt_state=restored["opt_state"],
-                         key=jax.random.wrap_key_data(restored["key"]), update_count=restored["update_count"])
+    return state.replace(
+        params=restored["params"],
+        opt_state=restored["opt_state"],
+        key=jax.random.wrap_key_data(restored["key"]),
+        update_count=restored["update_count"],
+    )
 
 
 def check_transfer(workdir: pathlib.Path, config: RLConfig, members: Sequence[Member]) -> None:
@@ -341,15 +420,20 @@ def check_transfer(workdir: pathlib.Path, config: RLConfig, members: Sequence[Me
     saved = [m["hidden_size"] for m in json.loads((workdir / "config.json").read_text())["members"]]
     given = [m.config.hidden_size for m in members]
     if len(saved) != len(given):
-        raise ValueError(f"{workdir} holds an agent for {len(saved)} members, but {len(given)} "
-                         "are given")
+        raise ValueError(
+            f"{workdir} holds an agent for {len(saved)} members, but {len(given)} are given"
+        )
     if saved != given and any(name in WIDE for name in check_feature_set(config.feature_set)):
-        raise ValueError(f"{workdir}: feature_set {config.feature_set!r} observes hidden states of "
-                         f"sizes {saved}, these members have {given}; train with "
-                         "feature_set='portable' to evaluate on other members")
+        raise ValueError(
+            f"{workdir}: feature_set {config.feature_set!r} observes hidden states of "
+            f"sizes {saved}, these members have {given}; train with "
+            "feature_set='portable' to evaluate on other members"
+        )
 
 
-def load_agent_state(workdir: str | pathlib.Path, config: RLConfig, members: Sequence[Member]) -> ppo.TrainState:
+def load_agent_state(
+    workdir: str | pathlib.Path, config: RLConfig, members: Sequence[Member]
+) -> ppo.TrainState:
     """The latest checkpointed TrainState of a finished run (for evaluation), for any
     `max_new_tokens` and task, and for other members of the same count when the feature set allows
     (`check_transfer`)."""

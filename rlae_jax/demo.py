@@ -1,5 +1,6 @@
 """The embedded RLAE demo: train two complementary members, RLAE_PPO and RLAE_MAPPO over seeds,
 evaluate every strategy on held-out problems, and write a table and plots (see configs/demo.py)."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -31,54 +32,97 @@ def ordering_verdict(summary: dict) -> tuple[bool, str]:
         margin = row["accuracy_mean"] - best
         passed = margin > row["accuracy_std"]
         ok &= passed
-        lines.append(f"{name}: {row['accuracy_mean']:.3f} vs best baseline {best_name!r} {best:.3f} "
-                     f"(margin {margin:+.3f}, seed std {row['accuracy_std']:.3f}) -> {'PASS' if passed else 'FAIL'}")
+        lines.append(
+            f"{name}: {row['accuracy_mean']:.3f} vs best baseline {best_name!r} {best:.3f} "
+            f"(margin {margin:+.3f}, seed std {row['accuracy_std']:.3f}) -> "
+            f"{'PASS' if passed else 'FAIL'}"
+        )
     return ok, "\n".join(lines)
 
 
 def run_demo(config) -> dict:
-    """Run the whole demo; returns the summary table as a dict (also written to `config.output_dir`)."""
+    """Run the whole demo → the summary table as a dict (also written to `config.output_dir`)."""
     started = time.time()
     output = pathlib.Path(config.output_dir).absolute()
     output.mkdir(parents=True, exist_ok=True)
     cache = config.cache_dir or None
     members = load_members("demo", member_steps=config.member_steps, cache_dir=cache)
-    alignment = build_alignment([m.tokenizer for m in members], vocab_sizes=[m.config.vocab_size for m in members],
-                                cache_dir=None if cache is None else pathlib.Path(cache) / "alignments")
+    alignment = build_alignment(
+        [m.tokenizer for m in members],
+        vocab_sizes=[m.config.vocab_size for m in members],
+        cache_dir=None if cache is None else pathlib.Path(cache) / "alignments",
+    )
     train_examples = SYNTHETIC.load("train", limit=4096)
     test_examples = SYNTHETIC.load("test", limit=config.eval_examples)
-    decode_config = DecodeConfig(max_new_tokens=config.rl.max_new_tokens, span_length=config.rl.span_length)
+    decode_config = DecodeConfig(
+        max_new_tokens=config.rl.max_new_tokens, span_length=config.rl.span_length
+    )
 
     per_strategy: dict[str, list] = {}
     for name, (weight_fn, selection) in baseline_strategies(members).items():
-        config_for = dataclasses.replace(decode_config, span_length=1, selection=selection, record_features=False)
-        per_strategy[name] = [run_strategy(name, members, alignment, SYNTHETIC, test_examples, weight_fn, config_for)]
+        config_for = dataclasses.replace(
+            decode_config, span_length=1, selection=selection, record_features=False
+        )
+        per_strategy[name] = [
+            run_strategy(name, members, alignment, SYNTHETIC, test_examples, weight_fn, config_for)
+        ]
 
     workdirs: dict[str, list[pathlib.Path]] = {name: [] for name in RL_KINDS}
     for name, kind in RL_KINDS.items():
         per_strategy[name] = []
         for seed in range(config.seeds):
             workdir = output / "runs" / f"{kind}-seed{seed}"
-            trainer = RLAETrainer(RLConfig.from_dict(config.rl, kind=kind, seed=seed), members, alignment, SYNTHETIC,
-                                  train_examples, workdir, checkpoint_every=config.rl.checkpoint_every)
+            trainer = RLAETrainer(
+                RLConfig.from_dict(config.rl, kind=kind, seed=seed),
+                members,
+                alignment,
+                SYNTHETIC,
+                train_examples,
+                workdir,
+                checkpoint_every=config.rl.checkpoint_every,
+            )
             state = trainer.train()
-            weight_fn = policy_weight_fn(state, trainer.setup, jax.random.key(seed), deterministic=True)
-            per_strategy[name].append(run_strategy(name, members, alignment, SYNTHETIC, test_examples, weight_fn,
-                                                   trainer.setup.decode))
+            weight_fn = policy_weight_fn(
+                state, trainer.setup, jax.random.key(seed), deterministic=True
+            )
+            per_strategy[name].append(
+                run_strategy(
+                    name,
+                    members,
+                    alignment,
+                    SYNTHETIC,
+                    test_examples,
+                    weight_fn,
+                    trainer.setup.decode,
+                )
+            )
             workdirs[name].append(workdir)
 
     summary = {name: summarize(results) for name, results in per_strategy.items()}
-    table = write_report(summary, output, f"RLAE demo: synthetic complementary-skills task, "
-                                          f"{len(test_examples)} test problems")
+    table = write_report(
+        summary,
+        output,
+        f"RLAE demo: synthetic complementary-skills task, {len(test_examples)} test problems",
+    )
     ok, verdict = ordering_verdict(summary)
     plot_reward_curves(workdirs, output / "reward_curves.png")
     plot_reward_curves(workdirs, output / "accuracy_curves.png", metric="accuracy")
     ppo = per_strategy["RLAE_PPO"][0]
     two_part = [i for i, e in enumerate(test_examples) if ";" in e.prompt][:4]
     plot_weights_along_answers(
-        [[alignment.union_bytes(u).decode("utf-8", "replace") or "<eos>" for u in ppo.union_ids[i]] for i in two_part],
-        [ppo.span_weights[i] for i in two_part], config.rl.span_length, [m.name for m in members],
-        [test_examples[i].prompt for i in two_part], output / "weights_along_answers.png")
+        [
+            [
+                alignment.union_bytes(u).decode("utf-8", "replace") or "<eos>"
+                for u in ppo.union_ids[i]
+            ]
+            for i in two_part
+        ],
+        [ppo.span_weights[i] for i in two_part],
+        config.rl.span_length,
+        [m.name for m in members],
+        [test_examples[i].prompt for i in two_part],
+        output / "weights_along_answers.png",
+    )
     minutes = (time.time() - started) / 60
     report = f"{table}\n\n{verdict}\n\nwall time {minutes:.1f} min; outputs in {output}"
     (output / "summary.txt").write_text(report + "\n")

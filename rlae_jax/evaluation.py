@@ -1,5 +1,7 @@
-"""Evaluate ensemble strategies — single members, fixed weights, GaC threshold, UniTE top-k, PackLLM and
-trained RLAE agents — on one task split with the same engine, and write results a person can read."""
+"""Evaluate ensemble strategies — single members, fixed weights, GaC threshold, UniTE top-k, PackLLM
+and trained RLAE agents — on one task split with the same engine, and write results a person can
+read."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -20,7 +22,7 @@ from rlae_jax.models.member import Member
 
 @dataclasses.dataclass
 class StrategyResult:
-    """Scores of one strategy on a split; `span_weights[i]` `[spans, N]` and `texts[i]` per example."""
+    """One strategy's scores on a split; `span_weights[i]` `[spans, N]`, `texts[i]` per example."""
 
     name: str
     accuracy: float
@@ -37,23 +39,53 @@ def accuracy_of(task, completion: str, example) -> float:
     return exact(completion, example) if exact else task.reward(completion, example)
 
 
-def run_strategy(name: str, members: Sequence[Member], alignment: Alignment, task, examples: Sequence,
-                 weight_fn, config: DecodeConfig, batch_size: int = 64, warmup: bool = True) -> StrategyResult:
+def run_strategy(
+    name: str,
+    members: Sequence[Member],
+    alignment: Alignment,
+    task,
+    examples: Sequence,
+    weight_fn,
+    config: DecodeConfig,
+    batch_size: int = 64,
+    warmup: bool = True,
+) -> StrategyResult:
     """Generate every example's answer with `weight_fn` and score it. `warmup` first runs the first
     batch untimed (compiling), so tokens_per_second times generation only; without it the first
     batch's time counts whatever compiling it did."""
     texts, weights, union_ids, elapsed, tokens = [], [], [], 0.0, 0
     key = jax.random.key(0)
     for start in range(0, len(examples), batch_size):
-        chunk = examples[start:start + batch_size]
-        prompts = tokenize_for_members(members, [task.render(e, members[0].tokenizer) for e in chunk],
-                                       config.max_new_tokens)
+        chunk = examples[start : start + batch_size]
+        prompts = tokenize_for_members(
+            members, [task.render(e, members[0].tokenizer) for e in chunk], config.max_new_tokens
+        )
         if start == 0 and warmup:  # compile outside the timing
-            jax.block_until_ready(decode_jit(members, alignment, prompts, weight_fn, key, jnp.float32(0),
-                                             jnp.float32(1), config=config))
+            jax.block_until_ready(
+                decode_jit(
+                    members,
+                    alignment,
+                    prompts,
+                    weight_fn,
+                    key,
+                    jnp.float32(0),
+                    jnp.float32(1),
+                    config=config,
+                )
+            )
         began = time.perf_counter()
-        result = jax.block_until_ready(decode_jit(members, alignment, prompts, weight_fn, key, jnp.float32(0),
-                                                  jnp.float32(1), config=config))
+        result = jax.block_until_ready(
+            decode_jit(
+                members,
+                alignment,
+                prompts,
+                weight_fn,
+                key,
+                jnp.float32(0),
+                jnp.float32(1),
+                config=config,
+            )
+        )
         elapsed += time.perf_counter() - began
         out = to_host(result, alignment, config)
         tokens += int(np.asarray(result.lengths).sum())
@@ -62,11 +94,17 @@ def run_strategy(name: str, members: Sequence[Member], alignment: Alignment, tas
         union_ids += out.union_ids
     accuracy = float(np.mean([accuracy_of(task, t, e) for t, e in zip(texts, examples)]))
     reward = float(np.mean(task.rewards(texts, examples)))
-    return StrategyResult(name, accuracy, reward, tokens / max(elapsed, 1e-9), texts, weights, union_ids)
+    return StrategyResult(
+        name, accuracy, reward, tokens / max(elapsed, 1e-9), texts, weights, union_ids
+    )
 
 
-def baseline_strategies(members: Sequence[Member], threshold: float = 0.5, top_k: int = 4,
-                        fixed_grid: Sequence[float] = (0.25, 0.5, 0.75)) -> dict[str, Any]:
+def baseline_strategies(
+    members: Sequence[Member],
+    threshold: float = 0.5,
+    top_k: int = 4,
+    fixed_grid: Sequence[float] = (0.25, 0.5, 0.75),
+) -> dict[str, Any]:
     """Named baselines → weight_fn objects (and their selection modes) for `run_strategy`."""
     n = len(members)
     specs = {f"single:{m.name or i}": ("single", dict(primary=i)) for i, m in enumerate(members)}
@@ -75,21 +113,31 @@ def baseline_strategies(members: Sequence[Member], threshold: float = 0.5, top_k
         for w in fixed_grid:
             if w != 0.5:
                 specs[f"fixed [{w:.2f}, {1 - w:.2f}]"] = ("fixed", dict(weights=[w, 1 - w]))
-    specs[f"threshold (GaC, τ={threshold}, primary 0)"] = ("threshold", dict(threshold=threshold, primary=0))
+    specs[f"threshold (GaC, τ={threshold}, primary 0)"] = (
+        "threshold",
+        dict(threshold=threshold, primary=0),
+    )
     specs[f"top-{top_k} union (UniTE)"] = ("topk", dict(top_k=top_k))
     specs["PackLLM (prompt ppl)"] = ("packllm", {})
     return {name: resolve_strategy(kind, n, **kwargs) for name, (kind, kwargs) in specs.items()}
 
 
 def write_report(results: dict[str, dict], folder: pathlib.Path, title: str) -> str:
-    """Write results.json and results.md (accuracy mean ± std over seeds, reward, tokens/s); returns the table."""
+    """Write results.json, results.md (accuracy mean ± std over seeds, reward, tokens/s) → table."""
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "results.json").write_text(json.dumps(results, indent=1))
-    lines = [f"## {title}", "", "| strategy | accuracy (mean ± std) | reward | tokens/s | seeds |",
-             "|---|---|---|---|---|"]
+    lines = [
+        f"## {title}",
+        "",
+        "| strategy | accuracy (mean ± std) | reward | tokens/s | seeds |",
+        "|---|---|---|---|---|",
+    ]
     for name, row in results.items():
-        lines.append(f"| {name} | {row['accuracy_mean']:.3f} ± {row['accuracy_std']:.3f} | {row['reward_mean']:.3f} "
-                     f"| {row['tokens_per_second']:.0f} | {row['seeds']} |")
+        lines.append(
+            f"| {name} | {row['accuracy_mean']:.3f} ± {row['accuracy_std']:.3f} | "
+            f"{row['reward_mean']:.3f} "
+            f"| {row['tokens_per_second']:.0f} | {row['seeds']} |"
+        )
     table = "\n".join(lines)
     (folder / "results.md").write_text(table + "\n")
     return table
@@ -98,7 +146,11 @@ def write_report(results: dict[str, dict], folder: pathlib.Path, title: str) -> 
 def summarize(per_seed: Sequence[StrategyResult]) -> dict:
     """Mean ± std over seeds of one strategy's results."""
     accuracy = np.array([r.accuracy for r in per_seed])
-    return {"accuracy_mean": float(accuracy.mean()), "accuracy_std": float(accuracy.std()),
-            "reward_mean": float(np.mean([r.reward for r in per_seed])),
-            "tokens_per_second": float(np.mean([r.tokens_per_second for r in per_seed])),
-            "seeds": len(per_seed), "accuracy_per_seed": accuracy.tolist()}
+    return {
+        "accuracy_mean": float(accuracy.mean()),
+        "accuracy_std": float(accuracy.std()),
+        "reward_mean": float(np.mean([r.reward for r in per_seed])),
+        "tokens_per_second": float(np.mean([r.tokens_per_second for r in per_seed])),
+        "seeds": len(per_seed),
+        "accuracy_per_seed": accuracy.tolist(),
+    }

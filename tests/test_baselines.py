@@ -4,6 +4,7 @@ next-token distribution), so it never gives the reference the higher probability
 weights must score every grid point with weight on member 0 at 1 and member 1 alone at 0, the
 teacher-forced labels must all name member 0, and the router fitted on them must reproduce the
 references when it sets the weights."""
+
 import dataclasses
 import pathlib
 import re
@@ -17,9 +18,16 @@ from rlae_jax.align import build_alignment
 from rlae_jax.engine.loop import DecodeConfig
 from rlae_jax.engine.strategies import resolve_strategy
 from rlae_jax.evaluation import run_strategy
-from rlae_jax.rl.baselines import (RouterConfig, fit_router, reference_chunks, router_dataset,
-                                   simplex_grid, teacher_forced_labels, train_router,
-                                   tune_fixed_weights)
+from rlae_jax.rl.baselines import (
+    RouterConfig,
+    fit_router,
+    reference_chunks,
+    router_dataset,
+    simplex_grid,
+    teacher_forced_labels,
+    train_router,
+    tune_fixed_weights,
+)
 from rlae_jax.tasks.base import Example
 from rlae_jax.tokenization import train_byte_level_bpe, train_metaspace_bpe
 
@@ -27,8 +35,16 @@ sys.path.insert(0, str(pathlib.Path(__file__).parent))
 from test_sharding import tiny_member  # noqa: E402
 from tiny_models import CORPUS  # noqa: E402
 
-PROMPTS = ["Once upon a time", "Hello world!", "The quick brown", "Alice and Bob", "12 + 30 =",
-           "a tiny corpus", "the meeting at", "robot who liked"]
+PROMPTS = [
+    "Once upon a time",
+    "Hello world!",
+    "The quick brown",
+    "Alice and Bob",
+    "12 + 30 =",
+    "a tiny corpus",
+    "the meeting at",
+    "robot who liked",
+]
 CONFIG = DecodeConfig(max_new_tokens=6, span_length=2, record_features=False)
 
 
@@ -55,15 +71,21 @@ def uniform_member(member):
 
 @pytest.fixture(scope="module")
 def case():
-    members = [tiny_member("gpt2", train_byte_level_bpe(CORPUS, 300), 0, "peaked"),
-               uniform_member(tiny_member("llama", train_metaspace_bpe(CORPUS, 120), 1, "uniform"))]
-    alignment = build_alignment([m.tokenizer for m in members],
-                                vocab_sizes=[m.config.vocab_size for m in members], use_cache=False)
+    members = [
+        tiny_member("gpt2", train_byte_level_bpe(CORPUS, 300), 0, "peaked"),
+        uniform_member(tiny_member("llama", train_metaspace_bpe(CORPUS, 120), 1, "uniform")),
+    ]
+    alignment = build_alignment(
+        [m.tokenizer for m in members],
+        vocab_sizes=[m.config.vocab_size for m in members],
+        use_cache=False,
+    )
     task = ExactTask()
     blank = [Example(id=str(i), prompt=p, answer="", aliases=("",)) for i, p in enumerate(PROMPTS)]
     alone, _ = resolve_strategy("single", 2, primary=0)
-    texts = run_strategy("member 0", members, alignment, task, blank, alone, CONFIG,
-                         warmup=False).texts
+    texts = run_strategy(
+        "member 0", members, alignment, task, blank, alone, CONFIG, warmup=False
+    ).texts
     examples = [dataclasses.replace(e, answer=t, aliases=(t,)) for e, t in zip(blank, texts) if t]
     assert len(examples) >= 6, texts
     return members, alignment, task, examples
@@ -111,8 +133,9 @@ def test_router_labels_and_weights_follow_the_member_that_knows(case):
     np.testing.assert_array_equal(dataset_labels, labels[labels >= 0])
     assert observations.shape[0] == len(dataset_labels) and np.isfinite(observations).all()
     router = train_router(members, alignment, task, examples, config)
-    result = run_strategy("router", members, alignment, task, examples, router, CONFIG,
-                          warmup=False)
+    result = run_strategy(
+        "router", members, alignment, task, examples, router, CONFIG, warmup=False
+    )
     assert result.accuracy == 1.0, (result.texts, [e.answer for e in examples])
     weights = np.concatenate([w for w in result.span_weights])
     assert weights[:, 0].min() > 0.9, weights

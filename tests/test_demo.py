@@ -1,5 +1,6 @@
 """The embedded default end to end (quick settings): members trained here, RLAE_PPO and RLAE_MAPPO
 trained over 2 seeds, every strategy evaluated — and the ordering the README claims must hold."""
+
 import json
 
 import numpy as np
@@ -23,6 +24,8 @@ def test_quick_demo_rlae_beats_every_baseline(tmp_path):
         assert summary[agent]["accuracy_mean"] - summary[agent]["accuracy_std"] > best_single
     for name in ("results.json", "results.md", "reward_curves.png", "weights_along_answers.png"):
         assert (tmp_path / "demo" / name).stat().st_size > 0
-    for run in (tmp_path / "demo" / "runs").iterdir():  # the real ensemble's reward rises during training
+    for run in (
+        tmp_path / "demo" / "runs"
+    ).iterdir():  # the real ensemble's reward rises during training
         rewards = [json.loads(line)["reward"] for line in open(run / "metrics.jsonl")]
         assert np.mean(rewards[-10:]) > np.mean(rewards[:10]) + 0.05, run.name

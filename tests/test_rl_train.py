@@ -1,6 +1,7 @@
 """The RLAE train step on real (tiny, random) members: resume exactness (PPO, and MAPPO killed
 between two checkpoints), determinism, vmapped seeds, the workdir lock, and training stopped with
 clear messages on NaN rewards or a mismatched checkpoint."""
+
 import dataclasses
 import gc
 import json
@@ -22,9 +23,20 @@ from rlae_jax.rl.trainer import RLAETrainer, RLConfig, initial_train_state
 from rlae_jax.tasks.synthetic import SYNTHETIC, target_bytes, tokenizer_corpus
 from rlae_jax.tokenization import train_byte_level_bpe, train_metaspace_bpe
 
-# partial credit: untrained members never answer exactly, and a 0/1 reward would leave the policy still
-CONFIG = RLConfig(kind="ppo", num_updates=8, batch_size=8, max_new_tokens=8, span_length=2, hidden_sizes=(16,),
-                  num_epochs=2, num_minibatches=2, learning_rate=1e-3, reward="char_accuracy")
+# partial credit: untrained members never answer exactly, and a 0/1 reward would leave the policy
+# still
+CONFIG = RLConfig(
+    kind="ppo",
+    num_updates=8,
+    batch_size=8,
+    max_new_tokens=8,
+    span_length=2,
+    hidden_sizes=(16,),
+    num_epochs=2,
+    num_minibatches=2,
+    learning_rate=1e-3,
+    reward="char_accuracy",
+)
 
 
 @pytest.fixture(scope="module")
@@ -32,14 +44,21 @@ def members():
     """Untrained members of the demo's two architectures and tokenizer styles."""
     texts = tokenizer_corpus()
     tokenizers = [train_byte_level_bpe(texts, 300), train_metaspace_bpe(texts, 120)]
-    return [Member.from_model(build_model(demo_model_config(kind, tok, hidden_size=32), seed=i), tok, name=kind)
-            for i, (kind, tok) in enumerate(zip(("gpt2", "llama"), tokenizers))]
+    return [
+        Member.from_model(
+            build_model(demo_model_config(kind, tok, hidden_size=32), seed=i), tok, name=kind
+        )
+        for i, (kind, tok) in enumerate(zip(("gpt2", "llama"), tokenizers))
+    ]
 
 
 @pytest.fixture(scope="module")
 def alignment(members):
-    return build_alignment([m.tokenizer for m in members], vocab_sizes=[m.config.vocab_size for m in members],
-                           use_cache=False)
+    return build_alignment(
+        [m.tokenizer for m in members],
+        vocab_sizes=[m.config.vocab_size for m in members],
+        use_cache=False,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -52,14 +71,20 @@ def leaves(state):
 
 
 def test_resume_equals_an_uninterrupted_run(members, alignment, examples, tmp_path):
-    """4 updates, save, drop everything, resume from disk to 8 == 8 updates in one go (same seed)."""
-    first = RLAETrainer(CONFIG, members, alignment, SYNTHETIC, examples, tmp_path / "resumed", checkpoint_every=4)
+    """4 updates, save, drop all, resume from disk to 8 == 8 updates in one go (same seed)."""
+    first = RLAETrainer(
+        CONFIG, members, alignment, SYNTHETIC, examples, tmp_path / "resumed", checkpoint_every=4
+    )
     first.train(num_updates=4, progress=False)
     del first
-    resumed = RLAETrainer(CONFIG, members, alignment, SYNTHETIC, examples, tmp_path / "resumed", checkpoint_every=4)
+    resumed = RLAETrainer(
+        CONFIG, members, alignment, SYNTHETIC, examples, tmp_path / "resumed", checkpoint_every=4
+    )
     assert resumed.manager.latest_step() == 4
     resumed_state = resumed.train(progress=False)
-    straight = RLAETrainer(CONFIG, members, alignment, SYNTHETIC, examples, tmp_path / "straight", checkpoint_every=4)
+    straight = RLAETrainer(
+        CONFIG, members, alignment, SYNTHETIC, examples, tmp_path / "straight", checkpoint_every=4
+    )
     straight_state = straight.train(progress=False)
     assert int(resumed_state.update_count) == int(straight_state.update_count) == 8
     for a, b in zip(leaves(resumed_state), leaves(straight_state)):
@@ -69,10 +94,11 @@ def test_resume_equals_an_uninterrupted_run(members, alignment, examples, tmp_pa
     assert (tmp_path / "straight" / "tensorboard").is_dir()
 
 
-def test_mappo_killed_between_checkpoints_resumes_from_the_last_one(members, alignment, examples, tmp_path,
-                                                                    monkeypatch):
-    """MAPPO checkpointing every 2 updates dies inside update 4 (row 3 written, no checkpoint since 2);
-    the rerun resumes from 2, drops row 3 and redoes it: parameters and metrics.jsonl equal an
+def test_mappo_killed_between_checkpoints_resumes_from_the_last_one(
+    members, alignment, examples, tmp_path, monkeypatch
+):
+    """MAPPO checkpointing every 2 updates dies inside update 4 (row 3 written, no checkpoint since
+    2); the rerun resumes from 2, drops row 3 and redoes it: parameters and metrics.jsonl equal an
     uninterrupted run's, bit for bit, with every update once."""
     config = dataclasses.replace(CONFIG, kind="mappo", num_updates=4)
     calls = []
@@ -87,17 +113,23 @@ def test_mappo_killed_between_checkpoints_resumes_from_the_last_one(members, ali
         return train_step_jit(*args, **kwargs)
 
     monkeypatch.setattr(trainer_module, "train_step_jit", dies_in_update_4)
-    killed = RLAETrainer(config, members, alignment, SYNTHETIC, examples, tmp_path / "killed", checkpoint_every=2)
+    killed = RLAETrainer(
+        config, members, alignment, SYNTHETIC, examples, tmp_path / "killed", checkpoint_every=2
+    )
     with pytest.raises(Killed):
         killed.train(progress=False)
     del killed
     monkeypatch.undo()
     read = lambda d: [json.loads(line) for line in open(tmp_path / d / "metrics.jsonl")]
     assert [row["update"] for row in read("killed")] == [1, 2, 3]
-    resumed = RLAETrainer(config, members, alignment, SYNTHETIC, examples, tmp_path / "killed", checkpoint_every=2)
+    resumed = RLAETrainer(
+        config, members, alignment, SYNTHETIC, examples, tmp_path / "killed", checkpoint_every=2
+    )
     assert resumed.manager.latest_step() == 2
     resumed_state = resumed.train(progress=False)
-    straight = RLAETrainer(config, members, alignment, SYNTHETIC, examples, tmp_path / "straight", checkpoint_every=2)
+    straight = RLAETrainer(
+        config, members, alignment, SYNTHETIC, examples, tmp_path / "straight", checkpoint_every=2
+    )
     straight_state = straight.train(progress=False)
     for a, b in zip(leaves(resumed_state), leaves(straight_state)):
         np.testing.assert_array_equal(a, b)
@@ -105,34 +137,45 @@ def test_mappo_killed_between_checkpoints_resumes_from_the_last_one(members, ali
     assert read("killed") == read("straight")
 
 
-def test_a_workdir_in_use_is_refused_and_a_stale_lock_taken_over(members, alignment, examples, tmp_path):
-    """The lock names a live process of this host: refused in one line before config.json is touched.
-    Once that process is gone, its lock is stale and the next run takes it over."""
+def test_a_workdir_in_use_is_refused_and_a_stale_lock_taken_over(
+    members, alignment, examples, tmp_path
+):
+    """The lock names a live process of this host: refused in one line before config.json is
+    touched. Once that process is gone, its lock is stale and the next run takes it over."""
     live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
     try:
         (tmp_path / "lock").write_text(f"{live.pid} {socket.gethostname()}\n")
         (tmp_path / "config.json").write_text("{}")
-        with pytest.raises(RuntimeError, match=rf"^{tmp_path} is in use by another run \(pid {live.pid} on host "
-                                               rf"{socket.gethostname()}, lock file {tmp_path}/lock\); wait"):
+        with pytest.raises(
+            RuntimeError,
+            match=rf"^{tmp_path} is in use by another run \(pid {live.pid} on host "
+            rf"{socket.gethostname()}, lock file {tmp_path}/lock\); wait",
+        ):
             RLAETrainer(CONFIG, members, alignment, SYNTHETIC, examples, tmp_path)
         assert (tmp_path / "config.json").read_text() == "{}"
     finally:
         live.kill()
         live.wait()
     trainer = RLAETrainer(CONFIG, members, alignment, SYNTHETIC, examples, tmp_path)
-    assert (tmp_path / "lock").read_text().split() == [str(trainer_module.os.getpid()), socket.gethostname()]
+    assert (tmp_path / "lock").read_text().split() == [
+        str(trainer_module.os.getpid()),
+        socket.gethostname(),
+    ]
     del trainer
     gc.collect()
     assert not (tmp_path / "lock").exists()  # released with the trainer
     other_host = tmp_path / "other"
     other_host.mkdir()
-    (other_host / "lock").write_text(f"{live.pid} some-other-host\n")  # a dead pid elsewhere proves nothing
+    # a dead pid elsewhere proves nothing
+    (other_host / "lock").write_text(f"{live.pid} some-other-host\n")
     with pytest.raises(RuntimeError, match=r"pid \d+ on host some-other-host"):
         RLAETrainer(CONFIG, members, alignment, SYNTHETIC, examples, other_host)
 
 
 def test_metrics_are_recorded_per_update(members, alignment, examples, tmp_path):
-    trainer = RLAETrainer(CONFIG, members, alignment, SYNTHETIC, examples, tmp_path, checkpoint_every=2)
+    trainer = RLAETrainer(
+        CONFIG, members, alignment, SYNTHETIC, examples, tmp_path, checkpoint_every=2
+    )
     trainer.train(num_updates=2, progress=False)
     rows = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
     assert [r["update"] for r in rows] == [1, 2]
@@ -144,10 +187,13 @@ def test_metrics_are_recorded_per_update(members, alignment, examples, tmp_path)
 
 
 def test_a_checkpoint_from_another_config_is_refused(members, alignment, examples, tmp_path):
-    RLAETrainer(CONFIG, members, alignment, SYNTHETIC, examples, tmp_path, checkpoint_every=1).train(
-        num_updates=1, progress=False)
+    RLAETrainer(
+        CONFIG, members, alignment, SYNTHETIC, examples, tmp_path, checkpoint_every=1
+    ).train(num_updates=1, progress=False)
     other = dataclasses.replace(CONFIG, learning_rate=5e-4)
-    with pytest.raises(ValueError, match=r"checkpoint from a different config \(differs in: learning_rate\)"):
+    with pytest.raises(
+        ValueError, match=r"checkpoint from a different config \(differs in: learning_rate\)"
+    ):
         RLAETrainer(other, members, alignment, SYNTHETIC, examples, tmp_path)
 
 
@@ -165,26 +211,39 @@ class NaNTask:
 
 def test_nan_reward_stops_training_naming_the_update(members, alignment, examples, tmp_path):
     config = dataclasses.replace(CONFIG, reward="correctness")  # the task's own reward
-    trainer = RLAETrainer(config, members, alignment, NaNTask(), examples, tmp_path, checkpoint_every=1)
+    trainer = RLAETrainer(
+        config, members, alignment, NaNTask(), examples, tmp_path, checkpoint_every=1
+    )
     with pytest.raises(FloatingPointError, match="update 1:"):
         trainer.train(num_updates=3, progress=False)
 
 
 def test_seeds_can_be_vmapped_over_the_train_step(members, alignment, examples):
-    prompts_examples = examples[:CONFIG.batch_size]
+    prompts_examples = examples[: CONFIG.batch_size]
     from rlae_jax.engine.loop import tokenize_for_members
 
-    prompts = tokenize_for_members(members, [e.prompt for e in prompts_examples], CONFIG.max_new_tokens)
+    prompts = tokenize_for_members(
+        members, [e.prompt for e in prompts_examples], CONFIG.max_new_tokens
+    )
     targets = jnp.asarray(target_bytes(prompts_examples, 32))
     reward_fn = InGraphReward.for_alignment(alignment, exact=False)
     setup = CONFIG.setup(members)
     states = [initial_train_state(dataclasses.replace(CONFIG, seed=s), members) for s in (0, 1)]
-    singles = [train_step_jit(s, members, alignment, prompts, reward_fn, targets, setup)[0] for s in states]
+    singles = [
+        train_step_jit(s, members, alignment, prompts, reward_fn, targets, setup)[0] for s in states
+    ]
     stack = lambda *xs: jnp.stack(xs)
-    stacked = states[0].replace(**{field: jax.tree.map(stack, *[getattr(s, field) for s in states])
-                                   for field in ("params", "opt_state", "key", "update_count")})
-    vmapped = jax.jit(jax.vmap(train_step, in_axes=(0, None, None, None, None, None, None)),
-                      static_argnums=(6,))(stacked, members, alignment, prompts, reward_fn, targets, setup)[0]
+    stacked = states[0].replace(
+        **{
+            field: jax.tree.map(stack, *[getattr(s, field) for s in states])
+            for field in ("params", "opt_state", "key", "update_count")
+        }
+    )
+    vmapped = jax.jit(
+        jax.vmap(train_step, in_axes=(0, None, None, None, None, None, None)), static_argnums=(6,)
+    )(stacked, members, alignment, prompts, reward_fn, targets, setup)[0]
     for index, single in enumerate(singles):
-        for a, b in zip(leaves(single), [np.asarray(x)[index] for x in jax.tree.leaves(vmapped.params)]):
+        for a, b in zip(
+            leaves(single), [np.asarray(x)[index] for x in jax.tree.leaves(vmapped.params)]
+        ):
             np.testing.assert_allclose(a, b, atol=1e-5)

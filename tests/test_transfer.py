@@ -3,6 +3,7 @@ generation length, restored by `python -m launch.evaluate` (a subprocess) with a
 `max_new_tokens`, on another task (GSM8K rows from tests/data) and on another pair of members of
 the same count (the "portable" observation), beside the baselines fitted on the training split.
 Also the clear refusals when an agent cannot transfer."""
+
 import dataclasses
 import json
 import os
@@ -21,8 +22,16 @@ from rlae_jax.tokenization import train_byte_level_bpe, train_metaspace_bpe
 
 REPO = pathlib.Path(__file__).absolute().parent.parent
 GSM8K_ROWS = REPO / "tests" / "data" / "tasks" / "gsm8k.jsonl"
-CONFIG = RLConfig(feature_set="portable", num_updates=2, batch_size=4, max_new_tokens=4,
-                  span_length=4, hidden_sizes=(8,), num_epochs=1, num_minibatches=1)
+CONFIG = RLConfig(
+    feature_set="portable",
+    num_updates=2,
+    batch_size=4,
+    max_new_tokens=4,
+    span_length=4,
+    hidden_sizes=(8,),
+    num_epochs=1,
+    num_minibatches=1,
+)
 
 
 def tiny_pair(hidden_size: int, seed: int) -> list[Member]:
@@ -30,11 +39,16 @@ def tiny_pair(hidden_size: int, seed: int) -> list[Member]:
     for GSM8K prompts."""
     texts = tokenizer_corpus()
     tokenizers = [train_byte_level_bpe(texts, 300), train_metaspace_bpe(texts, 120)]
-    configs = [dataclasses.replace(demo_model_config(kind, tok, hidden_size, num_layers=1),
-                                   max_position_embeddings=512)
-               for kind, tok in zip(("gpt2", "llama"), tokenizers)]
-    return [Member.from_model(build_model(config, seed=seed + i), tok, name=config.model_type)
-            for i, (config, tok) in enumerate(zip(configs, tokenizers))]
+    configs = [
+        dataclasses.replace(
+            demo_model_config(kind, tok, hidden_size, num_layers=1), max_position_embeddings=512
+        )
+        for kind, tok in zip(("gpt2", "llama"), tokenizers)
+    ]
+    return [
+        Member.from_model(build_model(config, seed=seed + i), tok, name=config.model_type)
+        for i, (config, tok) in enumerate(zip(configs, tokenizers))
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -42,11 +56,16 @@ def trained(tmp_path_factory):
     """Member folders of pairs a and b (hidden sizes 32, 48); PPO / MAPPO workdirs trained on a."""
     root = tmp_path_factory.mktemp("transfer")
     pairs = {"a": tiny_pair(32, 0), "b": tiny_pair(48, 10)}
-    folders = {name: [str(save_pretrained(m, root / f"{name}-{m.name}")) for m in pair]
-               for name, pair in pairs.items()}
+    folders = {
+        name: [str(save_pretrained(m, root / f"{name}-{m.name}")) for m in pair]
+        for name, pair in pairs.items()
+    }
     members = pairs["a"]
-    alignment = build_alignment([m.tokenizer for m in members],
-                                vocab_sizes=[m.config.vocab_size for m in members], use_cache=False)
+    alignment = build_alignment(
+        [m.tokenizer for m in members],
+        vocab_sizes=[m.config.vocab_size for m in members],
+        use_cache=False,
+    )
     examples = SYNTHETIC.load("train", limit=16)
     workdirs = {}
     for kind in ("ppo", "mappo"):
@@ -61,20 +80,39 @@ def trained(tmp_path_factory):
 def test_checkpoints_restore_for_another_length_task_and_pair(trained, tmp_path):
     folders, workdirs = trained
     output = tmp_path / "evaluate"
-    command = [sys.executable, "-m", "launch.evaluate", "--config=configs/evaluate.py",
-               f"--config.members={','.join(folders['b'])}", "--config.task=gsm8k",
-               "--config.split=test", "--config.limit=4",
-               "--config.max_new_tokens=9", "--config.baselines=False", "--config.router=True",
-               "--config.tune_fixed_resolution=2", f"--config.data_source={GSM8K_ROWS}",
-               f"--config.checkpoints={workdirs['ppo']},{workdirs['mappo']}",
-               f"--config.output_dir={output}"]
-    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600,
-                          env=dict(os.environ, JAX_PLATFORMS="cpu"))
+    command = [
+        sys.executable,
+        "-m",
+        "launch.evaluate",
+        "--config=configs/evaluate.py",
+        f"--config.members={','.join(folders['b'])}",
+        "--config.task=gsm8k",
+        "--config.split=test",
+        "--config.limit=4",
+        "--config.max_new_tokens=9",
+        "--config.baselines=False",
+        "--config.router=True",
+        "--config.tune_fixed_resolution=2",
+        f"--config.data_source={GSM8K_ROWS}",
+        f"--config.checkpoints={workdirs['ppo']},{workdirs['mappo']}",
+        f"--config.output_dir={output}",
+    ]
+    done = subprocess.run(
+        command,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=dict(os.environ, JAX_PLATFORMS="cpu"),
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     results = json.loads((output / "results.json").read_text())
     fixed = [name for name in results if name.endswith("(tuned on train)")]
-    assert sorted(set(results) - set(fixed)) == ["RLAE_MAPPO (mappo)", "RLAE_PPO (ppo)",
-                                                 "supervised router"], sorted(results)
+    assert sorted(set(results) - set(fixed)) == [
+        "RLAE_MAPPO (mappo)",
+        "RLAE_PPO (ppo)",
+        "supervised router",
+    ], sorted(results)
     assert len(fixed) == 1, sorted(results)  # the baselines fitted on the training split ride along
     for row in results.values():
         assert row["seeds"] == 1 and 0.0 <= row["accuracy_mean"] <= 1.0
@@ -88,9 +126,12 @@ def test_an_agent_that_reads_hidden_states_is_refused_on_other_widths(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps(saved))
     full = dataclasses.replace(CONFIG, feature_set="full")
     wider = tiny_pair(48, 10)
-    with pytest.raises(ValueError, match=r"feature_set 'full' observes hidden states of sizes "
-                                         r"\[32, 32\], these members have \[48, 48\]; train with "
-                                         r"feature_set='portable'"):
+    with pytest.raises(
+        ValueError,
+        match=r"feature_set 'full' observes hidden states of sizes "
+        r"\[32, 32\], these members have \[48, 48\]; train with "
+        r"feature_set='portable'",
+    ):
         check_transfer(tmp_path, full, wider)
     with pytest.raises(ValueError, match=r"holds an agent for 2 members, but 1 are given"):
         check_transfer(tmp_path, full, members[:1])

@@ -45,6 +45,17 @@ def batch_prompts(batch: int, distinct: bool = True) -> list[str]:
     return [PROMPTS[row % len(PROMPTS)] if distinct else PROMPT for row in range(batch)]
 
 
+def task_prompts(batch: int) -> list[str]:
+    """`batch` real-task prompts for the real members: reasoning-gym `gsm_symbolic` word problems
+    (seed 0, GSM8K-style) in the plain "Question: ...\nAnswer:" format, cycled over the rows."""
+    import reasoning_gym
+
+    questions = [
+        item["question"] for item in reasoning_gym.create_dataset("gsm_symbolic", size=8, seed=0)
+    ]
+    return [f"Question: {questions[row % len(questions)]}\nAnswer:" for row in range(batch)]
+
+
 def machine_info() -> str:
     """One line: CPU model, cores, Python/jax/jaxlib versions and backend devices."""
     cpu = platform.processor() or "unknown CPU"

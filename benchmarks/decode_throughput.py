@@ -14,14 +14,13 @@ cores); ensemble / together is what the union work and re-spelling add on top. "
 `together` with each member also taking its softmax normaliser every step (`jax.nn.logsumexp` of its
 logits, the cheapest form measured): the least any exact mixing of the members' probabilities adds
 (a member alone only takes an argmax of its logits), so (together+Z) / Σ member steps is a floor for
-the ensemble's ratio. `--command-buffers loops,xla` compiles every program twice, with the library's
-decode-loop options (on a
-GPU: loops and conditionals inside command buffers) and with XLA's default command buffers, and
-times all of them interleaved.
+the ensemble's ratio. `--command-buffers loops,xla` compiles every program twice, with the
+library's decode-loop options (on a GPU: loops and conditionals inside command buffers) and with
+XLA's default command buffers, and times all of them interleaved.
 
-    python benchmarks/decode_throughput.py                       # tiny (trained + real vocabs) and
-    100m python benchmarks/decode_throughput.py --sizes 100m --batches 1,16 --tokens 8,40 --repeats
-    5
+    python benchmarks/decode_throughput.py                    # tiny (trained + real vocabs), 100m
+    python benchmarks/decode_throughput.py --sizes real --batches 1,8   # the installed real pair
+    python benchmarks/decode_throughput.py --sizes 100m --batches 1,16 --tokens 8,40 --repeats 5
 """
 
 from __future__ import annotations
@@ -56,8 +55,8 @@ from rlae_jax.models import Member, build_model
 from rlae_jax.prompts import encode_prompts, left_pad, pad_id_of
 from rlae_jax.sampling import first_argmax
 
-GOALS = {"tiny": 1.3, "100m": 1.15}
-DEFAULT_TOKENS = {"tiny-trained": "16,128", "tiny-real": "16,128", "100m": "4,20"}
+GOALS = {"tiny": 1.3, "100m": 1.15, "real": 1.15, "real-batch": 1.25}
+DEFAULT_TOKENS = {"tiny-trained": "16,128", "tiny-real": "16,128", "100m": "4,20", "real": "4,20"}
 # --command-buffers: compile options of every program of a variant (None: the jit's own)
 COMMAND_BUFFERS = {
     # the library's decode_loop_options(): on a GPU, loops and conditionals in command buffers
@@ -81,7 +80,13 @@ def sharpen(member: Member, factor: float) -> Member:
 
 
 def make_members(size: str, head_scale: float):
-    """(members, tokenizer note) for a size: tiny-trained, tiny-real or 100m."""
+    """(members, tokenizer note) for a size: tiny-trained, tiny-real, 100m (random weights) or real
+    (the installed SmolLM2-135M-Instruct and Gemma-3-270M, not sharpened)."""
+    if size == "real":
+        from rlae_jax.models import from_pretrained
+
+        names = ("smollm2-135m-instruct", "gemma-3-270m")
+        return [from_pretrained(n, name=n) for n in names], "real members " + " + ".join(names)
     if size == "tiny-trained":
         tokenizers, note = (
             common.trained_tokenizers(),
@@ -331,7 +336,7 @@ def main():
     parser.add_argument(
         "--sizes",
         default="tiny-trained,tiny-real,100m",
-        help="comma list of tiny-trained, tiny-real, 100m",
+        help="comma list of tiny-trained, tiny-real, 100m, real (the installed pair, task prompts)",
     )
     parser.add_argument("--batches", default="1,16", help="comma list of batch sizes")
     parser.add_argument(
@@ -458,7 +463,11 @@ def main():
             f"(V={[m.config.vocab_size for m in members]}); N1,N2={tokens}"
         )
         for batch in tqdm(batches, desc=size, leave=False):
-            prompts = common.batch_prompts(batch, opts.prompts == "distinct")
+            prompts = (
+                common.task_prompts(batch)
+                if size == "real"
+                else common.batch_prompts(batch, opts.prompts == "distinct")
+            )
             shapes = {
                 name: dict(shape, respell_slots=default_respell_slots(batch, members))
                 if shape["respell_slots"] == "auto"
@@ -539,7 +548,9 @@ def main():
                     )
                     ratio = ensemble / sum(steps)
                     per_ingested = ensemble / sum(n * s for n, s in zip(ingested, steps))
-                    goal = GOALS[size.split("-")[0]]
+                    goal = GOALS[
+                        "real-batch" if size == "real" and batch > 1 else size.split("-")[0]
+                    ]
                     used = (
                         f"  certified shortcut on {shortcut:.0%} of steps"
                         if opts.candidates

@@ -9,9 +9,8 @@ def get_config() -> ml_collections.ConfigDict:
     config.members = ""  # comma-separated HF folders / hub ids / .gguf files (required)
     config.dtype = "float32"
     config.strategy = "uniform"  # uniform | fixed | single | threshold | topk | packllm
-    config.weights = (
-        ""  # comma-separated, for strategy=fixed (and the ensemble side of threshold/topk)
-    )
+    # comma-separated, for strategy=fixed (and the ensemble side of threshold/topk)
+    config.weights = ""
     config.primary = 0  # member index for single / threshold
     config.threshold = 0.5
     config.top_k = 4
@@ -21,12 +20,10 @@ def get_config() -> ml_collections.ConfigDict:
     config.prompts = ml_collections.FieldReference(("Once upon a time",), field_type=object)
     config.prompts_file = ""
     config.max_new_tokens = 64
-    config.first_pass_tokens = (
-        0  # member tokens per step's first pass; 0: for the backend and batch size
-    )
-    config.respell_slots = (
-        -1
-    )  # packed re-spelling pass: batch + this many tokens; 0: none; -1: by backend/size
+    # member tokens per step's first pass; 0: for the backend and batch size
+    config.first_pass_tokens = 0
+    # packed re-spelling pass: batch + this many tokens; 0: none; -1: by backend/size
+    config.respell_slots = -1
     config.temperature = 0.0
     config.top_p = 1.0
     config.seed = 0

@@ -6,6 +6,7 @@
 An agent restores for any `max_new_tokens` and task (cross-task transfer); one trained with
 feature_set "portable" also on other members of the same count.
 """
+
 import ml_collections
 
 

@@ -1,13 +1,16 @@
-"""RLAE on GSM8K with real members: Qwen2.5-1.5B-Instruct + Llama-3.2-1B-Instruct (hub ids or local folders).
+"""RLAE on GSM8K with real members: Qwen2.5-1.5B-Instruct + Llama-3.2-1B-Instruct (hub ids or local
+folders).
 
 Memory (bf16 weights, batch 32, 256 new tokens, expansion budget 2): weights ~3.1 GB + 2.5 GB;
 KV caches ~ 2 × 32 × (prompt + 512) slots × layers × kv-heads × head-dim × 2 bytes ≈ 1.5–2 GB;
 the union vocabulary (~190k tokens) adds a few MB per batch row. One 24 GB GPU suffices;
 on CPU expect minutes per update. Run:
   python -m launch.train --config=configs/gsm8k_qwen_llama.py
-  python -m launch.evaluate --config=configs/evaluate.py --config.members=<same> --config.task=gsm8k \
-      --config.checkpoints=outputs/gsm8k_qwen_llama_ppo --config.max_new_tokens=256
+  python -m launch.evaluate --config=configs/evaluate.py --config.members=<same> \
+      --config.task=gsm8k --config.checkpoints=outputs/gsm8k_qwen_llama_ppo \
+      --config.max_new_tokens=256
 """
+
 from configs import train
 
 

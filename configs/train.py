@@ -1,9 +1,11 @@
-"""RLAE training: `python -m launch.train --config=configs/train.py --config.members=A,B --config.task=gsm8k ...`.
+"""RLAE training: `python -m launch.train --config=configs/train.py --config.members=A,B
+--config.task=gsm8k ...`.
 
 `members`: "demo" or comma-separated HF folders / hub ids / .gguf files. `task`: synthetic, gsm8k,
 arc_challenge, mmlu, piqa, triviaqa, nq_open. `data_source`: a JSONL file or folder (schemas in
 rlae_jax/tasks/README.md); empty reads the Hugging Face hub (needs `datasets` and a network).
 """
+
 import ml_collections
 
 
@@ -27,9 +29,27 @@ def get_config() -> ml_collections.ConfigDict:
     # reward: "correctness" (0/1: exact match on synthetic, the task's reward otherwise) or
     # "char_accuracy" (synthetic only). feature_set: "full", "no_hidden" or "portable" (no
     # member-specific widths: the agent can be evaluated on another pair of the same size).
-    config.rl = ml_collections.ConfigDict(dict(
-        kind="ppo", seed=0, num_updates=150, batch_size=32, max_new_tokens=20, expansion_budget=2,
-        span_length=4, reward="correctness", learning_rate=1e-3, hidden_sizes=(64, 64),
-        feature_set="full", shared_actor=True, entropy_coef=0.0, num_epochs=4, num_minibatches=4,
-        gamma=1.0, gae_lambda=0.95, clip_eps=0.2, length_penalty=0.0))
+    config.rl = ml_collections.ConfigDict(
+        dict(
+            kind="ppo",
+            seed=0,
+            num_updates=150,
+            batch_size=32,
+            max_new_tokens=20,
+            expansion_budget=2,
+            span_length=4,
+            reward="correctness",
+            learning_rate=1e-3,
+            hidden_sizes=(64, 64),
+            feature_set="full",
+            shared_actor=True,
+            entropy_coef=0.0,
+            num_epochs=4,
+            num_minibatches=4,
+            gamma=1.0,
+            gae_lambda=0.95,
+            clip_eps=0.2,
+            length_penalty=0.0,
+        )
+    )
     return config

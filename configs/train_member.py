@@ -1,5 +1,6 @@
 """Train one demo member with the project's JAX LM trainer:
 `python -m launch.train_member --config.skill=reverser --config.output=outputs/reverser`."""
+
 import ml_collections
 
 

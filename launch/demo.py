@@ -2,6 +2,7 @@
 
 Trains (or reuses) two tiny members with different tokenizers, trains RLAE_PPO and RLAE_MAPPO over
 seeds, evaluates every strategy on held-out problems, prints the table and writes plots."""
+
 from absl import app, logging
 from ml_collections import config_flags
 
@@ -16,7 +17,10 @@ def main(argv):
     logging.set_verbosity(logging.WARNING)  # orbax and jax INFO lines drown the progress bars
     result = run_demo(finalize(CONFIG.value))
     if not result["ordering_ok"]:
-        print("WARNING: the RLAE agents did not beat every baseline by more than their seed spread in this run")
+        print(
+            "WARNING: the RLAE agents did not beat every baseline by more than their seed spread "
+            "in this run"
+        )
 
 
 if __name__ == "__main__":

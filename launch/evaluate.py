@@ -1,6 +1,7 @@
 """Evaluate single members, uniform/fixed weights, GaC threshold, UniTE top-k, PackLLM, the
 baselines fitted on the training split (tuned fixed weights, supervised router) and trained RLAE
 agents on one task split; writes results.json, results.md and per-span weight plots."""
+
 import dataclasses
 import json
 import pathlib
@@ -33,8 +34,9 @@ def fitted_baselines(config, members, alignment, task) -> dict:
     fitted = {}
     if config.tune_fixed_resolution:
         decode = DecodeConfig(max_new_tokens=config.max_new_tokens, record_features=False)
-        search = tune_fixed_weights(members, alignment, task, train, decode,
-                                    config.tune_fixed_resolution, config.batch_size)
+        search = tune_fixed_weights(
+            members, alignment, task, train, decode, config.tune_fixed_resolution, config.batch_size
+        )
         name = f"fixed {np.round(search.weights, 2).tolist()} (tuned on {config.train_split})"
         fitted[name] = resolve_strategy("fixed", len(members), weights=search.weights)[0]
     if config.router:
@@ -47,24 +49,39 @@ def main(argv):
     del argv
     logging.set_verbosity(logging.WARNING)  # orbax and jax INFO lines drown the progress bars
     config = CONFIG.value
-    members = load_members(config.members, config.dtype, config.member_steps, config.cache_dir or None)
-    alignment = build_alignment([m.tokenizer for m in members], vocab_sizes=[m.config.vocab_size for m in members])
+    members = load_members(
+        config.members, config.dtype, config.member_steps, config.cache_dir or None
+    )
+    alignment = build_alignment(
+        [m.tokenizer for m in members], vocab_sizes=[m.config.vocab_size for m in members]
+    )
     task = get_task(config.task)
     examples = task.load(config.split, config.data_source or None, limit=config.limit)
     results = {}
     respell_slots = default_respell_slots(config.batch_size, members)
-    baselines = baseline_strategies(members, config.threshold, config.top_k) if config.baselines else {}
+    baselines = (
+        baseline_strategies(members, config.threshold, config.top_k) if config.baselines else {}
+    )
     for name, (weight_fn, selection) in baselines.items():
-        strategy_config = DecodeConfig(max_new_tokens=config.max_new_tokens, selection=selection,
-                                       respell_slots=respell_slots, record_features=False)
-        results[name] = run_strategy(name, members, alignment, task, examples, weight_fn, strategy_config,
-                                     config.batch_size)
+        strategy_config = DecodeConfig(
+            max_new_tokens=config.max_new_tokens,
+            selection=selection,
+            respell_slots=respell_slots,
+            record_features=False,
+        )
+        results[name] = run_strategy(
+            name, members, alignment, task, examples, weight_fn, strategy_config, config.batch_size
+        )
     for name, weight_fn in fitted_baselines(config, members, alignment, task).items():
-        strategy_config = DecodeConfig(max_new_tokens=config.max_new_tokens,
-                                       span_length=config.span_length, respell_slots=respell_slots,
-                                       record_features=False)
-        results[name] = run_strategy(name, members, alignment, task, examples, weight_fn,
-                                     strategy_config, config.batch_size)
+        strategy_config = DecodeConfig(
+            max_new_tokens=config.max_new_tokens,
+            span_length=config.span_length,
+            respell_slots=respell_slots,
+            record_features=False,
+        )
+        results[name] = run_strategy(
+            name, members, alignment, task, examples, weight_fn, strategy_config, config.batch_size
+        )
     output = pathlib.Path(config.output_dir).absolute()
     output.mkdir(parents=True, exist_ok=True)
     for workdir in [w for w in config.checkpoints.split(",") if w]:
@@ -74,18 +91,37 @@ def main(argv):
         setup = rl_config.setup(members)
         name = f"RLAE_{rl_config.kind.upper()} ({pathlib.Path(workdir).name})"
         weight_fn = policy_weight_fn(state, setup, jax.random.key(0), deterministic=True)
-        results[name] = run_strategy(name, members, alignment, task, examples, weight_fn,
-                                     dataclasses.replace(setup.decode, respell_slots=respell_slots),
-                                     config.batch_size)
+        results[name] = run_strategy(
+            name,
+            members,
+            alignment,
+            task,
+            examples,
+            weight_fn,
+            dataclasses.replace(setup.decode, respell_slots=respell_slots),
+            config.batch_size,
+        )
         shown = list(range(min(4, len(examples))))
         result = results[name]
         plot_weights_along_answers(
-            [[alignment.union_bytes(u).decode("utf-8", "replace") or "<eos>" for u in result.union_ids[i]]
-             for i in shown], [result.span_weights[i] for i in shown], setup.decode.span_length,
-            [m.name for m in members], [examples[i].prompt for i in shown],
-            output / f"weights_{pathlib.Path(workdir).name}.png")
-    table = write_report({name: summarize([r]) for name, r in results.items()}, output,
-                         f"{config.task} {config.split} ({len(examples)} examples)")
+            [
+                [
+                    alignment.union_bytes(u).decode("utf-8", "replace") or "<eos>"
+                    for u in result.union_ids[i]
+                ]
+                for i in shown
+            ],
+            [result.span_weights[i] for i in shown],
+            setup.decode.span_length,
+            [m.name for m in members],
+            [examples[i].prompt for i in shown],
+            output / f"weights_{pathlib.Path(workdir).name}.png",
+        )
+    table = write_report(
+        {name: summarize([r]) for name, r in results.items()},
+        output,
+        f"{config.task} {config.split} ({len(examples)} examples)",
+    )
     print(table)
     print(f"\nresults, table and plots in {output}")
 

@@ -1,5 +1,7 @@
-"""Train an RLAE agent (PPO or MAPPO): `python -m launch.train --config=configs/train.py [--config.x=y]`.
-Resumes automatically from the newest checkpoint in `--config.workdir`."""
+"""Train an RLAE agent (PPO or MAPPO):
+`python -m launch.train --config=configs/train.py [--config.x=y]`. Resumes automatically from the
+newest checkpoint in `--config.workdir`."""
+
 from absl import app, logging
 from ml_collections import config_flags
 
@@ -20,12 +22,25 @@ def main(argv):
     mesh = None
     if config.mesh_data * config.mesh_model > 1 or config.distributed:
         mesh = sharding.make_mesh(config.mesh_data, config.mesh_model)
-    members = load_members(config.members, config.dtype, config.member_steps, config.cache_dir or None)
-    alignment = build_alignment([m.tokenizer for m in members], vocab_sizes=[m.config.vocab_size for m in members])
+    members = load_members(
+        config.members, config.dtype, config.member_steps, config.cache_dir or None
+    )
+    alignment = build_alignment(
+        [m.tokenizer for m in members], vocab_sizes=[m.config.vocab_size for m in members]
+    )
     task = get_task(config.task)
     examples = task.load(config.split, config.data_source or None, limit=config.limit)
-    trainer = RLAETrainer(RLConfig.from_dict(config.rl), members, alignment, task, examples, config.workdir,
-                          checkpoint_every=config.checkpoint_every, keep=config.keep_checkpoints, mesh=mesh)
+    trainer = RLAETrainer(
+        RLConfig.from_dict(config.rl),
+        members,
+        alignment,
+        task,
+        examples,
+        config.workdir,
+        checkpoint_every=config.checkpoint_every,
+        keep=config.keep_checkpoints,
+        mesh=mesh,
+    )
     trainer.train(config.stop_after or None)
     print(f"done: checkpoints and metrics in {trainer.workdir}")
 

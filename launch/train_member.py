@@ -1,12 +1,15 @@
 """Train a demo member (tokenizer + model) with the project's JAX LM trainer and save it as a
 Hugging Face folder: `python -m launch.train_member --config.skill=capitalizer`."""
+
 from absl import app, logging
 from ml_collections import config_flags
 
 from rlae_jax.demo_members import demo_member, train_demo_member
 from rlae_jax.models import save_pretrained
 
-CONFIG = config_flags.DEFINE_config_file("config", "configs/train_member.py", "member training config")
+CONFIG = config_flags.DEFINE_config_file(
+    "config", "configs/train_member.py", "member training config"
+)
 
 
 def main(argv):
@@ -14,7 +17,9 @@ def main(argv):
     logging.set_verbosity(logging.WARNING)  # orbax and jax INFO lines drown the progress bars
     config = CONFIG.value
     if config.output:
-        folder = save_pretrained(train_demo_member(config.skill, config.steps, config.seed), config.output)
+        folder = save_pretrained(
+            train_demo_member(config.skill, config.steps, config.seed), config.output
+        )
         print(f"saved {config.skill} to {folder}")
     else:
         member = demo_member(config.skill, config.steps, config.seed)

@@ -118,7 +118,8 @@ def test_rolling_loglikelihood_equals_transformers_with_windows(folders, hflm):
     """Texts longer than max_length are scored in rolling windows exactly as HFLM scores them."""
     texts = [(p + c,) for p, c in PAIRS if p]
     ours = RlaeLM(members=str(folders[0]), max_batch=4, max_length=8)
-    assert max(len(encode(ours.members[0].tokenizer, t)) for t, in texts) > 3 * 8  # several windows
+    # several windows
+    assert max(len(encode(ours.members[0].tokenizer, t)) for (t,) in texts) > 3 * 8
     hflm._max_length = 8
     try:
         reference = hflm.loglikelihood_rolling(requests("loglikelihood_rolling", texts))
@@ -332,15 +333,20 @@ def test_agent_checkpoint_serves_its_mean_weights(tmp_path):
     from rlae_jax.tasks.synthetic import SYNTHETIC, tokenizer_corpus
     from rlae_jax.tokenization import train_byte_level_bpe, train_metaspace_bpe
 
-    tokenizers = [train_byte_level_bpe(tokenizer_corpus(), 300),
-                  train_metaspace_bpe(tokenizer_corpus(), 120)]
+    tokenizers = [
+        train_byte_level_bpe(tokenizer_corpus(), 300),
+        train_metaspace_bpe(tokenizer_corpus(), 120),
+    ]
     kinds = ("gpt2", "llama")
-    members = [Member.from_model(build_model(demo_model_config(k, t, hidden_size=32), seed=i), t,
-                                 name=k) for i, (k, t) in enumerate(zip(kinds, tokenizers))]
+    members = [
+        Member.from_model(build_model(demo_model_config(k, t, hidden_size=32), seed=i), t, name=k)
+        for i, (k, t) in enumerate(zip(kinds, tokenizers))
+    ]
     alignment = build_alignment(tokenizers, vocab_sizes=[m.config.vocab_size for m in members])
     config = RLConfig(max_new_tokens=8, span_length=2, hidden_sizes=(16,), batch_size=8)
-    trainer = RLAETrainer(config, members, alignment, SYNTHETIC, SYNTHETIC.load("train", limit=8),
-                          tmp_path)
+    trainer = RLAETrainer(
+        config, members, alignment, SYNTHETIC, SYNTHETIC.load("train", limit=8), tmp_path
+    )
     trainer.save(trainer.restore_or_init())
     trainer.manager.wait_until_finished()
     agent = RlaeLM(members=members, checkpoint=str(tmp_path), max_batch=4)
@@ -350,7 +356,8 @@ def test_agent_checkpoint_serves_its_mean_weights(tmp_path):
     scores = [m.loglikelihood(requests("loglikelihood", pairs)) for m in alone]
     log_probs = np.array([[s[i][0] for s in scores] for i in range(len(pairs))])
     weights = agent.ensemble.first_span_weights(
-        [[encode(m.tokenizer, c) for c, _ in pairs] for m in members])
+        [[encode(m.tokenizer, c) for c, _ in pairs] for m in members]
+    )
     np.testing.assert_allclose(weights.sum(1), 1.0, rtol=1e-6)
     assert np.all((weights > 0) & (weights < 1)) and not np.allclose(weights[0], weights[1])
     expected, _ = mixture_loglikelihood(log_probs, np.zeros_like(log_probs, bool), weights)

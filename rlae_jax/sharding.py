@@ -4,7 +4,8 @@ A mesh has two named axes: `data` (the batch) and `model` (attention heads, MLP 
 and the vocabulary of each member). Parameters are placed by a rules table over their names
 (`PARAMETER_RULES`: module/param → logical axis per dimension) and `LOGICAL_AXES` (logical axis →
 mesh axis), so every family shares one table. The engine and the RL train step need no changes:
-`jax.jit` propagates the shardings of its inputs (KV caches follow: their `[B·H_kv]` rows over `data` × `model`).
+`jax.jit` propagates the shardings of its inputs (KV caches follow: their `[B·H_kv]` rows over
+`data` × `model`).
 
     mesh = make_mesh(data=4, model=2)
     members = [shard_member(m, mesh) for m in members]
@@ -14,6 +15,7 @@ mesh axis), so every family shares one table. The engine and the RL train step n
 Every `shard_*` function validates the mesh against the shapes first and raises a ValueError
 naming the offending size before anything is placed or compiled.
 """
+
 from __future__ import annotations
 
 import math
@@ -40,8 +42,8 @@ LOGICAL_AXES: dict[str, str | None] = {
     "head_dim": None,
 }
 
-# `module/param` (the last two names of a parameter's path, full match) → logical axis per dimension.
-# Kernels are `[in, out]`; fused GPT-2 `c_attn` columns are (q, k, v) × heads × head_dim.
+# `module/param` (the last two names of a parameter's path, full match) → logical axis per
+# dimension. Kernels are `[in, out]`; fused GPT-2 `c_attn` columns are (q, k, v) × heads × head_dim.
 # Anything unmatched (norms, output biases) is replicated.
 PARAMETER_RULES: tuple[tuple[str, tuple[str | None, ...]], ...] = (
     (r"embedding/embedding", ("vocab", "embed")),
@@ -58,16 +60,20 @@ PARAMETER_RULES: tuple[tuple[str, tuple[str | None, ...]], ...] = (
 )
 
 
-
 def make_mesh(data: int = 1, model: int = 1, devices: Sequence[jax.Device] | None = None) -> Mesh:
-    """A `data × model` mesh with Auto axis types (jax 0.10's `jax.make_mesh` defaults to Explicit)."""
+    """A `data × model` mesh, Auto axis types (jax 0.10's `jax.make_mesh` defaults to Explicit)."""
     devices = list(jax.devices() if devices is None else devices)
     if data < 1 or model < 1:
         raise ValueError(f"mesh sizes must be >= 1, got data={data}, model={model}")
     if data * model != len(devices):
-        raise ValueError(f"a {data} × {model} mesh needs {data * model} devices, but {len(devices)} are available "
-                         f"({devices[0].platform}); set data × model = {len(devices)}")
-    return jax.make_mesh((data, model), (DATA, MODEL), axis_types=(AxisType.Auto, AxisType.Auto), devices=devices)
+        raise ValueError(
+            f"a {data} × {model} mesh needs {data * model} devices, but {len(devices)} are "
+            "available "
+            f"({devices[0].platform}); set data × model = {len(devices)}"
+        )
+    return jax.make_mesh(
+        (data, model), (DATA, MODEL), axis_types=(AxisType.Auto, AxisType.Auto), devices=devices
+    )
 
 
 def logical_to_spec(axes: Sequence[str | None]) -> PartitionSpec:
@@ -76,13 +82,15 @@ def logical_to_spec(axes: Sequence[str | None]) -> PartitionSpec:
 
 
 def parameter_axes(path: Sequence[str], ndim: int) -> tuple[str | None, ...]:
-    """Logical axes of a parameter from the last two names of its path (replicated when no rule matches)."""
+    """A parameter's logical axes by the last two names of its path (replicated if none match)."""
     name = "/".join(path[-2:])
     for pattern, axes in PARAMETER_RULES:
         if re.fullmatch(pattern, name):
             if len(axes) != ndim:
-                raise ValueError(f"sharding rule {pattern!r} gives {len(axes)} axes for the {ndim}-d parameter "
-                                 f"{'/'.join(path)}")
+                raise ValueError(
+                    f"sharding rule {pattern!r} gives {len(axes)} axes for the {ndim}-d parameter "
+                    f"{'/'.join(path)}"
+                )
             return axes
     return (None,) * ndim
 
@@ -104,35 +112,49 @@ def _axis_size(mesh: Mesh, logical: str) -> int:
 
 
 def check_member(member: Member, mesh: Mesh) -> None:
-    """Raise when the mesh does not divide the heads, kv heads, intermediate size or vocabulary it shards."""
+    """Raise unless the mesh divides the heads, kv heads, intermediate size and vocab it shards."""
     c = member.config
-    sizes = {"heads": ("num_heads", c.num_heads), "kv_heads": ("num_kv_heads", c.num_kv_heads),
-             "mlp": ("intermediate_size", c.intermediate_size), "vocab": ("vocab_size", c.vocab_size)}
+    sizes = {
+        "heads": ("num_heads", c.num_heads),
+        "kv_heads": ("num_kv_heads", c.num_kv_heads),
+        "mlp": ("intermediate_size", c.intermediate_size),
+        "vocab": ("vocab_size", c.vocab_size),
+    }
     for logical, (field, size) in sizes.items():
         parts = _axis_size(mesh, logical)
         if size % parts:
-            fitting = [d for d in range(1, math.gcd(*(s for _, s in sizes.values())) + 1)
-                       if all(s % d == 0 for _, s in sizes.values())]
+            fitting = [
+                d
+                for d in range(1, math.gcd(*(s for _, s in sizes.values())) + 1)
+                if all(s % d == 0 for _, s in sizes.values())
+            ]
             raise ValueError(
-                f"member {member.name or c.model_type!r}: {field}={size} is not divisible by the mesh's "
+                f"member {member.name or c.model_type!r}: {field}={size} is not divisible by the "
+                "mesh's "
                 f"'{LOGICAL_AXES[logical]}' axis of size {parts}; "
                 f"its {', '.join(f'{f}={s}' for f, s in sizes.values())} "
-                f"allow a '{LOGICAL_AXES[logical]}' axis of size {' or '.join(map(str, fitting))}")
+                f"allow a '{LOGICAL_AXES[logical]}' axis of size {' or '.join(map(str, fitting))}"
+            )
 
 
 def check_batch(batch: int, mesh: Mesh) -> None:
     """Raise when the 'data' axis does not divide the batch size."""
     if batch % mesh.shape[DATA]:
-        raise ValueError(f"batch size {batch} is not divisible by the mesh's 'data' axis of size {mesh.shape[DATA]}; "
-                         f"pad the batch to a multiple of {mesh.shape[DATA]} or use a smaller 'data' axis")
+        raise ValueError(
+            f"batch size {batch} is not divisible by the mesh's 'data' axis of size "
+            f"{mesh.shape[DATA]}; "
+            f"pad the batch to a multiple of {mesh.shape[DATA]} or use a smaller 'data' axis"
+        )
 
 
 def _place(x: Any, sharding: NamedSharding) -> jax.Array:
-    """device_put that also works when the sharding spans other hosts (every process holds the full `x`)."""
+    """device_put that works also when the sharding spans other hosts (each process has all `x`)."""
     if sharding.is_fully_addressable:
         return jax.device_put(x, sharding)
     if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
-        return jax.random.wrap_key_data(_place(jax.random.key_data(x), sharding), impl=jax.random.key_impl(x))
+        return jax.random.wrap_key_data(
+            _place(jax.random.key_data(x), sharding), impl=jax.random.key_impl(x)
+        )
     host = np.asarray(x)
     return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
 
@@ -140,11 +162,13 @@ def _place(x: Any, sharding: NamedSharding) -> jax.Array:
 def member_shardings(member: Member, mesh: Mesh):
     """NamedSharding of every leaf of `member.state` (same tree structure)."""
     return jax.tree_util.tree_map_with_path(
-        lambda path, x: NamedSharding(mesh, logical_to_spec(parameter_axes(_names(path), x.ndim))), member.state)
+        lambda path, x: NamedSharding(mesh, logical_to_spec(parameter_axes(_names(path), x.ndim))),
+        member.state,
+    )
 
 
 def shard_member(member: Member, mesh: Mesh) -> Member:
-    """The member with its parameters placed on `mesh` by the rules table (heads/MLP/vocab over 'model')."""
+    """The member, parameters placed on `mesh` by the rules table (heads/MLP/vocab over 'model')."""
     check_member(member, mesh)
     state = jax.tree.map(_place, member.state, member_shardings(member, mesh))
     return member.replace(state=state)
@@ -173,16 +197,21 @@ def replicate(tree: Any, mesh: Mesh) -> Any:
 
 
 def shard_train_state(train_state: Any, mesh: Mesh) -> Any:
-    """A `ppo.TrainState` (agent params, optimiser state, key, update count) replicated on `mesh`: the
-    agent is small; its batch of transitions follows the members' batch sharding inside the step."""
+    """A `ppo.TrainState` (agent params, optimiser state, key, update count) replicated on `mesh`:
+    the agent is small; its transitions follow the members' batch sharding inside the step."""
     return replicate(train_state, mesh)
 
 
 def maybe_initialize_distributed(enabled: bool, **kwargs) -> dict[str, int]:
-    """Join a multi-host job (`jax.distributed.initialize`, which reads the coordinator, process count
-    and id from the TPU pod or Slurm environment; `kwargs` override them) when `enabled`.
-    Call before any other JAX call. Returns this process's index, the process count and device counts."""
+    """Join a multi-host job (`jax.distributed.initialize`, which reads the coordinator, process
+    count and id from the TPU pod or Slurm environment; `kwargs` override them) when `enabled`.
+    Call before any other JAX call. Returns this process's index, the process count and device
+    counts."""
     if enabled and not jax.distributed.is_initialized():
         jax.distributed.initialize(**kwargs)
-    return {"process_index": jax.process_index(), "process_count": jax.process_count(),
-            "local_devices": jax.local_device_count(), "devices": jax.device_count()}
+    return {
+        "process_index": jax.process_index(),
+        "process_count": jax.process_count(),
+        "local_devices": jax.local_device_count(),
+        "devices": jax.device_count(),
+    }

@@ -501,6 +501,111 @@ def test_growing_the_caches_mid_loop_changes_nothing(members, monkeypatch):
             np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
 
 
+def decode_args(members, alignment, batch, weights):
+    """Positional arguments of `decode` after the members: greedy, fixed weights."""
+    return (
+        members,
+        alignment,
+        batch,
+        FixedWeights(jnp.asarray(weights, jnp.float32)),
+        jax.random.key(0),
+        jnp.float32(0.0),
+        jnp.float32(1.0),
+    )
+
+
+def test_in_graph_caches_follow_room_per_token(members, alignment, monkeypatch):
+    """The in-graph decode's largest caches hold the prompt plus `room_per_token` slots per union
+    token (fewer only for a member whose longest re-spelling is shorter): its memory follows the
+    knob, not the alignment's longest re-spelling."""
+    batch = loop.tokenize_for_members(members, PROMPTS, NEW_TOKENS)
+    longest = np.asarray(alignment.vocab.union_to_member_len).max(axis=1)
+    assert longest[1] >= 3
+    for room in (1, 2, 3):
+        lengths = []
+
+        def recording_run(context, state, run=loop.run):
+            lengths.append([(c.length, c.keys[0].shape[1]) for c in state.caches])
+            return run(context, state)
+
+        monkeypatch.setattr(loop, "run", recording_run)
+        config = DecodeConfig(max_new_tokens=NEW_TOKENS, room_per_token=room, expansion_budget=1)
+        jax.eval_shape(
+            lambda *a: loop.decode(*a, config=config),
+            *decode_args(members, alignment, batch, [0.5, 0.5]),
+        )
+        for n, (length, key_slots) in enumerate(lengths[-1]):
+            want = batch.input_ids[n].shape[1] + NEW_TOKENS * min(room, int(longest[n]))
+            assert length == key_slots == want
+
+
+def test_a_tiny_in_graph_room_stops_the_row_with_a_reason_and_generate_does_not(
+    members, alignment
+):
+    """One cache slot per union token: the unigram member re-spells some union tokens in several
+    tokens, so the in-graph decode stops a row it cannot hold ('room', with a warning naming the
+    member and the knob); `generate` grows the cache and runs the same row on to the length."""
+    batch = loop.tokenize_for_members(members, PROMPTS, NEW_TOKENS)
+    config = DecodeConfig(max_new_tokens=NEW_TOKENS, room_per_token=1)
+    result = decode_jit(*decode_args(members, alignment, batch, [1.0, 0.0]), config=config)
+    with pytest.warns(UserWarning, match=r"member 'unigram' .*room_per_token=1"):
+        out = loop.to_host(result, alignment, config, ["bpe", "unigram"])
+    assert "room" in out.stop_reasons
+    full = generate(
+        members,
+        alignment,
+        PROMPTS,
+        strategy="fixed",
+        weights=[1.0, 0.0],
+        max_new_tokens=NEW_TOKENS,
+    )
+    assert "room" not in full.stop_reasons
+    ingested = np.asarray(result.ingested)
+    for row, reason in enumerate(out.stop_reasons):
+        kept = len(out.union_ids[row])
+        assert out.union_ids[row] == full.union_ids[row][:kept]
+        assert ingested[row, 1] <= NEW_TOKENS
+        if reason == "room":
+            assert np.asarray(result.window_member)[row] == 1
+            next_spelling = alignment.from_union(1, full.union_ids[row][kept : kept + 1])
+            assert ingested[row, 1] + len(next_spelling) > NEW_TOKENS
+        else:
+            assert out.union_ids[row] == full.union_ids[row]
+
+
+def test_each_member_can_have_its_own_prompts(members, alignment):
+    """One prompt list per member: each member tokenises its own list (one shared list: every member
+    the same); with one-hot weights on member 0 the text follows member 0's prompts alone."""
+    other = ["Hello there, friend.", "A cat sat.", "Once upon a time"]
+    batch = loop.tokenize_for_members(members, [PROMPTS, other], NEW_TOKENS)
+    for n, own in enumerate([PROMPTS, other]):
+        alone = loop.tokenize_for_members(members[n : n + 1], own, NEW_TOKENS)
+        np.testing.assert_array_equal(batch.input_ids[n], alone.input_ids[0])
+        np.testing.assert_array_equal(batch.attention_mask[n], alone.attention_mask[0])
+    shared = loop.tokenize_for_members(members, PROMPTS, NEW_TOKENS)
+    twice = loop.tokenize_for_members(members, [PROMPTS, PROMPTS], NEW_TOKENS)
+    for got, want in zip(jax.tree.leaves(twice), jax.tree.leaves(shared)):
+        np.testing.assert_array_equal(got, want)
+    with pytest.raises(ValueError, match="3 prompt lists for 2 members"):
+        loop.tokenize_for_members(members, [PROMPTS, other, other], NEW_TOKENS)
+    with pytest.raises(ValueError, match=r"different lengths \[3, 2\]"):
+        loop.tokenize_for_members(members, [PROMPTS, other[:2]], NEW_TOKENS)
+    with pytest.raises(TypeError, match="one list of strings per member"):
+        loop.tokenize_for_members(members, [PROMPTS, "A cat sat."], NEW_TOKENS)
+
+    alone = rlae_jax.generate_tokens(members[0], PROMPTS, max_new_tokens=NEW_TOKENS)
+    out = generate(
+        members,
+        alignment,
+        [PROMPTS, other],
+        strategy="fixed",
+        weights=[1.0, 0.0],
+        max_new_tokens=NEW_TOKENS,
+    )
+    for row, own_ids in enumerate(alone):
+        assert out.union_ids[row] == alignment.to_union(0, own_ids)
+
+
 # ---- bad input -------------------------------------------------------------------------------
 
 
@@ -769,7 +874,8 @@ def test_re_spellings_fed_in_any_passes_equal_one_pass(members):
 
 
 @pytest.mark.parametrize(
-    "name", ["span_length", "expansion_budget", "first_pass_tokens", "respell_chunk"]
+    "name",
+    ["span_length", "expansion_budget", "room_per_token", "first_pass_tokens", "respell_chunk"],
 )
 def test_decode_settings_below_one_are_refused(name):
     with pytest.raises(ValueError, match=f"{name} must be >= 1, got 0"):

@@ -31,13 +31,14 @@ from rlae_jax.models.member import Member
 from rlae_jax.prompts import check_context, encode_prompts, left_pad, pad_id_of
 from rlae_jax.sampling import first_argmax, select_from, select_tokens
 
-RUNNING, STOP_EOS, STOP_LENGTH, STOP_CONTEXT_WINDOW, STOP_NONFINITE = 0, 1, 2, 3, 4
+RUNNING, STOP_EOS, STOP_LENGTH, STOP_CONTEXT_WINDOW, STOP_NONFINITE, STOP_ROOM = range(6)
 STOP_REASONS = {
     RUNNING: "running",
     STOP_EOS: "eos",
     STOP_LENGTH: "length",
     STOP_CONTEXT_WINDOW: "context_window",
     STOP_NONFINITE: "nonfinite_logits",
+    STOP_ROOM: "room",
 }
 NO_TOKEN = -1  # union-id buffer padding after a row stops
 
@@ -46,7 +47,11 @@ NO_TOKEN = -1  # union-id buffer padding after a row stops
 class DecodeConfig:
     """Static settings of one compiled decode. `expansion_budget`: the cache slots per union token a
     decode starts with past the prompt (a size hint: a member that needs more grows its cache, see
-    `room_ladder`, at the cost of one more compiled loop); `first_pass_tokens`: member tokens every
+    `room_ladder`, at the cost of one more compiled loop); `room_per_token`: the most cache slots
+    per union token past the prompt the in-graph `decode` compiles, because it cannot grow caches at
+    run time and its largest caches are every batch's memory; a row whose re-spellings would
+    overflow them stops with stop reason 'room' (`to_host` warns; `decode_growing` and `generate`
+    grow instead and ignore it); `first_pass_tokens`: member tokens every
     row appends in each step's first pass (re-spellings that fit need no second pass; `generate`
     picks it with `default_first_pass_tokens`); `respell_chunk`: member tokens appended per extra
     pass for the rest of longer re-spellings (a larger chunk means fewer passes but more padded work
@@ -62,6 +67,7 @@ class DecodeConfig:
     selection: Selection = Selection()
     candidates_per_member: int = 0
     expansion_budget: int = 2
+    room_per_token: int = 4
     first_pass_tokens: int = 1
     respell_chunk: int = 4
     respell_slots: int = 0
@@ -69,7 +75,13 @@ class DecodeConfig:
     record_features: bool = True
 
     def __post_init__(self):
-        for name in ("span_length", "expansion_budget", "first_pass_tokens", "respell_chunk"):
+        for name in (
+            "span_length",
+            "expansion_budget",
+            "room_per_token",
+            "first_pass_tokens",
+            "respell_chunk",
+        ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.respell_slots < 0:
@@ -138,8 +150,8 @@ class DecodeResult(NamedTuple):
     spans that started before the row stopped; weight_carry: the weight_fn's final carry (e.g. an RL
     policy's log-probs); weight_fallback [B]: rows where the weight_fn returned invalid weights
     (replaced by uniform); ingested [B, N]: member tokens each member took in for the generated
-    union tokens; window_member [B]: the member whose context window stopped the row
-    ('context_window'), else −1."""
+    union tokens; window_member [B]: the member whose context window ('context_window') or compiled
+    cache ('room') stopped the row, else −1."""
 
     union_ids: jax.Array
     lengths: jax.Array
@@ -488,7 +500,8 @@ def prompt_nll(member: Member, input_ids: jax.Array, attention_mask: jax.Array) 
 class DecodeContext:
     """What stays fixed during one decode: the members, the alignment, the weight_fn, the sampling
     key, `temperature` and `top_p` (float32 []), each member's prompt summary `[B, H_n]` and prompt
-    NLL `[B, N]`, and the static config."""
+    NLL `[B, N]`, the static config, and `bounded_room`: True where the caches cannot grow (the
+    last compiled caches of `decode`), so a row they cannot hold stops ('room')."""
 
     members: tuple[Member, ...]
     alignment: Alignment
@@ -499,6 +512,7 @@ class DecodeContext:
     summaries: tuple[jax.Array, ...]
     prompt_nll: jax.Array
     config: DecodeConfig = struct.field(pytree_node=False)
+    bounded_room: bool = struct.field(pytree_node=False, default=False)
 
     def features(
         self, dists: MemberDistributions, hidden, span_index, previous_weights
@@ -517,20 +531,25 @@ class DecodeContext:
 
 
 def room_ladder(
-    members: Sequence[Member], alignment: Alignment, prompts: PromptBatch, config: DecodeConfig
+    members: Sequence[Member],
+    alignment: Alignment,
+    prompts: PromptBatch,
+    config: DecodeConfig,
+    room_per_token: int | None = None,
 ) -> list[tuple[int, ...]]:
     """Cache lengths per member for each growth of a decode, smallest first: the prompt's slots plus
     `expansion_budget` slots per union token, doubled at each rung up to what the member can ever
-    need (its longest re-spelling L_n per union token, or its context window). The last rung never
-    runs out of room."""
+    need (its longest re-spelling L_n per union token, or its context window), or to
+    `room_per_token` slots per union token when given (the in-graph `decode`). Without that bound
+    the last rung never runs out of room."""
     check_members(members, alignment)  # static shapes: checked while tracing, free at run time
     spelling_lengths = alignment.vocab.union_to_member_len.max(axis=1)
     firsts, caps = [], []
     for index, (member, ids) in enumerate(zip(members, prompts.input_ids)):
-        cap = min(
-            config.max_new_tokens * max(int(spelling_lengths[index]), 1),
-            member.config.max_position_embeddings,
-        )
+        per_token = max(int(spelling_lengths[index]), 1)
+        if room_per_token is not None:
+            per_token = min(per_token, room_per_token)
+        cap = min(config.max_new_tokens * per_token, member.config.max_position_embeddings)
         firsts.append(min(config.max_new_tokens * config.expansion_budget, cap))
         caps.append(cap)
     rungs = [tuple(firsts)]
@@ -619,12 +638,38 @@ def start_span(context: DecodeContext, s: DecodeState, dists: MemberDistribution
     )
 
 
+def fit_rows(
+    context: DecodeContext, caches: Sequence[KVCache], counts: jax.Array, live: jax.Array
+) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array, jax.Array]:
+    """Which `live [B]` rows can feed their re-spellings of `counts [B, N]` tokens → (live, counts
+    (0 off live rows), stop [B] (STOP_CONTEXT_WINDOW, STOP_ROOM or RUNNING), stop_member [B] (the
+    member that stopped the row, else −1), needs_room bool [N]). A row a member cannot take within
+    its context window stops; one a member's cache cannot hold makes that member need room, or
+    stops ('room') with `context.bounded_room`."""
+    positions = jnp.stack([cache.next_position for cache in caches], axis=1) + counts  # [B, N]
+    windows = jnp.asarray([m.config.max_position_embeddings for m in context.members], jnp.int32)
+    past = positions > windows
+    beyond = live & jnp.any(past, axis=1)
+    live = live & ~beyond
+    overflow = jnp.stack(  # [B, N]
+        [live & (c.cursor + counts[:, n] > c.length) for n, c in enumerate(caches)], axis=1
+    )
+    out_of_room = jnp.any(overflow, axis=1) & context.bounded_room
+    needs_room = jnp.any(overflow, axis=0) & (not context.bounded_room)
+    live = live & ~out_of_room & ~jnp.any(needs_room)
+    stop = jnp.select([beyond, out_of_room], [STOP_CONTEXT_WINDOW, STOP_ROOM], RUNNING)
+    stop_member = jnp.select(
+        [beyond, out_of_room], [first_argmax(past), first_argmax(overflow)], -1
+    )
+    return live, jnp.where(live[:, None], counts, 0), stop, stop_member, needs_room
+
+
 def step(context: DecodeContext, s: DecodeState) -> DecodeState:
     """One union token per live row: mix the members' next-token distributions, choose, re-spell the
     choice into each member's tokens and feed them. A row a member cannot take the re-spelling into
     within its context window stops ('context_window'). When some re-spelling does not fit a
     member's cache the step is not taken (its span start is kept) and `needs_room` names the members
-    to grow."""
+    to grow; with `context.bounded_room` that row stops instead ('room')."""
     members, alignment, config = context.members, context.alignment, context.config
     dists = member_distributions(
         [m.next_token_logits(h) for m, h in zip(members, s.hidden)], alignment
@@ -649,17 +694,10 @@ def step(context: DecodeContext, s: DecodeState) -> DecodeState:
         config,
     )
     tokens, counts = alignment.retokenize(jnp.maximum(chosen, 0))  # [B, N, L], [B, N]
-    positions = jnp.stack([cache.next_position for cache in s.caches], axis=1) + counts  # [B, N]
-    windows = jnp.asarray([m.config.max_position_embeddings for m in members], jnp.int32)
-    past = positions > windows
-    beyond = ~s.done & ~nonfinite & jnp.any(past, axis=1)
-    live = ~s.done & ~nonfinite & ~beyond
-    counts = jnp.where(live[:, None], counts, 0)
-    needs_room = jnp.stack(
-        [jnp.any(c.cursor + counts[:, n] > c.length) for n, c in enumerate(s.caches)]
+    live, counts, stop, stop_member, needs_room = fit_rows(
+        context, s.caches, counts, ~s.done & ~nonfinite
     )
     fits = ~jnp.any(needs_room)
-    live, counts = live & fits, jnp.where(fits, counts, 0)
     hidden, caches = feed_members(
         members,
         s.hidden,
@@ -671,7 +709,7 @@ def step(context: DecodeContext, s: DecodeState) -> DecodeState:
         config.respell_slots,
     )
     is_eos = live & (chosen == alignment.eos_union_id) & config.stop_at_eos
-    stopped = fits & (is_eos | beyond | nonfinite)
+    stopped = fits & (is_eos | nonfinite | (stop != RUNNING))
     return s.replace(
         step=s.step + fits.astype(jnp.int32),
         hidden=hidden,
@@ -680,11 +718,11 @@ def step(context: DecodeContext, s: DecodeState) -> DecodeState:
         union_ids=s.union_ids.at[:, s.step].set(jnp.where(live, chosen, NO_TOKEN)),
         done=s.done | stopped,
         stop_reason=jnp.select(
-            [is_eos, fits & beyond, fits & nonfinite],
-            [STOP_EOS, STOP_CONTEXT_WINDOW, STOP_NONFINITE],
+            [is_eos, fits & nonfinite, fits & (stop != RUNNING)],
+            [STOP_EOS, STOP_NONFINITE, stop],
             s.stop_reason,
         ),
-        window_member=jnp.where(fits & beyond, first_argmax(past), s.window_member),
+        window_member=jnp.where(fits & (stop_member >= 0), stop_member, s.window_member),
         needs_room=needs_room,
     )
 
@@ -761,11 +799,12 @@ def decode(
 ) -> DecodeResult:
     """Generate up to `config.max_new_tokens` union tokens for a batch; pure and jittable.
 
-    One program holds all its buffers, so its peak memory is that of the largest caches it may need
-    (the last rung of `room_ladder`); the loop runs with the first rung's caches (less attention per
-    step) while they suffice, then with the last (`compiled_rungs`). `decode_growing` grows from the
-    host instead, only what is needed."""
-    ladder = room_ladder(members, alignment, prompts, config)
+    One program holds all its buffers, so its peak memory is that of the largest caches it may need:
+    the last rung of `room_ladder` bounded by `config.room_per_token` slots per union token. The
+    loop runs with the first rung's caches (less attention per step) while they suffice, then with
+    the last (`compiled_rungs`), where a row a member's cache cannot hold stops ('room').
+    `decode_growing` grows from the host instead, only what is needed, and never stops a row so."""
+    ladder = room_ladder(members, alignment, prompts, config, config.room_per_token)
     rungs = compiled_rungs(ladder)
     context, state = with_prompt(
         new_context(members, alignment, weight_fn, key, temperature, top_p, config),
@@ -774,7 +813,7 @@ def decode(
     )
     for lengths in rungs[1:]:
         state = grow(run(context, state), lengths)
-    return finish(run(context, state), prompts)
+    return finish(run(context.replace(bounded_room=True), state), prompts)
 
 
 def compiled_rungs(ladder: Sequence[tuple[int, ...]]) -> list[tuple[int, ...]]:
@@ -842,13 +881,39 @@ class EnsembleOutput:
     result: DecodeResult
 
 
+def prompts_per_member(
+    prompts: Sequence[str] | Sequence[Sequence[str]], num_members: int
+) -> list[Sequence[str]]:
+    """One list of B prompt strings per member: `prompts` for every member when it is one list of
+    strings, else `prompts[n]` for member n (e.g. `rlae_jax.prompts.member_prompts`, each question
+    in each member's own chat template)."""
+    if isinstance(prompts, str) or all(isinstance(p, str) for p in prompts):
+        return [prompts] * num_members  # `encode_prompts` refuses one string or an empty list
+    if any(isinstance(p, str) for p in prompts):
+        raise TypeError("prompts: give one list of strings, or one list of strings per member")
+    if len(prompts) != num_members:
+        raise ValueError(
+            f"{len(prompts)} prompt lists for {num_members} members: give one list per member"
+        )
+    sizes = [len(p) for p in prompts]
+    if len(set(sizes)) > 1:
+        raise ValueError(
+            f"per-member prompt lists have different lengths {sizes}: every member needs the same "
+            "B prompts"
+        )
+    return list(prompts)
+
+
 def tokenize_for_members(
-    members: Sequence[Member], prompts: Sequence[str], max_new_tokens: int
+    members: Sequence[Member],
+    prompts: Sequence[str] | Sequence[Sequence[str]],
+    max_new_tokens: int,
 ) -> PromptBatch:
-    """Every member's own tokenisation of the prompts, left-padded to its length bucket."""
+    """Every member's own tokenisation of the prompts, left-padded to its length bucket. `prompts`:
+    B strings for every member, or one list of B strings per member (`prompts_per_member`)."""
     input_ids, masks = [], []
-    for member in members:
-        token_lists = encode_prompts(member.tokenizer, prompts)
+    for member, own_prompts in zip(members, prompts_per_member(prompts, len(members))):
+        token_lists = encode_prompts(member.tokenizer, own_prompts)
         check_context(
             max(map(len, token_lists)),
             max_new_tokens,
@@ -899,7 +964,7 @@ def default_respell_slots(batch_rows: int, members: Sequence[Member]) -> int:
 def generate(
     members: Sequence[Member],
     alignment: Alignment,
-    prompts: Sequence[str],
+    prompts: Sequence[str] | Sequence[Sequence[str]],
     strategy: Any = "uniform",
     max_new_tokens: int = 64,
     span_length: int = 1,
@@ -919,7 +984,7 @@ def generate(
     record_features: bool = True,
     stop_at_eos: bool = True,
 ) -> EnsembleOutput:
-    """Ensemble-generate continuations of `prompts`.
+    """Ensemble-generate continuations of `prompts` (B strings, or one list of B per member).
 
     strategy: "uniform", "fixed" (with `weights`), "single" (member `primary` alone), "threshold"
     (GaC gating on member `primary` with `threshold`), "topk" (UniTE with `top_k`), "packllm", or a
@@ -935,6 +1000,8 @@ def generate(
     weight_fn, selection = resolve_strategy(
         strategy, len(members), weights, threshold, primary, top_k, packllm_temperature
     )
+    batch = tokenize_for_members(members, prompts, max_new_tokens)
+    rows = batch.input_ids[0].shape[0]
     config = DecodeConfig(
         max_new_tokens=max_new_tokens,
         span_length=span_length,
@@ -942,18 +1009,17 @@ def generate(
         candidates_per_member=candidates_per_member,
         expansion_budget=expansion_budget,
         first_pass_tokens=(
-            default_first_pass_tokens(len(prompts))
+            default_first_pass_tokens(rows)
             if first_pass_tokens is None
             else first_pass_tokens
         ),
         respell_chunk=respell_chunk,
         respell_slots=(
-            default_respell_slots(len(prompts), members) if respell_slots is None else respell_slots
+            default_respell_slots(rows, members) if respell_slots is None else respell_slots
         ),
         record_features=record_features,
         stop_at_eos=stop_at_eos,
     )
-    batch = tokenize_for_members(members, prompts, max_new_tokens)
     result = decode_growing(
         members,
         alignment,
@@ -974,21 +1040,31 @@ def to_host(
     member_names: Sequence[str] | None = None,
 ) -> EnsembleOutput:
     """Decode union ids to text and gather per-row records on the host (warnings name the rows that
-    stopped early, and `member_names` the members whose context window stopped them)."""
+    stopped early, and `member_names` the members whose context window or cache stopped them)."""
     union_ids = np.asarray(result.union_ids)
     lengths = np.asarray(result.lengths)
     span_valid = np.asarray(result.span_valid)
     span_weights = np.asarray(result.span_weights)
     rows = [union_ids[b, : lengths[b]].tolist() for b in range(len(lengths))]
-    stopped_nonfinite = np.flatnonzero(np.asarray(result.stop_reason) == STOP_NONFINITE)
+    stop_reason = np.asarray(result.stop_reason)
+    stopped_nonfinite = np.flatnonzero(stop_reason == STOP_NONFINITE)
     window_member = np.asarray(result.window_member)
     for member in np.unique(window_member[window_member >= 0]):
-        rows_stopped = np.flatnonzero(window_member == member).tolist()
         name = member_names[member] if member_names else f"member {member}"
-        warnings.warn(
-            f"rows {rows_stopped} stopped early (stop reason 'context_window'): member {name!r} "
-            "cannot take the next token within its context window (max_position_embeddings)"
-        )
+        for reason, why in (
+            (STOP_CONTEXT_WINDOW, "within its context window (max_position_embeddings)"),
+            (
+                STOP_ROOM,
+                f"within the caches the in-graph decode compiled (DecodeConfig.room_per_token="
+                f"{config.room_per_token}: raise it, or decode with `decode_growing`/`generate`)",
+            ),
+        ):
+            rows_stopped = np.flatnonzero((window_member == member) & (stop_reason == reason))
+            if len(rows_stopped):
+                warnings.warn(
+                    f"rows {rows_stopped.tolist()} stopped early (stop reason "
+                    f"'{STOP_REASONS[reason]}'): member {name!r} cannot take the next token {why}"
+                )
     if len(stopped_nonfinite):
         warnings.warn(
             f"rows {stopped_nonfinite.tolist()} stopped early: a member produced NaN/inf logits "
@@ -1003,7 +1079,7 @@ def to_host(
     return EnsembleOutput(
         texts=[alignment.decode(ids) for ids in rows],
         union_ids=rows,
-        stop_reasons=[STOP_REASONS[int(r)] for r in np.asarray(result.stop_reason)],
+        stop_reasons=[STOP_REASONS[int(r)] for r in stop_reason],
         span_weights=[span_weights[b, span_valid[b]] for b in range(len(rows))],
         result=result,
     )

@@ -3,6 +3,4 @@
 from rlae_jax.generation import generate_member, generate_tokens
 from rlae_jax.models import Member, from_pretrained
 
-generate = generate_member  # the former name, until tests/test_models.py and test_gguf.py move
-
-__all__ = ["Member", "from_pretrained", "generate", "generate_member", "generate_tokens"]
+__all__ = ["Member", "from_pretrained", "generate_member", "generate_tokens"]

@@ -212,7 +212,7 @@ def test_jax_member_from_gguf_matches_transformers(reference):
     )
     ours = rlae_jax.generate_tokens(member, [PROMPT], max_new_tokens=24)[0]
     assert ours == expected_tokens[0, len(PROMPT_IDS) :].tolist() == GREEDY_24
-    story = rlae_jax.generate(member, [PROMPT], max_new_tokens=24)[0]
+    story = rlae_jax.generate_member(member, [PROMPT], max_new_tokens=24)[0]
     assert story.startswith(", there was a little girl named Lily")
 
 

@@ -171,9 +171,9 @@ def test_preset_counts_agree_with_transformers_on_meta_device():
 @pytest.mark.parametrize("tiny", LOOP_FAMILIES, indirect=True)
 def test_same_bucket_does_not_recompile(tiny):
     _, _, member = tiny
-    rlae_jax.generate(member, ["Hello world!", "A"], max_new_tokens=8)
+    rlae_jax.generate_member(member, ["Hello world!", "A"], max_new_tokens=8)
     compiled = generate_ids_jit._cache_size()
-    rlae_jax.generate(member, ["Once upon a time", "The quick brown fox"], max_new_tokens=8)
+    rlae_jax.generate_member(member, ["Once upon a time", "The quick brown fox"], max_new_tokens=8)
     assert generate_ids_jit._cache_size() == compiled
 
 
@@ -339,13 +339,13 @@ def test_sharded_checkpoint_loads(tokenizer, tmp_path):
 def test_prompt_longer_than_context_is_refused(llama_folder):
     member = from_pretrained(str(llama_folder))
     with pytest.raises(ValueError, match="context is 256"):
-        rlae_jax.generate(member, ["Hello world! " * 60], max_new_tokens=32)
+        rlae_jax.generate_member(member, ["Hello world! " * 60], max_new_tokens=32)
 
 
 def test_empty_prompt_list_is_refused(llama_folder):
     member = from_pretrained(str(llama_folder))
     with pytest.raises(ValueError, match="empty prompt list"):
-        rlae_jax.generate(member, [], max_new_tokens=4)
+        rlae_jax.generate_member(member, [], max_new_tokens=4)
 
 
 def test_tokenizer_larger_than_embedding_is_refused(tokenizer, tmp_path):

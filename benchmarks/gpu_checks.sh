@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU checks recorded in benchmarks/RESULTS.md, on a machine with one NVIDIA GPU and jax[cuda], torch
+# The GPU checks recorded in benchmarks/RESULTS-ARCHIVE.md, on a machine with one NVIDIA GPU and jax[cuda], torch
 # (CUDA build) and transformers installed. Usage:
 #
 #     RLAE_FIXTURES=../shared/fixtures bash benchmarks/gpu_checks.sh OUT [CHECK ...]
@@ -25,7 +25,7 @@
 #                       packed won on a CPU, the GPU default is still 0) (respell.txt)
 #   throughput    [300] the same for the tiny sizes (tiny-trained, tiny-real), with working memory
 #                 (decode_throughput.py now fills batch 16 with distinct prompts, as a dataset batch; the GPU
-#                 rounds in RESULTS.md before 2026-11-26 14:38 repeated one prompt: add --prompts same to compare)
+#                 rounds in RESULTS-ARCHIVE.md before 2026-11-26 14:38 repeated one prompt: add --prompts same to compare)
 #   vs_reference  [300] ours vs the PyTorch reference loop, both on the GPU, batch 1 (goal ≥ 5x)
 #   tests         [300] the engine's exactness tests, the transformers parity tests and the vmapped RL train step
 #                       (equal to the train step jitted with the decode-loop options), jax on the GPU

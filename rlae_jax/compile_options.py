@@ -10,7 +10,7 @@ import pkgutil
 XLA_DEFAULT_COMMAND_BUFFERS = "FUSION,CUBLAS,CUBLASLT,CUSTOM_CALL,CUDNN,DYNAMIC_SLICE_FUSION"
 # XLA's default command-buffer kinds plus loops and conditionals: on an NVIDIA GPU each decode
 # step's loops and conditionals then run inside CUDA graphs instead of returning to the host for
-# every condition (benchmarks/RESULTS.md, third GPU round).
+# every condition (benchmarks/RESULTS-ARCHIVE.md, third GPU round).
 COMMAND_BUFFERS_WITH_LOOPS = XLA_DEFAULT_COMMAND_BUFFERS + ",WHILE,CONDITIONAL"
 
 

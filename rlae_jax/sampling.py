@@ -12,12 +12,12 @@ def max_and_first_key(scores: jax.Array, keys: jax.Array) -> tuple[jax.Array, ja
     """Row maxima of `scores [..., V]` and the smallest of `keys [..., V]` (int32, broadcastable)
     among the entries attaining them: `(best [...], key [...])`; key is int32 max where no entry
     attains the maximum (a NaN row). Two vectorised passes: XLA:CPU lowers `jnp.argmax` to a scalar
-    (value, index) reduction 2-5x slower (benchmarks/union_ops.py)."""
+    (value, index) reduction 2-5x slower (benchmarks/RESULTS-ARCHIVE.md)."""
     best = scores.max(axis=-1)
     if jnp.issubdtype(best.dtype, jnp.floating):
         # an identity select between the max and its broadcast: without it XLA:CPU may fuse the
         # broadcast into the max's fusion and write the maxima out as a full `[..., V]` array
-        # (benchmarks/RESULTS.md)
+        # (benchmarks/RESULTS-ARCHIVE.md)
         best = jnp.where(jnp.isnan(best), jnp.nan, best)
     key = jnp.min(jnp.where(scores == best[..., None], keys, jnp.iinfo(jnp.int32).max), axis=-1)
     return best, key

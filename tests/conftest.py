@@ -15,8 +15,8 @@ from hypothesis import settings
 
 # The tests compare float32 results with torch's and with each other to ~1e-5. On NVIDIA GPUs jax's
 # default float32 matmul rounds its inputs to TF32 (10-bit mantissa), which moves tiny models'
-# logits by ~5e-3 and hidden states by ~1e-4 (seen on an H200: benchmarks/RESULTS.md); "highest"
-# keeps float32 (CPU: no change).
+# logits by ~5e-3 and hidden states by ~1e-4 (seen on an H200: benchmarks/RESULTS-ARCHIVE.md);
+# "highest" keeps float32 (CPU: no change).
 jax.config.update("jax_default_matmul_precision", "highest")
 
 settings.register_profile("derandomized", derandomize=True)

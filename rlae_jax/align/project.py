@@ -32,7 +32,7 @@ def gather_union(member_probs: jax.Array, spellers: jax.Array) -> jax.Array:
 
     spellers: int32 [U, D_n] member ids per union token; padding (any id ≥ V_n) contributes 0.
     One gather per column: on XLA:CPU 1.9x cheaper than a scatter-add into [B, U] at batch 16,
-    slightly dearer at batch 1 (benchmarks/union_ops.py).
+    slightly dearer at batch 1 (benchmarks/RESULTS-ARCHIVE.md).
     """
     columns = [
         jnp.take(member_probs, spellers[:, d], axis=1, mode="fill", fill_value=0)
@@ -88,7 +88,7 @@ def mixed_argmax(
     own vocabulary; only the `shared_union_ids [C]` (spelled by several ids: `shared_member_ids
     [N, C, D]`) are gathered. Ties go to the smallest union id, as in `first_argmax`.
     (GPT-2 + Llama 2: C = 18k of U = 64k; 4-4.5x cheaper than mix + first_argmax at batch 16 on a
-    2-core CPU, benchmarks/union_ops.py.)"""
+    2-core CPU, benchmarks/RESULTS-ARCHIVE.md.)"""
     best, keys = [], []
     for n, probs in enumerate(member_probs):
         vocab = probs.shape[-1]

@@ -77,7 +77,7 @@ def member_distributions(
         row_max.append(top)
         # a non-finite max shifts by 0: the normaliser then shows it (NaN, inf or 0). The select
         # also keeps XLA:CPU from fusing the max into the exp pass, a fusion 5-10% slower per
-        # ensemble step (RESULTS.md)
+        # ensemble step (benchmarks/RESULTS-ARCHIVE.md)
         shift = jnp.where(jnp.isfinite(top), top, 0.0)
         exp_logits.append(jnp.exp(logits - shift[:, None]))
     return MemberDistributions(

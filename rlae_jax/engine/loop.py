@@ -177,8 +177,8 @@ def sanitize_weights(weights: jax.Array) -> tuple[jax.Array, jax.Array]:
 
 def top_candidates(probs: jax.Array, k: int) -> tuple[jax.Array, jax.Array]:
     """Each member's top-k `(probs, ids)` `[B, N, k]` by k argmax-and-mask passes: inside the decode
-    loop XLA:CPU lowers `lax.top_k` to a full sort of `[B, N, V]` (benchmarks/RESULTS.md); large k
-    (the UniTE k=V check) uses `lax.top_k`."""
+    loop XLA:CPU lowers `lax.top_k` to a full sort of `[B, N, V]` (benchmarks/RESULTS-ARCHIVE.md);
+    large k (the UniTE k=V check) uses `lax.top_k`."""
     if k > 16:
         values, ids = jax.lax.top_k(probs, k)
         return values, ids.astype(jnp.int32)
@@ -239,10 +239,10 @@ def choose_union_tokens(
     when `config.uses_candidates`.
 
     'full' picks from the whole union (`choose_from_full_union`): exact, and on XLA:CPU cheaper than
-    any top-k (benchmarks/RESULTS.md). With `candidates_per_member = k > 0`, greedy decoding first
-    tries candidates from every member's top-k, scored exactly, and uses the best one when it is
-    certified: its mixed probability beats the bound Σ_n w_n · min(D · p_n^(k), 1 − Σ_top-k p_n) on
-    any token outside the candidates (D = most ids sharing one byte string); otherwise the full
+    any top-k (benchmarks/RESULTS-ARCHIVE.md). With `candidates_per_member = k > 0`, greedy decoding
+    first tries candidates from every member's top-k, scored exactly, and uses the best one when it
+    is certified: its mixed probability beats the bound Σ_n w_n · min(D · p_n^(k), 1 − Σ_top-k p_n)
+    on any token outside the candidates (D = most ids sharing one byte string); otherwise the full
     union decides. 'topk' (UniTE) picks only among the candidates.
 """
 
@@ -322,7 +322,7 @@ def append_chunked(
     as the longest row needs, so the cost follows the actual re-spelling length, not L), except that
     a last chunk holding a single token goes in a one-token pass: never more passes than chunks, and
     on a CPU a one-token pass is a matrix-vector product, much cheaper than a wider one at batch 1
-    (benchmarks/RESULTS.md). Rows that append nothing keep `previous` (hidden `[B, H]`)."""
+    (benchmarks/RESULTS-ARCHIVE.md). Rows that append nothing keep `previous` (hidden `[B, H]`)."""
     chunk = min(chunk, tokens.shape[1])
     wide, tail = chunked_passes(counts, chunk)
     hidden, cache = append_passes(member, cache, previous, tokens, counts, chunk, wide)
@@ -944,19 +944,16 @@ def check_members(members: Sequence[Member], alignment: Alignment) -> None:
 def default_first_pass_tokens(batch_rows: int) -> int:
     """`first_pass_tokens` for a decode of `batch_rows` rows on this backend: 4 on a GPU at batch 1,
     where one 4-wide pass costs about what a 1-wide one does, so whole re-spellings in one pass skip
-    the extra pass (~100M ensemble step on an H200: 1.21 → 1.02 ms); else 1, since a 4-wide first
-    pass was slower on that GPU at batch 16 (1.09 → 1.31 ms) and on a 2-core CPU at batch 1 and 16
-    (benchmarks/RESULTS.md). Measured on no TPU: 1 there."""
+    the extra pass; else 1, since a 4-wide first pass was slower on that GPU at batch 16 and on a
+    2-core CPU (benchmarks/RESULTS-ARCHIVE.md). Measured on no TPU: 1 there."""
     return 4 if batch_rows == 1 and jax.default_backend() == "gpu" else 1
 
 
 def default_respell_slots(batch_rows: int, members: Sequence[Member]) -> int:
     """`respell_slots` for a decode of `batch_rows` rows: on a CPU, half the batch (at least 1) when
-    some member has at least 50M parameters, whose passes cost about their row-tokens (~100M
-    members, distinct prompts, ms per step at batch 1: 45.0 → 42.8, at 4: 103 → 85, at 16: 182 →
-    164, faster at 2, 8 and 32 too; the same prompt in every row: no change; benchmarks/RESULTS.md);
-    else 0 (tiny members on a CPU, where packing was slower at batch 4 and 16). Measured on no GPU
-    or TPU: 0 there."""
+    some member has at least 50M parameters, whose passes cost about their row-tokens
+    (benchmarks/RESULTS-ARCHIVE.md, random ~100M members); else 0 (tiny members on a CPU, where
+    packing was slower). Measured on no GPU or TPU: 0 there."""
     large = max(member.num_params for member in members) >= 50_000_000
     return max(batch_rows // 2, 1) if jax.default_backend() == "cpu" and large else 0
 

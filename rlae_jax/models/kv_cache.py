@@ -23,8 +23,8 @@ class KVCache:
     decode attention is a matmul batched over that one dimension, reading the cache array itself (a
     `[B, H_kv, S, D]` cache at B=1 reached the dot through a bitcast, and XLA:CPU then duplicated
     the in-place cache write and copied every layer's cache several times per step,
-    benchmarks/RESULTS.md); slot_positions `[B, S]` (EMPTY if unused); cursor `[B]` next slot to
-    write; next_position `[B]` position id of the next token."""
+    benchmarks/RESULTS-ARCHIVE.md); slot_positions `[B, S]` (EMPTY if unused); cursor `[B]` next
+    slot to write; next_position `[B]` position id of the next token."""
 
     keys: tuple[jax.Array, ...]
     values: tuple[jax.Array, ...]

@@ -139,7 +139,7 @@ def cached_attention(
     probs = jax.nn.softmax(scores, axis=-1) * visible.any(axis=-1, keepdims=True)
     # the output in dot_general's own order, then a transpose of the small result: asking the einsum
     # for the final layout made XLA:CPU take the cache as the matmul's left operand, up to 14x
-    # slower (benchmarks/attention_einsum.py)
+    # slower (benchmarks/RESULTS-ARCHIVE.md)
     out = jnp.einsum(
         "nqs,nsd->nqd",
         probs.reshape(batch * num_kv, group * block, slots).astype(values.dtype),

@@ -3,9 +3,11 @@
 Each side runs in its own fresh process (so load time and peak resident memory are its own): load
 the GGUF (ours: `rlae_jax.models.from_pretrained`; transformers: `AutoModelForCausalLM` with
 `gguf_file=`, which dequantizes through the `gguf` package too), then greedy float32 decoding of
-exactly `--new-tokens` tokens (EOS ignored on both sides) for batches of real task prompts
-(`common.task_prompts`), left-padded. Ours is timed after one compile run with the same shapes
-(the compile time is printed); transformers after one warm-up run.
+exactly `--new-tokens` (and 8) tokens (EOS ignored on both sides) for batches of real task prompts
+(`common.task_prompts`), left-padded; a decode step is the time difference of the two runs over the
+extra tokens, so prefill cancels (the whole call's time per token is printed too). Ours is timed
+after one compile run with the same shapes (the compile time is printed); transformers after one
+warm-up run.
 
     python benchmarks/member_throughput.py                       # both real members, batch 1 and 8
     python benchmarks/member_throughput.py --members smollm2-135m-instruct --batches 1
@@ -25,10 +27,19 @@ import common
 MEMBERS = ("smollm2-135m-instruct", "gemma-3-270m")
 GOALS = {1: 1.0, 8: 1.3}  # ours / transformers tokens per second, by batch
 LOAD_GOAL = 0.5  # ours / transformers load seconds
+SHORT = 8  # new tokens of the short run whose time is subtracted (prefill cancels)
 
 
 def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def timings(run, new_tokens: int) -> tuple[float, float]:
+    """(seconds per decode step, prefill excluded: the time difference of a `new_tokens` and a
+    `SHORT`-token run over the extra steps; seconds of the whole `new_tokens` call per token)."""
+    full = common.best_time(run, 2)
+    short = common.best_time(lambda: run(SHORT), 2)
+    return (full - short) / (new_tokens - SHORT), full / new_tokens
 
 
 def run_ours(name: str, batches: list[int], new_tokens: int) -> dict:
@@ -43,7 +54,7 @@ def run_ours(name: str, batches: list[int], new_tokens: int) -> dict:
     start = time.perf_counter()
     member = from_pretrained(name, dtype="float32")
     common.block(member.state)
-    result = {"load_s": time.perf_counter() - start, "steps": {}, "compile_s": {}}
+    result = {"load_s": time.perf_counter() - start, "steps": {}, "calls": {}, "compile_s": {}}
     no_eos = jnp.asarray(np.array([-1], np.int32))
     for batch in batches:
         prompts = common.task_prompts(batch)
@@ -51,7 +62,7 @@ def run_ours(name: str, batches: list[int], new_tokens: int) -> dict:
             encode_prompts(member.tokenizer, prompts, True), pad_id_of(member.tokenizer)
         )
 
-        def run():
+        def run(n=new_tokens):
             return common.block(
                 generate_ids_jit(
                     member,
@@ -62,14 +73,15 @@ def run_ours(name: str, batches: list[int], new_tokens: int) -> dict:
                     jnp.float32(1.0),
                     no_eos,
                     jnp.int32(0),
-                    max_new_tokens=new_tokens,
+                    max_new_tokens=n,
                 )
             )
 
         start = time.perf_counter()
         tokens, _ = run()
         result["compile_s"][batch] = time.perf_counter() - start
-        result["steps"][batch] = common.best_time(run, 2) / new_tokens
+        run(SHORT)  # compiles the short run's program
+        result["steps"][batch], result["calls"][batch] = timings(run, new_tokens)
         result.setdefault("first_row", {})[batch] = np.asarray(tokens)[0, :16].tolist()
     result["peak_rss_mb"] = peak_rss_mb()
     return result
@@ -90,6 +102,7 @@ def run_transformers(name: str, batches: list[int], new_tokens: int) -> dict:
     result = {
         "load_s": time.perf_counter() - start,
         "steps": {},
+        "calls": {},
         "threads": torch.get_num_threads(),
     }
     tokenizer.padding_side = "left"
@@ -99,18 +112,18 @@ def run_transformers(name: str, batches: list[int], new_tokens: int) -> dict:
         prompts = common.task_prompts(batch)
         inputs = tokenizer(prompts, return_tensors="pt", padding=True)
 
-        def run():
+        def run(n=new_tokens):
             with torch.inference_mode():
                 return model.generate(
                     **inputs,
-                    max_new_tokens=new_tokens,
-                    min_new_tokens=new_tokens,
+                    max_new_tokens=n,
+                    min_new_tokens=n,
                     do_sample=False,
                     pad_token_id=tokenizer.pad_token_id,
                 )
 
         out = run()  # warm-up, as ours gets its compile run
-        result["steps"][batch] = common.best_time(run, 2) / new_tokens
+        result["steps"][batch], result["calls"][batch] = timings(run, new_tokens)
         width = inputs["input_ids"].shape[1]
         result.setdefault("first_row", {})[batch] = out[0, width : width + 16].tolist()
     result["peak_rss_mb"] = peak_rss_mb()
@@ -146,8 +159,8 @@ def report(name: str, ours: dict, theirs: dict, batches: list[int]) -> list[str]
         f"peak resident memory: ours {ours['peak_rss_mb']:.0f} MB, transformers "
         f"{theirs['peak_rss_mb']:.0f} MB (torch threads {theirs['threads']})",
         "| batch | ours ms/step | transformers ms/step | ours tok/s | transformers tok/s | "
-        "ratio | goal | compile s | same first 16 ids |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "ratio | goal | whole call ms/token ours / theirs | compile s | same first 16 ids |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for batch in batches:
         key = str(batch)
@@ -157,6 +170,7 @@ def report(name: str, ours: dict, theirs: dict, batches: list[int]) -> list[str]
         lines.append(
             f"| {batch} | {1e3 * mine:.1f} | {1e3 * ref:.1f} | {batch / mine:.1f} | "
             f"{batch / ref:.1f} | {ratio:.2f}x | >= {goal} {'PASS' if ratio >= goal else 'FAIL'}"
+            f" | {1e3 * ours['calls'][key]:.1f} / {1e3 * theirs['calls'][key]:.1f}"
             f" | {ours['compile_s'][key]:.1f} | "
             f"{ours['first_row'][key] == theirs['first_row'][key]} |"
         )

@@ -1119,6 +1119,7 @@ def test_one_hot_weights_reproduce_each_real_member_alone_for_64_tokens(real_tri
                 assert np.asarray(out.result.ingested)[row, other] == len(spelled)
 
 
+@pytest.mark.slow  # ~80 s of CPU: a 256-token decode with cache growth (compiles)
 def test_256_tokens_of_cjk_text_finish_with_a_byte_fallback_member(real_trio):
     """The GPT-2 member, made to write only whole CJK characters, leads: Llama 2 spells its rarer
     characters in three byte tokens each. All 256 tokens come out; the caches grow where needed

@@ -18,6 +18,10 @@ from rlae_jax.models.gguf import load_gguf_tokenizer, read_gguf
 from rlae_jax.models.installed import PRESETS, installed_gguf
 from rlae_jax.prompts import encode_prompts
 
+# the slow job: transformers' own GGUF tokenizer conversion of Gemma's 262k vocabulary alone takes
+# ~30 s, and the model comparisons load both real models into transformers
+pytestmark = pytest.mark.slow
+
 TEXTS = [
     "Hello world",
     "The quick brown fox jumps over the lazy dog.",

@@ -60,8 +60,9 @@ def run_strategy(
         prompts = tokenize_for_members(
             members, [task.render(e, members[0].tokenizer) for e in chunk], config.max_new_tokens
         )
-        if start == 0 and warmup:  # compile outside the timing
-            jax.block_until_ready(
+
+        def call():
+            return jax.block_until_ready(
                 decode_jit(
                     members,
                     alignment,
@@ -73,19 +74,11 @@ def run_strategy(
                     config=config,
                 )
             )
+
+        if start == 0 and warmup:  # compile outside the timing
+            call()
         began = time.perf_counter()
-        result = jax.block_until_ready(
-            decode_jit(
-                members,
-                alignment,
-                prompts,
-                weight_fn,
-                key,
-                jnp.float32(0),
-                jnp.float32(1),
-                config=config,
-            )
-        )
+        result = call()
         elapsed += time.perf_counter() - began
         out = to_host(result, alignment, config)
         tokens += int(np.asarray(result.lengths).sum())

@@ -101,8 +101,7 @@ class DecodeConfig:
 
 
 class PromptBatch(NamedTuple):
-    """Each member's own left-padded tokenisation of the same prompts: per member `[B, T_n]` int32.
-    """
+    """Each member's left-padded tokenisation of the same prompts: per member `[B, T_n]` int32."""
 
     input_ids: tuple[jax.Array, ...]
     attention_mask: tuple[jax.Array, ...]
@@ -244,7 +243,7 @@ def choose_union_tokens(
     is certified: its mixed probability beats the bound Σ_n w_n · min(D · p_n^(k), 1 − Σ_top-k p_n)
     on any token outside the candidates (D = most ids sharing one byte string); otherwise the full
     union decides. 'topk' (UniTE) picks only among the candidates.
-"""
+    """
 
     def full_union():
         return choose_from_full_union(dists, weights, alignment, key, step, temperature, top_p)
@@ -728,8 +727,7 @@ def step(context: DecodeContext, s: DecodeState) -> DecodeState:
 
 
 def run(context: DecodeContext, state: DecodeState) -> DecodeState:
-    """Steps until every row stops, `max_new_tokens` are generated or some member needs more room.
-    """
+    """Steps until every row stops, `max_new_tokens` are made or some member needs more room."""
 
     def keep_going(s: DecodeState):
         return (s.step < context.config.max_new_tokens) & ~jnp.all(s.done) & ~jnp.any(s.needs_room)
@@ -911,16 +909,25 @@ def tokenize_for_members(
 ) -> PromptBatch:
     """Every member's own tokenisation of the prompts, left-padded to its length bucket. `prompts`:
     B strings for every member, or one list of B strings per member (`prompts_per_member`)."""
+    own = prompts_per_member(prompts, len(members))
+    token_lists = [encode_prompts(m.tokenizer, p) for m, p in zip(members, own)]
+    return batch_of_token_lists(members, token_lists, max_new_tokens)
+
+
+def batch_of_token_lists(
+    members: Sequence[Member], token_lists: Sequence[Sequence[list[int]]], max_new_tokens: int
+) -> PromptBatch:
+    """`token_lists[n][b]`: member n's prompt ids of row b → each member's left-padded `[B, T_n]`
+    ids and mask; ValueError when a prompt plus `max_new_tokens` exceeds a member's context."""
     input_ids, masks = [], []
-    for member, own_prompts in zip(members, prompts_per_member(prompts, len(members))):
-        token_lists = encode_prompts(member.tokenizer, own_prompts)
+    for member, lists in zip(members, token_lists):
         check_context(
-            max(map(len, token_lists)),
+            max(map(len, lists)),
             max_new_tokens,
             member.config.max_position_embeddings,
             member.name or member.config.model_type,
         )
-        ids, mask = left_pad(token_lists, pad_id_of(member.tokenizer))
+        ids, mask = left_pad(lists, pad_id_of(member.tokenizer))
         input_ids.append(jnp.asarray(ids))
         masks.append(jnp.asarray(mask))
     return PromptBatch(tuple(input_ids), tuple(masks))
@@ -1006,9 +1013,7 @@ def generate(
         candidates_per_member=candidates_per_member,
         expansion_budget=expansion_budget,
         first_pass_tokens=(
-            default_first_pass_tokens(rows)
-            if first_pass_tokens is None
-            else first_pass_tokens
+            default_first_pass_tokens(rows) if first_pass_tokens is None else first_pass_tokens
         ),
         respell_chunk=respell_chunk,
         respell_slots=(

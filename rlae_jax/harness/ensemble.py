@@ -22,6 +22,7 @@ from rlae_jax.align import Alignment, build_alignment
 from rlae_jax.engine.loop import (
     DecodeConfig,
     PromptBatch,
+    batch_of_token_lists,
     decode_growing,
     default_first_pass_tokens,
     default_respell_slots,
@@ -32,7 +33,6 @@ from rlae_jax.engine.loop import (
 from rlae_jax.engine.strategies import FixedWeights, Selection, resolve_strategy
 from rlae_jax.harness.scoring import continuation_scores
 from rlae_jax.models import Member, from_pretrained
-from rlae_jax.prompts import check_context, left_pad, pad_id_of
 
 
 class CountingJit:
@@ -193,19 +193,8 @@ class HarnessEnsemble:
     ) -> PromptBatch:
         """`token_lists[n][b]`: member n's prompt ids of row b (≤ max_batch rows) → a PromptBatch
         padded to `max_batch` rows (repeating the last) and each member's length bucket."""
-        input_ids, masks = [], []
-        for member, lists in zip(self.members, token_lists):
-            lists = list(lists) + [lists[-1]] * (self.max_batch - len(lists))
-            check_context(
-                max(map(len, lists)),
-                max_new_tokens,
-                member.config.max_position_embeddings,
-                member.name or member.config.model_type,
-            )
-            ids, mask = left_pad(lists, pad_id_of(member.tokenizer))
-            input_ids.append(jnp.asarray(ids))
-            masks.append(jnp.asarray(mask))
-        return PromptBatch(tuple(input_ids), tuple(masks))
+        padded = [list(rows) + [rows[-1]] * (self.max_batch - len(rows)) for rows in token_lists]
+        return batch_of_token_lists(self.members, padded, max_new_tokens)
 
     def run_decode(
         self,

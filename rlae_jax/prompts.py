@@ -66,10 +66,30 @@ def plain_prompt(messages: Sequence[Mapping[str, str]]) -> str:
     return "\n\n".join(blocks)
 
 
-def chat_prompt(messages: Sequence[Mapping[str, str]], tokenizer=None) -> str:
-    """`messages` as prompt text: through the tokenizer's chat template (with the generation prompt)
-    when it has one, else `plain_prompt`."""
-    if tokenizer is not None and getattr(tokenizer, "chat_template", None):
+def chat_prompt(
+    messages: str | Sequence[Mapping[str, str]],
+    tokenizer=None,
+    template: bool | None = None,
+    who: str = "this tokenizer",
+) -> str:
+    """Prompt text asking for the next assistant turn after `messages` (dicts with "role" and
+    "content"; a str is one user turn), so an ensemble can ask every member in its own format.
+
+    template: None uses the tokenizer's chat template when it has one (instruction-tuned models; a
+      GGUF's `tokenizer.chat_template`), else `plain_prompt` (base models); True requires the
+      template (ValueError naming `who` when there is none); False forces the plain format.
+      Templated text holds its own special tokens: encode it with `add_special_tokens=False` to
+      get `apply_chat_template`'s ids.
+    """
+    if isinstance(messages, str):
+        messages = [{"role": "user", "content": messages}]
+    own = getattr(tokenizer, "chat_template", None) if tokenizer is not None else None
+    if template and not own:
+        raise ValueError(
+            f"{who} has no chat template (base model); pass template=None or False "
+            "for the plain 'question\\nAnswer:' format"
+        )
+    if own and template is not False:
         return tokenizer.apply_chat_template(list(messages), tokenize=False,
                                              add_generation_prompt=True)
     return plain_prompt(messages)

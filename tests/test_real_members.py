@@ -13,10 +13,9 @@ import numpy as np
 import pytest
 import transformers
 
-from rlae_jax.models.chat import chat_prompt
 from rlae_jax.models.gguf import load_gguf_tokenizer, read_gguf
 from rlae_jax.models.installed import PRESETS, installed_gguf
-from rlae_jax.prompts import encode_prompts
+from rlae_jax.prompts import chat_prompt, encode_prompts
 
 # the slow job: transformers' own GGUF tokenizer conversion of Gemma's 262k vocabulary alone takes
 # ~30 s, and the model comparisons load both real models into transformers
@@ -88,17 +87,17 @@ def test_chat_prompts_equal_transformers_apply_chat_template(tokenizers):
     assert ours.chat_template == reference.chat_template
     if preset == "gemma-3-270m":  # a base model: its GGUF carries no template
         assert ours.chat_template is None
-        assert chat_prompt(ours, MESSAGES[1]) == (
+        assert chat_prompt(MESSAGES[1], ours) == (
             "Answer with one number.\n\nHow many legs has a spider?\nAnswer:"
         )
         with pytest.raises(ValueError, match="^this tokenizer has no chat template"):
-            chat_prompt(ours, MESSAGES[1], template=True)
+            chat_prompt(MESSAGES[1], ours, template=True)
         return
     for messages in MESSAGES:
         expected = reference.apply_chat_template(
             messages, add_generation_prompt=True, tokenize=True, return_dict=False
         )
-        text = chat_prompt(ours, messages, template=True)
+        text = chat_prompt(messages, ours, template=True)
         assert text.endswith("<|im_start|>assistant\n")
         assert ours(text, add_special_tokens=False).input_ids == expected
         assert encode_prompts(ours, [text]) == [expected]  # what the generation paths encode

@@ -9,13 +9,13 @@ import jax
 import jax.numpy as jnp
 from flax import nnx, struct
 
-from rlae_jax.models import chat
 from rlae_jax.models.config import ModelConfig
 from rlae_jax.models.decoder import Decoder
 from rlae_jax.models.gemma3 import Gemma3
 from rlae_jax.models.gpt2 import GPT2
 from rlae_jax.models.kv_cache import KVCache
 from rlae_jax.models.layers import CausalLM
+from rlae_jax.prompts import chat_prompt
 
 FAMILIES = {"decoder": Decoder, "gemma3": Gemma3, "gpt2": GPT2}
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
@@ -88,8 +88,8 @@ class Member:
     def chat_prompt(self, messages, template: bool | None = None) -> str:
         """This member's prompt text for chat `messages` (a str is one user turn): its tokenizer's
         chat template when it has one, else the plain "question\\nAnswer:" format; `template=True`
-        requires the template, False forces the plain format (`rlae_jax.models.chat`)."""
-        return chat.chat_prompt(self.tokenizer, messages, template, who=f"member {self.name!r}")
+        requires the template, False forces the plain format (`rlae_jax.prompts.chat_prompt`)."""
+        return chat_prompt(messages, self.tokenizer, template, who=f"member {self.name!r}")
 
     def init_cache(self, batch: int, length: int) -> KVCache:
         c = self.config

@@ -14,7 +14,7 @@ import jax
 REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
 
-from rlae_jax import tokenization  # noqa: E402
+from rlae_jax.toy import tokenizer_trainer  # noqa: E402
 from rlae_jax.models import ModelConfig  # noqa: E402
 from tiny_models import CORPUS  # noqa: E402
 
@@ -105,8 +105,8 @@ def real_tokenizers():
 def trained_tokenizers(bpe_size: int = 384, unigram_size: int = 200):
     """Small tokenizers of both styles trained on CORPUS (byte-level BPE, `▁` Unigram + bytes)."""
     return (
-        tokenization.train_byte_level_bpe(CORPUS, bpe_size),
-        tokenization.train_metaspace_unigram(CORPUS, unigram_size),
+        tokenizer_trainer.train_byte_level_bpe(CORPUS, bpe_size),
+        tokenizer_trainer.train_metaspace_unigram(CORPUS, unigram_size),
     )
 
 

@@ -16,7 +16,7 @@ import common
 import decode_throughput
 from rlae_jax.align import build_alignment
 from rlae_jax.engine import decode_jit
-from rlae_jax.generation import generate_ids_jit
+from rlae_jax.models.generate import generate_ids_jit
 
 
 def seconds_to_compile(jitted, args, **static) -> tuple[float, float, int]:

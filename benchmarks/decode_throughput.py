@@ -39,8 +39,8 @@ import numpy as np
 from tqdm import tqdm
 
 import common
-from rlae_jax.compile_options import XLA_DEFAULT_COMMAND_BUFFERS, decode_loop_options
-from rlae_jax.generation import generate_ids_jit
+from rlae_jax.runtime.compile_options import XLA_DEFAULT_COMMAND_BUFFERS, decode_loop_options
+from rlae_jax.models.generate import generate_ids_jit
 from rlae_jax.align import build_alignment
 from rlae_jax.engine import (
     CallableWeightFn,
@@ -52,8 +52,8 @@ from rlae_jax.engine import (
 )
 from rlae_jax.engine.loop import default_respell_slots
 from rlae_jax.models import Member, build_model
-from rlae_jax.prompts import encode_prompts, left_pad, pad_id_of
-from rlae_jax.sampling import first_argmax
+from rlae_jax.models.prompts import encode_prompts, left_pad, pad_id_of
+from rlae_jax.models.sampling import first_argmax
 
 GOALS = {"tiny": 1.3, "100m": 1.15, "real": 1.15, "real-batch": 1.25}
 DEFAULT_TOKENS = {"tiny-trained": "16,128", "tiny-real": "16,128", "100m": "4,20", "real": "4,20"}

@@ -55,7 +55,7 @@ members, _ = make_members("tiny-trained", 1.0)
 alignment = build_alignment([m.tokenizer for m in members], vocab_sizes=[m.config.vocab_size for m in members])
 out = generate(members, alignment, ["Once upon a time"], max_new_tokens=8)
 print("tiny ensemble decode on", jax.default_backend(), "->", repr(out.texts[0]))
-from rlae_jax.compile_options import decode_loop_options
+from rlae_jax.runtime.compile_options import decode_loop_options
 print("decode loops compiled with", decode_loop_options() or "XLA's default options")
 EOF
 }

@@ -20,7 +20,7 @@ from lm_eval.api.instance import Instance
 
 from rlae_jax.harness import RlaeLM
 from rlae_jax.harness.scoring import encode
-from rlae_jax.prompts import bucket_length
+from rlae_jax.models.prompts import bucket_length
 
 
 def tiny_members(folder: pathlib.Path) -> str:

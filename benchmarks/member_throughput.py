@@ -47,9 +47,9 @@ def run_ours(name: str, batches: list[int], new_tokens: int) -> dict:
     import jax.numpy as jnp
     import numpy as np
 
-    from rlae_jax.generation import generate_ids_jit
+    from rlae_jax.models.generate import generate_ids_jit
     from rlae_jax.models import from_pretrained
-    from rlae_jax.prompts import encode_prompts, left_pad, pad_id_of
+    from rlae_jax.models.prompts import encode_prompts, left_pad, pad_id_of
 
     start = time.perf_counter()
     member = from_pretrained(name, dtype="float32")

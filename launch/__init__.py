@@ -7,7 +7,7 @@ import os
 
 import jax
 
-from rlae_jax.demo_members import DEFAULT_CACHE
+from rlae_jax.toy.members import DEFAULT_CACHE
 
 if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
     jax.config.update("jax_compilation_cache_dir", str(DEFAULT_CACHE / "xla"))

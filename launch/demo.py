@@ -7,7 +7,7 @@ from absl import app, logging
 from ml_collections import config_flags
 
 from configs.demo import finalize
-from rlae_jax.demo import run_demo
+from rlae_jax.experiments.demo import run_demo
 
 CONFIG = config_flags.DEFINE_config_file("config", "configs/demo.py", "demo config")
 

@@ -8,7 +8,7 @@ from tqdm import tqdm
 import rlae_jax
 from rlae_jax.align import build_alignment
 from rlae_jax.engine import generate
-from rlae_jax.generation import read_prompts
+from rlae_jax.models.generate import read_prompts
 
 CONFIG = config_flags.DEFINE_config_file(
     "config", "configs/ensemble_generate.py", "ensemble generation config"

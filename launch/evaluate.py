@@ -12,11 +12,16 @@ from absl import app, logging
 from ml_collections import config_flags
 
 from rlae_jax.align import build_alignment
-from rlae_jax.demo_members import load_members
+from rlae_jax.toy.members import load_members
 from rlae_jax.engine.loop import DecodeConfig, default_respell_slots
 from rlae_jax.engine.strategies import resolve_strategy
-from rlae_jax.evaluation import baseline_strategies, run_strategy, summarize, write_report
-from rlae_jax.plots import plot_weights_along_answers
+from rlae_jax.experiments.evaluation import (
+    baseline_strategies,
+    run_strategy,
+    summarize,
+    write_report,
+)
+from rlae_jax.experiments.plots import plot_weights_along_answers
 from rlae_jax.rl.baselines import RouterConfig, train_router, tune_fixed_weights
 from rlae_jax.rl.rollout import policy_weight_fn
 from rlae_jax.rl.trainer import RLConfig, load_agent_state

@@ -6,7 +6,7 @@ from ml_collections import config_flags
 from tqdm import tqdm
 
 import rlae_jax
-from rlae_jax.generation import read_prompts
+from rlae_jax.models.generate import read_prompts
 
 CONFIG = config_flags.DEFINE_config_file("config", "configs/generate.py", "generation config")
 

@@ -5,9 +5,9 @@ newest checkpoint in `--config.workdir`."""
 from absl import app, logging
 from ml_collections import config_flags
 
-from rlae_jax import sharding
+from rlae_jax.runtime import sharding
 from rlae_jax.align import build_alignment
-from rlae_jax.demo_members import load_members
+from rlae_jax.toy.members import load_members
 from rlae_jax.rl.trainer import RLAETrainer, RLConfig
 from rlae_jax.tasks import get_task
 

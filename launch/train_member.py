@@ -4,7 +4,7 @@ Hugging Face folder: `python -m launch.train_member --config.skill=capitalizer`.
 from absl import app, logging
 from ml_collections import config_flags
 
-from rlae_jax.demo_members import demo_member, train_demo_member
+from rlae_jax.toy.members import demo_member, train_demo_member
 from rlae_jax.models import save_pretrained
 
 CONFIG = config_flags.DEFINE_config_file(

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from rlae_jax.align import Alignment, build_alignment, member_vocab
 from rlae_jax.align import vocab as vocab_module
-from rlae_jax.sampling import first_argmax
+from rlae_jax.models.sampling import first_argmax
 from conftest import fixture_path
 from tokenizer_fixtures import train_byte_level_bpe, train_metaspace_unigram, unicode_text
 

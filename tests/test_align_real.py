@@ -11,7 +11,7 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 
 from rlae_jax.align import Alignment, build_alignment, member_vocab
-from rlae_jax.sampling import first_argmax
+from rlae_jax.models.sampling import first_argmax
 from conftest import fixture_path
 from tokenizer_fixtures import REAL_TOKENIZERS, load_real_tokenizer, unicode_text
 

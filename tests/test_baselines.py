@@ -17,7 +17,7 @@ import pytest
 from rlae_jax.align import build_alignment
 from rlae_jax.engine.loop import DecodeConfig
 from rlae_jax.engine.strategies import resolve_strategy
-from rlae_jax.evaluation import run_strategy
+from rlae_jax.experiments.evaluation import run_strategy
 from rlae_jax.rl.baselines import (
     RouterConfig,
     fit_router,
@@ -29,7 +29,7 @@ from rlae_jax.rl.baselines import (
     tune_fixed_weights,
 )
 from rlae_jax.tasks.base import Example
-from rlae_jax.tokenization import train_byte_level_bpe, train_metaspace_bpe
+from rlae_jax.toy.tokenizer_trainer import train_byte_level_bpe, train_metaspace_bpe
 
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
 from test_sharding import tiny_member  # noqa: E402

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from configs.demo import finalize, get_config
-from rlae_jax.demo import run_demo
+from rlae_jax.experiments.demo import run_demo
 
 
 @pytest.mark.slow

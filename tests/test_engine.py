@@ -11,7 +11,7 @@ from flax import struct
 
 import rlae_jax
 from rlae_jax.align import build_alignment
-from rlae_jax import compile_options
+from rlae_jax.runtime import compile_options
 from rlae_jax.engine import (
     CallableWeightFn,
     DecodeConfig,
@@ -22,7 +22,7 @@ from rlae_jax.engine import (
     loop,
 )
 from rlae_jax.engine.loop import choose_from_full_union
-from rlae_jax.generation import continuation_text
+from rlae_jax.models.generate import continuation_text
 from rlae_jax.engine.features import top1_agreement, usable_rows
 from rlae_jax.engine.loop import (
     default_first_pass_tokens,
@@ -32,8 +32,8 @@ from rlae_jax.engine.loop import (
     plan_packing,
 )
 from rlae_jax.models import Member, ModelConfig, build_model
-from rlae_jax.sampling import select_tokens, top_p_filter
-from rlae_jax.tokenization import train_byte_level_bpe, train_metaspace_unigram
+from rlae_jax.models.sampling import select_tokens, top_p_filter
+from rlae_jax.toy.tokenizer_trainer import train_byte_level_bpe, train_metaspace_unigram
 from conftest import fixture_path
 from tiny_models import CORPUS
 from tokenizer_fixtures import REAL_TOKENIZERS, load_real_tokenizer

@@ -21,7 +21,7 @@ from rlae_jax.engine import generate  # noqa: E402
 from rlae_jax.harness import RlaeLM  # noqa: E402
 from rlae_jax.harness.backend import CHAT_MARK  # noqa: E402
 from rlae_jax.harness.scoring import encode  # noqa: E402
-from rlae_jax.prompts import bucket_length  # noqa: E402
+from rlae_jax.models.prompts import bucket_length  # noqa: E402
 
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
 from tiny_models import save_tiny_model, train_byte_level_tokenizer  # noqa: E402
@@ -326,12 +326,12 @@ def test_agent_checkpoint_serves_its_mean_weights(tmp_path):
     values with the agent's first-span mean weights, which depend on the context; generation
     runs."""
     from rlae_jax.align import build_alignment
-    from rlae_jax.demo_members import demo_model_config
+    from rlae_jax.toy.members import demo_model_config
     from rlae_jax.harness.scoring import mixture_loglikelihood
     from rlae_jax.models import Member, build_model
     from rlae_jax.rl.trainer import RLAETrainer, RLConfig
     from rlae_jax.tasks.synthetic import SYNTHETIC, tokenizer_corpus
-    from rlae_jax.tokenization import train_byte_level_bpe, train_metaspace_bpe
+    from rlae_jax.toy.tokenizer_trainer import train_byte_level_bpe, train_metaspace_bpe
 
     tokenizers = [
         train_byte_level_bpe(tokenizer_corpus(), 300),

@@ -14,11 +14,11 @@ torch = pytest.importorskip(
 )
 
 import rlae_jax  # noqa: E402
-from rlae_jax.generation import generate_ids_jit  # noqa: E402
+from rlae_jax.models.generate import generate_ids_jit  # noqa: E402
 from rlae_jax.models import Member, build_model, config_from_hf, from_pretrained, param_count  # noqa: E402
 from rlae_jax.models.presets import PRESETS, PUBLISHED_PARAM_COUNTS, preset_hf_config  # noqa: E402
-from rlae_jax.prompts import left_pad  # noqa: E402
-from rlae_jax.sampling import first_argmax  # noqa: E402
+from rlae_jax.models.prompts import left_pad  # noqa: E402
+from rlae_jax.models.sampling import first_argmax  # noqa: E402
 from tiny_models import hf_config, save_tiny_model, train_byte_level_tokenizer  # noqa: E402
 
 FAMILIES = ["llama3", "mistral", "qwen2", "gpt2", "qwen3", "qwen3_tied", "gemma3"]

@@ -15,7 +15,7 @@ import transformers
 
 from rlae_jax.models.gguf import load_gguf_tokenizer, read_gguf
 from rlae_jax.models.installed import PRESETS, installed_gguf
-from rlae_jax.prompts import chat_prompt, encode_prompts
+from rlae_jax.models.prompts import chat_prompt, encode_prompts
 
 # the slow job: transformers' own GGUF tokenizer conversion of Gemma's 262k vocabulary alone takes
 # ~30 s, and the model comparisons load both real models into transformers
@@ -217,7 +217,7 @@ def test_logits_equal_transformers_on_left_padded_batch(loaded):
 def test_greedy_continuations_equal_transformers_generate(loaded):
     import torch
 
-    from rlae_jax.generation import generate_from_ids
+    from rlae_jax.models.generate import generate_from_ids
 
     preset, member, reference = loaded
     token_lists, ids, mask = left_padded(member.tokenizer, PROMPTS)

@@ -15,13 +15,13 @@ import numpy as np
 import pytest
 
 from rlae_jax.align import build_alignment
-from rlae_jax.demo_members import demo_model_config
+from rlae_jax.toy.members import demo_model_config
 from rlae_jax.models import Member, build_model
 from rlae_jax.rl import trainer as trainer_module
 from rlae_jax.rl.rollout import InGraphReward, train_step, train_step_jit
 from rlae_jax.rl.trainer import RLAETrainer, RLConfig, initial_train_state
 from rlae_jax.tasks.synthetic import SYNTHETIC, target_bytes, tokenizer_corpus
-from rlae_jax.tokenization import train_byte_level_bpe, train_metaspace_bpe
+from rlae_jax.toy.tokenizer_trainer import train_byte_level_bpe, train_metaspace_bpe
 
 # partial credit: untrained members never answer exactly, and a 0/1 reward would leave the policy
 # still

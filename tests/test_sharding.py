@@ -17,12 +17,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from rlae_jax import sharding
+from rlae_jax.runtime import sharding
 from rlae_jax.align import build_alignment
 from rlae_jax.engine import decode_jit, resolve_strategy, tokenize_for_members
 from rlae_jax.engine.loop import DecodeConfig
 from rlae_jax.models import Member, ModelConfig, build_model
-from rlae_jax.tokenization import train_byte_level_bpe, train_metaspace_bpe
+from rlae_jax.toy.tokenizer_trainer import train_byte_level_bpe, train_metaspace_bpe
 
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
 from tiny_models import CORPUS  # noqa: E402

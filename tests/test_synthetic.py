@@ -21,7 +21,7 @@ from rlae_jax.tasks.synthetic import (
     target_bytes,
     tokenizer_corpus,
 )
-from rlae_jax.tokenization import train_byte_level_bpe, train_metaspace_bpe
+from rlae_jax.toy.tokenizer_trainer import train_byte_level_bpe, train_metaspace_bpe
 
 
 def test_problem_text_and_skills():

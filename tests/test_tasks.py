@@ -16,7 +16,7 @@ import pytest
 from tokenizers import Tokenizer, models, pre_tokenizers, processors
 from transformers import PreTrainedTokenizerFast
 
-from rlae_jax.prompts import encode_prompts, member_prompts, plain_prompt
+from rlae_jax.models.prompts import encode_prompts, member_prompts, plain_prompt
 from rlae_jax.tasks import TASKS, Example, get_task, reasoning_gym_task, rgym
 from rlae_jax.tasks.rewards import (
     choice_reward,

@@ -2,7 +2,11 @@
 
 from tiny_models import CORPUS
 
-from rlae_jax.tokenization import train_byte_level_bpe, train_metaspace_bpe, train_metaspace_unigram
+from rlae_jax.toy.tokenizer_trainer import (
+    train_byte_level_bpe,
+    train_metaspace_bpe,
+    train_metaspace_unigram,
+)
 
 
 def test_trained_tokenizers_are_reproducible():

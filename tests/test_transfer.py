@@ -14,11 +14,11 @@ import sys
 import pytest
 
 from rlae_jax.align import build_alignment
-from rlae_jax.demo_members import demo_model_config
+from rlae_jax.toy.members import demo_model_config
 from rlae_jax.models import Member, build_model, save_pretrained
 from rlae_jax.rl.trainer import RLAETrainer, RLConfig, check_transfer
 from rlae_jax.tasks.synthetic import SYNTHETIC, tokenizer_corpus
-from rlae_jax.tokenization import train_byte_level_bpe, train_metaspace_bpe
+from rlae_jax.toy.tokenizer_trainer import train_byte_level_bpe, train_metaspace_bpe
 
 REPO = pathlib.Path(__file__).absolute().parent.parent
 GSM8K_ROWS = REPO / "tests" / "data" / "tasks" / "gsm8k.jsonl"

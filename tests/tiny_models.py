@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pathlib
 
-from rlae_jax.tokenization import train_byte_level_bpe
+from rlae_jax.toy.tokenizer_trainer import train_byte_level_bpe
 
 CORPUS = [
     "Once upon a time there was a little robot who liked to count numbers.",

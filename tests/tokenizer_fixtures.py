@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from transformers import AutoTokenizer, LlamaTokenizer, PreTrainedTokenizerFast
 from transformers.convert_slow_tokenizer import TikTokenConverter
 
-from rlae_jax import tokenization
+from rlae_jax.toy import tokenizer_trainer
 
 LLAMA3_PATTERN = (  # the split regex of meta-llama's tokenizer.py
     r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
@@ -75,12 +75,12 @@ TRAINING_TEXT = [
 
 def train_byte_level_bpe(vocab_size: int = 400) -> PreTrainedTokenizerFast:
     """GPT-2-style byte-level BPE trained on TRAINING_TEXT."""
-    return tokenization.train_byte_level_bpe(TRAINING_TEXT, vocab_size)
+    return tokenizer_trainer.train_byte_level_bpe(TRAINING_TEXT, vocab_size)
 
 
 def train_metaspace_unigram(vocab_size: int = 300) -> PreTrainedTokenizerFast:
     """SentencePiece-style `▁` Unigram with byte fallback trained on TRAINING_TEXT."""
-    return tokenization.train_metaspace_unigram(TRAINING_TEXT, vocab_size)
+    return tokenizer_trainer.train_metaspace_unigram(TRAINING_TEXT, vocab_size)
 
 
 def unicode_text():

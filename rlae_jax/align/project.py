@@ -14,7 +14,7 @@ from typing import NamedTuple, Sequence
 import jax
 import jax.numpy as jnp
 
-from rlae_jax.sampling import max_and_first_key
+from rlae_jax.models.sampling import max_and_first_key
 
 
 def masked_log_softmax(member_logits: jax.Array, member_valid: jax.Array) -> jax.Array:

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 from flax import struct
 
 from rlae_jax.align import Alignment
-from rlae_jax.sampling import first_argmax
+from rlae_jax.models.sampling import first_argmax
 
 
 class MemberDistributions(NamedTuple):

@@ -2,7 +2,7 @@
 members' next-token distributions in the union vocabulary, pick one union token per row and feed it
 back to every member in its own tokens, growing a member's KV cache when its re-spellings need more
 room. `decode` is pure and jittable (the RL train step calls it); `decode_jit` is it compiled with
-the decode-loop options (`rlae_jax.compile_options`); `decode_growing` runs the same loop from the
+the decode-loop options (`runtime.compile_options`); `decode_growing` runs the same loop from the
 host, growing only what is needed; `generate` is the host API around it."""
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import numpy as np
 from flax import struct
 
 from rlae_jax.align import Alignment
-from rlae_jax.compile_options import decode_loop_options
+from rlae_jax.runtime.compile_options import decode_loop_options
 from rlae_jax.engine.features import (
     MemberDistributions,
     SpanFeatures,
@@ -28,8 +28,8 @@ from rlae_jax.engine.features import (
 from rlae_jax.engine.strategies import Selection, resolve_strategy
 from rlae_jax.models.kv_cache import KVCache
 from rlae_jax.models.member import Member
-from rlae_jax.prompts import check_context, encode_prompts, left_pad, pad_id_of
-from rlae_jax.sampling import first_argmax, select_from, select_tokens
+from rlae_jax.models.prompts import check_context, encode_prompts, left_pad, pad_id_of
+from rlae_jax.models.sampling import first_argmax, select_from, select_tokens
 
 RUNNING, STOP_EOS, STOP_LENGTH, STOP_CONTEXT_WINDOW, STOP_NONFINITE, STOP_ROOM = range(6)
 STOP_REASONS = {
@@ -883,7 +883,7 @@ def prompts_per_member(
     prompts: Sequence[str] | Sequence[Sequence[str]], num_members: int
 ) -> list[Sequence[str]]:
     """One list of B prompt strings per member: `prompts` for every member when it is one list of
-    strings, else `prompts[n]` for member n (e.g. `rlae_jax.prompts.member_prompts`, each question
+    strings, else `prompts[n]` for member n (e.g. `models.prompts.member_prompts`, each question
     in each member's own chat template)."""
     if isinstance(prompts, str) or all(isinstance(p, str) for p in prompts):
         return [prompts] * num_members  # `encode_prompts` refuses one string or an empty list

@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from rlae_jax.models.member import Member
-from rlae_jax.prompts import bucket_length, left_pad, pad_id_of
+from rlae_jax.models.prompts import bucket_length, left_pad, pad_id_of
 
 MIN_CONTINUATION_BUCKET = 8
 POSITIONS_PER_BLOCK = 64  # lm-head positions computed at once: bounds the [B, P, V] logits block

@@ -6,7 +6,7 @@ from rlae_jax.models.installed import installed_gguf
 from rlae_jax.models.kv_cache import KVCache
 from rlae_jax.models.loading import from_pretrained, param_count, save_pretrained
 from rlae_jax.models.member import Member, StepOutput, build_model
-from rlae_jax.prompts import chat_prompt
+from rlae_jax.models.prompts import chat_prompt
 
 __all__ = [
     "INSTALLED_PRESETS",

@@ -15,7 +15,7 @@ from rlae_jax.models.gemma3 import Gemma3
 from rlae_jax.models.gpt2 import GPT2
 from rlae_jax.models.kv_cache import KVCache
 from rlae_jax.models.layers import CausalLM
-from rlae_jax.prompts import chat_prompt
+from rlae_jax.models.prompts import chat_prompt
 
 FAMILIES = {"decoder": Decoder, "gemma3": Gemma3, "gpt2": GPT2}
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
@@ -88,7 +88,7 @@ class Member:
     def chat_prompt(self, messages, template: bool | None = None) -> str:
         """This member's prompt text for chat `messages` (a str is one user turn): its tokenizer's
         chat template when it has one, else the plain "question\\nAnswer:" format; `template=True`
-        requires the template, False forces the plain format (`rlae_jax.prompts.chat_prompt`)."""
+        requires the template, False forces the plain format (`models.prompts.chat_prompt`)."""
         return chat_prompt(messages, self.tokenizer, template, who=f"member {self.name!r}")
 
     def init_cache(self, batch: int, length: int) -> KVCache:

@@ -29,9 +29,9 @@ from flax import nnx, struct
 from rlae_jax.align import Alignment
 from rlae_jax.engine.loop import DecodeConfig, decode_jit, tokenize_for_members
 from rlae_jax.engine.strategies import StatelessWeightFn, resolve_strategy
-from rlae_jax.evaluation import run_strategy
+from rlae_jax.experiments.evaluation import run_strategy
 from rlae_jax.models.member import Member
-from rlae_jax.prompts import left_pad, pad_id_of
+from rlae_jax.models.prompts import left_pad, pad_id_of
 from rlae_jax.rl.networks import MLP
 from rlae_jax.rl.observations import engine_features, global_observation
 

@@ -18,7 +18,7 @@ import numpy as np
 from flax import nnx, struct
 
 from rlae_jax.align import Alignment
-from rlae_jax.compile_options import decode_loop_options
+from rlae_jax.runtime.compile_options import decode_loop_options
 from rlae_jax.engine.loop import DecodeConfig, DecodeResult, PromptBatch, decode
 from rlae_jax.models.member import Member
 from rlae_jax.rl import ppo

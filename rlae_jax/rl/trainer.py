@@ -19,7 +19,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from tqdm import tqdm
 
-from rlae_jax import sharding
+from rlae_jax.runtime import sharding
 from rlae_jax.align import Alignment
 from rlae_jax.engine.loop import DecodeConfig, default_respell_slots, tokenize_for_members
 from rlae_jax.models.member import Member
@@ -265,7 +265,7 @@ class WorkdirLock:
 class RLAETrainer:
     """Trains an RLAE agent on a task. Checkpoints go to `workdir/checkpoints` every
     `checkpoint_every` updates (keep `keep`); an existing checkpoint is resumed automatically.
-    With a `mesh` (rlae_jax.sharding.make_mesh), members are sharded over 'model' and batches over
+    With a `mesh` (runtime.sharding.make_mesh), members are sharded over 'model' and batches over
     'data'; the compiled step is the same. The workdir is locked (`WorkdirLock`) from construction
     to the end of `train`, so a second run on it is refused before it touches anything."""
 

@@ -17,7 +17,7 @@ from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 
-from rlae_jax.prompts import chat_prompt
+from rlae_jax.models.prompts import chat_prompt
 
 
 @dataclasses.dataclass(frozen=True)
@@ -137,7 +137,7 @@ class BaseTask:
         formatter: Callable[[list[dict[str, str]]], str] | None = None,
     ) -> str:
         """Model input text of `messages(example, shots)`: through `formatter` (e.g. a member's own
-        chat formatting) when given, else `rlae_jax.prompts.chat_prompt` with `tokenizer` (its chat
+        chat formatting) when given, else `models.prompts.chat_prompt` with `tokenizer` (its chat
         template if it has one, else the plain format)."""
         messages = self.messages(example, shots)
         return formatter(messages) if formatter else chat_prompt(messages, tokenizer)

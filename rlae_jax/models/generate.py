@@ -10,11 +10,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rlae_jax.compile_options import decode_loop_options
+from rlae_jax.runtime.compile_options import decode_loop_options
 from rlae_jax.models.kv_cache import KVCache
 from rlae_jax.models.member import Member
-from rlae_jax.prompts import check_context, encode_prompts, left_pad, pad_id_of
-from rlae_jax.sampling import select_tokens
+from rlae_jax.models.prompts import check_context, encode_prompts, left_pad, pad_id_of
+from rlae_jax.models.sampling import select_tokens
 
 
 class DecodeCarry(NamedTuple):

@@ -15,8 +15,8 @@ import pathlib
 
 from rlae_jax.models import Member, ModelConfig, build_model, from_pretrained, save_pretrained
 from rlae_jax.tasks.synthetic import member_corpus, tokenizer_corpus
-from rlae_jax.tokenization import train_byte_level_bpe, train_metaspace_bpe
-from rlae_jax.train_lm import train_lm
+from rlae_jax.toy.tokenizer_trainer import train_byte_level_bpe, train_metaspace_bpe
+from rlae_jax.toy.train_lm import train_lm
 
 DEFAULT_CACHE = pathlib.Path(
     os.environ.get("RLAE_CACHE", pathlib.Path.home() / ".cache" / "rlae_jax")

@@ -10,10 +10,15 @@ import time
 import jax
 
 from rlae_jax.align import build_alignment
-from rlae_jax.demo_members import load_members
+from rlae_jax.toy.members import load_members
 from rlae_jax.engine.loop import DecodeConfig
-from rlae_jax.evaluation import baseline_strategies, run_strategy, summarize, write_report
-from rlae_jax.plots import plot_reward_curves, plot_weights_along_answers
+from rlae_jax.experiments.evaluation import (
+    baseline_strategies,
+    run_strategy,
+    summarize,
+    write_report,
+)
+from rlae_jax.experiments.plots import plot_reward_curves, plot_weights_along_answers
 from rlae_jax.rl.rollout import policy_weight_fn
 from rlae_jax.rl.trainer import RLAETrainer, RLConfig
 from rlae_jax.tasks.synthetic import SYNTHETIC

@@ -1,0 +1,1 @@
+"""Experiments over the engine: the embedded demo, strategy evaluation with reports, plots."""

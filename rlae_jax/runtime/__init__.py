@@ -1,0 +1,1 @@
+"""Runtime set-up: XLA compile options and device meshes / sharding rules."""

@@ -20,10 +20,6 @@ def get_config() -> ml_collections.ConfigDict:
     config.prompts = ml_collections.FieldReference(("Once upon a time",), field_type=object)
     config.prompts_file = ""
     config.max_new_tokens = 64
-    # member tokens per step's first pass; 0: for the backend and batch size
-    config.first_pass_tokens = 0
-    # packed re-spelling pass: batch + this many tokens; 0: none; -1: by backend/size
-    config.respell_slots = -1
     config.temperature = 0.0
     config.top_p = 1.0
     config.seed = 0

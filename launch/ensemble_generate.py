@@ -47,8 +47,6 @@ def main(argv):
             packllm_temperature=config.packllm_temperature,
             span_length=config.span_length,
             max_new_tokens=config.max_new_tokens,
-            first_pass_tokens=config.first_pass_tokens or None,
-            respell_slots=None if config.respell_slots < 0 else config.respell_slots,
             temperature=config.temperature,
             top_p=config.top_p,
             seed=config.seed + start,

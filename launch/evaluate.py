@@ -2,7 +2,6 @@
 baselines fitted on the training split (tuned fixed weights, supervised router) and trained RLAE
 agents on one task split; writes results.json, results.md and per-span weight plots."""
 
-import dataclasses
 import json
 import pathlib
 
@@ -13,7 +12,7 @@ from ml_collections import config_flags
 
 from rlae_jax.align import build_alignment
 from rlae_jax.toy.members import load_members
-from rlae_jax.engine.loop import DecodeConfig, default_respell_slots
+from rlae_jax.engine import DecodeConfig
 from rlae_jax.engine.strategies import resolve_strategy
 from rlae_jax.experiments.evaluation import (
     baseline_strategies,
@@ -63,7 +62,6 @@ def main(argv):
     task = get_task(config.task)
     examples = task.load(config.split, config.data_source or None, limit=config.limit)
     results = {}
-    respell_slots = default_respell_slots(config.batch_size, members)
     baselines = (
         baseline_strategies(members, config.threshold, config.top_k) if config.baselines else {}
     )
@@ -71,7 +69,6 @@ def main(argv):
         strategy_config = DecodeConfig(
             max_new_tokens=config.max_new_tokens,
             selection=selection,
-            respell_slots=respell_slots,
             record_features=False,
         )
         results[name] = run_strategy(
@@ -81,7 +78,6 @@ def main(argv):
         strategy_config = DecodeConfig(
             max_new_tokens=config.max_new_tokens,
             span_length=config.span_length,
-            respell_slots=respell_slots,
             record_features=False,
         )
         results[name] = run_strategy(
@@ -103,7 +99,7 @@ def main(argv):
             task,
             examples,
             weight_fn,
-            dataclasses.replace(setup.decode, respell_slots=respell_slots),
+            setup.decode,
             config.batch_size,
         )
         shown = list(range(min(4, len(examples))))

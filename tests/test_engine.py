@@ -1,7 +1,6 @@
 """Exactness of the ensemble engine against single members, batching, strategies, and bad input."""
 
 import warnings
-from types import SimpleNamespace
 
 import jax
 import jax.numpy as jnp
@@ -20,17 +19,13 @@ from rlae_jax.engine import (
     decode_jit,
     generate,
     loop,
+    mixing,
 )
-from rlae_jax.engine.loop import choose_from_full_union
 from rlae_jax.models.generate import continuation_text
 from rlae_jax.engine.features import top1_agreement, usable_rows
-from rlae_jax.engine.loop import (
-    default_first_pass_tokens,
-    default_respell_slots,
-    feed_members,
-    member_distributions,
-    plan_packing,
-)
+from rlae_jax.engine.features import member_distributions
+from rlae_jax.engine.feed import feed_members
+from rlae_jax.engine.state import STOP_EOS, STOP_LENGTH, Sampling
 from rlae_jax.models import Member, ModelConfig, build_model
 from rlae_jax.models.sampling import select_tokens, top_p_filter
 from rlae_jax.toy.tokenizer_trainer import train_byte_level_bpe, train_metaspace_unigram
@@ -455,8 +450,8 @@ def test_growing_the_caches_mid_loop_changes_nothing(members, monkeypatch):
         use_cache=False,
     )
     new_tokens = 24
-    batch = loop.tokenize_for_members(pair, PROMPTS, new_tokens)
-    config = loop.DecodeConfig(max_new_tokens=new_tokens, expansion_budget=1)
+    batch = rlae_jax.engine.tokenize_for_members(pair, PROMPTS, new_tokens)
+    config = DecodeConfig(max_new_tokens=new_tokens, expansion_budget=1)
     args = (
         pair,
         alignment,
@@ -484,7 +479,7 @@ def test_growing_the_caches_mid_loop_changes_nothing(members, monkeypatch):
     assert len(grown) >= 1 and needed > new_tokens  # the byte member outgrew its first cache
     # and holds less than twice its tokens
     assert grown[-1][1] - batch.input_ids[1].shape[1] < 2 * needed
-    assert set(np.asarray(from_host.stop_reason).tolist()) <= {loop.STOP_EOS, loop.STOP_LENGTH}
+    assert set(np.asarray(from_host.stop_reason).tolist()) <= {STOP_EOS, STOP_LENGTH}
     assert int(from_host.weight_carry) == new_tokens  # one weight_fn call per span, none repeated
 
     # a fresh function each time: jax.jit(loop.decode) would reuse the first call's trace
@@ -518,7 +513,7 @@ def test_in_graph_caches_follow_room_per_token(members, alignment, monkeypatch):
     """The in-graph decode's largest caches hold the prompt plus `room_per_token` slots per union
     token (fewer only for a member whose longest re-spelling is shorter): its memory follows the
     knob, not the alignment's longest re-spelling."""
-    batch = loop.tokenize_for_members(members, PROMPTS, NEW_TOKENS)
+    batch = rlae_jax.engine.tokenize_for_members(members, PROMPTS, NEW_TOKENS)
     longest = np.asarray(alignment.vocab.union_to_member_len).max(axis=1)
     assert longest[1] >= 3
     for room in (1, 2, 3):
@@ -545,11 +540,11 @@ def test_a_tiny_in_graph_room_stops_the_row_with_a_reason_and_generate_does_not(
     """One cache slot per union token: the unigram member re-spells some union tokens in several
     tokens, so the in-graph decode stops a row it cannot hold ('room', with a warning naming the
     member and the knob); `generate` grows the cache and runs the same row on to the length."""
-    batch = loop.tokenize_for_members(members, PROMPTS, NEW_TOKENS)
+    batch = rlae_jax.engine.tokenize_for_members(members, PROMPTS, NEW_TOKENS)
     config = DecodeConfig(max_new_tokens=NEW_TOKENS, room_per_token=1)
     result = decode_jit(*decode_args(members, alignment, batch, [1.0, 0.0]), config=config)
     with pytest.warns(UserWarning, match=r"member 'unigram' .*room_per_token=1"):
-        out = loop.to_host(result, alignment, config, ["bpe", "unigram"])
+        out = rlae_jax.engine.to_host(result, alignment, config, ["bpe", "unigram"])
     assert "room" in out.stop_reasons
     full = generate(
         members,
@@ -577,21 +572,21 @@ def test_each_member_can_have_its_own_prompts(members, alignment):
     """One prompt list per member: each member tokenises its own list (one shared list: every member
     the same); with one-hot weights on member 0 the text follows member 0's prompts alone."""
     other = ["Hello there, friend.", "A cat sat.", "Once upon a time"]
-    batch = loop.tokenize_for_members(members, [PROMPTS, other], NEW_TOKENS)
+    batch = rlae_jax.engine.tokenize_for_members(members, [PROMPTS, other], NEW_TOKENS)
     for n, own in enumerate([PROMPTS, other]):
-        alone = loop.tokenize_for_members(members[n : n + 1], own, NEW_TOKENS)
+        alone = rlae_jax.engine.tokenize_for_members(members[n : n + 1], own, NEW_TOKENS)
         np.testing.assert_array_equal(batch.input_ids[n], alone.input_ids[0])
         np.testing.assert_array_equal(batch.attention_mask[n], alone.attention_mask[0])
-    shared = loop.tokenize_for_members(members, PROMPTS, NEW_TOKENS)
-    twice = loop.tokenize_for_members(members, [PROMPTS, PROMPTS], NEW_TOKENS)
+    shared = rlae_jax.engine.tokenize_for_members(members, PROMPTS, NEW_TOKENS)
+    twice = rlae_jax.engine.tokenize_for_members(members, [PROMPTS, PROMPTS], NEW_TOKENS)
     for got, want in zip(jax.tree.leaves(twice), jax.tree.leaves(shared)):
         np.testing.assert_array_equal(got, want)
     with pytest.raises(ValueError, match="3 prompt lists for 2 members"):
-        loop.tokenize_for_members(members, [PROMPTS, other, other], NEW_TOKENS)
+        rlae_jax.engine.tokenize_for_members(members, [PROMPTS, other, other], NEW_TOKENS)
     with pytest.raises(ValueError, match=r"different lengths \[3, 2\]"):
-        loop.tokenize_for_members(members, [PROMPTS, other[:2]], NEW_TOKENS)
+        rlae_jax.engine.tokenize_for_members(members, [PROMPTS, other[:2]], NEW_TOKENS)
     with pytest.raises(TypeError, match="one list of strings per member"):
-        loop.tokenize_for_members(members, [PROMPTS, "A cat sat."], NEW_TOKENS)
+        rlae_jax.engine.tokenize_for_members(members, [PROMPTS, "A cat sat."], NEW_TOKENS)
 
     alone = rlae_jax.generate_tokens(members[0], PROMPTS, max_new_tokens=NEW_TOKENS)
     out = generate(
@@ -722,59 +717,6 @@ def test_ids_outside_a_tokenizer_get_no_probability(members, alignment):
     np.testing.assert_allclose(probs[:, 0, : sizes[0]], jax.nn.softmax(logits[0]), rtol=1e-6)
 
 
-def test_first_pass_width_and_chunk_change_nothing_but_speed(members, alignment):
-    """Re-spellings appended in a wider first pass, in smaller chunks or in passes packed from any
-    rows: the same tokens."""
-    base = generate(
-        members, alignment, PROMPTS, strategy="fixed", weights=[0.5, 0.5], max_new_tokens=NEW_TOKENS
-    )
-    ingested, lengths = np.asarray(base.result.ingested), np.asarray(base.result.lengths)
-    assert (
-        ingested > lengths[:, None]
-    ).any()  # some union token re-spelled into several member tokens
-    for first, chunk, slots in ((2, 4, 0), (4, 1, 0), (1, 1, 0), (1, 4, 1), (1, 1, 2)):
-        other = generate(
-            members,
-            alignment,
-            PROMPTS,
-            strategy="fixed",
-            weights=[0.5, 0.5],
-            max_new_tokens=NEW_TOKENS,
-            first_pass_tokens=first,
-            respell_chunk=chunk,
-            respell_slots=slots,
-        )
-        assert other.union_ids == base.union_ids
-        np.testing.assert_array_equal(np.asarray(other.result.ingested), ingested)
-
-
-def test_first_pass_default_is_4_only_on_a_gpu_at_batch_1(monkeypatch):
-    """generate's first_pass_tokens=None: 4 where it measured faster (a GPU at batch 1), else 1."""
-    for backend, expected in (("cpu", (1, 1)), ("gpu", (4, 1)), ("tpu", (1, 1))):
-        monkeypatch.setattr(jax, "default_backend", lambda backend=backend: backend)
-        assert (default_first_pass_tokens(1), default_first_pass_tokens(16)) == expected
-
-
-def test_respell_slots_default_is_half_the_batch_only_on_a_cpu_with_large_members(monkeypatch):
-    """generate's respell_slots=None: packed passes of the batch plus half of it (at least one slot)
-    where they measured faster (a CPU, ~100M members, batch 1-32), else a first pass and whole-batch
-    chunks."""
-    tiny, large = [SimpleNamespace(num_params=4_000_000)], [SimpleNamespace(num_params=124_000_000)]
-    for backend, expected in (
-        ("cpu", (8, 0, 2, 4, 1)),
-        ("gpu", (0, 0, 0, 0, 0)),
-        ("tpu", (0, 0, 0, 0, 0)),
-    ):
-        monkeypatch.setattr(jax, "default_backend", lambda backend=backend: backend)
-        assert (
-            default_respell_slots(16, large),
-            default_respell_slots(16, tiny),
-            default_respell_slots(4, large),
-            default_respell_slots(8, tiny + large),
-            default_respell_slots(1, large),
-        ) == expected
-
-
 def test_decode_loops_put_loops_in_command_buffers_on_cuda_unless_xla_flags_say_otherwise(
     monkeypatch,
 ):
@@ -801,11 +743,9 @@ def test_decode_loops_put_loops_in_command_buffers_on_cuda_unless_xla_flags_say_
     assert compile_options.decode_loop_options() == {}
 
 
-def test_re_spellings_fed_in_any_passes_equal_one_pass(members):
-    """feed_members with row re-spellings of 0-7 tokens, in a narrow first pass plus wide chunks and
-    a one-token tail over the whole batch, or in passes packed from any rows (and maybe a
-    whole-batch pass of rows' last tokens after them), gives the caches and hidden states of
-    appending each whole re-spelling at once."""
+def test_re_spellings_fed_column_by_column_equal_one_append(members):
+    """feed_members with row re-spellings of 0-7 tokens, one token column per cached pass, gives
+    the caches and hidden states of appending each whole re-spelling at once."""
     batch = rlae_jax.engine.tokenize_for_members(members, PROMPTS, 16)
     hidden, caches = [], []
     for member, ids, mask in zip(members, *batch):
@@ -817,74 +757,33 @@ def test_re_spellings_fed_in_any_passes_equal_one_pass(members):
         np.stack([rng.randint(0, len(m.tokenizer), (len(PROMPTS), 7)) for m in members], 1),
         jnp.int32,
     )
-    feed = jax.jit(feed_members, static_argnums=(5, 6, 7))
-
-    # counts [B, N] and (first pass, chunk, respell_slots): with respell_slots = S > 0, a member's
-    # re-spellings go in passes of B + S = 5 (or 4) tokens packed from any rows when plan_packing
-    # says so: with (4, 4, 1) member 1's 12 tokens take three passes of 4 (row 0's seven span two)
-    # and member 0's 7 take two, the last with an empty slot; with (1, 4, 2) member 1's two tokens
-    # past two full passes, the last ones of rows 0 and 1, go in a whole-batch pass after them
-    # ("packed+tail"). Otherwise a first pass and whole-batch chunks: S = 0, one-token re-spellings
-    # (the last set), equal ones with (1, 4, 1), and member 1 of the short set with (1, 4, 1) while
-    # member 0 packs.
-    def layout(counts, first, chunk, slots):
-        if not slots:
-            return "whole"
-        packed, tail = plan_packing(counts, first, min(chunk, 7 - first), slots)
-        return ("packed+tail" if tail.any() else "packed") if packed else "whole"
-
-    long_cases = ((1, 4, 0), (2, 4, 0), (1, 2, 0), (1, 1, 0), (3, 4, 0), (1, 4, 2), (4, 4, 1))
-    for counts, cases, layouts in (
-        ([[0, 7], [1, 3], [6, 2]], long_cases, {"packed+tail", "packed", "whole"}),
-        ([[1, 2], [2, 1], [1, 2]], ((1, 4, 1), (2, 4, 3)), {"packed", "whole"}),
-        ([[2, 2], [2, 2], [2, 2]], ((1, 4, 1), (4, 4, 1)), {"packed", "whole"}),
-        ([[1, 1], [1, 0], [1, 1]], ((1, 4, 2),), {"whole"}),
-    ):
-        counts = jnp.asarray(counts, jnp.int32)
-        assert layouts == {layout(counts[:, n], *case) for case in cases for n in range(2)}
-        expected_hidden, expected_caches = feed(
-            tuple(members), tuple(hidden), tuple(caches), tokens, counts, 7, 1, 0
-        )
-        for first, chunk, slots in cases:
-            got_hidden, got_caches = feed(
-                tuple(members), tuple(hidden), tuple(caches), tokens, counts, first, chunk, slots
+    counts = jnp.asarray([[0, 7], [1, 3], [6, 0]], jnp.int32)
+    got_hidden, got_caches = jax.jit(feed_members)(
+        tuple(members), tuple(hidden), tuple(caches), tokens, counts
+    )
+    for n, member in enumerate(members):
+        want_hidden, want = jax.jit(member.append)(caches[n], tokens[:, n], counts[:, n])
+        want_hidden = jnp.where((counts[:, n] > 0)[:, None], want_hidden, hidden[n])
+        got = got_caches[n]
+        np.testing.assert_array_equal(got.cursor, want.cursor)
+        np.testing.assert_array_equal(got.next_position, want.next_position)
+        np.testing.assert_array_equal(got.slot_positions, want.slot_positions)
+        used = np.repeat(np.asarray(want.slot_positions) >= 0, got.keys[0].shape[0] // 3, 0)
+        for got_keys, want_keys in zip(got.keys + got.values, want.keys + want.values):
+            # slots past a row's cursor hold what a masked pass wrote there; only used ones count
+            np.testing.assert_allclose(
+                np.asarray(got_keys)[used], np.asarray(want_keys)[used], rtol=1e-5, atol=1e-5
             )
-            for got, expected in zip(got_caches, expected_caches):
-                np.testing.assert_array_equal(got.cursor, expected.cursor)
-                np.testing.assert_array_equal(got.next_position, expected.next_position)
-                np.testing.assert_array_equal(got.slot_positions, expected.slot_positions)
-                used = np.repeat(
-                    np.asarray(expected.slot_positions) >= 0,
-                    got.keys[0].shape[0] // len(PROMPTS),
-                    0,
-                )
-                for got_keys, expected_keys in zip(
-                    got.keys + got.values, expected.keys + expected.values
-                ):
-                    # slots past a row's cursor hold whatever a padded pass wrote there; only used
-                    # ones count
-                    np.testing.assert_allclose(
-                        np.asarray(got_keys)[used],
-                        np.asarray(expected_keys)[used],
-                        rtol=1e-5,
-                        atol=1e-5,
-                    )
-            for got, expected in zip(got_hidden, expected_hidden):
-                np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(got_hidden[n], want_hidden, rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.parametrize(
     "name",
-    ["span_length", "expansion_budget", "room_per_token", "first_pass_tokens", "respell_chunk"],
+    ["span_length", "expansion_budget", "room_per_token"],
 )
 def test_decode_settings_below_one_are_refused(name):
     with pytest.raises(ValueError, match=f"{name} must be >= 1, got 0"):
         DecodeConfig(**{name: 0})
-
-
-def test_negative_respell_slots_is_refused():
-    with pytest.raises(ValueError, match="respell_slots must be >= 0"):
-        DecodeConfig(respell_slots=-1)
 
 
 # ---- selection rules against NumPy references
@@ -983,15 +882,12 @@ def test_unite_top_k_equals_a_brute_force_numpy_reference(members, alignment):
     for k in (1, 2, 3):
         config = DecodeConfig(selection=Selection("topk", k))
         got = jax.jit(
-            lambda d, w: loop.choose_union_tokens(
+            lambda d, w: mixing.choose_union_tokens(
                 d,
-                d.probabilities(),
                 w,
                 alignment,
-                jax.random.key(0),
+                Sampling(jax.random.key(0), jnp.float32(0), jnp.float32(1)),
                 jnp.int32(0),
-                jnp.float32(0),
-                jnp.float32(1),
                 config,
             )
         )(dists, weights)
@@ -1009,12 +905,13 @@ def test_certified_shortcut_is_taken_on_peaked_members_and_equals_the_full_union
     some row's best candidate is not certified (counted by a callback in that branch); peaked
     members are certified in at least half the steps, and the result equals the full union's."""
     fallbacks = []
+    choose_from_full_union = mixing.choose_from_full_union
 
     def counted_full_union(*args):
         jax.debug.callback(lambda: fallbacks.append(1))
         return choose_from_full_union(*args)
 
-    batch = loop.tokenize_for_members(members, PROMPTS, NEW_TOKENS)
+    batch = rlae_jax.engine.tokenize_for_members(members, PROMPTS, NEW_TOKENS)
     args = (
         members,
         alignment,
@@ -1027,7 +924,7 @@ def test_certified_shortcut_is_taken_on_peaked_members_and_equals_the_full_union
     full = jax.jit(lambda *a: loop.decode(*a, config=DecodeConfig(max_new_tokens=NEW_TOKENS)))(
         *args
     )
-    monkeypatch.setattr(loop, "choose_from_full_union", counted_full_union)
+    monkeypatch.setattr(mixing, "choose_from_full_union", counted_full_union)
     config = DecodeConfig(max_new_tokens=NEW_TOKENS, candidates_per_member=4)
     shortcut = jax.jit(lambda *a: loop.decode(*a, config=config))(*args)
     jax.effects_barrier()
@@ -1165,8 +1062,8 @@ def test_256_tokens_of_cjk_text_finish_with_a_byte_fallback_member(real_trio):
     assert ingested[1] == len(llama_ids) > 256 and any(
         3 <= i < 259 for i in llama_ids
     )  # <0x..> bytes
-    batch = loop.tokenize_for_members(trio, [REAL_PROMPTS[2]], 256)
-    first = loop.room_ladder(trio, alignment, batch, loop.DecodeConfig(max_new_tokens=256))[0]
+    batch = rlae_jax.engine.tokenize_for_members(trio, [REAL_PROMPTS[2]], 256)
+    first = loop.room_ladder(trio, alignment, batch, DecodeConfig(max_new_tokens=256))[0]
     rooms = [f - ids.shape[1] for f, ids in zip(first, batch.input_ids)]
     bound = 1 + sum(max(int(np.ceil(np.log2(max(i, 1) / r))), 0) for i, r in zip(ingested, rooms))
     assert 2 <= loop.run_jit._cache_size() - compiled == len(grown) + 1 <= bound

@@ -76,9 +76,8 @@ def test_greedy_continuations_match_transformers_generate(tiny, tokenizer):
 
 
 def test_cached_decode_equals_full_forward(tiny, tokenizer):
-    """Prefill, then one-token steps, multi-token steps with row-varying counts (0..3) and packed
-    single tokens from any rows (two of one row in one call, an invalid entry), must give the logits
-    the full forward gives on the whole sequence of each row."""
+    """Prefill, then one-token steps and multi-token steps with row-varying counts (0..3), must give
+    the logits the full forward gives on the whole sequence of each row."""
     family, _, member = tiny
     rng = np.random.RandomState(1)
     token_lists = [tokenizer.encode(p) for p in PROMPTS]
@@ -88,35 +87,16 @@ def test_cached_decode_equals_full_forward(tiny, tokenizer):
     sequences = [list(t) for t in token_lists]
     step = jax.jit(lambda c, t: member.step(c, t))
     append = jax.jit(lambda c, t, n: member.append(c, t, n))
-    append_packed = jax.jit(member.append_packed)
     next_token_logits = jax.jit(member.next_token_logits)
     full_forward = jax.jit(member.logits)
     multi_counts = iter([np.array([3, 1, 0]), np.array([2, 3, 1]), np.array([1, 0, 3])])
-    for kind in ["one", "multi", "packed", "one", "multi", "packed", "multi", "one"]:
+    for kind in ["one", "multi", "one", "multi", "multi", "one"]:
         if kind == "one":
             new = rng.randint(0, len(tokenizer), size=len(PROMPTS))
             out, cache = step(cache, jnp.asarray(new, jnp.int32))
             logits = out.logits
             counts = np.ones(len(PROMPTS), int)
             block = new[:, None]
-        elif kind == "packed":
-            # entries: row 0 offset 0, row 2 offset 0, row 0 offset 1, invalid (row 1)
-            new = rng.randint(0, len(tokenizer), size=4)
-            hidden, cache = append_packed(
-                cache,
-                jnp.asarray(new, jnp.int32),
-                jnp.asarray([0, 2, 0, 1]),
-                jnp.asarray([0, 0, 1, 0]),
-                jnp.asarray([True, True, True, False]),
-            )
-            counts = np.array([2, 0, 1])
-            cache = cache.advance(jnp.asarray(counts, jnp.int32))
-            logits = jnp.where(
-                (jnp.asarray(counts) > 0)[:, None],
-                next_token_logits(hidden[jnp.asarray([2, 0, 1])]),
-                logits,
-            )
-            block = np.array([[new[0], new[2]], [0, 0], [new[1], 0]])
         else:
             block = rng.randint(0, len(tokenizer), size=(len(PROMPTS), 3))
             counts = next(multi_counts)

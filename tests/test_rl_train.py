@@ -220,7 +220,7 @@ def test_nan_reward_stops_training_naming_the_update(members, alignment, example
 
 def test_seeds_can_be_vmapped_over_the_train_step(members, alignment, examples):
     prompts_examples = examples[: CONFIG.batch_size]
-    from rlae_jax.engine.loop import tokenize_for_members
+    from rlae_jax.engine import tokenize_for_members
 
     prompts = tokenize_for_members(
         members, [e.prompt for e in prompts_examples], CONFIG.max_new_tokens

@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from rlae_jax.align import Alignment
-from rlae_jax.engine.loop import DecodeConfig, decode_jit, to_host, tokenize_for_members
+from rlae_jax.engine import DecodeConfig, decode_jit, to_host, tokenize_for_members
 from rlae_jax.engine.strategies import resolve_strategy
 from rlae_jax.models.member import Member
 

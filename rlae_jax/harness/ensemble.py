@@ -19,17 +19,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from rlae_jax.align import Alignment, build_alignment
-from rlae_jax.engine.loop import (
-    DecodeConfig,
-    PromptBatch,
-    batch_of_token_lists,
-    decode_growing,
-    default_first_pass_tokens,
-    default_respell_slots,
-    prefill_jit,
-    run_jit,
-    to_host,
-)
+from rlae_jax.engine import DecodeConfig, PromptBatch, batch_of_token_lists, to_host
+from rlae_jax.engine.loop import decode_growing, prefill_jit, run_jit
 from rlae_jax.engine.strategies import FixedWeights, Selection, resolve_strategy
 from rlae_jax.harness.scoring import continuation_scores
 from rlae_jax.models import Member, from_pretrained
@@ -183,8 +174,6 @@ class HarnessEnsemble:
             span_length=self.span_length,
             selection=self.selection,
             expansion_budget=self.expansion_budget,
-            first_pass_tokens=default_first_pass_tokens(self.max_batch),
-            respell_slots=default_respell_slots(self.max_batch, self.members),
             record_features=False,
         )
 

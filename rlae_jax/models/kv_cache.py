@@ -3,9 +3,7 @@
 Every write appends a block of L tokens per row, some of which may be invalid (left padding
 in a prefill, or the unused tail of a multi-token step whose row-varying count is < L).
 Invalid slots are marked with position -1 and never attended to; a row's cursor only moves
-past its last valid token, so an unused tail is overwritten by the next write. Packed writes
-(`CausalLM.append_packed`) put single tokens of any rows past their cursors, which `advance` then
-moves.
+past its last valid token, so an unused tail is overwritten by the next write.
 """
 
 from __future__ import annotations
@@ -90,38 +88,17 @@ class KVCache:
             ),
         )
 
-    def with_packed_positions(
-        self, rows: jax.Array, slots: jax.Array, positions: jax.Array
-    ) -> "KVCache":
-        """Record positions `[P]` of single tokens written to batch rows `rows [P]` at slots
-        `slots [P]` (>= S: not written) in the slot map; cursors stay (`advance`)."""
-        return self.replace(
-            slot_positions=self.slot_positions.at[rows, slots].set(positions, mode="drop")
-        )
-
-    def advance(self, counts: jax.Array) -> "KVCache":
-        """Move each row's cursor and next position past `counts [B]` tokens written after them
-        (packed writes, `CausalLM.append_packed`)."""
-        return self.replace(cursor=self.cursor + counts, next_position=self.next_position + counts)
-
     @property
     def overflowed(self) -> jax.Array:
         """`[B]` True where a row wrote past the cache end (its newest tokens were dropped)."""
         return self.cursor > self.length
 
 
-def kv_row_indices(rows: jax.Array, heads: int) -> jax.Array:
-    """Key/value array rows `[R, H_kv]` of batch rows `rows [R]` (batch-major, `KVCache`)."""
-    return rows[:, None] * heads + jnp.arange(heads)[None, :]
-
-
-def write_layer(
-    cache_array: jax.Array, block: jax.Array, slots: jax.Array, rows: jax.Array | None = None
-) -> jax.Array:
-    """Scatter `block [B, L, H, D]` into `cache_array [B'·H, S, D]` at `slots [B, L]` (out of range
-    dropped) of batch rows `rows [B]` (default: block row b is batch row b)."""
+def write_layer(cache_array: jax.Array, block: jax.Array, slots: jax.Array) -> jax.Array:
+    """Scatter `block [B, L, H, D]` into `cache_array [B·H, S, D]` at `slots [B, L]` (out of range
+    dropped)."""
     batch, _, heads, _ = block.shape
-    rows = jnp.arange(batch) if rows is None else rows
-    return cache_array.at[kv_row_indices(rows, heads)[:, :, None], slots[:, None, :]].set(
+    kv_rows = jnp.arange(batch)[:, None] * heads + jnp.arange(heads)[None, :]  # [B, H]
+    return cache_array.at[kv_rows[:, :, None], slots[:, None, :]].set(
         block.transpose(0, 2, 1, 3).astype(cache_array.dtype), mode="drop"
     )

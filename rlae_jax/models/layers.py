@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import math
-from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -12,7 +11,7 @@ import numpy as np
 from flax import nnx
 
 from rlae_jax.models.config import ModelConfig
-from rlae_jax.models.kv_cache import EMPTY, KVCache, kv_row_indices, write_layer
+from rlae_jax.models.kv_cache import EMPTY, KVCache, write_layer
 
 def gelu_tanh(x: jax.Array) -> jax.Array:
     """GELU's tanh approximation `x/2 · (1 + tanh(u))`, written as the equal `x · sigmoid(2u)`:
@@ -190,31 +189,6 @@ class CausalLM(nnx.Module):
             cache = cache.replace(keys=keys, values=values).finish_block(valid)
         return self.norm(x), cache
 
-    def append_packed(
-        self,
-        tokens: jax.Array,
-        rows: jax.Array,
-        offsets: jax.Array,
-        valid: jax.Array,
-        cache: KVCache,
-    ) -> tuple[jax.Array, KVCache]:
-        """Write `P` single tokens `tokens [P]`, each to its own batch row `rows [P]`, `offsets [P]`
-        slots (and positions) past that row's cursor, without moving the cursors (`KVCache.advance`
-        after the last write). A token sees its row's cache and the tokens of lower offset, in this
-        call or an earlier one; entries not `valid [P]` write nothing. Returns final-normed hidden
-        states `[P, H]`."""
-        positions = (cache.next_position[rows] + offsets)[:, None]
-        slots = jnp.where(valid, cache.cursor[rows] + offsets, cache.length)[:, None]
-        cache = cache.with_packed_positions(rows, slots[:, 0], positions[:, 0])
-        x, keys, values = self.run_layers(
-            self.embed(tokens[:, None], positions),
-            positions,
-            list(zip(cache.keys, cache.values)),
-            PackedSlots(rows, slots),
-            cache.slot_positions,
-        )
-        return self.norm(x)[:, 0], cache.replace(keys=keys, values=values)
-
     def run_layers(self, x, positions, layer_caches, slots, slot_positions):
         """Every layer over `x [B, L, H]` → (x, per-layer cache keys, per-layer cache values)."""
         keys, values = [], []
@@ -227,21 +201,12 @@ class CausalLM(nnx.Module):
         return x, tuple(keys), tuple(values)
 
 
-class PackedSlots(NamedTuple):
-    """Where the tokens of a packed block `[P, 1]` go: batch rows `rows [P]`, cache slots
-    `slots [P, 1]`."""
-
-    rows: jax.Array
-    slots: jax.Array
-
-
 def append_and_attend(
     q, k, v, cache_keys, cache_values, slots, positions, slot_positions, window, scale=None
 ):
     """Write the block's `k, v [B, L, Hkv, D]` into the layer cache at `slots [B, L]` and attend
-    with `q` (with no cache, attend over the block itself; with `PackedSlots`, block row b writes to
-    and attends over its own batch row; `scale` as in `cached_attention`). Returns
-    `(output [B, L, Hq, D], cache keys, cache values)`."""
+    with `q` (with no cache, attend over the block itself; `scale` as in `cached_attention`).
+    Returns `(output [B, L, Hq, D], cache keys, cache values)`."""
     if cache_keys is None:
         batch, block, num_kv, head_dim = k.shape
 
@@ -252,20 +217,6 @@ def append_and_attend(
             q, rows_first(k), rows_first(v), positions, slot_positions, window, scale
         )
         return out, None, None
-    if isinstance(slots, PackedSlots):
-        cache_keys = write_layer(cache_keys, k, slots.slots, slots.rows)
-        cache_values = write_layer(cache_values, v, slots.slots, slots.rows)
-        kv_rows = kv_row_indices(slots.rows, k.shape[2]).reshape(-1)
-        out = cached_attention(
-            q,
-            cache_keys[kv_rows],
-            cache_values[kv_rows],
-            positions,
-            slot_positions[slots.rows],
-            window,
-            scale,
-        )
-        return out, cache_keys, cache_values
     cache_keys = write_layer(cache_keys, k, slots)
     cache_values = write_layer(cache_values, v, slots)
     out = cached_attention(q, cache_keys, cache_values, positions, slot_positions, window, scale)

@@ -150,19 +150,6 @@ class Member:
         index = jnp.clip(counts - 1, 0, tokens.shape[1] - 1)
         return jnp.take_along_axis(hidden, index[:, None, None], axis=1)[:, 0], cache
 
-    def append_packed(
-        self,
-        cache: KVCache,
-        tokens: jax.Array,
-        rows: jax.Array,
-        offsets: jax.Array,
-        valid: jax.Array,
-    ) -> tuple[jax.Array, KVCache]:
-        """Write single tokens `tokens [P]` to batch rows `rows [P]`, `offsets [P]` past their
-        cursors, which stay (`KVCache.advance` after the last write) → (hidden `[P, H]`, cache);
-        `CausalLM.append_packed`."""
-        return self.model.append_packed(tokens, rows, offsets, valid, cache)
-
 
 def check_tokenizer_fits(tokenizer, vocab_size: int) -> int:
     """Number of ids the tokenizer can produce; raises if it exceeds the model's embedding size."""

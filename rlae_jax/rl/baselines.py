@@ -27,7 +27,7 @@ import optax
 from flax import nnx, struct
 
 from rlae_jax.align import Alignment
-from rlae_jax.engine.loop import DecodeConfig, decode_jit, tokenize_for_members
+from rlae_jax.engine import DecodeConfig, decode_jit, tokenize_for_members
 from rlae_jax.engine.strategies import StatelessWeightFn, resolve_strategy
 from rlae_jax.experiments.evaluation import run_strategy
 from rlae_jax.models.member import Member

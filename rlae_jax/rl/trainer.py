@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 from rlae_jax.runtime import sharding
 from rlae_jax.align import Alignment
-from rlae_jax.engine.loop import DecodeConfig, default_respell_slots, tokenize_for_members
+from rlae_jax.engine import DecodeConfig, tokenize_for_members
 from rlae_jax.models.member import Member
 from rlae_jax.rl import ppo
 from rlae_jax.rl.losses import LossConfig
@@ -85,7 +85,6 @@ class RLConfig:
             max_new_tokens=self.max_new_tokens,
             span_length=self.span_length,
             expansion_budget=self.expansion_budget,
-            respell_slots=default_respell_slots(self.batch_size, members),
         )
         return RLSetup(
             kind=self.kind,

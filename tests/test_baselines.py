@@ -53,8 +53,11 @@ class ExactTask:
 
     name = "exact"
 
-    def render(self, example, tokenizer=None):
+    def render(self, example, tokenizer=None, shots=(), formatter=None):
         return example.prompt
+
+    def target(self, example):
+        return example.answer
 
     def reward(self, completion, example):
         return float(completion == example.answer)
@@ -125,7 +128,7 @@ def test_router_fit_learns_a_rule_of_the_observation():
 def test_router_labels_and_weights_follow_the_member_that_knows(case):
     members, alignment, task, examples = case
     prompts, answers = [e.prompt for e in examples], [e.answer for e in examples]
-    labels = teacher_forced_labels(members, prompts, answers, 4)
+    labels = teacher_forced_labels(members, [prompts, prompts], answers, 4)
     assert len(labels) == sum(len(reference_chunks(e.answer, 4)) for e in examples)
     assert set(labels.tolist()) <= {0, -1} and (labels == 0).mean() > 0.8, labels
     config = RouterConfig(chunk_chars=4, steps=50)

@@ -18,11 +18,13 @@ from rlae_jax.align import Alignment
 from rlae_jax.engine import DecodeConfig, decode_jit, to_host, tokenize_for_members
 from rlae_jax.engine.strategies import resolve_strategy
 from rlae_jax.models.member import Member
+from rlae_jax.models.prompts import member_prompts
 
 
 @dataclasses.dataclass
 class StrategyResult:
-    """One strategy's scores on a split; `span_weights[i]` `[spans, N]`, `texts[i]` per example."""
+    """One strategy's results on a split: per example `texts[i]`, `span_weights[i]` `[spans, N]`,
+    `union_ids[i]` and `scores[i]` (0/1 accuracy, `[E]`)."""
 
     name: str
     accuracy: float
@@ -31,6 +33,8 @@ class StrategyResult:
     texts: list[str]
     span_weights: list[np.ndarray]
     union_ids: list[list[int]]
+    scores: np.ndarray
+    seconds_per_answer: float
 
 
 def accuracy_of(task, completion: str, example) -> float:
@@ -49,16 +53,22 @@ def run_strategy(
     config: DecodeConfig,
     batch_size: int = 64,
     warmup: bool = True,
+    shots: Sequence = (),
 ) -> StrategyResult:
-    """Generate every example's answer with `weight_fn` and score it. `warmup` first runs the first
-    batch untimed (compiling), so tokens_per_second times generation only; without it the first
-    batch's time counts whatever compiling it did."""
-    texts, weights, union_ids, elapsed, tokens = [], [], [], 0.0, 0
+    """Generate every example's answer with `weight_fn` and score it. Each member reads the question
+    in its own chat format (`member_prompts`, after the few-shot `shots`). Every batch has
+    `batch_size` rows (the last is filled with repeats of its final example, whose answers are
+    dropped), so one compiled decode serves the split. `warmup` first runs the first batch untimed
+    (compiling), so tokens_per_second times generation only; seconds_per_answer is the median
+    batch's time per row, which leaves out a batch that compiled when there are three or more."""
+    texts, span_weights, union_ids, batch_seconds, tokens = [], [], [], [], 0
     key = jax.random.key(0)
     for start in range(0, len(examples), batch_size):
-        chunk = examples[start : start + batch_size]
+        chunk = list(examples[start : start + batch_size])
+        real_rows = len(chunk)
+        chunk += chunk[-1:] * (batch_size - real_rows)
         prompts = tokenize_for_members(
-            members, [task.render(e, members[0].tokenizer) for e in chunk], config.max_new_tokens
+            members, member_prompts(members, task, chunk, shots), config.max_new_tokens
         )
 
         def call():
@@ -79,16 +89,24 @@ def run_strategy(
             call()
         began = time.perf_counter()
         result = call()
-        elapsed += time.perf_counter() - began
+        batch_seconds.append(time.perf_counter() - began)
         out = to_host(result, alignment, config)
-        tokens += int(np.asarray(result.lengths).sum())
-        texts += out.texts
-        weights += out.span_weights
-        union_ids += out.union_ids
-    accuracy = float(np.mean([accuracy_of(task, t, e) for t, e in zip(texts, examples)]))
+        tokens += int(np.asarray(result.lengths)[:real_rows].sum())
+        texts += out.texts[:real_rows]
+        span_weights += out.span_weights[:real_rows]
+        union_ids += out.union_ids[:real_rows]
+    scores = np.array([accuracy_of(task, t, e) for t, e in zip(texts, examples)], np.float32)
     reward = float(np.mean(task.rewards(texts, examples)))
     return StrategyResult(
-        name, accuracy, reward, tokens / max(elapsed, 1e-9), texts, weights, union_ids
+        name,
+        float(scores.mean()),
+        reward,
+        tokens / max(sum(batch_seconds), 1e-9),
+        texts,
+        span_weights,
+        union_ids,
+        scores,
+        float(np.median(batch_seconds)) / batch_size,
     )
 
 

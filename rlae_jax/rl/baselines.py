@@ -4,7 +4,8 @@
   the simplex (`simplex_grid`) generates with the same engine and is scored by the task's accuracy
   (`evaluation.run_strategy`); the best wins (the first of equals in grid order).
 - `train_router`: a supervised span router with the RL agents' observation (`observations`,
-  global state) trained on teacher-forced labels. The reference answer is cut into chunks of
+  global state) trained on teacher-forced labels. The reference answer sentence (`task.target`, what
+  a correct completion says) is cut into chunks of
   `chunk_chars` characters; at every cut the engine computes the features after prompt + the
   reference so far, and the label is the member whose own tokenisation gives the next chunk's text
   the highest probability (`chunk_log_probs`, `teacher_forced_labels`). The router (an MLP,
@@ -31,7 +32,7 @@ from rlae_jax.engine import DecodeConfig, decode_jit, tokenize_for_members
 from rlae_jax.engine.strategies import StatelessWeightFn, resolve_strategy
 from rlae_jax.experiments.evaluation import run_strategy
 from rlae_jax.models.member import Member
-from rlae_jax.models.prompts import left_pad, pad_id_of
+from rlae_jax.models.prompts import left_pad, member_prompts, pad_id_of
 from rlae_jax.rl.networks import MLP
 from rlae_jax.rl.observations import engine_features, global_observation
 
@@ -71,10 +72,12 @@ def tune_fixed_weights(
     config: DecodeConfig,
     resolution: int = 4,
     batch_size: int = 64,
+    shots: Sequence = (),
 ) -> FixedWeightsSearch:
     """Score every point of `simplex_grid(len(members), resolution)` on `examples` (the training
     split) with the engine under `config` and the task's accuracy; the first best point wins.
-    The weights are an input of one compiled decode, so the grid compiles once."""
+    The weights are an input of one compiled decode, so the grid compiles once. `shots`: few-shot
+    examples before each question (as in `run_strategy`)."""
     grid = simplex_grid(len(members), resolution)
     accuracy = []
     for weights in grid:
@@ -89,6 +92,7 @@ def tune_fixed_weights(
             config,
             batch_size,
             warmup=False,
+            shots=shots,
         )
         accuracy.append(result.accuracy)
     accuracy = np.array(accuracy)
@@ -145,13 +149,20 @@ def chunk_log_probs(
 
 
 def teacher_forced_labels(
-    members: Sequence[Member], prompts: Sequence[str], answers: Sequence[str], chunk_chars: int
+    members: Sequence[Member],
+    prompts: Sequence[Sequence[str]],
+    answers: Sequence[str],
+    chunk_chars: int,
 ) -> np.ndarray:
     """int32 `[P]` over every chunk of every answer (`reference_chunks` order): the member giving
-    the chunk the highest probability (`chunk_log_probs`); -1 where some member has no token
-    starting in it (no fair comparison)."""
+    the chunk the highest probability (`chunk_log_probs`; `prompts[n]` are member n's own prompt
+    texts); -1 where some member has no token starting in it (no fair comparison)."""
     scores = np.stack(
-        [np.concatenate(chunk_log_probs(m, prompts, answers, chunk_chars)) for m in members], axis=1
+        [
+            np.concatenate(chunk_log_probs(m, own, answers, chunk_chars))
+            for m, own in zip(members, prompts)
+        ],
+        axis=1,
     )
     return np.where(
         np.isnan(scores).any(axis=1), -1, np.argmax(np.nan_to_num(scores, nan=-np.inf), axis=1)
@@ -228,37 +239,29 @@ def teacher_forced_previous_weights(
 
 
 def router_dataset(
-    members: Sequence[Member], alignment: Alignment, task, examples: Sequence, config: RouterConfig
+    members: Sequence[Member],
+    alignment: Alignment,
+    task,
+    examples: Sequence,
+    config: RouterConfig,
+    shots: Sequence = (),
+    batch_size: int = 64,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Observations `[P, F]` (engine features after prompt + reference so far) and labels `[P]`
-    of the chunks with a label (`teacher_forced_labels`)."""
-    prompts = [task.render(example, members[0].tokenizer) for example in examples]
-    answers = [example.answer for example in examples]
+    """Observations `[P, F]` (engine features after each member's own prompt + the reference answer
+    sentence `task.target` so far) and labels `[P]` of the chunks with a label
+    (`teacher_forced_labels`). The prefixes are fed in batches of `batch_size` rows."""
+    prompts = member_prompts(members, task, examples, shots)
+    answers = [task.target(example) for example in examples]
+    cuts = [reference_chunks(answer, config.chunk_chars) for answer in answers]
     prefixes = [
-        prompt + done
-        for prompt, answer in zip(prompts, answers)
-        for done, _ in reference_chunks(answer, config.chunk_chars)
+        [prompt + done for prompt, chunks in zip(own, cuts) for done, _ in chunks]
+        for own in prompts
     ]
-    recorder = UniformProbe(engine_features(config.feature_set))
-    result = decode_jit(
-        members,
-        alignment,
-        tokenize_for_members(members, prefixes, 1),
-        recorder,
-        jax.random.key(0),
-        jnp.float32(0.0),
-        jnp.float32(1.0),
-        config=DecodeConfig(max_new_tokens=1, span_length=1, record_features=True),
-    )
+    features = prefix_features(members, alignment, prefixes, config.feature_set, batch_size)
     labels = teacher_forced_labels(members, prompts, answers, config.chunk_chars)
-    features = jax.tree.map(lambda x: x[:, 0], result.span_features)
     features = features.replace(
         previous_weights=jnp.asarray(
-            teacher_forced_previous_weights(
-                labels,
-                [len(reference_chunks(a, config.chunk_chars)) for a in answers],
-                len(members),
-            )
+            teacher_forced_previous_weights(labels, [len(c) for c in cuts], len(members))
         )
     )
     observations = np.asarray(global_observation(features, config.feature_set))
@@ -268,6 +271,36 @@ def router_dataset(
             "has a token of every member starting in it: use a larger chunk_chars"
         )
     return observations[labels >= 0], labels[labels >= 0]
+
+
+def prefix_features(
+    members: Sequence[Member],
+    alignment: Alignment,
+    prefixes: Sequence[Sequence[str]],
+    feature_set: str,
+    batch_size: int,
+):
+    """The engine's span features at the end of every prefix (`prefixes[n]`: member n's texts,
+    `[P]` each), in batches of `batch_size` rows (the last filled with repeats) → features `[P,
+    ...]`."""
+    recorder = UniformProbe(engine_features(feature_set))
+    config = DecodeConfig(max_new_tokens=1, span_length=1, record_features=True)
+    total, parts = len(prefixes[0]), []
+    for start in range(0, total, batch_size):
+        rows = [list(own[start : start + batch_size]) for own in prefixes]
+        rows = [own + own[-1:] * (batch_size - len(own)) for own in rows]
+        result = decode_jit(
+            members,
+            alignment,
+            tokenize_for_members(members, rows, 1),
+            recorder,
+            jax.random.key(0),
+            jnp.float32(0.0),
+            jnp.float32(1.0),
+            config=config,
+        )
+        parts.append(jax.tree.map(lambda x: np.asarray(x[:, 0]), result.span_features))
+    return jax.tree.map(lambda *xs: jnp.asarray(np.concatenate(xs)[:total]), *parts)
 
 
 def fit_router(
@@ -312,7 +345,9 @@ def train_router(
     task,
     examples: Sequence,
     config: RouterConfig = RouterConfig(),
+    shots: Sequence = (),
 ) -> RouterWeightFn:
-    """A supervised span router fitted on `examples` (the training split; see the module doc)."""
-    observations, labels = router_dataset(members, alignment, task, examples, config)
+    """A supervised span router fitted on `examples` (the training split; see the module doc), each
+    member reading them in its own chat format after `shots`."""
+    observations, labels = router_dataset(members, alignment, task, examples, config, shots)
     return fit_router(observations, labels, len(members), config)

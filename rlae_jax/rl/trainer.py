@@ -23,6 +23,7 @@ from rlae_jax.runtime import sharding
 from rlae_jax.align import Alignment
 from rlae_jax.engine import DecodeConfig, tokenize_for_members
 from rlae_jax.models.member import Member
+from rlae_jax.models.prompts import member_prompts
 from rlae_jax.rl import ppo
 from rlae_jax.rl.losses import LossConfig
 from rlae_jax.rl.networks import AgentConfig, make_agent
@@ -265,8 +266,10 @@ class RLAETrainer:
     """Trains an RLAE agent on a task. Checkpoints go to `workdir/checkpoints` every
     `checkpoint_every` updates (keep `keep`); an existing checkpoint is resumed automatically.
     With a `mesh` (runtime.sharding.make_mesh), members are sharded over 'model' and batches over
-    'data'; the compiled step is the same. The workdir is locked (`WorkdirLock`) from construction
-    to the end of `train`, so a second run on it is refused before it touches anything."""
+    'data'; the compiled step is the same. Each member reads every question in its own chat format
+    after the few-shot `shots` (`member_prompts`). The workdir is locked (`WorkdirLock`) from
+    construction to the end of `train`, so a second run on it is refused before it touches
+    anything."""
 
     def __init__(
         self,
@@ -279,8 +282,9 @@ class RLAETrainer:
         checkpoint_every: int = 10,
         keep: int = 3,
         mesh=None,
+        shots: Sequence = (),
     ):
-        self.mesh = mesh
+        self.mesh, self.shots = mesh, list(shots)
         if mesh is not None:
             members = [sharding.shard_member(m, mesh) for m in members]
         self.config, self.members, self.alignment = config, list(members), alignment
@@ -326,7 +330,7 @@ class RLAETrainer:
         """Prompts (each member's tokenisation) and reward data of update `update`."""
         indices = batch_order(len(self.examples), self.config.batch_size, update, self.config.seed)
         examples = [self.examples[i] for i in indices]
-        prompts = [self.task.render(e, self.members[0].tokenizer) for e in examples]
+        prompts = member_prompts(self.members, self.task, examples, self.shots)
         batch = tokenize_for_members(self.members, prompts, self.config.max_new_tokens)
         data = (
             jnp.asarray(target_bytes(examples, 4 * self.config.max_new_tokens))

@@ -6,17 +6,14 @@ from __future__ import annotations
 import os
 import pathlib
 import platform
-import sys
 import time
 
 import jax
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tests"))
+from rlae_jax.models import ModelConfig
+from rlae_jax.toy import tokenizer_trainer
 
-from rlae_jax.toy import tokenizer_trainer  # noqa: E402
-from rlae_jax.models import ModelConfig  # noqa: E402
-from tiny_models import CORPUS  # noqa: E402
+REPO = pathlib.Path(__file__).resolve().parents[1]
 
 PROMPT = "Once upon a time there was a little robot who liked to count"
 PROMPTS = [
@@ -88,11 +85,11 @@ def real_tokenizers():
     if (root / "gpt2" / "vocab.json").exists() and (
         root / "llama2-spm" / "tokenizer.model"
     ).exists():
-        from tokenizer_fixtures import load_real_tokenizer
+        from transformers import AutoTokenizer, LlamaTokenizer
 
         return (
-            load_real_tokenizer("gpt2", root / "gpt2"),
-            load_real_tokenizer("llama2", root / "llama2-spm"),
+            AutoTokenizer.from_pretrained(root / "gpt2"),
+            LlamaTokenizer.from_pretrained(root / "llama2-spm"),
             f"real GPT-2 50k + Llama 2 32k tokenizers from {root}",
         )
     return (
@@ -103,10 +100,12 @@ def real_tokenizers():
 
 
 def trained_tokenizers(bpe_size: int = 384, unigram_size: int = 200):
-    """Small tokenizers of both styles trained on CORPUS (byte-level BPE, `▁` Unigram + bytes)."""
+    """Small tokenizers of both styles trained on the benchmark prompts (byte-level BPE, `▁` Unigram
+    + bytes)."""
+    corpus = PROMPTS * 20
     return (
-        tokenizer_trainer.train_byte_level_bpe(CORPUS, bpe_size),
-        tokenizer_trainer.train_metaspace_unigram(CORPUS, unigram_size),
+        tokenizer_trainer.train_byte_level_bpe(corpus, bpe_size),
+        tokenizer_trainer.train_metaspace_unigram(corpus, unigram_size),
     )
 
 

@@ -4,6 +4,7 @@ full caches). The members' layers are Python-unrolled, so every call site of a l
 again.
 
     python benchmarks/compile_time.py --sizes 100m --new-tokens 20,128
+    python benchmarks/compile_time.py --sizes real --new-tokens 64 --batch 8   # the real pair
 """
 
 from __future__ import annotations
@@ -31,12 +32,15 @@ def seconds_to_compile(jitted, args, **static) -> tuple[float, float, int]:
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument(
-        "--sizes", default="tiny-real,100m", help="comma list of tiny-trained, tiny-real, 100m"
+        "--sizes",
+        default="tiny-real,100m",
+        help="comma list of tiny-trained, tiny-real, 100m, real (the installed pair, task prompts)",
     )
     parser.add_argument("--new-tokens", default="20,128", help="comma list of max_new_tokens")
+    parser.add_argument("--batch", type=int, default=1, help="prompts per decode")
     opts = parser.parse_args()
     warnings.filterwarnings("ignore", message="union tokens left out")
-    print(f"# compile_time  {common.machine_info()}")
+    print(f"# compile_time  {common.machine_info()}; batch {opts.batch}")
     widths = [13, 6, 10, 8, 9, 9]
     print(
         common.fmt_row(["size", "tokens", "program", "lower s", "compile s", "HLO lines"], widths)
@@ -46,14 +50,15 @@ def main():
         alignment = build_alignment(
             [m.tokenizer for m in members], vocab_sizes=[m.config.vocab_size for m in members]
         )
+        prompts = (
+            common.task_prompts(opts.batch) if size == "real" else common.batch_prompts(opts.batch)
+        )
         for new_tokens in map(int, opts.new_tokens.split(",")):
             programs = [
                 (
                     "ensemble",
                     decode_jit,
-                    decode_throughput.ensemble_args(
-                        members, alignment, [common.PROMPT], new_tokens
-                    ),
+                    decode_throughput.ensemble_args(members, alignment, prompts, new_tokens),
                     dict(config=decode_throughput.ensemble_config(new_tokens)),
                 )
             ]
@@ -61,7 +66,7 @@ def main():
                 (
                     member.name,
                     generate_ids_jit,
-                    decode_throughput.member_runner_args(member, [common.PROMPT]),
+                    decode_throughput.member_runner_args(member, prompts),
                     dict(max_new_tokens=new_tokens),
                 )
                 for member in members

@@ -14,9 +14,10 @@ cores); ensemble / together is what the union work and re-spelling add on top. "
 `together` with each member also taking its softmax normaliser every step (`jax.nn.logsumexp` of its
 logits, the cheapest form measured): the least any exact mixing of the members' probabilities adds
 (a member alone only takes an argmax of its logits), so (together+Z) / Σ member steps is a floor for
-the ensemble's ratio. `--command-buffers loops,xla` compiles every program twice, with the
-library's decode-loop options (on a GPU: loops and conditionals inside command buffers) and with
-XLA's default command buffers, and times all of them interleaved.
+the ensemble's ratio (`--no-floors` skips both, two compiles fewer each). `--command-buffers
+loops,xla` compiles every program twice, with the library's decode-loop options (on a GPU: loops and
+conditionals inside command buffers) and with XLA's default command buffers, and times all of them
+interleaved.
 
     python benchmarks/decode_throughput.py                    # tiny (trained + real vocabs), 100m
     python benchmarks/decode_throughput.py --sizes real --batches 1,8   # the installed real pair
@@ -29,7 +30,6 @@ import argparse
 import contextlib
 import datetime
 import functools
-import importlib
 import warnings
 from typing import NamedTuple
 
@@ -47,10 +47,10 @@ from rlae_jax.engine import (
     DecodeConfig,
     decode,
     decode_jit,
+    mixing,
     resolve_strategy,
     tokenize_for_members,
 )
-from rlae_jax.engine.loop import default_respell_slots
 from rlae_jax.models import Member, build_model
 from rlae_jax.models.prompts import encode_prompts, left_pad, pad_id_of
 from rlae_jax.models.sampling import first_argmax
@@ -64,8 +64,6 @@ COMMAND_BUFFERS = {
     # XLA's default command buffers
     "xla": {"xla_gpu_enable_command_buffer": XLA_DEFAULT_COMMAND_BUFFERS},
 }
-# the package re-exports `decode` the function
-decode_module = importlib.import_module("rlae_jax.engine.loop")
 
 
 def sharpen(member: Member, factor: float) -> Member:
@@ -118,17 +116,17 @@ def make_members(size: str, head_scale: float):
 @contextlib.contextmanager
 def counting_fallbacks(counter: list):
     """Patch the engine's full-union branch to count its executions on the host."""
-    original = decode_module.choose_from_full_union
+    original = mixing.choose_from_full_union
 
     def counted(*args):
         jax.debug.callback(lambda: counter.append(1))
         return original(*args)
 
-    decode_module.choose_from_full_union = counted
+    mixing.choose_from_full_union = counted
     try:
         yield
     finally:
-        decode_module.choose_from_full_union = original
+        mixing.choose_from_full_union = original
 
 
 class Program(NamedTuple):
@@ -159,25 +157,14 @@ FEATURE_USES = {  # --features: what the decode does with the per-span features
 }
 
 
-def ensemble_config(
-    new_tokens,
-    candidates=0,
-    respell_chunk=4,
-    expansion_budget=2,
-    first_pass_tokens=1,
-    respell_slots=0,
-    features="none",
-) -> DecodeConfig:
+def ensemble_config(new_tokens, candidates=0, expansion_budget=2, features="none") -> DecodeConfig:
     """The benchmarked decode: greedy full-union selection (uniform weights), all new_tokens."""
     return DecodeConfig(
         max_new_tokens=new_tokens,
         stop_at_eos=False,
         record_features=features != "none",
         candidates_per_member=candidates,
-        respell_chunk=respell_chunk,
         expansion_budget=expansion_budget,
-        first_pass_tokens=first_pass_tokens,
-        respell_slots=respell_slots,
     )
 
 
@@ -279,47 +266,48 @@ def together_runner(members, prompts, new_tokens, normalisers=False, options=Non
     )
 
 
-def step_seconds(make_runners, tokens, repeats) -> tuple[list[float], list[int]]:
-    """Per-token seconds of each runner from the N2 − N1 difference, and the working bytes of its
-    N2-token program. Every program is compiled and run once first; then the runs are interleaved
-    (each repeat times every runner once) and each keeps its fastest, so a slow phase of the shared
-    machine hits all of them alike."""
+def step_seconds(make_runners, tokens, repeats) -> tuple[list[float], list[int], list]:
+    """Per-token seconds of each runner from the N2 − N1 difference, the working bytes of its
+    N2-token program and that program's result. Every program is compiled and run once first; then
+    the runs are interleaved (each repeat times every runner once) and each keeps its fastest, so a
+    slow phase of the shared machine hits all of them alike."""
     n1, n2 = tokens
     runs = [(make(n1), make(n2)) for make in make_runners]
     best = [[float("inf"), float("inf")] for _ in runs]
-    for run_pair in runs:
-        for run in run_pair:
-            run()
+    results = [[run() for run in run_pair][1] for run_pair in runs]
     for _ in range(repeats):
         for pair_best, run_pair in zip(best, runs):
             for index, run in enumerate(run_pair):
                 pair_best[index] = min(pair_best[index], common.best_time(run, 1))
-    return [(t2 - t1) / (n2 - n1) for t1, t2 in best], [long.working_bytes for _, long in runs]
+    seconds = [(t2 - t1) / (n2 - n1) for t1, t2 in best]
+    return seconds, [long.working_bytes for _, long in runs], results
 
 
-def ensemble_stats(members, alignment, prompts, new_tokens, **settings):
-    """(fraction of steps using the certified shortcut, mean member tokens ingested per step [N],
-    per member (rows per step re-spelling their union token in several tokens, fraction of steps
-    with such a row, least / median / most tokens the member took in a step over all rows)).
-    Raises when a row stopped before new_tokens (its cache filled up): the timing would then be of
-    less work."""
+def shortcut_share(members, alignment, prompts, new_tokens, **settings) -> float:
+    """Fraction of steps that took the certified-candidate shortcut: an untimed decode with a host
+    callback counting the full-union fallbacks."""
     args = ensemble_args(members, alignment, prompts, new_tokens, settings.get("features", "none"))
     config = ensemble_config(new_tokens, **settings)
     fallbacks = []
     # a fresh function: jax.jit(decode) would reuse decode's earlier trace
     with counting_fallbacks(fallbacks):
-        result = jax.jit(lambda *decode_args: decode(*decode_args, config=config))(*args)
-        common.block(result)
+        common.block(jax.jit(lambda *decode_args: decode(*decode_args, config=config))(*args))
         jax.effects_barrier()
+    return 1.0 - len(fallbacks) / new_tokens
+
+
+def ensemble_stats(result, alignment, new_tokens, expansion_budget):
+    """(mean member tokens ingested per step [N], per member (rows per step re-spelling their union
+    token in several tokens, fraction of steps with such a row, least / median / most tokens the
+    member took in a step over all rows)) of the timed N2-token decode. Raises when a row stopped
+    before new_tokens: the timing would then be of less work."""
     if not (np.asarray(result.lengths) == new_tokens).all():
         raise SystemExit(
             f"rows stopped early ({np.asarray(result.stop_reason).tolist()}): the ensemble timing "
-            f"is invalid; raise --expansion-budget (now {config.expansion_budget})"
+            f"is invalid; raise --expansion-budget (now {expansion_budget})"
         )
     ingested = np.asarray(result.ingested).mean(0) / new_tokens
-    lengths = np.asarray(alignment.union_to_member_len)[
-        :, np.asarray(result.union_ids)
-    ]  # [N, B, T]
+    lengths = np.asarray(alignment.union_to_member_len)[:, np.asarray(result.union_ids)]  # [N,B,T]
     respelled = [
         (
             (rows > 1).sum(0).mean(),
@@ -328,10 +316,10 @@ def ensemble_stats(members, alignment, prompts, new_tokens, **settings):
         )
         for rows in lengths
     ]
-    return 1.0 - len(fallbacks) / new_tokens, ingested, respelled
+    return ingested, respelled
 
 
-def main():
+def parse_args():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument(
         "--sizes",
@@ -352,26 +340,6 @@ def main():
         type=int,
         default=0,
         help="candidates_per_member: 0 = full-union selection (default), k > 0 = certified top-k",
-    )
-    parser.add_argument(
-        "--respell-chunk",
-        type=int,
-        default=4,
-        help="DecodeConfig.respell_chunk: member tokens per extra pass for multi-token "
-        "re-spellings",
-    )
-    parser.add_argument(
-        "--first-pass-tokens",
-        default=str(DecodeConfig.first_pass_tokens),
-        help="DecodeConfig.first_pass_tokens: member tokens every row appends in a step's first "
-        "pass; a comma list times one ensemble per width, side by side with the same members",
-    )
-    parser.add_argument(
-        "--respell-slots",
-        default="auto",
-        help="DecodeConfig.respell_slots: member tokens beyond the batch size per packed "
-        "re-spelling pass (0: a first pass and whole-batch chunks; auto: generate's default for "
-        "the batch and members, default_respell_slots); a comma list times one ensemble per value",
     )
     parser.add_argument(
         "--expansion-budget",
@@ -406,50 +374,96 @@ def main():
         default=1.0,
         help="multiply the final norm by this (>1: peaked, trained-like distributions)",
     )
+    parser.add_argument(
+        "--no-floors",
+        action="store_true",
+        help="skip the 'together' and 'together+Z' floors (four compiles fewer)",
+    )
     opts = parser.parse_args()
-    batches = [int(b) for b in opts.batches.split(",")]
-    widths_first_pass = [int(w) for w in opts.first_pass_tokens.split(",")]
-    respell_slots = [r if r == "auto" else int(r) for r in opts.respell_slots.split(",")]
-    variants = opts.command_buffers.split(",")
-    unknown = set(variants) - set(COMMAND_BUFFERS)
+    unknown = set(opts.command_buffers.split(",")) - set(COMMAND_BUFFERS)
     if unknown:
         parser.error(
             f"--command-buffers: unknown {sorted(unknown)}; choose from {list(COMMAND_BUFFERS)}"
         )
-    warnings.filterwarnings("ignore", message="union tokens left out")
+    return opts
 
+
+def variant_runners(members, alignment, prompts, options, settings, floors: bool) -> list:
+    """Program makers `n -> Program` of one compile-option variant: each member alone, the floors
+    (unless not `floors`), the ensemble last."""
+    runners = [lambda n, m=m: member_runner(m, prompts, n, options) for m in members]
+    if floors:
+        runners.append(lambda n: together_runner(members, prompts, n, options=options))
+        runners.append(
+            lambda n: together_runner(members, prompts, n, normalisers=True, options=options)
+        )
+    runners.append(lambda n: ensemble_runner(members, alignment, prompts, n, options, **settings))
+    return runners
+
+
+def verdict(size, batch, label, seconds, members, stats, shortcut) -> str:
+    """One line: ensemble / Σ member steps against its goal, and the other ratios."""
+    steps, ensemble = seconds[: len(members)], seconds[-1]
+    ingested, respelled = stats
+    ratio = ensemble / sum(steps)
+    per_ingested = ensemble / sum(n * s for n, s in zip(ingested, steps))
+    goal = GOALS["real-batch" if size == "real" and batch > 1 else size.split("-")[0]]
+    line = (
+        f"{size:13s} B={batch:<3d} {'ensemble' + label + '/Σmembers':30s} = {ratio:.2f}  "
+        f"(goal ≤ {goal}: {'PASS' if ratio <= goal else 'MISS'});  "
+        f"ensemble/Σ(ingest·member) = {per_ingested:.2f}"
+    )
+    if len(seconds) > len(members) + 1:
+        together, normalised = seconds[len(members)], seconds[len(members) + 1]
+        line += (
+            f";  ensemble/together = {ensemble / together:.2f}  (together/Σmembers = "
+            f"{together / sum(steps):.2f}, together+Z/Σmembers = {normalised / sum(steps):.2f})"
+        )
+    if shortcut is not None:
+        line += f"  certified shortcut on {shortcut:.0%} of steps"
+    return line + "".join(
+        f"  {m.name}: {rows:.1f} rows/step re-spell in several tokens ({share:.0%} "
+        f"of steps; {least:.0f}–{most:.0f} tokens a step, median {median:.0f})"
+        for m, (rows, share, (least, median, most)) in zip(members, respelled)
+        if share > 0
+    )
+
+
+def table_rows(size, batch, label, seconds, work, members, ingested, floors) -> list[list]:
+    names = [m.name + label for m in members]
+    names += [name + label for name in ("together", "together+Z")] * floors + ["ensemble" + label]
+    params = [f"{m.num_params / 1e6:.1f}M" for m in members] + [""] * (len(names) - len(members))
+    ingest = ["1.00"] * len(members) + ["/".join(["1.00"] * len(members))] * 2 * floors
+    ingest.append("/".join(f"{x:.2f}" for x in ingested))
+    return [
+        [size, batch, name, par, f"{s * 1e3:.2f}", f"{batch / s:.0f}", ing, f"{b / 2**20:.1f}"]
+        for name, par, s, ing, b in zip(names, params, seconds, ingest, work)
+    ]
+
+
+def main():
+    opts = parse_args()
+    batches = [int(b) for b in opts.batches.split(",")]
+    variants = opts.command_buffers.split(",")
+    warnings.filterwarnings("ignore", message="union tokens left out")
     print(f"# decode_throughput  {datetime.datetime.now():%Y-%m-%d %H:%M}")
     print(f"# {common.machine_info()}")
     selection = (
         f"certified top-{opts.candidates} shortcut" if opts.candidates else "full-union selection"
     )
     print(
-        f"# repeats={opts.repeats}, greedy, uniform weights, {selection}, first pass "
-        f"{opts.first_pass_tokens} tokens, respell chunk {opts.respell_chunk}, respell slots "
-        f"{opts.respell_slots}, expansion budget {opts.expansion_budget}, head scale "
-        f"{opts.head_scale}, features: {FEATURE_USES[opts.features]}, command buffers: "
-        f"{opts.command_buffers}, {opts.prompts} prompts"
+        f"# repeats={opts.repeats}, greedy, uniform weights, {selection}, expansion budget "
+        f"{opts.expansion_budget}, head scale {opts.head_scale}, features: "
+        f"{FEATURE_USES[opts.features]}, command buffers: {opts.command_buffers}, {opts.prompts} "
+        "prompts"
     )
     header = ["size", "B", "member", "params", "ms/step", "tok/s", "ingest/step", "work MB"]
     settings = dict(
         candidates=opts.candidates,
-        respell_chunk=opts.respell_chunk,
         expansion_budget=opts.expansion_budget,
         features=opts.features,
     )
-    ensembles = {
-        " ".join(
-            ["ensemble"]
-            + [f"F={w}"] * (len(widths_first_pass) > 1)
-            + [f"S={r}"] * (len(respell_slots) > 1)
-        ): dict(first_pass_tokens=w, respell_slots=r)
-        for w in widths_first_pass
-        for r in respell_slots
-    }
-    label_width = max(len(name) for name in [*ensembles, "together+Z"]) + (
-        0 if len(variants) == 1 else 9
-    )
-    widths = [13, 3, label_width + 2, 8, 9, 9, 11, 8]
+    widths = [13, 3, 21 + (0 if len(variants) == 1 else 9), 8, 9, 9, 11, 8]
     verdicts = []
     print(common.fmt_row(header, widths))
     for size in opts.sizes.split(","):
@@ -468,112 +482,31 @@ def main():
                 if size == "real"
                 else common.batch_prompts(batch, opts.prompts == "distinct")
             )
-            shapes = {
-                name: dict(shape, respell_slots=default_respell_slots(batch, members))
-                if shape["respell_slots"] == "auto"
-                else shape
-                for name, shape in ensembles.items()
-            }
             runners = []
             for variant in variants:
                 options = COMMAND_BUFFERS[variant]
-                runners += [
-                    lambda n, m=m, o=options: member_runner(m, prompts, n, o) for m in members
-                ]
-                runners.append(lambda n, o=options: together_runner(members, prompts, n, options=o))
-                runners.append(
-                    lambda n, o=options: together_runner(
-                        members, prompts, n, normalisers=True, options=o
-                    )
-                )
-                for shape in shapes.values():
-                    runners.append(
-                        lambda n, shape=shape, o=options: ensemble_runner(
-                            members, alignment, prompts, n, o, **settings, **shape
-                        )
-                    )
-            all_seconds, all_work = step_seconds(runners, tokens, opts.repeats)
-            stats_by_name = {
-                name: ensemble_stats(members, alignment, prompts, tokens[1], **settings, **shape)
-                for name, shape in shapes.items()
-            }
+                floors = not opts.no_floors
+                runners += variant_runners(members, alignment, prompts, options, settings, floors)
+            all_seconds, all_work, results = step_seconds(runners, tokens, opts.repeats)
+            shortcut = (
+                shortcut_share(members, alignment, prompts, tokens[1], **settings)
+                if opts.candidates
+                else None
+            )
             per_variant = len(runners) // len(variants)
             for index, variant in enumerate(variants):
-                seconds = all_seconds[index * per_variant : (index + 1) * per_variant]
-                work = all_work[index * per_variant : (index + 1) * per_variant]
+                part = slice(index * per_variant, (index + 1) * per_variant)
                 label = "" if len(variants) == 1 else f" [{variant}]"
-                steps, together, normalised = (
-                    seconds[: len(members)],
-                    seconds[len(members)],
-                    seconds[len(members) + 1],
+                stats = ensemble_stats(
+                    results[part][-1], alignment, tokens[1], opts.expansion_budget
                 )
-                ensemble_steps = dict(zip(ensembles, seconds[len(members) + 2 :]))
-                rows = [
-                    [
-                        size,
-                        batch,
-                        m.name + label,
-                        f"{m.num_params / 1e6:.1f}M",
-                        f"{s * 1e3:.2f}",
-                        f"{batch / s:.0f}",
-                        "1.00",
-                    ]
-                    for m, s in zip(members, steps)
-                ]
-                for name, seconds_per_step in (("together", together), ("together+Z", normalised)):
-                    rows.append(
-                        [
-                            size,
-                            batch,
-                            name + label,
-                            "",
-                            f"{seconds_per_step * 1e3:.2f}",
-                            f"{batch / seconds_per_step:.0f}",
-                            "/".join(["1.00"] * len(members)),
-                        ]
-                    )
-                for name in ensembles:
-                    ensemble = ensemble_steps[name]
-                    shortcut, ingested, respelled = stats_by_name[name]
-                    rows.append(
-                        [
-                            size,
-                            batch,
-                            name + label,
-                            "",
-                            f"{ensemble * 1e3:.2f}",
-                            f"{batch / ensemble:.0f}",
-                            "/".join(f"{x:.2f}" for x in ingested),
-                        ]
-                    )
-                    ratio = ensemble / sum(steps)
-                    per_ingested = ensemble / sum(n * s for n, s in zip(ingested, steps))
-                    goal = GOALS[
-                        "real-batch" if size == "real" and batch > 1 else size.split("-")[0]
-                    ]
-                    used = (
-                        f"  certified shortcut on {shortcut:.0%} of steps"
-                        if opts.candidates
-                        else ""
-                    )
-                    used += "".join(
-                        f"  {m.name}: {rows:.1f} rows/step re-spell in several tokens ({share:.0%} "
-                        f"of steps; {least:.0f}–{most:.0f} tokens a step, median {median:.0f})"
-                        for m, (rows, share, (least, median, most)) in zip(members, respelled)
-                        if share > 0
-                    )
-                    verdicts.append(
-                        f"{size:13s} B={batch:<3d} {name + label + '/Σmembers':30s} = {ratio:.2f}  "
-                        f"(goal ≤ {goal}: {'PASS' if ratio <= goal else 'MISS'});  "
-                        f"ensemble/Σ(ingest·member) = {per_ingested:.2f};  ensemble/together = "
-                        f"{ensemble / together:.2f}  (together/Σmembers = "
-                        f"{together / sum(steps):.2f}, together+Z/Σmembers = "
-                        f"{normalised / sum(steps):.2f}){used}"
-                    )
-                rows = [row + [f"{bytes_ / 2**20:.1f}"] for row, bytes_ in zip(rows, work)]
+                seconds, work = all_seconds[part], all_work[part]
+                floors = not opts.no_floors
+                rows = table_rows(size, batch, label, seconds, work, members, stats[0], floors)
+                verdicts.append(verdict(size, batch, label, seconds, members, stats, shortcut))
                 # a cut-off run keeps them
                 tqdm.write("\n".join(common.fmt_row(row, widths) for row in rows))
-                tqdm.write("\n".join(verdicts[-len(ensembles) :]))
+                tqdm.write(verdicts[-1])
     print()
     print("\n".join(verdicts))
 

@@ -16,13 +16,9 @@
 #                       on a GPU, 0.23 ms against 0.10 for both members), then ~100M
 #   command_buffers [480] every program compiled with the library's decode-loop options (loops and conditionals in
 #                       command buffers) and with XLA's default command buffers, timed interleaved: tiny-real at
-#                       batch 1 and 16, then ~100M at batch 1 (first pass 4) (command_buffers.txt). On an H200 the
+#                       batch 1 and 16, then ~100M at batch 1 (command_buffers.txt). On an H200 the
 #                       tiny-real batch 1 half took 70 s; ~100M did not compile both variants in 120 s
-#   first_pass    [360] ~100M ensemble step / Σ member steps at batch 1 and 16 with first_pass_tokens 1 and 4
-#                       side by side (first_pass.txt): whole short re-spellings in one pass (slower on a CPU)
-#   respell       [360] ~100M at batch 16, distinct prompts: re-spellings in a first pass and whole-batch chunks,
-#                       or when cheaper in passes of 16 + 8 tokens packed from any rows (respell_slots 0 and 8;
-#                       packed won on a CPU, the GPU default is still 0) (respell.txt)
+#   ensemble_100m [360] ~100M ensemble step / Σ member steps at batch 1 and 16, distinct prompts (ensemble_100m.txt)
 #   throughput    [300] the same for the tiny sizes (tiny-trained, tiny-real), with working memory
 #                 (decode_throughput.py now fills batch 16 with distinct prompts, as a dataset batch; the GPU
 #                 rounds in RESULTS-ARCHIVE.md before 2026-11-26 14:38 repeated one prompt: add --prompts same to compare)
@@ -35,7 +31,7 @@ cd "$(dirname "$0")/.."
 out=${1:-/tmp/rlae_gpu_checks}
 shift || true
 checks=("$@")
-[ ${#checks[@]} -gt 0 ] || checks=(profile command_buffers first_pass respell throughput vs_reference tests)
+[ ${#checks[@]} -gt 0 ] || checks=(profile command_buffers ensemble_100m throughput vs_reference tests)
 mkdir -p "$out"
 export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 export XLA_PYTHON_CLIENT_PREALLOCATE=false  # jax and torch share the GPU in vs_reference
@@ -60,20 +56,14 @@ print("decode loops compiled with", decode_loop_options() or "XLA's default opti
 EOF
 }
 
-first_pass() {
-  timeout 360 python3 benchmarks/decode_throughput.py --sizes 100m --repeats 3 --first-pass-tokens 1,4 2>&1 \
-    | tee "$out/first_pass.txt"
-}
-
-respell() {
-  timeout 360 python3 benchmarks/decode_throughput.py --sizes 100m --batches 16 --repeats 3 --respell-slots 0,8 \
-    2>&1 | tee "$out/respell.txt"
+ensemble_100m() {
+  timeout 360 python3 benchmarks/decode_throughput.py --sizes 100m --repeats 3 2>&1 | tee "$out/ensemble_100m.txt"
 }
 
 command_buffers() {
   {
     timeout 180 python3 benchmarks/decode_throughput.py --sizes tiny-real --repeats 3 --command-buffers loops,xla
-    timeout 300 python3 benchmarks/decode_throughput.py --sizes 100m --batches 1 --first-pass-tokens 4 --repeats 3 \
+    timeout 300 python3 benchmarks/decode_throughput.py --sizes 100m --batches 1 --repeats 3 \
       --command-buffers loops,xla
   } 2>&1 | tee "$out/command_buffers.txt"
 }
@@ -104,8 +94,8 @@ device 2>&1 | tee "$out/device.txt"
 [ "${PIPESTATUS[0]}" = 0 ] || { echo "device check failed: see $out/device.txt"; exit 1; }
 for check in "${checks[@]}"; do
   case $check in
-    first_pass|respell|command_buffers|throughput|vs_reference|tests|profile) echo "== $check $(date +%T)"; $check ;;
+    ensemble_100m|command_buffers|throughput|vs_reference|tests|profile) echo "== $check $(date +%T)"; $check ;;
     device) ;;
-    *) echo "unknown check '$check' (profile, first_pass, respell, command_buffers, throughput, vs_reference, tests)"; exit 2 ;;
+    *) echo "unknown check '$check' (profile, ensemble_100m, command_buffers, throughput, vs_reference, tests)"; exit 2 ;;
   esac
 done

@@ -34,7 +34,6 @@ import jax
 import common
 import decode_throughput
 from rlae_jax.align import build_alignment
-from rlae_jax.engine.loop import default_respell_slots
 
 INSTRUCTION = re.compile(r"^\s*(?:ROOT )?%([\w.\-]+) = (\S+) ([\w\-]+)\(")
 OP_NAME = re.compile(r'op_name="([^"]*)"')
@@ -134,20 +133,14 @@ def main():
     prompts = common.batch_prompts(opts.batch, opts.prompts == "distinct")
     print(f"# profile_step  {datetime.datetime.now():%Y-%m-%d %H:%M}")
     print(f"# {common.machine_info()}")
-    respell_slots = default_respell_slots(opts.batch, members)  # generate's default
     print(
         f"# {opts.size}: {note}; union {alignment.num_union}; batch {opts.batch} ({opts.prompts} "
-        f"prompts), {opts.tokens} new tokens, greedy, uniform weights, respell slots "
-        f"{respell_slots}; features: {decode_throughput.FEATURE_USES[opts.features]}"
+        f"prompts), {opts.tokens} new tokens, greedy, uniform weights; features: "
+        f"{decode_throughput.FEATURE_USES[opts.features]}"
     )
 
     ensemble = decode_throughput.ensemble_runner(
-        members,
-        alignment,
-        prompts,
-        opts.tokens,
-        features=opts.features,
-        respell_slots=respell_slots,
+        members, alignment, prompts, opts.tokens, features=opts.features
     )
     report(
         "ensemble",

@@ -43,28 +43,8 @@ GPU_GOAL = 5.0
 REAL_PAIR = ("smollm2-135m-instruct", "gemma-3-270m")
 
 
-def tiny_hf_config(family: str, vocab_size: int, eos_token_id: int):
-    """A 2-layer random GPT-2 or Llama config."""
-    if family == "gpt2":
-        return GPT2Config(
-            vocab_size=vocab_size,
-            n_embd=64,
-            n_layer=2,
-            n_head=4,
-            n_positions=512,
-            bos_token_id=eos_token_id,
-            eos_token_id=eos_token_id,
-        )
-    return LlamaConfig(
-        vocab_size=vocab_size,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=512,
-        eos_token_id=eos_token_id,
-    )
+# the tiny size: 2 layers, hidden 64 (GPT2Config maps these names to n_embd, n_layer, ...)
+TINY = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=512)
 
 
 def hf_configs(size: str, tokenizers):
@@ -87,9 +67,16 @@ def hf_configs(size: str, tokenizers):
                 eos_token_id=llama_tok.eos_token_id,
             ),
         )
+    eos = gpt2_tok.eos_token_id
     return (
-        tiny_hf_config("gpt2", len(gpt2_tok), gpt2_tok.eos_token_id),
-        tiny_hf_config("llama", len(llama_tok), llama_tok.eos_token_id),
+        GPT2Config(vocab_size=len(gpt2_tok), bos_token_id=eos, eos_token_id=eos, **TINY),
+        LlamaConfig(
+            vocab_size=len(llama_tok),
+            eos_token_id=llama_tok.eos_token_id,
+            intermediate_size=128,
+            num_key_value_heads=2,
+            **TINY,
+        ),
     )
 
 

@@ -9,6 +9,7 @@ import jax.numpy as jnp
 from flax import struct
 
 from rlae_jax.align import Alignment
+from rlae_jax.models.member import Member
 from rlae_jax.models.sampling import first_argmax
 
 
@@ -149,3 +150,12 @@ def span_features(
         prompt_nll=prompt_nll,
         previous_weights=previous_weights,
     )
+
+
+def prompt_nll(member: Member, input_ids: jax.Array, attention_mask: jax.Array) -> jax.Array:
+    """Mean negative log-likelihood `[B]` of each row's prompt tokens after its first."""
+    logits = member.logits(input_ids, attention_mask)[:, :-1]
+    log_probs = jax.nn.log_softmax(logits, axis=-1)
+    token_log_probs = jnp.take_along_axis(log_probs, input_ids[:, 1:, None], axis=-1)[..., 0]
+    scored = (attention_mask[:, 1:] * attention_mask[:, :-1]).astype(jnp.float32)
+    return -(token_log_probs * scored).sum(-1) / jnp.maximum(scored.sum(-1), 1.0)

@@ -14,7 +14,13 @@ import numpy as np
 from flax import struct
 
 from rlae_jax.align import Alignment
-from rlae_jax.engine.features import SpanFeatures, member_distributions, span_features, usable_rows
+from rlae_jax.engine.features import (
+    SpanFeatures,
+    member_distributions,
+    prompt_nll,
+    span_features,
+    usable_rows,
+)
 from rlae_jax.engine.feed import feed_members, fit_rows
 from rlae_jax.engine.mixing import choose_union_tokens, sanitize_weights
 from rlae_jax.engine.state import (
@@ -62,15 +68,6 @@ class DecodeContext:
             self.alignment,
             "js_divergence" in needs,
         )
-
-
-def prompt_nll(member: Member, input_ids: jax.Array, attention_mask: jax.Array) -> jax.Array:
-    """Mean negative log-likelihood `[B]` of each row's prompt tokens after its first."""
-    logits = member.logits(input_ids, attention_mask)[:, :-1]
-    log_probs = jax.nn.log_softmax(logits, axis=-1)
-    token_log_probs = jnp.take_along_axis(log_probs, input_ids[:, 1:, None], axis=-1)[..., 0]
-    scored = (attention_mask[:, 1:] * attention_mask[:, :-1]).astype(jnp.float32)
-    return -(token_log_probs * scored).sum(-1) / jnp.maximum(scored.sum(-1), 1.0)
 
 
 def check_members(members: Sequence[Member], alignment: Alignment) -> None:

@@ -2,15 +2,15 @@
 
 Seconds per generated token = (time of an N2-token run − time of an N1-token run) / (N2 − N1), so
 prefill cancels out; every program is compiled before timing; each time is the fastest of --repeats
-runs, interleaved across the members and the ensemble. Also counts how often the certified-candidate
-shortcut of `choose_union_tokens` is taken (untimed run with a host callback in the full-union
-fallback branch). Besides ensemble / Σ member steps, prints ensemble / Σ ingest_n · member_n:
-members that take in several tokens per union token (ingest/step > 1, e.g. a random GPT-2 member
-re-spelling Llama-only pieces) do real extra member work that a single member step does not count;
-the second ratio is the engine's own overhead. "together" runs both members in one compiled loop,
-each greedy on its own tokens with its own-size cache and no union work: the floor of any engine
-that steps the members in one loop (on a CPU their weights and caches then share the caches and
-cores); ensemble / together is what the union work and re-spelling add on top. "together+Z" is
+runs, interleaved across the members and the ensemble. With --candidates, also counts how often the
+certified-candidate shortcut of `choose_union_tokens` is taken (untimed run with a host callback in
+the full-union fallback branch). Besides ensemble / Σ member steps, prints ensemble / Σ ingest_n ·
+member_n: members that take in several tokens per union token (ingest/step > 1, e.g. a random GPT-2
+member re-spelling Llama-only pieces) do real extra member work that a single member step does not
+count; the second ratio is the engine's own overhead. "together" runs both members in one compiled
+loop, each greedy on its own tokens with its own-size cache and no union work: the floor of any
+engine that steps the members in one loop (on a CPU their weights and caches then share the caches
+and cores); ensemble / together is what the union work and re-spelling add on top. "together+Z" is
 `together` with each member also taking its softmax normaliser every step (`jax.nn.logsumexp` of its
 logits, the cheapest form measured): the least any exact mixing of the members' probabilities adds
 (a member alone only takes an argmax of its logits), so (together+Z) / Σ member steps is a floor for

@@ -28,6 +28,8 @@ from rlae_jax.rl.baselines import (
     train_router,
     tune_fixed_weights,
 )
+from rlae_jax.engine.features import token_log_probs
+from rlae_jax.models.prompts import left_pad
 from rlae_jax.tasks.base import Example
 from rlae_jax.toy.tokenizer_trainer import train_byte_level_bpe, train_metaspace_bpe
 
@@ -87,7 +89,7 @@ def case():
     blank = [Example(id=str(i), prompt=p, answer="", aliases=("",)) for i, p in enumerate(PROMPTS)]
     alone, _ = resolve_strategy("single", 2, primary=0)
     texts = run_strategy(
-        "member 0", members, alignment, task, blank, alone, CONFIG, warmup=False
+        "member 0", members, alignment, task, blank, alone, CONFIG
     ).texts
     examples = [dataclasses.replace(e, answer=t, aliases=(t,)) for e, t in zip(blank, texts) if t]
     assert len(examples) >= 6, texts
@@ -137,8 +139,20 @@ def test_router_labels_and_weights_follow_the_member_that_knows(case):
     assert observations.shape[0] == len(dataset_labels) and np.isfinite(observations).all()
     router = train_router(members, alignment, task, examples, config)
     result = run_strategy(
-        "router", members, alignment, task, examples, router, CONFIG, warmup=False
+        "router", members, alignment, task, examples, router, CONFIG
     )
     assert result.accuracy == 1.0, (result.texts, [e.answer for e in examples])
     weights = np.concatenate([w for w in result.span_weights])
     assert weights[:, 0].min() > 0.9, weights
+
+
+def test_token_log_probs_in_chunks_equal_the_full_log_softmax(case):
+    members, *_ = case
+    member = members[0]
+    ids, mask = left_pad([member.tokenizer.encode(p) for p in PROMPTS], 0)
+    ids, mask = jax.numpy.asarray(ids), jax.numpy.asarray(mask)
+    full = jax.nn.log_softmax(member.logits(ids, mask)[:, :-1], axis=-1)
+    expected = np.take_along_axis(np.asarray(full), np.asarray(ids)[:, 1:, None], -1)[..., 0]
+    for chunk in (1, 3, 16, 64):
+        got = np.asarray(token_log_probs(member, ids, mask, chunk))
+        np.testing.assert_allclose(got, expected, atol=1e-5)

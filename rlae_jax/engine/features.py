@@ -152,10 +152,33 @@ def span_features(
     )
 
 
+def token_log_probs(
+    member: Member, input_ids: jax.Array, attention_mask: jax.Array, chunk: int = 16
+) -> jax.Array:
+    """`[B, T-1]` log-probability of every token of a padded batch `[B, T]` after the first. The
+    vocabulary logits are made `chunk` positions at a time: `[B, chunk, V]` at most, since `[B, T,
+    V]` of a 262k-token vocabulary is gigabytes."""
+    hidden, _ = member.model(input_ids, attention_mask.astype(bool))
+    batch, length = input_ids.shape
+    pad = -(length - 1) % chunk
+    hidden = jnp.pad(hidden[:, :-1], ((0, 0), (0, pad), (0, 0)))
+    targets = jnp.pad(input_ids[:, 1:], ((0, 0), (0, pad)))
+
+    def block_log_probs(block):
+        states, ids = block  # [B, chunk, H], [B, chunk]
+        log_probs = jax.nn.log_softmax(member.model.lm_head_logits(states), axis=-1)
+        return jnp.take_along_axis(log_probs, ids[..., None], axis=-1)[..., 0]
+
+    blocks = (
+        hidden.reshape(batch, -1, chunk, hidden.shape[-1]).swapaxes(0, 1),
+        targets.reshape(batch, -1, chunk).swapaxes(0, 1),
+    )
+    log_probs = jax.lax.map(block_log_probs, blocks).swapaxes(0, 1).reshape(batch, -1)
+    return log_probs[:, : length - 1]
+
+
 def prompt_nll(member: Member, input_ids: jax.Array, attention_mask: jax.Array) -> jax.Array:
     """Mean negative log-likelihood `[B]` of each row's prompt tokens after its first."""
-    logits = member.logits(input_ids, attention_mask)[:, :-1]
-    log_probs = jax.nn.log_softmax(logits, axis=-1)
-    token_log_probs = jnp.take_along_axis(log_probs, input_ids[:, 1:, None], axis=-1)[..., 0]
     scored = (attention_mask[:, 1:] * attention_mask[:, :-1]).astype(jnp.float32)
-    return -(token_log_probs * scored).sum(-1) / jnp.maximum(scored.sum(-1), 1.0)
+    log_probs = token_log_probs(member, input_ids, attention_mask)
+    return -(log_probs * scored).sum(-1) / jnp.maximum(scored.sum(-1), 1.0)

@@ -293,7 +293,13 @@ def decode_growing(
         tuple(members), alignment, weight_fn, Sampling(key, temperature, top_p), config=config
     )
     context, state = prefill_jit(context, prompts, lengths=ladder[0])
-    lengths = list(ladder[0])
+    return run_growing(context, state, prompts, ladder)
+
+
+def run_growing(context: DecodeContext, state: DecodeState, prompts: PromptBatch, ladder):
+    """Run a prefilled `state` to the end from the host, doubling a member's cache (up to its last
+    rung of `ladder`) whenever it needs room → DecodeResult."""
+    lengths = [cache.length for cache in state.caches]
     while True:
         state = run_jit(context, state)
         needs_room = np.flatnonzero(np.asarray(state.needs_room))
@@ -307,3 +313,25 @@ def decode_growing(
             prompt_slots = prompts.input_ids[n].shape[1]
             lengths[n] = min(prompt_slots + 2 * (lengths[n] - prompt_slots), ladder[-1][n])
         state = grow(state, lengths)
+
+
+def restart(
+    context: DecodeContext,
+    state: DecodeState,
+    prompts: PromptBatch,
+    weight_fn,
+    config: DecodeConfig,
+) -> tuple[DecodeContext, DecodeState]:
+    """A prefilled (context, state) made ready to decode with another `weight_fn` and `config` (same
+    `max_new_tokens`): fresh span records, and the prompt NLL when the weight_fn reads it. One
+    prefill then serves every strategy evaluated on the same prompts."""
+    context = context.replace(weight_fn=weight_fn, config=config)
+    if "prompt_nll" in getattr(weight_fn, "optional_features", ()):
+        nll = [prompt_nll(m, *prompt) for m, prompt in zip(context.members, zip(*prompts))]
+        context = context.replace(prompt_nll=jnp.stack(nll, 1))
+    logits = [m.next_token_logits(h) for m, h in zip(context.members, state.hidden)]
+    batch = prompts.input_ids[0].shape[0]
+    return context, state.replace(spans=first_spans(context, logits, state.hidden, batch))
+
+
+restart_jit = jax.jit(restart, static_argnames=("config",), compiler_options=decode_loop_options())

@@ -8,15 +8,23 @@ import dataclasses
 import json
 import pathlib
 import time
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from rlae_jax.align import Alignment
-from rlae_jax.engine import DecodeConfig, decode_jit, to_host, tokenize_for_members
-from rlae_jax.engine.strategies import resolve_strategy
+from rlae_jax.engine import DecodeConfig, to_host, tokenize_for_members
+from rlae_jax.engine.loop import (
+    DecodeContext,
+    prefill_jit,
+    restart_jit,
+    room_ladder,
+    run_growing,
+)
+from rlae_jax.engine.state import Sampling
+from rlae_jax.engine.strategies import FixedWeights, resolve_strategy
 from rlae_jax.models.member import Member
 from rlae_jax.models.prompts import member_prompts
 
@@ -43,6 +51,88 @@ def accuracy_of(task, completion: str, example) -> float:
     return exact(completion, example) if exact else task.reward(completion, example)
 
 
+@dataclasses.dataclass
+class Answers:
+    """One strategy's answers as the batches come: texts, span weights, union ids, tokens made and
+    each batch's seconds per row."""
+
+    texts: list = dataclasses.field(default_factory=list)
+    span_weights: list = dataclasses.field(default_factory=list)
+    union_ids: list = dataclasses.field(default_factory=list)
+    tokens: int = 0
+    seconds_per_row: list = dataclasses.field(default_factory=list)
+
+    def add(self, output, rows: int, seconds: float, batch_size: int) -> None:
+        self.texts += output.texts[:rows]
+        self.span_weights += output.span_weights[:rows]
+        self.union_ids += output.union_ids[:rows]
+        self.tokens += int(np.asarray(output.result.lengths)[:rows].sum())
+        self.seconds_per_row.append(seconds / batch_size)
+
+    def result(self, name: str, task, examples: Sequence) -> StrategyResult:
+        scores = np.array([accuracy_of(task, t, e) for t, e in zip(self.texts, examples)])
+        seconds = float(np.median(self.seconds_per_row))
+        return StrategyResult(
+            name=name,
+            accuracy=float(scores.mean()),
+            reward=float(np.mean(task.rewards(self.texts, examples))),
+            tokens_per_second=self.tokens / len(examples) / seconds,
+            texts=self.texts,
+            span_weights=self.span_weights,
+            union_ids=self.union_ids,
+            scores=scores.astype(np.float32),
+            seconds_per_answer=seconds,
+        )
+
+
+def run_strategies(
+    strategies: Mapping[str, tuple[Any, DecodeConfig]],
+    members: Sequence[Member],
+    alignment: Alignment,
+    task,
+    examples: Sequence,
+    batch_size: int = 64,
+    shots: Sequence = (),
+) -> dict[str, StrategyResult]:
+    """Every strategy (name → (weight_fn, DecodeConfig), one `max_new_tokens`) answers every
+    example, greedily; scored by the task. Each member reads the questions in its own chat format
+    after `shots` (`member_prompts`). A batch of `batch_size` rows (the last filled with repeats of
+    its final example, dropped) is prefilled once and every strategy decodes from that prefill
+    (`restart`), growing caches as needed. A strategy's seconds_per_answer is the median over
+    batches of (prefill + its decode) per row, which leaves out a batch that compiled when there
+    are three or more."""
+    (_, config), *_ = strategies.values()
+    uniform = FixedWeights(jnp.full((len(members),), 1.0 / len(members), jnp.float32))
+    if len({c.max_new_tokens for _, c in strategies.values()}) > 1:
+        raise ValueError("run_strategies: every strategy needs the same max_new_tokens")
+    answers = {name: Answers() for name in strategies}
+    sampling = Sampling(jax.random.key(0), jnp.float32(0), jnp.float32(1))
+    for start in range(0, len(examples), batch_size):
+        chunk = list(examples[start : start + batch_size])
+        rows = len(chunk)
+        chunk += chunk[-1:] * (batch_size - rows)
+        prompts = tokenize_for_members(
+            members, member_prompts(members, task, chunk, shots), config.max_new_tokens
+        )
+        ladder = room_ladder(members, alignment, prompts, config)
+        began = time.perf_counter()
+        context, state = jax.block_until_ready(
+            prefill_jit(
+                DecodeContext(tuple(members), alignment, uniform, sampling, config=config),
+                prompts,
+                lengths=ladder[0],
+            )
+        )
+        prefill_seconds = time.perf_counter() - began
+        for name, (weight_fn, config_n) in strategies.items():
+            began = time.perf_counter()
+            ready = restart_jit(context, state, prompts, weight_fn, config=config_n)
+            result = jax.block_until_ready(run_growing(*ready, prompts, ladder))
+            seconds = prefill_seconds + time.perf_counter() - began
+            answers[name].add(to_host(result, alignment, config_n), rows, seconds, batch_size)
+    return {name: a.result(name, task, examples) for name, a in answers.items()}
+
+
 def run_strategy(
     name: str,
     members: Sequence[Member],
@@ -52,62 +142,11 @@ def run_strategy(
     weight_fn,
     config: DecodeConfig,
     batch_size: int = 64,
-    warmup: bool = True,
     shots: Sequence = (),
 ) -> StrategyResult:
-    """Generate every example's answer with `weight_fn` and score it. Each member reads the question
-    in its own chat format (`member_prompts`, after the few-shot `shots`). Every batch has
-    `batch_size` rows (the last is filled with repeats of its final example, whose answers are
-    dropped), so one compiled decode serves the split. `warmup` first runs the first batch untimed
-    (compiling), so tokens_per_second times generation only; seconds_per_answer is the median
-    batch's time per row, which leaves out a batch that compiled when there are three or more."""
-    texts, span_weights, union_ids, batch_seconds, tokens = [], [], [], [], 0
-    key = jax.random.key(0)
-    for start in range(0, len(examples), batch_size):
-        chunk = list(examples[start : start + batch_size])
-        real_rows = len(chunk)
-        chunk += chunk[-1:] * (batch_size - real_rows)
-        prompts = tokenize_for_members(
-            members, member_prompts(members, task, chunk, shots), config.max_new_tokens
-        )
-
-        def call():
-            return jax.block_until_ready(
-                decode_jit(
-                    members,
-                    alignment,
-                    prompts,
-                    weight_fn,
-                    key,
-                    jnp.float32(0),
-                    jnp.float32(1),
-                    config=config,
-                )
-            )
-
-        if start == 0 and warmup:  # compile outside the timing
-            call()
-        began = time.perf_counter()
-        result = call()
-        batch_seconds.append(time.perf_counter() - began)
-        out = to_host(result, alignment, config)
-        tokens += int(np.asarray(result.lengths)[:real_rows].sum())
-        texts += out.texts[:real_rows]
-        span_weights += out.span_weights[:real_rows]
-        union_ids += out.union_ids[:real_rows]
-    scores = np.array([accuracy_of(task, t, e) for t, e in zip(texts, examples)], np.float32)
-    reward = float(np.mean(task.rewards(texts, examples)))
-    return StrategyResult(
-        name,
-        float(scores.mean()),
-        reward,
-        tokens / max(sum(batch_seconds), 1e-9),
-        texts,
-        span_weights,
-        union_ids,
-        scores,
-        float(np.median(batch_seconds)) / batch_size,
-    )
+    """`run_strategies` with one strategy."""
+    strategies = {name: (weight_fn, config)}
+    return run_strategies(strategies, members, alignment, task, examples, batch_size, shots)[name]
 
 
 def baseline_strategies(

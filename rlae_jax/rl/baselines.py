@@ -29,11 +29,12 @@ from flax import nnx, struct
 
 from rlae_jax.align import Alignment
 from rlae_jax.engine import DecodeConfig, decode_jit, tokenize_for_members
-from rlae_jax.engine.strategies import StatelessWeightFn, resolve_strategy
-from rlae_jax.experiments.evaluation import run_strategy
+from rlae_jax.engine.strategies import FixedWeights, StatelessWeightFn
+from rlae_jax.experiments.evaluation import run_strategies
 from rlae_jax.models.member import Member
 from rlae_jax.models.prompts import left_pad, member_prompts, pad_id_of
 from rlae_jax.rl.networks import MLP
+from rlae_jax.engine.features import token_log_probs
 from rlae_jax.rl.observations import engine_features, global_observation
 
 
@@ -76,26 +77,13 @@ def tune_fixed_weights(
 ) -> FixedWeightsSearch:
     """Score every point of `simplex_grid(len(members), resolution)` on `examples` (the training
     split) with the engine under `config` and the task's accuracy; the first best point wins.
-    The weights are an input of one compiled decode, so the grid compiles once. `shots`: few-shot
+    The weights are an input of one compiled decode, so the grid compiles once, and every grid
+    point decodes from the same prefill of each batch (`run_strategies`). `shots`: few-shot
     examples before each question (as in `run_strategy`)."""
     grid = simplex_grid(len(members), resolution)
-    accuracy = []
-    for weights in grid:
-        weight_fn, _ = resolve_strategy("fixed", len(members), weights=weights)
-        result = run_strategy(
-            f"fixed {weights}",
-            members,
-            alignment,
-            task,
-            examples,
-            weight_fn,
-            config,
-            batch_size,
-            warmup=False,
-            shots=shots,
-        )
-        accuracy.append(result.accuracy)
-    accuracy = np.array(accuracy)
+    strategies = {f"fixed {w.tolist()}": (FixedWeights(jnp.asarray(w)), config) for w in grid}
+    results = run_strategies(strategies, members, alignment, task, examples, batch_size, shots)
+    accuracy = np.array([result.accuracy for result in results.values()])
     return FixedWeightsSearch(grid[int(np.argmax(accuracy))], grid, accuracy)
 
 
@@ -110,21 +98,29 @@ def reference_chunks(answer: str, chunk_chars: int) -> list[tuple[str, str]]:
     ]
 
 
-@jax.jit
-def token_log_probs(member: Member, input_ids: jax.Array, attention_mask: jax.Array) -> jax.Array:
-    """`[B, T-1]` log-probability of every token of a left-padded batch `[B, T]` after its start."""
-    log_probs = jax.nn.log_softmax(member.logits(input_ids, attention_mask)[:, :-1], axis=-1)
-    return jnp.take_along_axis(log_probs, input_ids[:, 1:, None], axis=-1)[..., 0]
-
-
 def chunk_log_probs(
-    member: Member, prompts: Sequence[str], answers: Sequence[str], chunk_chars: int
+    member: Member,
+    prompts: Sequence[str],
+    answers: Sequence[str],
+    chunk_chars: int,
+    batch_size: int = 16,
 ) -> list[np.ndarray]:
     """Per example, `[K]` log-probabilities the member gives the K `chunk_chars`-character chunks
     of its answer after the prompt and the chunks before: in its own tokenisation of prompt +
     answer, the summed log-probs of the tokens that start inside the chunk (a token running past a
     chunk's end counts with the chunk it starts in, so no member pays for a cut inside its token).
-    NaN for a chunk where no token starts."""
+    NaN for a chunk where no token starts. Scored `batch_size` examples at a time."""
+    out = []
+    for start in range(0, len(prompts), batch_size):
+        rows = slice(start, start + batch_size)
+        out += chunk_log_probs_batch(member, prompts[rows], answers[rows], chunk_chars)
+    return out
+
+
+def chunk_log_probs_batch(
+    member: Member, prompts: Sequence[str], answers: Sequence[str], chunk_chars: int
+) -> list[np.ndarray]:
+    """`chunk_log_probs` of one batch."""
     bos = getattr(member.tokenizer, "bos_token", None)
     encoded = [
         member.tokenizer(
@@ -134,7 +130,7 @@ def chunk_log_probs(
     ]
     id_lists = [e["input_ids"] for e in encoded]
     ids, mask = left_pad(id_lists, pad_id_of(member.tokenizer))
-    scores = np.asarray(token_log_probs(member, jnp.asarray(ids), jnp.asarray(mask)))
+    scores = np.asarray(token_log_probs_jit(member, jnp.asarray(ids), jnp.asarray(mask)))
     out = []
     for row, (prompt, answer) in enumerate(zip(prompts, answers)):
         values = np.full(-(-len(answer) // chunk_chars), np.nan)
@@ -146,6 +142,9 @@ def chunk_log_probs(
                 values[chunk] = score if np.isnan(values[chunk]) else values[chunk] + score
         out.append(values)
     return out
+
+
+token_log_probs_jit = jax.jit(token_log_probs)
 
 
 def teacher_forced_labels(

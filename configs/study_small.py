@@ -31,31 +31,33 @@ def get_config() -> ml_collections.ConfigDict:
         "rg/leg_counting:easy",
     )
     config.shots = 1  # worked examples before each question (from the training split)
-    config.train_examples = 1024  # training-split problems the learners draw from
+    config.train_examples = 512  # training-split problems the learners draw from
     config.eval_examples = 200  # held-out problems per family
     config.eval_batch_size = 40
     config.seeds = 3
     config.bootstrap = 2000  # resamples for the 95% intervals
     config.tune_fixed_resolution = 4  # simplex grid 1/4 steps
-    config.tune_examples = 128  # training problems scored per grid point
-    config.router_examples = 256
+    config.tune_examples = 80  # training problems scored per grid point
+    config.router_examples = 96
     config.router_steps = 300
     config.threshold = 0.5
     config.top_k = 4
     config.rl = ml_collections.ConfigDict(
         dict(
-            num_updates=20,
-            batch_size=32,
-            max_new_tokens=10,
+            num_updates=10,
+            batch_size=16,
+            max_new_tokens=8,
             span_length=4,
             reward="correctness",
             learning_rate=1e-3,
             hidden_sizes=(64, 64),
-            feature_set="portable",
+            # the members' hidden states (as in the paper): "portable" reads each member's prompt
+            # NLL, a second pass over every prompt through a 262k-row LM head (~3x the prefill)
+            feature_set="full",
             entropy_coef=0.0,
             num_epochs=4,
             num_minibatches=4,
-            checkpoint_every=10,
+            checkpoint_every=5,
         )
     )
     return config

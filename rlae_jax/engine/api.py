@@ -24,7 +24,13 @@ from rlae_jax.engine.state import (
 )
 from rlae_jax.engine.strategies import resolve_strategy
 from rlae_jax.models.member import Member
-from rlae_jax.models.prompts import check_context, encode_prompts, left_pad, pad_id_of
+from rlae_jax.models.prompts import (
+    bucket_length,
+    check_context,
+    encode_prompts,
+    left_pad,
+    pad_id_of,
+)
 
 # `generate` keywords that configure a strategy given by name (see `resolve_strategy`)
 STRATEGY_OPTIONS = ("weights", "threshold", "primary", "top_k", "packllm_temperature")
@@ -68,28 +74,38 @@ def tokenize_for_members(
     members: Sequence[Member],
     prompts: Sequence[str] | Sequence[Sequence[str]],
     max_new_tokens: int,
+    lengths: Sequence[int] | None = None,
 ) -> PromptBatch:
     """Every member's own tokenisation of the prompts, left-padded to its length bucket. `prompts`:
-    B strings for every member, or one list of B strings per member (`prompts_per_member`)."""
+    B strings for every member, or one list of B strings per member (`prompts_per_member`).
+    `lengths`: as in `batch_of_token_lists`."""
     own = prompts_per_member(prompts, len(members))
     token_lists = [encode_prompts(m.tokenizer, p) for m, p in zip(members, own)]
-    return batch_of_token_lists(members, token_lists, max_new_tokens)
+    return batch_of_token_lists(members, token_lists, max_new_tokens, lengths)
 
 
 def batch_of_token_lists(
-    members: Sequence[Member], token_lists: Sequence[Sequence[list[int]]], max_new_tokens: int
+    members: Sequence[Member],
+    token_lists: Sequence[Sequence[list[int]]],
+    max_new_tokens: int,
+    lengths: Sequence[int] | None = None,
 ) -> PromptBatch:
     """`token_lists[n][b]`: member n's prompt ids of row b → each member's left-padded `[B, T_n]`
-    ids and mask; ValueError when a prompt plus `max_new_tokens` exceeds a member's context."""
+    ids and mask; ValueError when a prompt plus `max_new_tokens` exceeds a member's context.
+    `lengths[n]`: pad member n to at least this many positions, so batches of differently long
+    prompts share one compiled shape."""
     input_ids, masks = [], []
-    for member, lists in zip(members, token_lists):
+    for index, (member, lists) in enumerate(zip(members, token_lists)):
         check_context(
             max(map(len, lists)),
             max_new_tokens,
             member.config.max_position_embeddings,
             member.name or member.config.model_type,
         )
-        ids, mask = left_pad(lists, pad_id_of(member.tokenizer))
+        length = bucket_length(max(map(len, lists)))
+        if lengths is not None:
+            length = max(length, lengths[index])
+        ids, mask = left_pad(lists, pad_id_of(member.tokenizer), length)
         input_ids.append(jnp.asarray(ids))
         masks.append(jnp.asarray(mask))
     return PromptBatch(tuple(input_ids), tuple(masks))

@@ -93,6 +93,7 @@ def run_strategies(
     examples: Sequence,
     batch_size: int = 64,
     shots: Sequence = (),
+    prompt_lengths: Sequence[int] | None = None,
 ) -> dict[str, StrategyResult]:
     """Every strategy (name → (weight_fn, DecodeConfig), one `max_new_tokens`) answers every
     example, greedily; scored by the task. Each member reads the questions in its own chat format
@@ -100,7 +101,8 @@ def run_strategies(
     its final example, dropped) is prefilled once and every strategy decodes from that prefill
     (`restart`), growing caches as needed. A strategy's seconds_per_answer is the median over
     batches of (prefill + its decode) per row, which leaves out a batch that compiled when there
-    are three or more."""
+    are three or more. `prompt_lengths[n]`: pad member n's prompts to at least this length, so
+    every batch (and split) shares one compiled shape."""
     (_, config), *_ = strategies.values()
     uniform = FixedWeights(jnp.full((len(members),), 1.0 / len(members), jnp.float32))
     if len({c.max_new_tokens for _, c in strategies.values()}) > 1:
@@ -112,7 +114,10 @@ def run_strategies(
         rows = len(chunk)
         chunk += chunk[-1:] * (batch_size - rows)
         prompts = tokenize_for_members(
-            members, member_prompts(members, task, chunk, shots), config.max_new_tokens
+            members,
+            member_prompts(members, task, chunk, shots),
+            config.max_new_tokens,
+            prompt_lengths,
         )
         ladder = room_ladder(members, alignment, prompts, config)
         began = time.perf_counter()

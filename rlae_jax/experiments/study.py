@@ -15,6 +15,7 @@ import contextlib
 import dataclasses
 import json
 import pathlib
+import pickle
 import time
 from typing import Sequence
 
@@ -28,6 +29,7 @@ from rlae_jax.engine.strategies import FixedWeights
 from rlae_jax.experiments.evaluation import StrategyResult, baseline_strategies, run_strategies
 from rlae_jax.experiments.plots import plot_reward_curves, plot_weights_along_answers
 from rlae_jax.models.loading import from_pretrained
+from rlae_jax.models.prompts import bucket_length, encode_prompts, member_prompts
 from rlae_jax.rl.baselines import RouterConfig, train_router, tune_fixed_weights
 from rlae_jax.rl.rollout import policy_weight_fn
 from rlae_jax.rl.trainer import RLAETrainer, RLConfig
@@ -54,6 +56,23 @@ def load_family(spec: str, config) -> Family:
     pool = task.load("train", limit=config.train_examples + config.shots)
     test = task.load("test", limit=config.eval_examples)
     return Family(spec, task, pool[: config.shots], pool[config.shots :], test)
+
+
+def common_prompt_lengths(members, families: Sequence[Family]) -> list[int]:
+    """Per member, the length bucket of its longest test prompt over all families: every
+    evaluation batch is padded to it, so the strategies compile once, not once per family."""
+    lengths = []
+    for index, member in enumerate(members):
+        longest = max(
+            len(ids)
+            for family in families
+            for ids in encode_prompts(
+                member.tokenizer,
+                member_prompts(members, family.task, family.test, family.shots)[index],
+            )
+        )
+        lengths.append(bucket_length(longest))
+    return lengths
 
 
 def bootstrap_interval(scores: np.ndarray, resamples: int, seed: int = 0) -> tuple[float, float]:
@@ -151,6 +170,7 @@ class Study:
             )
         with self.timed("load tasks"):
             self.families = [load_family(spec, config) for spec in config.families]
+        self.prompt_lengths = common_prompt_lengths(self.members, self.families)
         self.results: dict[str, dict[str, list[StrategyResult]]] = {
             f.spec: {} for f in self.families
         }
@@ -254,6 +274,7 @@ class Study:
                     family.test,
                     self.config.eval_batch_size,
                     family.shots,
+                    self.prompt_lengths,
                 )
             for name, result in results.items():
                 group = name.split("#")[0]
@@ -323,5 +344,7 @@ def run_study(config) -> dict:
     strategies.update(study.fair_baselines())
     agents, workdirs = study.agents()
     study.evaluate({**strategies, **agents})
+    with open(study.output / "results.pkl", "wb") as file:  # every answer, for later analysis
+        pickle.dump(study.results, file)
     study.plots(workdirs)
     return study.report((time.time() - started) / 60)

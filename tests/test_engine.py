@@ -107,14 +107,15 @@ def test_one_hot_weights_reproduce_the_member_alone_while_the_other_ingests_ever
     assert max(expansions) > 0, "the test should exercise multi-token steps in the unigram member"
 
 
-def test_single_strategy_equals_one_hot_fixed(members, alignment):
+def test_single_strategy_equals_one_hot_fixed_by_name_or_object(members, alignment):
     single = generate(
         members, alignment, PROMPTS, strategy="single", primary=1, max_new_tokens=NEW_TOKENS
     )
     fixed = generate(
         members, alignment, PROMPTS, strategy="fixed", weights=[0, 1], max_new_tokens=NEW_TOKENS
     )
-    assert single.union_ids == fixed.union_ids
+    as_object = generate(members, alignment, PROMPTS, FixedWeights([0.0, 1.0]), NEW_TOKENS)
+    assert single.union_ids == fixed.union_ids == as_object.union_ids
 
 
 def test_duplicate_byte_strings_explain_any_divergence_from_the_member_alone(members, alignment):

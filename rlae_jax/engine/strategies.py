@@ -56,13 +56,14 @@ class StatelessWeightFn:
 
 @struct.dataclass
 class FixedWeights(StatelessWeightFn):
-    """The same weights `[N]` for every row and span (uniform = GaC's average; one-hot = single
-    member)."""
+    """The same weights `[N]` (an array or a list) for every row and span (uniform = GaC's
+    average; one-hot = single member); the engine normalises them."""
 
     weights: jax.Array
 
     def __call__(self, features: SpanFeatures, carry):
-        return jnp.broadcast_to(self.weights, features.previous_weights.shape), carry
+        weights = jnp.asarray(self.weights, jnp.float32)
+        return jnp.broadcast_to(weights, features.previous_weights.shape), carry
 
 
 @struct.dataclass
@@ -76,9 +77,10 @@ class ThresholdGating(StatelessWeightFn):
     primary: int = struct.field(pytree_node=False, default=0)
 
     def __call__(self, features: SpanFeatures, carry):
-        alone = jax.nn.one_hot(self.primary, self.ensemble_weights.shape[0])
+        alone = jax.nn.one_hot(self.primary, len(self.ensemble_weights))
         confident = features.max_prob[:, self.primary] > self.threshold
-        return jnp.where(confident[:, None], alone, self.ensemble_weights), carry
+        ensemble = jnp.asarray(self.ensemble_weights, jnp.float32)
+        return jnp.where(confident[:, None], alone, ensemble), carry
 
 
 @struct.dataclass

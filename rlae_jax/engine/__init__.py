@@ -2,7 +2,8 @@
 
 Modules: `api` (generate, prompt batching, to_host), `state` (DecodeConfig, PromptBatch, the loop
 carry, DecodeResult, stop reasons), `mixing` (weights and union-token choice), `feed` (re-spelled
-tokens into each member's cache), `loop` (prefill, step, run, decode), `strategies`, `features`."""
+tokens into each member's cache), `room` (cache sizes and their growth), `loop` (prefill, step,
+run, decode), `strategies`, `features`."""
 
 from rlae_jax.engine.api import (
     EnsembleOutput,

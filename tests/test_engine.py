@@ -192,6 +192,7 @@ def test_two_copies_of_one_member_equal_that_member_alone(members):
         assert out.union_ids == [alignment.to_union(0, ids) for ids in alone]
 
 
+@pytest.mark.slow  # minutes on 2 cores: the slow job runs it
 def test_every_batch_row_equals_its_prompt_run_alone(members, alignment):
     batched = generate(
         members, alignment, PROMPTS, strategy="uniform", max_new_tokens=NEW_TOKENS, span_length=3
@@ -436,6 +437,7 @@ class AlternatingWeights:
         return jnp.broadcast_to(weights, features.previous_weights.shape), calls + 1
 
 
+@pytest.mark.slow  # minutes on 2 cores: the slow job runs it
 def test_growing_the_caches_mid_loop_changes_nothing(members, monkeypatch):
     """A byte member needs 2-3 tokens a union token: its cache grows while the loop runs, in the
     compiled program (`decode`: from the first rung to the last) or from the host (`decode_growing`,

@@ -78,6 +78,7 @@ def cache(tmp_path_factory):
     return tmp_path_factory.mktemp("rlae_cache")
 
 
+@pytest.mark.slow  # minutes on 2 cores: the slow job runs it
 def test_generate_and_ensemble_generate_take_one_prompt_string_or_several(stories, cache):
     """One prompt as a plain string, or a tuple; the continuation keeps the SentencePiece member's
     leading space."""

@@ -94,6 +94,7 @@ def test_resume_equals_an_uninterrupted_run(members, alignment, examples, tmp_pa
     assert (tmp_path / "straight" / "tensorboard").is_dir()
 
 
+@pytest.mark.slow  # minutes on 2 cores: the slow job runs it
 def test_mappo_killed_between_checkpoints_resumes_from_the_last_one(
     members, alignment, examples, tmp_path, monkeypatch
 ):
@@ -202,7 +203,7 @@ class NaNTask:
 
     name = "nan_task"
 
-    def render(self, example, tokenizer=None):
+    def render(self, example, tokenizer=None, shots=(), formatter=None):
         return example.prompt
 
     def rewards(self, completions, examples):
@@ -218,6 +219,7 @@ def test_nan_reward_stops_training_naming_the_update(members, alignment, example
         trainer.train(num_updates=3, progress=False)
 
 
+@pytest.mark.slow  # minutes on 2 cores: the slow job runs it
 def test_seeds_can_be_vmapped_over_the_train_step(members, alignment, examples):
     prompts_examples = examples[: CONFIG.batch_size]
     from rlae_jax.engine import tokenize_for_members

@@ -74,7 +74,7 @@ def test_quick_study_runs_on_the_real_members(tmp_path):
         ],
         cwd=ROOT,
         check=True,
-        timeout=900,
+        timeout=1800,
         env={**os.environ, "PYTHONPATH": str(ROOT)},
     )
     payload = json.loads((out / "results.json").read_text())

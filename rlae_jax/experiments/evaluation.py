@@ -16,13 +16,8 @@ import numpy as np
 
 from rlae_jax.align import Alignment
 from rlae_jax.engine import DecodeConfig, to_host, tokenize_for_members
-from rlae_jax.engine.loop import (
-    DecodeContext,
-    prefill_jit,
-    restart_jit,
-    room_ladder,
-    run_growing,
-)
+from rlae_jax.engine.loop import DecodeContext, prefill_jit, restart_jit, run_growing
+from rlae_jax.engine.room import room_ladder
 from rlae_jax.engine.state import Sampling
 from rlae_jax.engine.strategies import FixedWeights, resolve_strategy
 from rlae_jax.models.member import Member

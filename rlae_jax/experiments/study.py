@@ -25,7 +25,7 @@ import numpy as np
 
 from rlae_jax.align import build_alignment
 from rlae_jax.engine import DecodeConfig
-from rlae_jax.engine.strategies import FixedWeights
+from rlae_jax.engine.strategies import FixedWeights, ThresholdGating
 from rlae_jax.experiments.evaluation import StrategyResult, baseline_strategies, run_strategies
 from rlae_jax.experiments.plots import plot_reward_curves, plot_weights_along_answers
 from rlae_jax.models.loading import from_pretrained
@@ -61,18 +61,13 @@ def load_family(spec: str, config) -> Family:
 def common_prompt_lengths(members, families: Sequence[Family]) -> list[int]:
     """Per member, the length bucket of its longest test prompt over all families: every
     evaluation batch is padded to it, so the strategies compile once, not once per family."""
-    lengths = []
-    for index, member in enumerate(members):
-        longest = max(
-            len(ids)
-            for family in families
-            for ids in encode_prompts(
-                member.tokenizer,
-                member_prompts(members, family.task, family.test, family.shots)[index],
-            )
-        )
-        lengths.append(bucket_length(longest))
-    return lengths
+    longest = [0] * len(members)
+    for family in families:
+        texts = member_prompts(members, family.task, family.test, family.shots)
+        for index, (member, own) in enumerate(zip(members, texts)):
+            ids = encode_prompts(member.tokenizer, own)
+            longest[index] = max(longest[index], *map(len, ids))
+    return [bucket_length(length) for length in longest]
 
 
 def bootstrap_interval(scores: np.ndarray, resamples: int, seed: int = 0) -> tuple[float, float]:
@@ -196,7 +191,8 @@ class Study:
         )
         out = {}
         for name, (weight_fn, selection) in strategies.items():
-            span = 1 if name.startswith("threshold") else self.decode.span_length
+            # GaC gates every token
+            span = 1 if isinstance(weight_fn, ThresholdGating) else self.decode.span_length
             out[name] = (
                 weight_fn,
                 dataclasses.replace(self.decode, selection=selection, span_length=span),

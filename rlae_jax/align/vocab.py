@@ -62,9 +62,8 @@ def build_alignment(
         digest.update(vocab.fingerprint(size))
     fingerprint = digest.hexdigest()
     path = pathlib.Path(cache_dir or DEFAULT_CACHE_DIR) / f"{fingerprint}.npz"
-    if use_cache and path.exists():
-        alignment = load_alignment(path)
-    else:
+    alignment = _cached(path) if use_cache else None
+    if alignment is None:
         backends = [tokenizer.backend_tokenizer for tokenizer in tokenizers]
         alignment = _build(vocabs, backends, sizes, fingerprint, max_expansion)
         if use_cache:
@@ -84,6 +83,20 @@ def build_alignment(
             f"max_expansion): {summary}"
         )
     return alignment
+
+
+def _cached(path: pathlib.Path) -> Alignment | None:
+    """The alignment cached at `path`; None when absent, or unreadable (reported: it is rebuilt)."""
+    if not path.exists():
+        return None
+    try:
+        return load_alignment(path)
+    except Exception as error:  # truncated zip, bad JSON, an old format: rebuild, never trust it
+        warnings.warn(
+            f"cached alignment {path} does not load ({type(error).__name__}: {error}); "
+            "building it again"
+        )
+        return None
 
 
 def _checked_sizes(vocabs: Sequence[MemberVocab], vocab_sizes: Sequence[int] | None) -> list[int]:
@@ -280,7 +293,8 @@ def _shortest_spelling(
 
 
 def save_alignment(path: str | os.PathLike, alignment: Alignment) -> None:
-    """Write an alignment to ``path`` (.npz, atomically)."""
+    """Write an alignment to ``path`` (.npz): into a temporary sibling file, then one rename, so
+    ``path`` exists only complete."""
     path = pathlib.Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     host = alignment.vocab
@@ -292,19 +306,23 @@ def save_alignment(path: str | os.PathLike, alignment: Alignment) -> None:
         "max_expansion": alignment.max_expansion,
         "special_names": {str(u): name for u, name in host.special_names.items()},
     }
-    with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".tmp.npz", delete=False) as handle:
-        np.savez(
-            handle,
-            meta=np.array(json.dumps(meta)),
-            union_bytes=np.frombuffer(b"".join(host.union_bytes), np.uint8),
-            union_bytes_offsets=np.concatenate([[0], np.cumsum(lengths)]),
-            member_to_union=host.member_to_union,
-            union_to_member=host.union_to_member,
-            union_to_member_len=host.union_to_member_len,
-            union_member_ids=np.asarray(alignment.union_member_ids),
-            union_complete=np.asarray(alignment.union_complete),
-        )
-    os.replace(handle.name, path)
+    handle, partial = tempfile.mkstemp(dir=path.parent, suffix=".tmp.npz")
+    try:
+        with os.fdopen(handle, "wb") as file:
+            np.savez(
+                file,
+                meta=np.array(json.dumps(meta)),
+                union_bytes=np.frombuffer(b"".join(host.union_bytes), np.uint8),
+                union_bytes_offsets=np.concatenate([[0], np.cumsum(lengths)]),
+                member_to_union=host.member_to_union,
+                union_to_member=host.union_to_member,
+                union_to_member_len=host.union_to_member_len,
+                union_member_ids=np.asarray(alignment.union_member_ids),
+                union_complete=np.asarray(alignment.union_complete),
+            )
+        os.replace(partial, path)
+    finally:
+        pathlib.Path(partial).unlink(missing_ok=True)
 
 
 def load_alignment(path: str | os.PathLike) -> Alignment:

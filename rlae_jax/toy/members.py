@@ -12,6 +12,9 @@ import hashlib
 import json
 import os
 import pathlib
+import shutil
+import tempfile
+import warnings
 
 from rlae_jax.models import Member, ModelConfig, build_model, from_pretrained, save_pretrained
 from rlae_jax.tasks.synthetic import member_corpus, tokenizer_corpus
@@ -87,15 +90,38 @@ def demo_member(
     cache_dir: str | os.PathLike | None = None,
     progress: bool = True,
 ) -> Member:
-    """A demo member from the cache (an HF-format folder) or freshly trained and cached."""
+    """A demo member from the cache (an HF-format folder) or freshly trained and cached. The folder
+    exists only complete (`save_atomically`); one that does not load is reported and rebuilt."""
     recipe = dict(skill=skill, steps=steps, seed=seed, version=RECIPE_VERSION)
     key = hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:16]
     folder = pathlib.Path(cache_dir or DEFAULT_CACHE) / "demo_members" / f"{skill}-{key}"
-    if (folder / "model.safetensors").exists():
-        return from_pretrained(str(folder), name=skill)
-    member = train_demo_member(skill, steps, seed, progress)
-    save_pretrained(member, folder)
+    if folder.exists():
+        try:
+            return from_pretrained(str(folder), name=skill)
+        except Exception as error:  # any unreadable file: the folder is rebuilt, not trusted
+            warnings.warn(
+                f"cached demo member {folder} does not load ({type(error).__name__}: {error}); "
+                "deleting it and training the member again"
+            )
+            shutil.rmtree(folder)
+    save_atomically(train_demo_member(skill, steps, seed, progress), folder)
     return from_pretrained(str(folder), name=skill)
+
+
+def save_atomically(member: Member, folder: pathlib.Path) -> None:
+    """`save_pretrained` into a temporary sibling folder, then one rename to `folder`: a process
+    killed while saving leaves no `folder` (a `.partial` sibling at most). When another process
+    renamed its copy first, that one is kept."""
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    partial = pathlib.Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.partial-"))
+    try:
+        save_pretrained(member, partial)
+        os.replace(partial, folder)
+    except OSError:
+        if not (folder / "config.json").exists():
+            raise
+    finally:
+        shutil.rmtree(partial, ignore_errors=True)
 
 
 def load_members(

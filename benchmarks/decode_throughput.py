@@ -231,7 +231,8 @@ def members_together(members, input_ids, attention_masks, new_tokens, normaliser
     computed). → sum of tokens `[B]` (float32)."""
     logits, caches = [], []
     for member, ids, mask in zip(members, input_ids, attention_masks):
-        out, _, cache = member.prefill(ids, mask, ids.shape[1] + new_tokens)
+        filled = member.prefill(ids, mask, ids.shape[1] + new_tokens)
+        out, cache = filled.step, filled.cache
         logits.append(out.logits)
         caches.append(cache)
 
@@ -262,7 +263,11 @@ def members_together(members, input_ids, attention_masks, new_tokens, normaliser
 def together_runner(members, prompts, new_tokens, normalisers=False, options=None) -> Program:
     batch = tokenize_for_members(members, prompts, new_tokens)
     return compile_program(
-        members_together, (members, *batch), options, new_tokens=new_tokens, normalisers=normalisers
+        members_together,
+        (members, batch.input_ids, batch.attention_mask),
+        options,
+        new_tokens=new_tokens,
+        normalisers=normalisers,
     )
 
 

@@ -26,44 +26,14 @@ from rlae_jax.engine.features import top1_agreement, usable_rows
 from rlae_jax.engine.features import member_distributions
 from rlae_jax.engine.feed import feed_members
 from rlae_jax.engine.state import STOP_EOS, STOP_LENGTH, Sampling
-from rlae_jax.models import Member, ModelConfig, build_model
 from rlae_jax.models.sampling import select_tokens, top_p_filter
 from rlae_jax.toy.tokenizer_trainer import train_byte_level_bpe, train_metaspace_unigram
 from conftest import fixture_path
-from tiny_models import CORPUS
+from tiny_models import CORPUS, random_member
 from tokenizer_fixtures import REAL_TOKENIZERS, load_real_tokenizer
 
 PROMPTS = ["Once upon a time there was a little robot who", "Hello world!", "The quick brown fox"]
 NEW_TOKENS = 20
-
-
-def random_member(model_type: str, tokenizer, seed: int, name: str, context: int = 512) -> Member:
-    """A 2-layer random member whose LM head is scaled up so its distributions are peaked (no
-    near-ties)."""
-    config = ModelConfig(
-        model_type=model_type,
-        vocab_size=len(tokenizer),
-        hidden_size=48,
-        intermediate_size=96,
-        num_layers=2,
-        num_heads=4,
-        num_kv_heads=4 if model_type == "gpt2" else 2,
-        head_dim=12,
-        max_position_embeddings=context,
-        norm_eps=1e-5,
-        hidden_act="gelu_new" if model_type == "gpt2" else "silu",
-        tie_word_embeddings=False,
-        qkv_bias=model_type == "gpt2",
-        out_bias=model_type == "gpt2",
-        mlp_bias=model_type == "gpt2",
-        layer_windows=(None, None),
-        eos_token_ids=(tokenizer.eos_token_id,),
-    )
-    member = Member.from_model(build_model(config, seed=seed), tokenizer, name=name)
-    state = jax.tree_util.tree_map_with_path(
-        lambda path, x: x * 40.0 if "lm_head" in jax.tree_util.keystr(path) else x, member.state
-    )
-    return member.replace(state=state)
 
 
 @pytest.fixture(scope="module")
@@ -751,8 +721,9 @@ def test_re_spellings_fed_column_by_column_equal_one_append(members):
     the caches and hidden states of appending each whole re-spelling at once."""
     batch = rlae_jax.engine.tokenize_for_members(members, PROMPTS, 16)
     hidden, caches = [], []
-    for member, ids, mask in zip(members, *batch):
-        out, _, cache = member.prefill(ids, mask, ids.shape[1] + 16)
+    for member, ids, mask in zip(members, batch.input_ids, batch.attention_mask):
+        filled = member.prefill(ids, mask, ids.shape[1] + 16)
+        out, cache = filled.step, filled.cache
         hidden.append(out.hidden)
         caches.append(cache)
     rng = np.random.RandomState(0)

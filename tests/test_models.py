@@ -82,7 +82,8 @@ def test_cached_decode_equals_full_forward(tiny, tokenizer):
     rng = np.random.RandomState(1)
     token_lists = [tokenizer.encode(p) for p in PROMPTS]
     ids, mask = left_pad(token_lists, tokenizer.pad_token_id)
-    out, _, cache = member.prefill(jnp.asarray(ids), jnp.asarray(mask), ids.shape[1] + 40)
+    filled = member.prefill(jnp.asarray(ids), jnp.asarray(mask), ids.shape[1] + 40)
+    out, cache = filled.step, filled.cache
     logits = out.logits
     sequences = [list(t) for t in token_lists]
     step = jax.jit(lambda c, t: member.step(c, t))

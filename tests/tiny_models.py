@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import pathlib
 
+import jax
+
+from rlae_jax.models import Member, ModelConfig, build_model
 from rlae_jax.toy.tokenizer_trainer import train_byte_level_bpe
 
 CORPUS = [
@@ -120,3 +123,32 @@ def save_tiny_model(family: str, folder: pathlib.Path, tokenizer, seed: int = 0)
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return model
+
+
+def random_member(model_type: str, tokenizer, seed: int, name: str, context: int = 512) -> Member:
+    """A 2-layer random member whose LM head is scaled up so its distributions are peaked (no
+    near-ties)."""
+    config = ModelConfig(
+        model_type=model_type,
+        vocab_size=len(tokenizer),
+        hidden_size=48,
+        intermediate_size=96,
+        num_layers=2,
+        num_heads=4,
+        num_kv_heads=4 if model_type == "gpt2" else 2,
+        head_dim=12,
+        max_position_embeddings=context,
+        norm_eps=1e-5,
+        hidden_act="gelu_new" if model_type == "gpt2" else "silu",
+        tie_word_embeddings=False,
+        qkv_bias=model_type == "gpt2",
+        out_bias=model_type == "gpt2",
+        mlp_bias=model_type == "gpt2",
+        layer_windows=(None, None),
+        eos_token_ids=(tokenizer.eos_token_id,),
+    )
+    member = Member.from_model(build_model(config, seed=seed), tokenizer, name=name)
+    state = jax.tree_util.tree_map_with_path(
+        lambda path, x: x * 40.0 if "lm_head" in jax.tree_util.keystr(path) else x, member.state
+    )
+    return member.replace(state=state)

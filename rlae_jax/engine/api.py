@@ -134,12 +134,39 @@ def generate(
     `max_new_tokens`, or when a member's context window is full (stop reason 'context_window', with
     a warning naming the member); caches grow as needed (`decode_growing`).
     """
+    batch = tokenize_for_members(members, prompts, max_new_tokens)
+    return generate_from_batch(
+        members,
+        alignment,
+        batch,
+        strategy,
+        max_new_tokens,
+        temperature=temperature,
+        top_p=top_p,
+        seed=seed,
+        **options,
+    )
+
+
+def generate_from_batch(
+    members: Sequence[Member],
+    alignment: Alignment,
+    batch: PromptBatch,
+    strategy: Any = "uniform",
+    max_new_tokens: int = 64,
+    *,
+    temperature: float = 0.0,
+    top_p: float = 1.0,
+    seed: int = 0,
+    **options,
+) -> EnsembleOutput:
+    """`generate` on an already tokenised PromptBatch (e.g. `Ensemble.batch`, with a shared
+    prefix)."""
     members = list(members)
     named = {k: options.pop(k) for k in STRATEGY_OPTIONS if k in options}
     weight_fn, selection = resolve_strategy(strategy, len(members), **named)
     options.setdefault("selection", selection)
     config = DecodeConfig(max_new_tokens=max_new_tokens, **options)
-    batch = tokenize_for_members(members, prompts, max_new_tokens)
     result = decode_growing(
         members,
         alignment,

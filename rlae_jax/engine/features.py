@@ -9,7 +9,7 @@ import jax.numpy as jnp
 from flax import struct
 
 from rlae_jax.align import Alignment
-from rlae_jax.models.member import Member
+from rlae_jax.models.member import Member, PrefixState
 from rlae_jax.models.sampling import first_argmax
 
 
@@ -155,30 +155,32 @@ def span_features(
 def token_log_probs(
     member: Member, input_ids: jax.Array, attention_mask: jax.Array, chunk: int = 16
 ) -> jax.Array:
-    """`[B, T-1]` log-probability of every token of a padded batch `[B, T]` after the first. The
-    vocabulary logits are made `chunk` positions at a time: `[B, chunk, V]` at most, since `[B, T,
-    V]` of a 262k-token vocabulary is gigabytes."""
+    """`[B, T-1]` log-probability of every token of a padded batch `[B, T]` after the first (one
+    full forward, then `Member.token_log_probs` in blocks of `chunk` positions)."""
     hidden, _ = member.model(input_ids, attention_mask.astype(bool))
-    batch, length = input_ids.shape
-    pad = -(length - 1) % chunk
-    hidden = jnp.pad(hidden[:, :-1], ((0, 0), (0, pad), (0, 0)))
-    targets = jnp.pad(input_ids[:, 1:], ((0, 0), (0, pad)))
-
-    def block_log_probs(block):
-        states, ids = block  # [B, chunk, H], [B, chunk]
-        log_probs = jax.nn.log_softmax(member.model.lm_head_logits(states), axis=-1)
-        return jnp.take_along_axis(log_probs, ids[..., None], axis=-1)[..., 0]
-
-    blocks = (
-        hidden.reshape(batch, -1, chunk, hidden.shape[-1]).swapaxes(0, 1),
-        targets.reshape(batch, -1, chunk).swapaxes(0, 1),
-    )
-    log_probs = jax.lax.map(block_log_probs, blocks).swapaxes(0, 1).reshape(batch, -1)
-    return log_probs[:, : length - 1]
+    return member.token_log_probs(hidden[:, :-1], input_ids[:, 1:], chunk)
 
 
-def prompt_nll(member: Member, input_ids: jax.Array, attention_mask: jax.Array) -> jax.Array:
-    """Mean negative log-likelihood `[B]` of each row's prompt tokens after its first."""
-    scored = (attention_mask[:, 1:] * attention_mask[:, :-1]).astype(jnp.float32)
-    log_probs = token_log_probs(member, input_ids, attention_mask)
-    return -(log_probs * scored).sum(-1) / jnp.maximum(scored.sum(-1), 1.0)
+def prompt_nll(
+    member: Member,
+    hidden_states: jax.Array,
+    input_ids: jax.Array,
+    attention_mask: jax.Array,
+    prefix: PrefixState | None = None,
+) -> jax.Array:
+    """Mean negative log-likelihood `[B]` of each row's prompt tokens after its first, from the
+    prefill's own final hidden states `hidden_states [B, T, H]` of the left-padded rows `[B, T]`
+    (no second pass through the model). After a shared `prefix`, a row's first token is predicted
+    by the prefix's last hidden state and the prefix's own NLL is added."""
+    mask = attention_mask.astype(bool)
+    previous = jnp.pad(mask[:, :-1], ((0, 0), (1, 0)))  # [B, T]: token t-1 is the row's
+    predictors = jnp.pad(hidden_states[:, :-1], ((0, 0), (1, 0), (0, 0)))
+    if prefix is None:
+        scored, nll, count = mask & previous, 0.0, 0
+    else:
+        last = prefix.last_hidden.astype(predictors.dtype)
+        predictors = jnp.where(previous[..., None], predictors, last)
+        scored, nll, count = mask, prefix.nll_sum, prefix.length - 1
+    log_probs = member.token_log_probs(predictors, input_ids)
+    total = nll - jnp.where(scored, log_probs, 0.0).sum(-1)
+    return total / jnp.maximum(scored.sum(-1) + count, 1)

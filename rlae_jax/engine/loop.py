@@ -58,7 +58,6 @@ class DecodeContext:
     bounded_room: bool = struct.field(pytree_node=False, default=False)
 
     def features(self, dists, hidden, span_index, previous_weights) -> SpanFeatures:
-        needs = getattr(self.weight_fn, "optional_features", ())
         return span_features(
             dists,
             hidden,
@@ -67,7 +66,7 @@ class DecodeContext:
             previous_weights,
             self.prompt_nll,
             self.alignment,
-            "js_divergence" in needs,
+            "js_divergence" in self.weight_fn.optional_features,
         )
 
 
@@ -77,10 +76,13 @@ def first_spans(context: DecodeContext, logits, hidden, batch: int) -> SpanState
     uniform = jnp.full((batch, num_members), 1.0 / num_members, jnp.float32)
     records = None
     if config.record_features:
-        dists = member_distributions(logits, context.alignment)
-        template = context.features(dists, hidden, jnp.int32(0), uniform)
+        shapes = jax.eval_shape(
+            lambda: context.features(
+                member_distributions(logits, context.alignment), hidden, jnp.int32(0), uniform
+            )
+        )
         records = jax.tree.map(
-            lambda x: jnp.zeros((batch, config.num_spans) + x.shape[1:], x.dtype), template
+            lambda x: jnp.zeros((batch, config.num_spans) + x.shape[1:], x.dtype), shapes
         )
     return SpanState(
         weights=uniform,
@@ -93,26 +95,55 @@ def first_spans(context: DecodeContext, logits, hidden, batch: int) -> SpanState
     )
 
 
-def prefill(context: DecodeContext, prompts: PromptBatch, lengths: Sequence[int]):
-    """Prefill every member into caches of `lengths` slots → (context with the prompt summaries and
-    NLL, the loop's first state)."""
-    members = context.members
+def reads_prompt_nll(weight_fn) -> bool:
+    return "prompt_nll" in weight_fn.optional_features
+
+
+def prefill(
+    context: DecodeContext,
+    prompts: PromptBatch,
+    lengths: Sequence[int],
+    with_prompt_nll: bool | None = None,
+):
+    """Prefill every member into caches of `lengths` slots (from the prompts' shared prefix when
+    they have one) → (context with the prompt summaries and NLL, the loop's first state). Each row
+    is repeated `config.samples_per_prompt` times after the prefill. The prompt NLL comes from the
+    prefill's own hidden states, computed when `with_prompt_nll` (default: when the weight_fn reads
+    it), else zeros."""
+    members, samples = context.members, context.config.samples_per_prompt
+    if with_prompt_nll is None:
+        with_prompt_nll = reads_prompt_nll(context.weight_fn)
+    prefixes = prompts.prefix or (None,) * len(members)
+    filled = [
+        m.prefill(ids, mask, n, prefix)
+        for m, ids, mask, n, prefix in zip(
+            members, prompts.input_ids, prompts.attention_mask, lengths, prefixes
+        )
+    ]
     batch = prompts.input_ids[0].shape[0]
-    filled = [m.prefill(ids, mask, n) for m, ids, mask, n in zip(members, *prompts, lengths)]
     nll = jnp.zeros((batch, len(members)), jnp.float32)
-    if "prompt_nll" in getattr(context.weight_fn, "optional_features", ()):
-        nll = jnp.stack([prompt_nll(m, *prompt) for m, prompt in zip(members, zip(*prompts))], 1)
-    context = context.replace(summaries=tuple(s for _, s, _ in filled), prompt_nll=nll)
-    hidden = tuple(out.hidden for out, _, _ in filled)
+    if with_prompt_nll:
+        parts = zip(members, filled, prompts.input_ids, prompts.attention_mask, prefixes)
+        nll = jnp.stack([prompt_nll(m, f.hidden_states, *rest) for m, f, *rest in parts], 1)
+
+    def repeat(x):  # each prompt's row, `samples` times
+        return x if samples == 1 else jnp.repeat(x, samples, axis=0)
+
+    context = context.replace(
+        summaries=tuple(repeat(f.summary) for f in filled), prompt_nll=repeat(nll)
+    )
+    hidden = tuple(repeat(f.step.hidden) for f in filled)
+    logits = [repeat(f.step.logits) for f in filled]
+    batch *= samples
     state = DecodeState(
         step=jnp.zeros((), jnp.int32),
         hidden=hidden,
-        caches=tuple(c for _, _, c in filled),
+        caches=tuple(f.cache if samples == 1 else f.cache.repeat_rows(samples) for f in filled),
         union_ids=jnp.full((batch, context.config.max_new_tokens), NO_TOKEN, jnp.int32),
         done=jnp.zeros((batch,), bool),
         stop_reason=jnp.zeros((batch,), jnp.int32),
         window_member=jnp.full((batch,), -1, jnp.int32),
-        spans=first_spans(context, [out.logits for out, _, _ in filled], hidden, batch),
+        spans=first_spans(context, logits, hidden, batch),
         needs_room=jnp.zeros((len(members),), bool),
     )
     return context, state
@@ -198,7 +229,11 @@ def grow(state: DecodeState, lengths: Sequence[int]) -> DecodeState:
 
 def finish(state: DecodeState, prompts: PromptBatch) -> DecodeResult:
     """The loop's final state → DecodeResult."""
-    ingested = [c.next_position - m.sum(-1) for c, m in zip(state.caches, prompts.attention_mask)]
+    samples = state.done.shape[0] // prompts.input_ids[0].shape[0]
+    ingested = [
+        c.next_position - jnp.repeat(prompts.prompt_lengths(n), samples)
+        for n, c in enumerate(state.caches)
+    ]
     spans = state.spans
     return DecodeResult(
         union_ids=state.union_ids,
@@ -232,7 +267,11 @@ def decode(members, alignment, prompts, weight_fn, key, temperature, top_p, conf
 
 # JAX takes compile options only on a top-level jit: inside your own jit, call `decode`.
 decode_jit = jax.jit(decode, static_argnames=("config",), compiler_options=decode_loop_options())
-prefill_jit = jax.jit(prefill, static_argnames=("lengths",), compiler_options=decode_loop_options())
+prefill_jit = jax.jit(
+    prefill,
+    static_argnames=("lengths", "with_prompt_nll"),
+    compiler_options=decode_loop_options(),
+)
 run_jit = jax.jit(run, compiler_options=decode_loop_options())
 
 
@@ -265,8 +304,8 @@ def run_growing(context: DecodeContext, state: DecodeState, prompts: PromptBatch
                 f"members {needs_room.tolist()} need more than their largest cache {lengths}"
             )
         for n in needs_room:
-            prompt_slots = prompts.input_ids[n].shape[1]
-            lengths[n] = min(prompt_slots + 2 * (lengths[n] - prompt_slots), ladder[-1][n])
+            slots = prompts.prompt_slots(n)
+            lengths[n] = min(slots + 2 * (lengths[n] - slots), ladder[-1][n])
         state = grow(state, lengths)
 
 
@@ -278,14 +317,11 @@ def restart(
     config: DecodeConfig,
 ) -> tuple[DecodeContext, DecodeState]:
     """A prefilled (context, state) made ready to decode with another `weight_fn` and `config` (same
-    `max_new_tokens`): fresh span records, and the prompt NLL when the weight_fn reads it. One
-    prefill then serves every strategy evaluated on the same prompts."""
+    `max_new_tokens`): fresh span records. One prefill then serves every strategy evaluated on the
+    same prompts (prefill with `with_prompt_nll=True` when one of them reads the prompt NLL)."""
     context = context.replace(weight_fn=weight_fn, config=config)
-    if "prompt_nll" in getattr(weight_fn, "optional_features", ()):
-        nll = [prompt_nll(m, *prompt) for m, prompt in zip(context.members, zip(*prompts))]
-        context = context.replace(prompt_nll=jnp.stack(nll, 1))
     logits = [m.next_token_logits(h) for m, h in zip(context.members, state.hidden)]
-    batch = prompts.input_ids[0].shape[0]
+    batch = state.done.shape[0]
     return context, state.replace(spans=first_spans(context, logits, state.hidden, batch))
 
 

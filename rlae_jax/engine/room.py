@@ -49,7 +49,7 @@ def room_ladder(
     rungs = [tuple(firsts)]
     while rungs[-1] != tuple(caps):
         rungs.append(tuple(min(2 * room, cap) for room, cap in zip(rungs[-1], caps)))
-    return [tuple(ids.shape[1] + r for ids, r in zip(prompts.input_ids, rung)) for rung in rungs]
+    return [tuple(prompts.prompt_slots(n) + r for n, r in enumerate(rung)) for rung in rungs]
 
 
 def compiled_rungs(ladder: Sequence[tuple[int, ...]]) -> list[tuple[int, ...]]:

@@ -11,6 +11,7 @@ from flax import struct
 from rlae_jax.engine.features import SpanFeatures
 from rlae_jax.engine.strategies import Selection
 from rlae_jax.models.kv_cache import KVCache
+from rlae_jax.models.member import PrefixState
 
 RUNNING, STOP_EOS, STOP_LENGTH, STOP_CONTEXT_WINDOW, STOP_NONFINITE, STOP_ROOM = range(6)
 STOP_REASONS = {
@@ -36,6 +37,9 @@ class DecodeConfig:
     (`decode_growing` and `generate` grow instead). `stop_at_eos=False` always runs
     `max_new_tokens` steps (benchmarks). `record_features` keeps every span's SpanFeatures in the
     result (RL needs them; without it, features the weight_fn ignores are never computed).
+    `samples_per_prompt` K: each prompt is prefilled once and decoded K times (rows b·K … b·K+K−1
+    of the result are prompt b's; a sampling weight_fn draws each row's weights independently),
+    so K RL episodes of one question cost one prefill.
     """
 
     max_new_tokens: int = 64
@@ -46,9 +50,10 @@ class DecodeConfig:
     room_per_token: int = 4
     stop_at_eos: bool = True
     record_features: bool = True
+    samples_per_prompt: int = 1
 
     def __post_init__(self):
-        for name in ("span_length", "expansion_budget", "room_per_token"):
+        for name in ("span_length", "expansion_budget", "room_per_token", "samples_per_prompt"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
 
@@ -64,10 +69,28 @@ class DecodeConfig:
 
 
 class PromptBatch(NamedTuple):
-    """Each member's left-padded tokenisation of the same prompts: per member `[B, T_n]` int32."""
+    """Each member's left-padded tokenisation of the same B prompts: per member `[B, T_n]` int32
+    ids and mask. With `prefix` (per member a PrefixState, `engine.prefix`), every row of member n
+    starts with `prefix[n]`'s tokens and `input_ids[n]` hold only the rest (the question): the
+    prefix is prefilled once and every row starts from its cache."""
 
     input_ids: tuple[jax.Array, ...]
     attention_mask: tuple[jax.Array, ...]
+    prefix: tuple[PrefixState | None, ...] | None = None
+
+    def prefix_length(self, member: int) -> int:
+        """Tokens of member `member`'s shared prefix (0 without one)."""
+        if self.prefix is None or self.prefix[member] is None:
+            return 0
+        return self.prefix[member].length
+
+    def prompt_slots(self, member: int) -> int:
+        """Cache slots member `member`'s prompts take: the prefix's plus the padded rows'."""
+        return self.prefix_length(member) + self.input_ids[member].shape[1]
+
+    def prompt_lengths(self, member: int) -> jax.Array:
+        """`[B]` each row's prompt tokens for member `member`, prefix included."""
+        return self.attention_mask[member].sum(-1) + self.prefix_length(member)
 
 
 @struct.dataclass

@@ -13,15 +13,22 @@ from typing import Any, Mapping, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
+from tqdm import tqdm
 
 from rlae_jax.align import Alignment
-from rlae_jax.engine import DecodeConfig, to_host, tokenize_for_members
-from rlae_jax.engine.loop import DecodeContext, prefill_jit, restart_jit, run_growing
+from rlae_jax.engine import DecodeConfig, PromptBatch, to_host
+from rlae_jax.engine.loop import (
+    DecodeContext,
+    prefill_jit,
+    reads_prompt_nll,
+    restart_jit,
+    run_growing,
+)
 from rlae_jax.engine.room import room_ladder
 from rlae_jax.engine.state import Sampling
+from rlae_jax.ensemble import Ensemble
 from rlae_jax.engine.strategies import FixedWeights, resolve_strategy
 from rlae_jax.models.member import Member
-from rlae_jax.models.prompts import member_prompts
 
 
 @dataclasses.dataclass
@@ -89,48 +96,68 @@ def run_strategies(
     batch_size: int = 64,
     shots: Sequence = (),
     prompt_lengths: Sequence[int] | None = None,
+    shared_prefix: bool = True,
+    progress: bool = True,
 ) -> dict[str, StrategyResult]:
     """Every strategy (name → (weight_fn, DecodeConfig), one `max_new_tokens`) answers every
     example, greedily; scored by the task. Each member reads the questions in its own chat format
-    after `shots` (`member_prompts`). A batch of `batch_size` rows (the last filled with repeats of
-    its final example, dropped) is prefilled once and every strategy decodes from that prefill
-    (`restart`), growing caches as needed. A strategy's seconds_per_answer is the median over
-    batches of (prefill + its decode) per row, which leaves out a batch that compiled when there
-    are three or more. `prompt_lengths[n]`: pad member n's prompts to at least this length, so
-    every batch (and split) shares one compiled shape."""
+    after `shots`; the split is encoded once (`Ensemble.encode`) and, with `shared_prefix`, the
+    tokens every prompt shares are prefilled once. A batch of `batch_size` rows (the last filled
+    with repeats of its final example, dropped) is prefilled once and every strategy decodes from
+    that prefill (`restart`), growing caches as needed. A strategy's seconds_per_answer is the
+    median over batches of (prefill + its decode) per row, which leaves out a batch that compiled
+    when there are three or more. `prompt_lengths[n]`: pad member n's prompts (after the shared
+    prefix) to at least this length, so several splits share one compiled shape."""
     (_, config), *_ = strategies.values()
-    uniform = FixedWeights(jnp.full((len(members),), 1.0 / len(members), jnp.float32))
     if len({c.max_new_tokens for _, c in strategies.values()}) > 1:
         raise ValueError("run_strategies: every strategy needs the same max_new_tokens")
+    ensemble = Ensemble(members, alignment)
+    encoded = ensemble.encode_texts(
+        ensemble.prompts(task, examples, shots),
+        config.max_new_tokens,
+        prompt_lengths,
+        shared_prefix,
+    )
     answers = {name: Answers() for name in strategies}
-    sampling = Sampling(jax.random.key(0), jnp.float32(0), jnp.float32(1))
-    for start in range(0, len(examples), batch_size):
-        chunk = list(examples[start : start + batch_size])
-        rows = len(chunk)
-        chunk += chunk[-1:] * (batch_size - rows)
-        prompts = tokenize_for_members(
-            members,
-            member_prompts(members, task, chunk, shots),
-            config.max_new_tokens,
-            prompt_lengths,
-        )
-        ladder = room_ladder(members, alignment, prompts, config)
-        began = time.perf_counter()
-        context, state = jax.block_until_ready(
-            prefill_jit(
-                DecodeContext(tuple(members), alignment, uniform, sampling, config=config),
-                prompts,
-                lengths=ladder[0],
-            )
-        )
-        prefill_seconds = time.perf_counter() - began
-        for name, (weight_fn, config_n) in strategies.items():
-            began = time.perf_counter()
-            ready = restart_jit(context, state, prompts, weight_fn, config=config_n)
-            result = jax.block_until_ready(run_growing(*ready, prompts, ladder))
-            seconds = prefill_seconds + time.perf_counter() - began
+    starts = range(0, len(examples), batch_size)
+    for start in tqdm(
+        starts, desc=f"evaluating {len(strategies)} strategies", disable=not progress
+    ):
+        rows = min(batch_size, len(examples) - start)
+        indices = list(range(start, start + rows)) + [start + rows - 1] * (batch_size - rows)
+        prompts = ensemble.batch(encoded, indices)
+        for name, (result, seconds) in decode_strategies(strategies, ensemble, prompts).items():
+            config_n = strategies[name][1]
             answers[name].add(to_host(result, alignment, config_n), rows, seconds, batch_size)
     return {name: a.result(name, task, examples) for name, a in answers.items()}
+
+
+def decode_strategies(strategies, ensemble, prompts: PromptBatch) -> dict[str, tuple[Any, float]]:
+    """One prefill of `prompts`, then every strategy decodes from it → name → (DecodeResult,
+    seconds of the prefill plus its decode)."""
+    members, alignment = ensemble.members, ensemble.alignment
+    (_, config), *_ = strategies.values()
+    uniform = FixedWeights(jnp.full((len(members),), 1.0 / len(members), jnp.float32))
+    with_nll = any(reads_prompt_nll(weight_fn) for weight_fn, _ in strategies.values())
+    sampling = Sampling(jax.random.key(0), jnp.float32(0), jnp.float32(1))
+    ladder = room_ladder(members, alignment, prompts, config)
+    began = time.perf_counter()
+    context, state = jax.block_until_ready(
+        prefill_jit(
+            DecodeContext(tuple(members), alignment, uniform, sampling, config=config),
+            prompts,
+            lengths=ladder[0],
+            with_prompt_nll=with_nll,
+        )
+    )
+    prefill_seconds = time.perf_counter() - began
+    decoded = {}
+    for name, (weight_fn, config_n) in strategies.items():
+        began = time.perf_counter()
+        ready = restart_jit(context, state, prompts, weight_fn, config=config_n)
+        result = jax.block_until_ready(run_growing(*ready, prompts, ladder))
+        decoded[name] = (result, prefill_seconds + time.perf_counter() - began)
+    return decoded
 
 
 def run_strategy(

@@ -29,7 +29,6 @@ from rlae_jax.engine.strategies import FixedWeights, ThresholdGating
 from rlae_jax.experiments.evaluation import StrategyResult, baseline_strategies, run_strategies
 from rlae_jax.experiments.plots import plot_reward_curves, plot_weights_along_answers
 from rlae_jax.models.loading import from_pretrained
-from rlae_jax.models.prompts import bucket_length, encode_prompts, member_prompts
 from rlae_jax.rl.baselines import RouterConfig, train_router, tune_fixed_weights
 from rlae_jax.rl.rollout import policy_weight_fn
 from rlae_jax.rl.trainer import RLAETrainer, RLConfig
@@ -56,18 +55,6 @@ def load_family(spec: str, config) -> Family:
     pool = task.load("train", limit=config.train_examples + config.shots)
     test = task.load("test", limit=config.eval_examples)
     return Family(spec, task, pool[: config.shots], pool[config.shots :], test)
-
-
-def common_prompt_lengths(members, families: Sequence[Family]) -> list[int]:
-    """Per member, the length bucket of its longest test prompt over all families: every
-    evaluation batch is padded to it, so the strategies compile once, not once per family."""
-    longest = [0] * len(members)
-    for family in families:
-        texts = member_prompts(members, family.task, family.test, family.shots)
-        for index, (member, own) in enumerate(zip(members, texts)):
-            ids = encode_prompts(member.tokenizer, own)
-            longest[index] = max(longest[index], *map(len, ids))
-    return [bucket_length(length) for length in longest]
 
 
 def bootstrap_interval(scores: np.ndarray, resamples: int, seed: int = 0) -> tuple[float, float]:
@@ -165,7 +152,6 @@ class Study:
             )
         with self.timed("load tasks"):
             self.families = [load_family(spec, config) for spec in config.families]
-        self.prompt_lengths = common_prompt_lengths(self.members, self.families)
         self.results: dict[str, dict[str, list[StrategyResult]]] = {
             f.spec: {} for f in self.families
         }
@@ -239,7 +225,9 @@ class Study:
                 workdir = self.output / "runs" / f"{kind}-seed{seed}"
                 with self.timed(f"train {name}"):
                     trainer = RLAETrainer(
-                        RLConfig.from_dict(self.config.rl, kind=kind, seed=seed),
+                        RLConfig.from_dict(
+                            self.config.rl, ignore=("checkpoint_every",), kind=kind, seed=seed
+                        ),
                         self.members,
                         self.alignment,
                         train.task,
@@ -250,7 +238,7 @@ class Study:
                     )
                     state = trainer.train()
                 policy = policy_weight_fn(
-                    state, trainer.setup, jax.random.key(seed), deterministic=True
+                    state, trainer.setup, jax.random.key(seed), evaluation=True
                 )
                 decode = dataclasses.replace(trainer.setup.decode, record_features=False)
                 strategies[f"{name}#{seed}"] = (policy, decode)
@@ -270,7 +258,6 @@ class Study:
                     family.test,
                     self.config.eval_batch_size,
                     family.shots,
-                    self.prompt_lengths,
                 )
             for name, result in results.items():
                 group = name.split("#")[0]

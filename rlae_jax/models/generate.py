@@ -53,7 +53,8 @@ def generate_ids(
     compiled with the decode-loop options). Returns ids `[B, max_new_tokens]` (pad_id after a row's
     EOS) and per-row lengths `[B]` (EOS included)."""
     batch = input_ids.shape[0]
-    first, _, cache = member.prefill(input_ids, attention_mask, input_ids.shape[1] + max_new_tokens)
+    filled = member.prefill(input_ids, attention_mask, input_ids.shape[1] + max_new_tokens)
+    first, cache = filled.step, filled.cache
     carry = DecodeCarry(
         step=jnp.zeros((), jnp.int32),
         logits=first.logits,

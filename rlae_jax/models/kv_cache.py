@@ -88,6 +88,23 @@ class KVCache:
             ),
         )
 
+    def repeat_rows(self, times: int) -> "KVCache":
+        """Each batch row repeated `times` times in place (rows b·times … b·times + times − 1 are
+        copies of row b): one prefill serves several rows."""
+        batch = self.slot_positions.shape[0]
+
+        def repeat(x):  # [B·H, S, D] -> [B·times·H, S, D], batch-major
+            grouped = x.reshape((batch, -1) + x.shape[1:])
+            return jnp.repeat(grouped, times, axis=0).reshape((-1,) + x.shape[1:])
+
+        return self.replace(
+            keys=tuple(map(repeat, self.keys)),
+            values=tuple(map(repeat, self.values)),
+            slot_positions=jnp.repeat(self.slot_positions, times, axis=0),
+            cursor=jnp.repeat(self.cursor, times, axis=0),
+            next_position=jnp.repeat(self.next_position, times, axis=0),
+        )
+
     @property
     def overflowed(self) -> jax.Array:
         """`[B]` True where a row wrote past the cache end (its newest tokens were dropped)."""

@@ -40,6 +40,34 @@ class StepOutput(NamedTuple):
     hidden: jax.Array  # [B, H] final hidden state of each row's last valid token
 
 
+class Prefill(NamedTuple):
+    """`Member.prefill`'s result: the next-token StepOutput, the prompt summary `[B, H]` (mean of
+    the prompt's hidden states), the cache, and the block's final hidden states `[B, T, H]`."""
+
+    step: StepOutput
+    summary: jax.Array
+    cache: KVCache
+    hidden_states: jax.Array
+
+
+@struct.dataclass
+class PrefixState:
+    """A prompt prefix that many rows share, prefilled once at batch 1 (`Member.prefill_prefix`):
+    its ids `[P]` int32, its `cache` (exactly P slots), the float32 sum of its hidden states `[H]`
+    and its last one `[H]` (which predicts a row's first token after it), and `nll_sum []`, the
+    negative log-likelihood of its tokens after the first."""
+
+    ids: jax.Array
+    cache: KVCache
+    hidden_sum: jax.Array
+    last_hidden: jax.Array
+    nll_sum: jax.Array
+
+    @property
+    def length(self) -> int:
+        return self.ids.shape[0]
+
+
 @struct.dataclass
 class Member:
     """A model's `(graphdef, state)` with its static config and tokenizer.
@@ -95,13 +123,6 @@ class Member:
         c = self.config
         return KVCache.init(c.num_layers, batch, length, c.num_kv_heads, c.head_dim, self.dtype)
 
-    def forward(
-        self, tokens: jax.Array, valid: jax.Array, cache: KVCache
-    ) -> tuple[jax.Array, KVCache]:
-        """Append a block `tokens [B, L]` (validity `valid [B, L]`) to `cache`; hidden
-        `[B, L, H]`."""
-        return self.model(tokens, valid, cache)
-
     def logits(self, input_ids: jax.Array, attention_mask: jax.Array) -> jax.Array:
         """Full forward of a left- or right-padded batch `[B, T]` → float32 logits `[B, T, V]`.
         Positions count only the mask's real tokens, so padding does not change a row's logits."""
@@ -119,18 +140,65 @@ class Member:
         return logits
 
     def prefill(
-        self, input_ids: jax.Array, attention_mask: jax.Array, cache_length: int
-    ) -> tuple[StepOutput, jax.Array, KVCache]:
-        """Prefill a LEFT-padded batch `[B, T]` into a fresh cache of `cache_length` slots.
-        Returns the next-token StepOutput, the prompt summary (mean of valid hidden states,
-        `[B, H]`) and the cache."""
-        model = self.model
+        self,
+        input_ids: jax.Array,
+        attention_mask: jax.Array,
+        cache_length: int,
+        prefix: "PrefixState | None" = None,
+    ) -> "Prefill":
+        """Prefill a LEFT-padded batch `[B, T]` into a fresh cache of `cache_length` slots. With a
+        `prefix` (`prefill_prefix`), every row starts from that prefix's cache (copied, not
+        recomputed) and `input_ids` hold only what follows it: positions continue after the prefix
+        and the left padding sits after it, never inside it. → Prefill (the summary counts the
+        prefix's hidden states too)."""
         valid = attention_mask.astype(bool)
-        hidden, cache = model(input_ids, valid, self.init_cache(input_ids.shape[0], cache_length))
+        batch = input_ids.shape[0]
+        if prefix is None:
+            cache, start_sum, start_count = self.init_cache(batch, cache_length), 0.0, 0
+        else:
+            cache = prefix.cache.repeat_rows(batch).grow(cache_length)
+            start_sum, start_count = prefix.hidden_sum, prefix.cache.length
+        hidden, cache = self.model(input_ids, valid, cache)
         weights = valid[..., None].astype(jnp.float32)
-        summary = (hidden.astype(jnp.float32) * weights).sum(1) / jnp.maximum(weights.sum(1), 1.0)
+        total = start_sum + (hidden.astype(jnp.float32) * weights).sum(1)
+        summary = total / jnp.maximum(weights.sum(1) + start_count, 1.0)
         last = hidden[:, -1]
-        return StepOutput(self.next_token_logits(last), last), summary, cache
+        return Prefill(StepOutput(self.next_token_logits(last), last), summary, cache, hidden)
+
+    def prefill_prefix(self, ids: jax.Array) -> "PrefixState":
+        """Prefill a prompt prefix `ids [P]` that many rows share, once, at batch 1 → PrefixState
+        (its cache of exactly P slots, the sum of its hidden states and its tokens' NLL)."""
+        out = self.prefill(ids[None], jnp.ones((1, ids.shape[0]), jnp.int32), ids.shape[0])
+        log_probs = self.token_log_probs(out.hidden_states[:, :-1], ids[None, 1:])
+        return PrefixState(
+            ids=ids,
+            cache=out.cache,
+            hidden_sum=out.hidden_states[0].astype(jnp.float32).sum(0),
+            last_hidden=out.step.hidden[0],
+            nll_sum=-log_probs.sum(),
+        )
+
+    def token_log_probs(self, hidden: jax.Array, targets: jax.Array, chunk: int = 16):
+        """float32 `[B, T]` log-probability of `targets [B, T]` under the next-token distributions
+        of final hidden states `hidden [B, T, H]`. The vocabulary logits are made `chunk` positions
+        at a time: `[B, chunk, V]` at most, since `[B, T, V]` of a 262k vocabulary is gigabytes."""
+        batch, length = targets.shape
+        pad = -length % chunk
+        hidden = jnp.pad(hidden, ((0, 0), (0, pad), (0, 0)))
+        targets = jnp.pad(targets, ((0, 0), (0, pad)))
+        model = self.model
+
+        def block_log_probs(block):
+            states, ids = block  # [B, chunk, H], [B, chunk]
+            log_probs = jax.nn.log_softmax(model.lm_head_logits(states), axis=-1)
+            return jnp.take_along_axis(log_probs, ids[..., None], axis=-1)[..., 0]
+
+        blocks = (
+            hidden.reshape(batch, -1, chunk, hidden.shape[-1]).swapaxes(0, 1),
+            targets.reshape(batch, -1, chunk).swapaxes(0, 1),
+        )
+        log_probs = jax.lax.map(block_log_probs, blocks).swapaxes(0, 1).reshape(batch, -1)
+        return log_probs[:, :length]
 
     def step(self, cache: KVCache, tokens: jax.Array) -> tuple[StepOutput, KVCache]:
         """Append one token per row, `tokens [B]`."""

@@ -1,0 +1,118 @@
+"""Prompts encoded once per split, with the prefix their rows share.
+
+Every problem of a task family starts with the same tokens for a member (its template header, the
+system text, the worked examples). `encode_prompts_once` finds that prefix per member (the longest
+common token prefix of the split's prompts, so a row's tokens are exactly prefix + rest), and pads
+every row's rest to one length for the whole split, so every batch has one compiled shape.
+`PrefixStates` prefills each member's prefix once at batch 1 and keeps it, keyed by its token
+ids: a change of shots or template changes the ids and can never reuse a stale prefix.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from rlae_jax.engine.state import PromptBatch
+from rlae_jax.models.member import Member, PrefixState
+from rlae_jax.models.prompts import bucket_length, check_context, left_pad, pad_id_of
+
+
+def shared_prefix_length(token_lists: Sequence[Sequence[int]]) -> int:
+    """Tokens every list starts with, leaving each list at least one token of its own (a row's
+    last prompt token must be prefilled with the row, to give its first next-token logits)."""
+    shortest = min(map(len, token_lists))
+    first = token_lists[0]
+    length = 0
+    while length < shortest - 1 and all(t[length] == first[length] for t in token_lists):
+        length += 1
+    return length if length >= 2 else 0  # a one-token prefix saves nothing
+
+
+@dataclasses.dataclass(frozen=True)
+class EncodedPrompts:
+    """A split's prompts tokenised once for every member: `prefix_ids[n]` `[P_n]` (shared by every
+    row; empty when `shared_prefix=False` or nothing is shared), `rest[n][e]` the ids after it, and
+    `lengths[n]` the padded length of the rests (a power of two, fixed for the split)."""
+
+    prefix_ids: tuple[np.ndarray, ...]
+    rest: tuple[tuple[tuple[int, ...], ...], ...]
+    lengths: tuple[int, ...]
+    pad_ids: tuple[int, ...]
+
+    def __len__(self) -> int:
+        return len(self.rest[0])
+
+    def padded(self, member: int, indices: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+        """Member `member`'s left-padded rests of rows `indices` → ids, mask `[B, T_n]` int32."""
+        rows = [self.rest[member][i] for i in indices]
+        return left_pad(rows, self.pad_ids[member], self.lengths[member])
+
+
+def encode_prompts_once(
+    members: Sequence[Member],
+    token_lists: Sequence[Sequence[Sequence[int]]],
+    max_new_tokens: int,
+    shared_prefix: bool = True,
+    lengths: Sequence[int] | None = None,
+) -> EncodedPrompts:
+    """`token_lists[n][e]`: member n's prompt ids of problem e → EncodedPrompts. ValueError when a
+    prompt plus `max_new_tokens` exceeds a member's context. `lengths[n]`: pad member n's rests to
+    at least this many positions (several splits sharing one compiled shape)."""
+    prefixes, rests, padded = [], [], []
+    for index, (member, lists) in enumerate(zip(members, token_lists)):
+        check_context(
+            max(map(len, lists)),
+            max_new_tokens,
+            member.config.max_position_embeddings,
+            member.name or member.config.model_type,
+        )
+        shared = shared_prefix_length(lists) if shared_prefix and len(lists) > 1 else 0
+        prefixes.append(np.asarray(lists[0][:shared], np.int32))
+        rests.append(tuple(tuple(t[shared:]) for t in lists))
+        length = bucket_length(max(map(len, rests[-1])))
+        padded.append(length if lengths is None else max(length, lengths[index]))
+    return EncodedPrompts(
+        tuple(prefixes), tuple(rests), tuple(padded), tuple(pad_id_of(m.tokenizer) for m in members)
+    )
+
+
+prefill_prefix_jit = jax.jit(lambda member, ids: member.prefill_prefix(ids))
+
+
+class PrefixStates:
+    """Each member's prefilled shared prefix, computed once and kept, keyed by (member index, the
+    prefix's token ids). Belongs to one set of members (an `Ensemble`)."""
+
+    def __init__(self, members: Sequence[Member]):
+        self.members = tuple(members)
+        self.states: dict[tuple[int, bytes], PrefixState] = {}
+        self.prefills = 0  # prefixes prefilled so far (tests count reuse with it)
+
+    def get(self, encoded: EncodedPrompts) -> tuple[PrefixState | None, ...] | None:
+        """The prefix states of `encoded`, per member (None where it shares no prefix; None
+        when no member does)."""
+        if not any(len(ids) for ids in encoded.prefix_ids):
+            return None
+        return tuple(self.state(n, ids) for n, ids in enumerate(encoded.prefix_ids))
+
+    def state(self, member: int, ids: np.ndarray) -> PrefixState | None:
+        if not len(ids):
+            return None
+        key = (member, ids.tobytes())
+        if key not in self.states:
+            self.prefills += 1
+            self.states[key] = prefill_prefix_jit(self.members[member], jnp.asarray(ids))
+        return self.states[key]
+
+    def batch(self, encoded: EncodedPrompts, indices: Sequence[int]) -> PromptBatch:
+        """The PromptBatch of rows `indices` of `encoded`: rests padded to the split's lengths,
+        starting from the kept prefix states."""
+        ids, masks = zip(*(encoded.padded(n, indices) for n in range(len(self.members))))
+        return PromptBatch(
+            tuple(map(jnp.asarray, ids)), tuple(map(jnp.asarray, masks)), self.get(encoded)
+        )

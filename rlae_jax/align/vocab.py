@@ -132,30 +132,68 @@ def _build(
     first_regular = 1 + len(special_names)
     regular_index = {b: first_regular + j for j, b in enumerate(regular)}
     num_union = first_regular + len(regular)
-    members, vocab_max = len(vocabs), max(sizes)
-
-    member_to_union = np.full((members, vocab_max), num_union, np.int32)
-    for n, vocab in enumerate(vocabs):
-        member_to_union[n, : vocab.size] = [
-            regular_index[b]
-            if b is not None
-            else EOS_UNION_ID
-            if i == vocab.eos_id
-            else special_index[vocab.specials[i]]
-            if i in vocab.specials
-            else num_union
-            for i, b in enumerate(vocab.token_bytes)
+    member_to_union = np.stack(
+        [
+            _member_to_union(vocab, special_index, regular_index, num_union, max(sizes))
+            for vocab in vocabs
         ]
-
+    )
     groups = [_ids_by_union(vocab, member_to_union[n], num_union) for n, vocab in enumerate(vocabs)]
     spellings = [
         _spellings(vocab, backend, group, regular, first_regular)
         for vocab, backend, group in zip(vocabs, backends, groups)
     ]
+    union_to_member, union_to_member_len, union_complete = _spelling_tables(
+        spellings, num_union, expansion_cap
+    )
+    names = {
+        EOS_UNION_ID: vocabs[0].specials[vocabs[0].eos_id],
+        **{i: name for name, i in special_index.items()},
+    }
+    host = UnionVocab(
+        fingerprint,
+        [b""] * first_regular + regular,
+        names,
+        member_to_union,
+        union_to_member,
+        union_to_member_len,
+    )
+    union_member_ids = _union_member_ids(groups, num_union, max(sizes))
+    return _to_alignment(host, union_member_ids, union_complete, sizes, union_to_member.shape[-1])
+
+
+def _member_to_union(
+    vocab: MemberVocab,
+    special_index: dict[str, int],
+    regular_index: dict[bytes, int],
+    num_union: int,
+    vocab_max: int,
+) -> np.ndarray:
+    """int32 `[vocab_max]`: each member id's union id (`num_union` for ids with no union token)."""
+    table = np.full(vocab_max, num_union, np.int32)
+    table[: vocab.size] = [
+        regular_index[b]
+        if b is not None
+        else EOS_UNION_ID
+        if i == vocab.eos_id
+        else special_index[vocab.specials[i]]
+        if i in vocab.specials
+        else num_union
+        for i, b in enumerate(vocab.token_bytes)
+    ]
+    return table
+
+
+def _spelling_tables(
+    spellings: Sequence[list[list[int] | None]], num_union: int, expansion_cap: int | None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """`union_to_member [N, U, L]`, its lengths `[N, U]` and `union_complete [U]` from every
+    member's spellings (`_spellings`); L = the longest spelling, at most `expansion_cap`. A union
+    token some member cannot spell within L is incomplete."""
     needed = max(len(ids or ()) for rows in spellings for ids in rows)
     max_expansion = min(needed, expansion_cap or needed)
-    union_to_member = np.zeros((members, num_union, max_expansion), np.int32)
-    union_to_member_len = np.zeros((members, num_union), np.int32)
+    union_to_member = np.zeros((len(spellings), num_union, max_expansion), np.int32)
+    union_to_member_len = np.zeros((len(spellings), num_union), np.int32)
     union_complete = np.ones(num_union, bool)
     for n, rows in enumerate(spellings):
         for u, ids in enumerate(rows):
@@ -164,22 +202,20 @@ def _build(
                 continue
             union_to_member[n, u, : len(ids)] = ids
             union_to_member_len[n, u] = len(ids)
+    return union_to_member, union_to_member_len, union_complete
 
+
+def _union_member_ids(
+    groups: Sequence[dict[int, list[int]]], num_union: int, vocab_max: int
+) -> np.ndarray:
+    """int32 `[N, U, W]`: every member id with each union token's bytes (`_ids_by_union`),
+    padded with `vocab_max`; W = the most duplicates of any token."""
     width = max(len(ids) for group in groups for ids in group.values())
-    union_member_ids = np.full((members, num_union, width), vocab_max, np.int32)
+    union_member_ids = np.full((len(groups), num_union, width), vocab_max, np.int32)
     for n, group in enumerate(groups):
         for u, ids in group.items():
             union_member_ids[n, u, : len(ids)] = ids
-
-    union_bytes = [b""] * first_regular + regular
-    names = {
-        EOS_UNION_ID: vocabs[0].specials[vocabs[0].eos_id],
-        **{i: name for name, i in special_index.items()},
-    }
-    host = UnionVocab(
-        fingerprint, union_bytes, names, member_to_union, union_to_member, union_to_member_len
-    )
-    return _to_alignment(host, union_member_ids, union_complete, sizes, max_expansion)
+    return union_member_ids
 
 
 def _to_alignment(

@@ -103,68 +103,83 @@ def config_from_hf(hf_config) -> ModelConfig:
         tie_word_embeddings=bool(getattr(hf_config, "tie_word_embeddings", False)),
     )
     if model_type == "gpt2":
-        return ModelConfig(
-            **common,
-            hidden_size=hf_config.n_embd,
-            intermediate_size=hf_config.n_inner or 4 * hf_config.n_embd,
-            num_layers=hf_config.n_layer,
-            num_heads=hf_config.n_head,
-            num_kv_heads=hf_config.n_head,
-            head_dim=hf_config.n_embd // hf_config.n_head,
-            max_position_embeddings=hf_config.n_positions,
-            norm_eps=hf_config.layer_norm_epsilon,
-            hidden_act=hf_config.activation_function,
-            qkv_bias=True,
-            out_bias=True,
-            mlp_bias=True,
-            layer_windows=(None,) * hf_config.n_layer,
-        )
+        return _gpt2_config(hf_config, common)
+    return _decoder_config(hf_config, common)
 
-    if model_type == "gemma3_text":
-        check_gemma3(hf_config)
-        rope_type, rope_theta, rope_scaling = _rope(hf_config.rope_parameters["full_attention"])
-        local_type, theta, scaling = _rope(hf_config.rope_parameters["sliding_attention"])
-        local = {"rope_type": local_type, "rope_theta": theta, **dict(scaling)}
-        local_rope = tuple(sorted(local.items()))
-    else:
-        rope_type, rope_theta, rope_scaling = _rope(hf_config.rope_parameters)
-        local_rope = ()
+
+def _gpt2_config(hf_config, common: dict) -> ModelConfig:
+    """GPT-2's fields (its own names; biases everywhere, full attention)."""
+    return ModelConfig(
+        **common,
+        hidden_size=hf_config.n_embd,
+        intermediate_size=hf_config.n_inner or 4 * hf_config.n_embd,
+        num_layers=hf_config.n_layer,
+        num_heads=hf_config.n_head,
+        num_kv_heads=hf_config.n_head,
+        head_dim=hf_config.n_embd // hf_config.n_head,
+        max_position_embeddings=hf_config.n_positions,
+        norm_eps=hf_config.layer_norm_epsilon,
+        hidden_act=hf_config.activation_function,
+        qkv_bias=True,
+        out_bias=True,
+        mlp_bias=True,
+        layer_windows=(None,) * hf_config.n_layer,
+    )
+
+
+def _decoder_config(hf_config, common: dict) -> ModelConfig:
+    """The Llama-style families' fields (llama, mistral, qwen2, qwen3, gemma3_text)."""
+    model_type = common["model_type"]
     num_heads = hf_config.num_attention_heads
-    head_dim = getattr(hf_config, "head_dim", None) or hf_config.hidden_size // num_heads
-    layer_types = getattr(hf_config, "layer_types", None)
-    window = getattr(hf_config, "sliding_window", None)
-    if layer_types is None:
-        layer_windows = (window,) * hf_config.num_hidden_layers
-    else:
-        layer_windows = tuple(
-            window if kind == "sliding_attention" else None for kind in layer_types
-        )
     bias = bool(getattr(hf_config, "attention_bias", False))
     gemma = model_type == "gemma3_text"
     return ModelConfig(
         **common,
+        **_rope_fields(hf_config),
         hidden_size=hf_config.hidden_size,
         intermediate_size=hf_config.intermediate_size,
         num_layers=hf_config.num_hidden_layers,
         num_heads=num_heads,
         num_kv_heads=getattr(hf_config, "num_key_value_heads", None) or num_heads,
-        head_dim=head_dim,
+        head_dim=getattr(hf_config, "head_dim", None) or hf_config.hidden_size // num_heads,
         max_position_embeddings=hf_config.max_position_embeddings,
         norm_eps=hf_config.rms_norm_eps,
         hidden_act=hf_config.hidden_activation if gemma else hf_config.hidden_act,
         qkv_bias=True if model_type == "qwen2" else bias,
         out_bias=bias if model_type in ("llama", "qwen3", "gemma3_text") else False,
         mlp_bias=bool(getattr(hf_config, "mlp_bias", False)),
-        rope_theta=rope_theta,
-        rope_type=rope_type,
-        rope_scaling=rope_scaling,
-        layer_windows=layer_windows,
+        layer_windows=_layer_windows(hf_config),
         qk_norm=model_type in ("qwen3", "gemma3_text"),
         norm_plus_one=gemma,
         query_pre_attn_scalar=hf_config.query_pre_attn_scalar if gemma else None,
-        local_rope=local_rope,
         final_logit_softcap=hf_config.final_logit_softcapping if gemma else None,
     )
+
+
+def _rope_fields(hf_config) -> dict[str, Any]:
+    """rope_type, rope_theta, rope_scaling and (Gemma 3's sliding-window layers) local_rope."""
+    if hf_config.model_type != "gemma3_text":
+        rope_type, rope_theta, rope_scaling = _rope(hf_config.rope_parameters)
+        return dict(rope_type=rope_type, rope_theta=rope_theta, rope_scaling=rope_scaling)
+    check_gemma3(hf_config)
+    rope_type, rope_theta, rope_scaling = _rope(hf_config.rope_parameters["full_attention"])
+    local_type, theta, scaling = _rope(hf_config.rope_parameters["sliding_attention"])
+    local = {"rope_type": local_type, "rope_theta": theta, **dict(scaling)}
+    return dict(
+        rope_type=rope_type,
+        rope_theta=rope_theta,
+        rope_scaling=rope_scaling,
+        local_rope=tuple(sorted(local.items())),
+    )
+
+
+def _layer_windows(hf_config) -> tuple[int | None, ...]:
+    """Each layer's sliding window (None: full attention), from `layer_types` when given."""
+    window = getattr(hf_config, "sliding_window", None)
+    layer_types = getattr(hf_config, "layer_types", None)
+    if layer_types is None:
+        return (window,) * hf_config.num_hidden_layers
+    return tuple(window if kind == "sliding_attention" else None for kind in layer_types)
 
 
 def _rope(parameters) -> tuple[str, float, tuple[tuple[str, Any], ...]]:

@@ -310,6 +310,26 @@ def to_hf_config(config: ModelConfig):
             tie_word_embeddings=config.tie_word_embeddings,
             **tokens,
         )
+    return AutoConfig.for_model(
+        config.model_type,
+        vocab_size=config.vocab_size,
+        hidden_size=config.hidden_size,
+        intermediate_size=config.intermediate_size,
+        num_hidden_layers=config.num_layers,
+        num_attention_heads=config.num_heads,
+        num_key_value_heads=config.num_kv_heads,
+        head_dim=config.head_dim,
+        max_position_embeddings=config.max_position_embeddings,
+        rms_norm_eps=config.norm_eps,
+        tie_word_embeddings=config.tie_word_embeddings,
+        **_family_hf_fields(config),
+        **tokens,
+    )
+
+
+def _family_hf_fields(config: ModelConfig) -> dict:
+    """The Llama-style families' own transformers fields: activation, RoPE, sliding windows,
+    biases, Gemma 3's scalars (ValueError for windows a family's config cannot express)."""
     windows = {w for w in config.layer_windows if w is not None}
     if len(windows) > 1:
         raise ValueError(f"layers with sliding windows {sorted(windows)} cannot be exported")
@@ -343,21 +363,7 @@ def to_hf_config(config: ModelConfig):
         extra.update(attention_bias=config.qkv_bias)
     if config.model_type == "llama":
         extra.update(mlp_bias=config.mlp_bias)
-    return AutoConfig.for_model(
-        config.model_type,
-        vocab_size=config.vocab_size,
-        hidden_size=config.hidden_size,
-        intermediate_size=config.intermediate_size,
-        num_hidden_layers=config.num_layers,
-        num_attention_heads=config.num_heads,
-        num_key_value_heads=config.num_kv_heads,
-        head_dim=config.head_dim,
-        max_position_embeddings=config.max_position_embeddings,
-        rms_norm_eps=config.norm_eps,
-        tie_word_embeddings=config.tie_word_embeddings,
-        **extra,
-        **tokens,
-    )
+    return extra
 
 
 def save_pretrained(member: Member, folder: str | os.PathLike) -> pathlib.Path:

@@ -1,7 +1,9 @@
 """The LM Evaluation Harness backend (rlae_jax.harness) on tiny random members saved as HF folders:
-log-likelihoods equal lm-eval's own transformers model (HFLM) on the same weights, one-hot ensembles
-equal their member, generation equals the engine's, compiles are bounded by the length buckets, and
-the repo's local YAML tasks run through `simple_evaluate` and the command line."""
+log-likelihoods equal lm-eval's own transformers model (HFLM) on the same weights, an ensemble's
+token-level log-likelihood equals a brute-force NumPy computation of the mixture the engine
+generates with, one-hot ensembles equal their member, generation equals the engine's, compiles are
+bounded by the length buckets, and the repo's local YAML tasks run through `simple_evaluate` and the
+command line."""
 
 import json
 import pathlib
@@ -24,7 +26,7 @@ from rlae_jax.harness.scoring import encode  # noqa: E402
 from rlae_jax.models.prompts import bucket_length  # noqa: E402
 
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
-from tiny_models import save_tiny_model, train_byte_level_tokenizer  # noqa: E402
+from tiny_models import CORPUS, save_tiny_model, train_byte_level_tokenizer  # noqa: E402
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 TASKS = REPO / "tests" / "data" / "harness"
@@ -102,6 +104,151 @@ def pairs(hflm):
     return PAIRS + [(prompt, greedy)]
 
 
+@pytest.fixture(scope="module")
+def mixed_pair():
+    """Two tiny random members, in process: a GPT-2 with a byte-level BPE and a Llama with a
+    metaspace BPE whose byte-fallback ids repeat the bytes of other ids (two ids per union token)
+    and which spells some of the GPT-2's tokens in several ids."""
+    from rlae_jax.models import Member, build_model
+    from rlae_jax.toy.members import demo_model_config
+    from rlae_jax.toy.tokenizer_trainer import train_byte_level_bpe, train_metaspace_bpe
+
+    tokenizers = (train_byte_level_bpe(CORPUS, 384), train_metaspace_bpe(CORPUS, 300))
+    return [
+        Member.from_model(build_model(demo_model_config(kind, t, hidden_size=32), seed=i), t, kind)
+        for i, (kind, t) in enumerate(zip(("gpt2", "llama"), tokenizers))
+    ]
+
+
+def union_key(vocab, token_id):
+    """What member id `token_id` stands for in the union, from the tokenizer alone: its bytes, or
+    the EOS (every member's EOS is the one union EOS), or the special's name."""
+    data = vocab.token_bytes[token_id]
+    if data is not None:
+        return data
+    return ("eos",) if token_id == vocab.eos_id else ("special", vocab.specials[token_id])
+
+
+def numpy_next_probs(member):
+    """member ids → float64 next-token probabilities after them, from the member's full forward
+    (no cache), right-padded to 64 positions (one compile)."""
+    import jax
+
+    forward = jax.jit(member.logits)
+
+    def next_probs(ids):
+        padded, mask = np.zeros((1, 64), np.int32), np.zeros((1, 64), np.int32)
+        padded[0, : len(ids)], mask[0, : len(ids)] = ids, 1  # right padding: same logits
+        logits = np.asarray(forward(padded, mask), np.float64)[0, len(ids) - 1]
+        probs = np.exp(logits - logits.max())
+        return probs / probs.sum()
+
+    return next_probs
+
+
+def numpy_token_mixture(lm, pairs, weight_rule, span_length):
+    """Brute-force reference of the token-level mixture, per request: each member's full forward
+    over everything it has been fed at every union step (`numpy_next_probs`); the members' ids
+    grouped into union tokens by their bytes (`union_key`), mixed with `weight_rule(probs)` called
+    every `span_length` steps and renormalised over the complete union tokens (an incomplete one
+    has probability 0); the spelling member is the first step's largest weight; every member is fed
+    its re-spelling of each scored token but the last. → (log-probs, greedy flags, spelling
+    member) per request."""
+    from rlae_jax.align import member_vocab
+
+    members, alignment = lm.members, lm.ensemble.alignment
+    vocabs = [member_vocab(m.tokenizer) for m in members]
+    keys = [[union_key(v, i) for i in range(m.config.vocab_size)] for v, m in zip(vocabs, members)]
+    union_ids = {b: u for u, b in enumerate(alignment.vocab.union_bytes) if b}
+    complete = np.asarray(alignment.union_complete)
+    next_probs = [numpy_next_probs(m) for m in members]
+    results = []
+    for r in range(len(pairs[0])):
+        fed = [list(p[r][0]) for p in pairs]
+        total, greedy, step, spelled = 0.0, True, 0, None
+        while spelled is None or step < len(spelled):
+            probs = [next_probs[n](ids) for n, ids in enumerate(fed)]
+            if step % span_length == 0:
+                weights = weight_rule(probs)
+            if spelled is None:
+                spelling = int(np.argmax(weights))
+                spelled = pairs[spelling][r][1]
+            mixed = {}
+            for n, member_probs in enumerate(probs):
+                for token_id, prob in enumerate(member_probs):
+                    key = keys[n][token_id]
+                    mixed[key] = mixed.get(key, 0.0) + weights[n] * prob
+            allowed = {
+                k: v for k, v in mixed.items() if isinstance(k, tuple) or complete[union_ids[k]]
+            }
+            target = keys[spelling][spelled[step]]
+            if target not in allowed:  # the engine never picks it: probability 0
+                total, greedy = -np.inf, False
+                break
+            total += np.log(mixed[target] / sum(allowed.values()))
+            greedy &= max(allowed, key=allowed.get) == target
+            if step + 1 < len(spelled):
+                union_id = alignment.to_union(spelling, [spelled[step]])
+                for n in range(len(members)):
+                    respelled = alignment.from_union(n, union_id)
+                    assert b"".join(keys[n][i] for i in respelled) == target
+                    fed[n] += respelled
+            step += 1
+        results.append((total, greedy, spelling))
+    return [np.array(column) for column in zip(*results)]
+
+
+@pytest.mark.parametrize("strategy", ["gating", pytest.param("fixed", marks=pytest.mark.slow)])
+def test_token_mixture_equals_numpy_brute_force(mixed_pair, strategy):
+    """An ensemble's log-likelihoods and greedy flags (the default `ensemble_ll="token"`) equal the
+    brute-force reference within 1e-5. "gating": GaC threshold gating re-weighs every 2 union
+    tokens, the first member alone where it is confident, else 0.2|0.8 (both members spell some
+    rows, both weightings occur), over an alignment whose re-spellings are capped at 3 member
+    tokens, so 8 union tokens are incomplete (renormalised away; two rows spell one: −inf);
+    "fixed": weights 0.3|0.7 (spelled by the second member)."""
+    from rlae_jax.align import build_alignment
+    from rlae_jax.harness.scoring import encode_pair
+
+    pairs = [[encode_pair(m.tokenizer, c, x) for c, x in PAIRS] for m in mixed_pair]
+    first_probs = numpy_next_probs(mixed_pair[0])
+    confidence = np.sort([first_probs(context).max() for context, _ in pairs[0]])
+    threshold = float(confidence[len(PAIRS) // 2 - 1 : len(PAIRS) // 2 + 1].mean())  # a median
+    trusted = []
+
+    def gating(probs):
+        trusted.append(probs[0].max() > threshold)
+        return np.array([1.0, 0.0]) if trusted[-1] else np.array([0.2, 0.8])
+
+    options = {
+        "gating": dict(strategy="threshold", threshold=threshold, weights="0.2|0.8", span_length=2),
+        "fixed": dict(strategy="fixed", weights="0.3|0.7"),
+    }[strategy]
+    lm = RlaeLM(members=mixed_pair, max_batch=8, **options)
+    if strategy == "gating":
+        tokenizers, sizes = (
+            [m.tokenizer for m in mixed_pair],
+            [m.config.vocab_size for m in mixed_pair],
+        )
+        with pytest.warns(UserWarning, match="left out of union_complete"):
+            lm.ensemble.alignment = build_alignment(tokenizers, sizes, max_expansion=3)
+        assert (~np.asarray(lm.ensemble.alignment.union_complete)).sum() == 8
+    got = lm.loglikelihood(requests("loglikelihood", PAIRS))
+    if strategy == "gating":
+        expected, greedy, spelling = numpy_token_mixture(lm, pairs, gating, 2)
+        assert set(spelling) == {0, 1} and set(trusted) == {True, False}
+        assert np.isinf(expected).sum() == 2
+    else:
+        expected, greedy, spelling = numpy_token_mixture(
+            lm, pairs, lambda _: np.array([0.3, 0.7]), 1
+        )
+        assert set(spelling) == {1}
+    finite = np.isfinite(expected)
+    difference = np.abs(np.array([lp for lp, _ in got])[finite] - expected[finite]).max()
+    print(f"{strategy}: max |ours - NumPy| = {difference:.2e} over {finite.sum()} rows")
+    np.testing.assert_allclose([lp for lp, _ in got], expected, atol=1e-5, rtol=0)
+    assert [g for _, g in got] == greedy.tolist()
+
+
 def test_loglikelihood_equals_transformers_through_hflm(single, hflm, pairs):
     """Same (context, continuation) → HFLM's tokenisation conventions and torch logits: equal within
     1e-4, same greedy flags (including an empty context and a context ending in a space)."""
@@ -133,15 +280,41 @@ def test_rolling_loglikelihood_equals_transformers_with_windows(folders, hflm):
     )
 
 
-def test_one_hot_ensemble_equals_its_member(single, one_hot, pairs):
-    """Weights 1|0 over a Llama and a GPT-2 with different tokenizers: the member's log-likelihoods,
-    greedy flags and rolling log-likelihoods, exactly."""
+@pytest.fixture(scope="module")
+def one_hot_sequence(folders):
+    return RlaeLM(
+        members=f"{folders[0]}|{folders[1]}",
+        strategy="fixed",
+        weights="1|0",
+        max_batch=4,
+        ensemble_ll="sequence",
+    )
+
+
+def test_one_hot_ensemble_equals_its_member(single, one_hot, one_hot_sequence, pairs):
+    """Weights 1|0 over a Llama and a GPT-2 with different byte-level tokenizers: the member's
+    log-likelihoods and greedy flags. Through the token-level mixture within 1e-5 (every id of the
+    member is the only one with its bytes, defined by its tokenizer, and every union token
+    complete: the mixture is its own distribution; cached steps and a full forward round
+    differently); through the sequence-level mixture exactly."""
     expected = single.loglikelihood(requests("loglikelihood", pairs))
-    assert one_hot.loglikelihood(requests("loglikelihood", pairs)) == expected and expected[-1][1]
-    texts = [(p + c,) for p, c in PAIRS if p]
-    assert one_hot.loglikelihood_rolling(
-        requests("loglikelihood_rolling", texts)
-    ) == single.loglikelihood_rolling(requests("loglikelihood_rolling", texts))
+    got = one_hot.loglikelihood(requests("loglikelihood", pairs))
+    difference = np.abs(np.array(got)[:, 0] - np.array(expected)[:, 0]).max()
+    print(f"one-hot token mixture: max |ensemble - member| = {difference:.2e}")
+    assert difference < 1e-5 and [g for _, g in got] == [g for _, g in expected]
+    assert expected[-1][1]  # a greedy continuation
+    assert one_hot_sequence.loglikelihood(requests("loglikelihood", pairs)) == expected
+
+
+@pytest.mark.slow
+def test_one_hot_ensemble_equals_its_member_rolling(single, one_hot, one_hot_sequence):
+    """The same for rolling log-likelihoods: the token-level mixture within a relative 1e-6 (sums
+    of up to 30 float32 log-probs), the sequence-level one exactly (compiles a second token-level
+    program: longer spellings)."""
+    texts = requests("loglikelihood_rolling", [(p + c,) for p, c in PAIRS if p])
+    expected = single.loglikelihood_rolling(texts)
+    np.testing.assert_allclose(one_hot.loglikelihood_rolling(texts), expected, rtol=1e-6)
+    assert one_hot_sequence.loglikelihood_rolling(texts) == expected
 
 
 @pytest.mark.slow
@@ -154,11 +327,15 @@ def test_one_hot_ensemble_generates_its_members_text(single, one_hot):
     assert one_hot.generate_until(gen) == single.generate_until(gen)
 
 
-def test_mixture_is_the_weighted_sum_of_member_probabilities(folders, single):
-    """Weights 0.3|0.7: log(0.3 p_llama + 0.7 p_gpt2), each member scored alone; greedy only where
-    both are."""
+def test_sequence_mixture_is_the_weighted_sum_of_member_probabilities(folders, single):
+    """`ensemble_ll="sequence"`, weights 0.3|0.7: log(0.3 p_llama + 0.7 p_gpt2), each member scored
+    alone; greedy only where both are."""
     mixed = RlaeLM(
-        members=f"{folders[0]}|{folders[1]}", strategy="fixed", weights="0.3|0.7", max_batch=4
+        members=f"{folders[0]}|{folders[1]}",
+        strategy="fixed",
+        weights="0.3|0.7",
+        max_batch=4,
+        ensemble_ll="sequence",
     )
     gpt2 = RlaeLM(members=str(folders[1]), max_batch=4)
     first, second = (
@@ -175,15 +352,17 @@ def test_mixture_is_the_weighted_sum_of_member_probabilities(folders, single):
 
 @pytest.mark.slow
 def test_threshold_strategy_weights_come_from_the_context(folders, single):
-    """GaC threshold 0 always trusts the primary member alone (its exact values); threshold 1 never
-    does and mixes uniformly (compiles a two-member one-token decode for the first-span weights)."""
+    """Sequence-level mixture with GaC gating: threshold 0 always trusts the primary member alone
+    (its exact values); threshold 1 never does and mixes uniformly (compiles a two-member one-token
+    decode for the first-span weights)."""
     pair = f"{folders[0]}|{folders[1]}"
-    always = RlaeLM(members=pair, strategy="threshold", threshold=0.0, max_batch=4)
+    options = dict(members=pair, max_batch=4, ensemble_ll="sequence")
+    always = RlaeLM(strategy="threshold", threshold=0.0, **options)
     assert always.loglikelihood(requests("loglikelihood", PAIRS)) == single.loglikelihood(
         requests("loglikelihood", PAIRS)
     )
-    never = RlaeLM(members=pair, strategy="threshold", threshold=1.0, max_batch=4)
-    uniform = RlaeLM(members=pair, strategy="uniform", max_batch=4)
+    never = RlaeLM(strategy="threshold", threshold=1.0, **options)
+    uniform = RlaeLM(strategy="uniform", **options)
     np.testing.assert_allclose(
         [lp for lp, _ in never.loglikelihood(requests("loglikelihood", PAIRS))],
         [lp for lp, _ in uniform.loglikelihood(requests("loglikelihood", PAIRS))],
@@ -243,6 +422,8 @@ def test_bad_arguments_are_named(folders):
         RlaeLM(members=f"{folders[0]}|{folders[1]}", strategy="fixed", weights="1|0|0")
     with pytest.raises(ValueError, match="no members"):
         RlaeLM(members="")
+    with pytest.raises(ValueError, match="ensemble_ll='tokens': give one of token, sequence"):
+        RlaeLM(members=str(folders[0]), ensemble_ll="tokens")
     with pytest.raises(ValueError, match="unknown rlae_jax model_args"):
         RlaeLM(members=str(folders[0]), temperature=1.0)
     lm = RlaeLM(members=str(folders[0]), max_batch=2)
@@ -322,8 +503,9 @@ def test_command_line(folders, tmp_path, monkeypatch):
 
 @pytest.mark.slow
 def test_agent_checkpoint_serves_its_mean_weights(tmp_path):
-    """An RLAE run folder (an untrained agent, checkpointed): log-likelihoods mix the members' exact
-    values with the agent's first-span mean weights, which depend on the context; generation
+    """An RLAE run folder (an untrained agent, checkpointed): sequence-level log-likelihoods mix the
+    members' exact values with the agent's first-span mean weights, which depend on the context;
+    the token-level mixture (the agent re-weighing every span) differs from them; generation
     runs."""
     from rlae_jax.align import build_alignment
     from rlae_jax.toy.members import demo_model_config
@@ -349,7 +531,7 @@ def test_agent_checkpoint_serves_its_mean_weights(tmp_path):
     )
     trainer.save(trainer.restore_or_init())
     trainer.manager.wait_until_finished()
-    agent = RlaeLM(members=members, checkpoint=str(tmp_path), max_batch=4)
+    agent = RlaeLM(members=members, checkpoint=str(tmp_path), max_batch=4, ensemble_ll="sequence")
     alone = [RlaeLM(members=[m], max_batch=4) for m in members]
     pairs = [("rev c a t =", " t a c"), ("up d o g ; rev a b =", " D O G ; b a")]
     got = agent.loglikelihood(requests("loglikelihood", pairs))
@@ -362,6 +544,9 @@ def test_agent_checkpoint_serves_its_mean_weights(tmp_path):
     assert np.all((weights > 0) & (weights < 1)) and not np.allclose(weights[0], weights[1])
     expected, _ = mixture_loglikelihood(log_probs, np.zeros_like(log_probs, bool), weights)
     np.testing.assert_allclose([lp for lp, _ in got], expected, rtol=1e-6)
+    token = RlaeLM(members=members, checkpoint=str(tmp_path), max_batch=4)
+    mixed = [lp for lp, _ in token.loglikelihood(requests("loglikelihood", pairs))]
+    assert np.all(np.isfinite(mixed)) and np.abs(np.array(mixed) - expected).min() > 1e-3
     gen = [(c, {"max_gen_toks": 8}) for c, _ in pairs]
     texts = agent.generate_until(requests("generate_until", gen))
     assert len(texts) == 2 and all(isinstance(t, str) for t in texts)

@@ -7,8 +7,11 @@ Harness.
 
 Members are separated by `|` (the harness splits model_args on commas). `generate_until` runs the
 batched compiled engine (a single member too, so its text is the engine's, byte for byte);
-`loglikelihood` / `loglikelihood_rolling` are exact per member (tokenised as HFLM does) and, for an
-ensemble, the weighted mixture of the members' string probabilities (`rlae_jax.harness.scoring`).
+`loglikelihood` / `loglikelihood_rolling` are exact for one member (tokenised as HFLM does) and, for
+an ensemble, the token-level mixture the engine generates with, teacher-forced over the continuation
+spelled in union tokens (`ensemble_ll="token"`, `rlae_jax.harness.mixture`), so multiple-choice and
+generation tasks measure the same model; `ensemble_ll="sequence"` mixes the members' string
+probabilities instead (`rlae_jax.harness.scoring`).
 Chat templates: `apply_chat_template` returns the messages in a marked JSON string that each member
 renders in its own format (its tokenizer's template, or the plain format of base models) when a
 request arrives, so every member sees its own format.
@@ -35,6 +38,7 @@ from rlae_jax.harness.scoring import (
 )
 
 CHAT_MARK = "<|rlae_jax.chat|>"
+ENSEMBLE_LL = ("token", "sequence")
 GENERATION_KEYS = {"until", "max_gen_toks", "do_sample", "temperature", "top_p"}
 DEFAULT_MAX_GEN_TOKS = 256
 
@@ -75,8 +79,10 @@ class RlaeLM(LM):
     Python); `strategy` (default uniform; "single" with `primary`; "fixed" with `weights`;
     "threshold", "topk", "packllm" with their knobs) or `checkpoint` (an RLAE run folder, trained on
     these members); `max_batch`: rows per compiled batch (default: the harness's `--batch_size` when
-    over 1, else 8); `max_length`: cap on each member's context window for log-likelihoods; `dtype`;
-    `seed` for sampling."""
+    over 1, else 8); `max_length`: cap on each member's context window for log-likelihoods;
+    `ensemble_ll`: how an ensemble scores a continuation, "token" (the engine's token-level mixture,
+    default) or "sequence" (a mixture of the members' string probabilities, which scores long texts
+    in rolling windows); `dtype`; `seed` for sampling."""
 
     def __init__(
         self,
@@ -92,6 +98,7 @@ class RlaeLM(LM):
         expansion_budget: int = 2,
         max_batch: int | None = None,
         max_length: int | None = None,
+        ensemble_ll: str = "token",
         dtype: str = "float32",
         seed: int = 1234,
         batch_size: Any = None,
@@ -103,6 +110,9 @@ class RlaeLM(LM):
             raise ValueError(f"unknown rlae_jax model_args {sorted(unknown)}")
         if max_batch is None:
             max_batch = int(batch_size) if str(batch_size).isdigit() and int(batch_size) > 1 else 8
+        if ensemble_ll not in ENSEMBLE_LL:
+            raise ValueError(f"ensemble_ll={ensemble_ll!r}: give one of {', '.join(ENSEMBLE_LL)}")
+        self.ensemble_ll = ensemble_ll
         weights = split_list(weights)
         self.ensemble = HarnessEnsemble.build(
             load_members(split_list(members), dtype),
@@ -212,6 +222,11 @@ class RlaeLM(LM):
 
     # ---- log-likelihoods -----------------------------------------------------------------------
 
+    @property
+    def mixes_tokens(self) -> bool:
+        """Whether log-likelihoods come from the token-level mixture (an ensemble, "token")."""
+        return len(self.members) > 1 and self.ensemble_ll == "token"
+
     def member_scores(
         self, pairs_per_member: Sequence[Sequence[tuple[list[int], list[int]]]]
     ) -> tuple[np.ndarray, np.ndarray]:
@@ -223,32 +238,53 @@ class RlaeLM(LM):
         ]
         return np.stack([s[0] for s in scored], 1), np.stack([s[1] for s in scored], 1)
 
+    def scores(
+        self, pairs: Sequence[Sequence[tuple[list[int], list[int]]]]
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(log p, is_greedy) `[R]` of R requests, `pairs[n][r]` member n's (context ids,
+        continuation ids): the token-level mixture (`mixes_tokens`), else a member's exact values
+        or their sequence-level mixture with the weights the strategy gives each context's first
+        span (`scoring.mixture_loglikelihood`)."""
+        if self.mixes_tokens:
+            return self.ensemble.token_loglikelihoods(pairs, self.max_lengths)
+        log_probs, greedy = self.member_scores(pairs)
+        weights = self.ensemble.first_span_weights([[context for context, _ in p] for p in pairs])
+        return mixture_loglikelihood(log_probs, greedy, weights)
+
     def loglikelihood(self, requests, disable_tqdm: bool = False) -> list[tuple[float, bool]]:
-        """(log p(continuation | context), is_greedy) per request: a member's exact value, or the
-        ensemble's mixture with the weights its strategy gives the context's first span
-        (`scoring.mixture_loglikelihood`)."""
+        """(log p(continuation | context), is_greedy) per request (`scores`)."""
         pairs = [
             [encode_pair(m.tokenizer, self.render(n, r.args[0]), r.args[1]) for r in requests]
             for n, m in enumerate(self.members)
         ]
-        log_probs, greedy = self.member_scores(pairs)
-        weights = self.ensemble.first_span_weights([[context for context, _ in p] for p in pairs])
-        mixed, mixed_greedy = mixture_loglikelihood(log_probs, greedy, weights)
-        results = [(float(lp), bool(g)) for lp, g in zip(mixed, mixed_greedy)]
+        results = [(float(lp), bool(g)) for lp, g in zip(*self.scores(pairs))]
         for request, result in zip(requests, results):
             self.cache_hook.add_partial("loglikelihood", request.args, result)
         return results
 
     def loglikelihood_rolling(self, requests, disable_tqdm: bool = False) -> list[float]:
-        """log p(text) per request, each member scoring every token once in rolling windows of its
-        `max_length` (HFLM's windows); an ensemble mixes the members' totals with the weights its
-        strategy gives an empty context (each member's prefix token)."""
-        totals = np.zeros((len(requests), len(self.members)))
-        for n, member in enumerate(self.members):
-            windows = [
-                rolling_windows(member.tokenizer, r.args[0], self.max_lengths[n]) for r in requests
+        """log p(text) per request. The token-level mixture scores each text after an empty context
+        (each member's prefix token) in one pass, so a text must fit every member's `max_length`;
+        otherwise each member scores every token once in rolling windows of its `max_length`
+        (HFLM's windows) and an ensemble mixes the members' totals with the weights its strategy
+        gives an empty context."""
+        if self.mixes_tokens:
+            pairs = [
+                [encode_pair(m.tokenizer, "", r.args[0]) for r in requests] for m in self.members
             ]
-            owners = np.repeat(np.arange(len(requests)), [len(w) for w in windows])
+            results = [float(lp) for lp in self.scores(pairs)[0]]
+        else:
+            results = self.rolling_windows_loglikelihood([r.args[0] for r in requests])
+        for request, result in zip(requests, results):
+            self.cache_hook.add_partial("loglikelihood_rolling", request.args, result)
+        return results
+
+    def rolling_windows_loglikelihood(self, texts: Sequence[str]) -> list[float]:
+        """log p(text) per text from every member's rolling windows, mixed at the sequence level."""
+        totals = np.zeros((len(texts), len(self.members)))
+        for n, member in enumerate(self.members):
+            windows = [rolling_windows(member.tokenizer, t, self.max_lengths[n]) for t in texts]
+            owners = np.repeat(np.arange(len(texts)), [len(w) for w in windows])
             log_probs, _ = member_loglikelihoods(
                 member,
                 [w for ws in windows for w in ws],
@@ -263,7 +299,4 @@ class RlaeLM(LM):
         mixed, _ = mixture_loglikelihood(
             totals, np.ones_like(totals, bool), np.broadcast_to(weights, totals.shape)
         )
-        results = [float(lp) for lp in mixed]
-        for request, result in zip(requests, results):
-            self.cache_hook.add_partial("loglikelihood_rolling", request.args, result)
-        return results
+        return [float(lp) for lp in mixed]

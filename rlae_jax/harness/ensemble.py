@@ -1,11 +1,13 @@
 """What the harness backend serves — members, their alignment and a weight_fn (a named strategy or a
 trained RLAE agent) — and the compiled calls it makes: the engine's `decode_growing` (a compiled
 prefill and loop; caches grow only when a member needs room) for generation and for a strategy's
-first-span weights, and `scoring.continuation_scores` for log-likelihoods. Every batch is padded to
-`max_batch` rows and each member's prompts to their power-of-two length bucket, so the compiles are
-bounded by the buckets met: a prefill and a loop per bucket (and per cache growth, and per distinct
-`max_gen_toks`: a harness task has one) for generation, one program per bucket and member for
-scoring (`compile_count` counts them)."""
+first-span weights, `mixture.token_mixture_scores` for an ensemble's log-likelihoods and
+`scoring.continuation_scores` for a member's. Every batch is padded to `max_batch` rows and each
+member's prompts to their power-of-two length bucket, so the compiles are bounded by the buckets
+met: a prefill and a loop per bucket (and per cache growth, and per distinct `max_gen_toks`: a
+harness task has one) for generation, one program per context bucket, continuation bucket and
+cache room for an ensemble's scoring, one per bucket and member for a member's (`compile_count`
+counts them)."""
 
 from __future__ import annotations
 
@@ -20,9 +22,13 @@ import numpy as np
 
 from rlae_jax.align import Alignment, build_alignment
 from rlae_jax.engine import DecodeConfig, PromptBatch, batch_of_token_lists, to_host
-from rlae_jax.engine.loop import decode_growing, prefill_jit, run_jit
+from rlae_jax.engine.loop import DecodeContext, decode_growing, prefill_jit, run_jit
+from rlae_jax.engine.state import Sampling
 from rlae_jax.engine.strategies import FixedWeights, Selection, resolve_strategy
-from rlae_jax.harness.scoring import continuation_scores
+from rlae_jax.harness.mixture import fed_tokens, spell, token_mixture_scores
+from rlae_jax.harness.scoring import check_scorable, continuation_scores
+from rlae_jax.models.prompts import bucket_length
+from rlae_jax.runtime.compile_options import decode_loop_options
 from rlae_jax.models import Member, from_pretrained
 
 
@@ -43,13 +49,19 @@ class CountingJit:
         return self.compiled(*args, **kwargs)
 
 
-SCORE = CountingJit(continuation_scores)  # shared by every backend: same members, same programs
+# shared by every backend: same members, same programs
+SCORE = CountingJit(continuation_scores)
+TOKEN_SCORE = CountingJit(
+    token_mixture_scores,
+    static_argnames=("cache_lengths",),
+    compiler_options=decode_loop_options(),
+)
 
 
 def compiles_so_far() -> int:
     """Programs compiled in this process by the harness's scoring and the engine's prefill and
     loop (`jax.clear_caches` empties the engine's counts)."""
-    return SCORE.traces + prefill_jit._cache_size() + run_jit._cache_size()
+    return SCORE.traces + TOKEN_SCORE.traces + prefill_jit._cache_size() + run_jit._cache_size()
 
 
 LOADED: dict[tuple[str, str], Member] = {}
@@ -93,7 +105,7 @@ def load_agent(workdir: str | pathlib.Path, members: Sequence[Member]) -> tuple[
     config = RLConfig.from_dict(saved["rl"])
     state = load_agent_state(path, config, members)
     setup = config.setup(members)
-    return policy_weight_fn(state, setup, jax.random.key(0), deterministic=True), setup.decode
+    return policy_weight_fn(state, setup, jax.random.key(0), evaluation=True), setup.decode
 
 
 @dataclasses.dataclass
@@ -241,3 +253,58 @@ class HarnessEnsemble:
             out.append(np.asarray(result.span_weights[: len(chunk[0]), 0], np.float64))
         weights = np.concatenate(out)
         return weights / weights.sum(axis=1, keepdims=True)
+
+    def token_loglikelihoods(
+        self, pairs: Sequence[Sequence[tuple[list[int], list[int]]]], max_lengths: Sequence[int]
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The token-level mixture's log-probs and greedy flags `[R]` (`mixture`) of R requests:
+        `pairs[n][r]` member n's (context ids, continuation ids) of request r, batched `max_batch`
+        at a time in order of context length. `max_lengths[n]`: positions member n may use (its
+        context plus the tokens every member's spelling would feed it)."""
+        count = len(pairs[0])
+        spellings = [spell(self.alignment, [p[r][1] for p in pairs]) for r in range(count)]
+        for n, member in enumerate(self.members):
+            for r in range(count):
+                fed = max(int(fed_tokens(self.alignment, s)[n]) for s in spellings[r])
+                check_scorable(member.name, r, *map(len, pairs[n][r]), fed, max_lengths[n])
+        order = sorted(range(count), key=lambda r: [len(p[r][0]) for p in pairs])
+        log_probs, greedy = np.zeros(count, np.float64), np.zeros(count, bool)
+        for start in range(0, count, self.max_batch):
+            chunk = order[start : start + self.max_batch]
+            log_probs[chunk], greedy[chunk] = self.score_tokens(
+                [[p[r][0] for r in chunk] for p in pairs], [spellings[r] for r in chunk]
+            )
+        return log_probs, greedy
+
+    def score_tokens(
+        self, contexts: Sequence[Sequence[list[int]]], spellings: Sequence[Sequence[list[int]]]
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """One compiled `token_mixture_scores` of ≤ max_batch rows (`contexts[n][b]`: member n's
+        context ids; `spellings[b][n]`: the continuation in union ids as member n spells it), padded
+        to `max_batch` rows, the spellings to a power-of-two width and each member's cache room to
+        one. → (log-probs, greedy flags) of the rows."""
+        rows, members = len(spellings), len(self.members)
+        spellings = list(spellings) + [spellings[-1]] * (self.max_batch - rows)
+        width = bucket_length(max(len(s) for row in spellings for s in row), 8)
+        table = np.zeros((self.max_batch, members, width), np.int32)
+        lengths = np.array([[len(s) for s in row] for row in spellings], np.int32)
+        for b, row in enumerate(spellings):
+            for n, union_ids in enumerate(row):
+                table[b, n, : len(union_ids)] = union_ids
+        fed = np.max([fed_tokens(self.alignment, s) for row in spellings for s in row], axis=0)
+        prompts = self.prompt_batch(contexts, 0)
+        cache_lengths = tuple(
+            ids.shape[1] + bucket_length(int(f), 8) for ids, f in zip(prompts.input_ids, fed)
+        )
+        sampling = Sampling(jax.random.key(0), jnp.float32(0.0), jnp.float32(1.0))  # unused
+        context = DecodeContext(
+            tuple(self.members),
+            self.alignment,
+            self.weight_fn,
+            sampling,
+            config=self.decode_config(width),
+        )
+        log_probs, greedy = TOKEN_SCORE(
+            context, prompts, jnp.asarray(table), jnp.asarray(lengths), cache_lengths=cache_lengths
+        )
+        return np.asarray(log_probs)[:rows], np.asarray(greedy)[:rows]

@@ -1,17 +1,14 @@
 """Log-likelihood math for the harness backend: each member's exact log-probability of a
-continuation in its own tokens (tokenised as lm-eval's HFLM does), and the ensemble's mixture of
-them.
-
-Definition used for an ensemble (see `mixture_loglikelihood`):
+continuation in its own tokens (tokenised as lm-eval's HFLM does), and the sequence-level mixture
+of them (`ensemble_ll="sequence"`; the default for an ensemble is the token-level mixture the engine
+generates with, `rlae_jax.harness.mixture`):
 
     log p(continuation | context) = log Σ_i w_i · p_i(continuation | context)
 
 where p_i is member i's probability of the continuation *string*, each member scoring it in its own
-tokenisation. Rationale: the members' tokens do not line up, so there is no common token grid on
-which to mix per-token distributions exactly (the union-vocabulary engine picks one segmentation
-while it decodes, but a string has many union segmentations); a mixture of the members' string
-probabilities is a proper distribution over strings, needs no alignment, is exact for each member
-(parity with transformers), and with one-hot weights it is exactly that member's log-likelihood.
+tokenisation, and w the weights the strategy gives the context's first span. It is a proper
+distribution over strings, needs no alignment and is exactly a member's value under one-hot
+weights, but it is not the model the engine generates with (that mixes token by token).
 """
 
 from __future__ import annotations
@@ -135,20 +132,32 @@ def score_batch(
     return np.asarray(log_probs)[: len(pairs)], np.asarray(greedy)[: len(pairs)]
 
 
+def check_scorable(
+    name: str, index: int, context: int, continuation: int, fed: int, max_length: int
+) -> None:
+    """Raise, naming request `index` and member `name`, when its `context` or `continuation` (token
+    counts) is empty or the context plus the `fed` tokens read before the last one scored exceed
+    `max_length` positions."""
+    if not context or not continuation:
+        part = "context" if not context else "continuation"
+        raise ValueError(f"request {index}: the {part} encodes to no tokens ({name})")
+    if context + fed > max_length:
+        raise ValueError(
+            f"request {index}: the context and the continuation's tokens before its last take "
+            f"{context + fed} positions, more than max_length={max_length} ({name}); "
+            "ensemble_ll='sequence' scores long texts in rolling windows"
+        )
+
+
 def member_loglikelihoods(
     member: Member, pairs: Sequence[tuple[list[int], list[int]]], max_length: int, rows: int, scorer
 ) -> tuple[np.ndarray, np.ndarray]:
     """Every pair's log-probability and greedy flag for one member, `[R]` each, batched `rows` at a
     time in order of input length (so a batch spans few length buckets)."""
     for index, (context, continuation) in enumerate(pairs):
-        if not context or not continuation:
-            part = "context" if not context else "continuation"
-            raise ValueError(f"request {index}: the {part} encodes to no tokens ({member.name})")
-        if len(context) + len(continuation) > max_length + 1:
-            raise ValueError(
-                f"request {index}: context + continuation take {len(context) + len(continuation)} "
-                f"tokens, more than max_length={max_length} + 1 ({member.name})"
-            )
+        check_scorable(
+            member.name, index, len(context), len(continuation), len(continuation) - 1, max_length
+        )
     order = sorted(range(len(pairs)), key=lambda i: len(pairs[i][0]) + len(pairs[i][1]))
     log_probs, greedy = np.zeros(len(pairs), np.float64), np.zeros(len(pairs), bool)
     for start in range(0, len(order), rows):

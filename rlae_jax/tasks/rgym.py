@@ -3,7 +3,8 @@
 `reasoning_gym_task(name, **config)` wraps any dataset of `reasoning_gym.create_dataset(name,
 size=, seed=, **config)`; `get_task("rg/<name>")` gives its default config, `"rg/<name>:easy"` the
 EASY preset (sized for 100M-class members), `'rg/<name>:{"max_terms": 2}'` a JSON config and
-`'rg/<name>:easy{"train_size": 8000}'` the preset with fields changed.
+`'rg/<name>:easy{"train_size": 8000}'` the preset with fields changed, and
+`'rg/<name>:{"answer_format": "bare"}'` answers without the closing sentence (ANSWER_FORMATS).
 
 Splits: item i of a split is generated from seed `seed + SPLIT_INDEX[split] * SEED_STRIDE + i`
 (reasoning-gym seeds item i with `seed + i`), so the splits' random streams never meet. Small
@@ -29,6 +30,10 @@ from rlae_jax.tasks.base import BaseTask, Example, check_disjoint
 from rlae_jax.tasks.rewards import NUMBER, extract_answer
 
 INSTRUCTION = 'Finish with "The answer is X." where X is the answer.'
+# answer format → the instruction after the question; "bare": a worked example's answer is the
+# answer alone, so a base member's next tokens after "Answer:" are the answer, scored on its first
+# line (the plain format's continuation runs on into new questions)
+ANSWER_FORMATS = {"sentence": INSTRUCTION, "bare": "Reply with only the answer."}
 SPLIT_INDEX = {"train": 0, "validation": 1, "test": 2}
 SEED_STRIDE = 10**9
 NUMERIC_ANSWER = re.compile(r"[-−]?(?:\d+(?:\.\d+)?|\.\d+)(?:/\d+)?")
@@ -68,7 +73,8 @@ def require(module: str):
 class ReasoningGymTask(BaseTask):
     """A reasoning-gym dataset. `config`: the dataset's config fields as (key, value) pairs;
     `train_size`: problems in the training split (other splits exclude all of them);
-    `test_size`: default size of other splits; `system`: optional system message."""
+    `test_size`: default size of other splits; `system`: optional system message;
+    `answer_format`: a key of ANSWER_FORMATS."""
 
     dataset: str = ""
     config: tuple[tuple[str, Any], ...] = ()
@@ -76,6 +82,13 @@ class ReasoningGymTask(BaseTask):
     train_size: int = 5000
     test_size: int = 1000
     system: str | None = None
+    answer_format: str = "sentence"
+
+    def __post_init__(self):
+        if self.answer_format not in ANSWER_FORMATS:
+            raise ValueError(
+                f"unknown answer_format {self.answer_format!r}; known: {', '.join(ANSWER_FORMATS)}"
+            )
 
     def system_prompt(self) -> str | None:
         return self.system
@@ -98,7 +111,7 @@ class ReasoningGymTask(BaseTask):
     def example(self, split: str, index: int, entry: Mapping[str, Any]) -> Example:
         return Example(
             id=f"{self.name}/{split}/{index}",
-            prompt=f"{entry['question'].strip()}\n{INSTRUCTION}",
+            prompt=f"{entry['question'].strip()}\n{ANSWER_FORMATS[self.answer_format]}",
             answer=str(entry["answer"]),
             aliases=(str(entry["answer"]),),
             entry=entry,
@@ -140,8 +153,18 @@ class ReasoningGymTask(BaseTask):
             "problem space is too small: lower train_size or widen the config"
         )
 
+    def target(self, example: Example) -> str:
+        return example.answer if self.answer_format == "bare" else super().target(example)
+
+    def answer_of(self, completion: str) -> str | None:
+        """The answer text `reward` scores: `extract_answer` of the completion (of its first
+        non-blank line in the "bare" format)."""
+        if self.answer_format == "bare":
+            completion = next((line for line in completion.splitlines() if line.strip()), "")
+        return extract_answer(completion)
+
     def reward(self, completion: str, example: Example) -> float:
-        answer = extract_answer(completion)
+        answer = self.answer_of(completion)
         if answer is None:
             return 0.0
         if scorer(self.dataset, self.config)(answer, example.entry) >= 1.0:

@@ -24,6 +24,7 @@ from rlae_jax.engine.features import (
 from rlae_jax.engine.feed import feed_members, fit_rows
 from rlae_jax.engine.mixing import choose_union_tokens, sanitize_weights
 from rlae_jax.engine.room import compiled_rungs, room_ladder
+from rlae_jax.engine.strategies import check_weight_fn
 from rlae_jax.engine.state import (
     NO_TOKEN,
     RUNNING,
@@ -254,6 +255,7 @@ def decode(members, alignment, prompts, weight_fn, key, temperature, top_p, conf
     jittable. Its caches are bounded by `config.room_per_token` slots per union token: it runs with
     the first rung's caches while they suffice, then with the last (`compiled_rungs`), where a row
     a member's cache cannot hold stops ('room'); `decode_growing` grows instead."""
+    check_weight_fn(weight_fn, "decode")
     ladder = room_ladder(members, alignment, prompts, config, config.room_per_token)
     rungs = compiled_rungs(ladder)
     context = DecodeContext(
@@ -282,6 +284,7 @@ def decode_growing(
     because members need room, only those members' caches double (up to their rung cap) and it goes
     on. Each new set of cache lengths compiles the loop once more (at most log2 of a member's
     growth times); memory follows what the generation uses. Same result as `decode_jit`."""
+    check_weight_fn(weight_fn, "decode_growing")
     ladder = room_ladder(members, alignment, prompts, config)
     context = DecodeContext(
         tuple(members), alignment, weight_fn, Sampling(key, temperature, top_p), config=config

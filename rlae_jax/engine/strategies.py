@@ -1,14 +1,10 @@
-"""Weight functions (called every span inside the compiled loop) and the named baseline strategies.
-
-A weight_fn is a pytree with `init_carry(batch, num_spans)` and
-`__call__(features: SpanFeatures, carry) -> (weights [B, N], carry)`; `optional_features` names the
-costly features it needs ("js_divergence", "prompt_nll"). The RL policy is one such object.
-"""
+"""Weight functions (`WeightFn`: called every span inside the compiled loop) and the named baseline
+strategies. The RL policy is one such object."""
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Protocol, Sequence, runtime_checkable
 
 import jax
 import jax.numpy as jnp
@@ -43,6 +39,36 @@ def check_weights(weights: Sequence[float], num_members: int) -> np.ndarray:
     if array.sum() <= 0:
         raise ValueError("weights are all zero: at least one member needs a positive weight")
     return array / array.sum()
+
+
+@runtime_checkable
+class WeightFn(Protocol):
+    """What the engine calls every span: `init_carry(batch, num_spans)` → the carry;
+    `__call__(features: SpanFeatures, carry)` → (weights `[B, N]`, carry); `optional_features`: the
+    costly features it reads ("js_divergence", "prompt_nll"), so the others are never computed.
+    Strategies and RL agents implement it; pytrees, so they can carry arrays into compiled code."""
+
+    optional_features: tuple[str, ...]
+
+    def init_carry(self, batch: int, num_spans: int) -> Any: ...
+
+    def __call__(self, features: SpanFeatures, carry: Any) -> tuple[jax.Array, Any]: ...
+
+
+def check_weight_fn(weight_fn: Any, where: str) -> Any:
+    """`weight_fn` when it implements WeightFn, else a one-line TypeError naming what was passed."""
+    if isinstance(weight_fn, tuple):
+        raise TypeError(
+            f"{where}: got a tuple {tuple(type(x).__name__ for x in weight_fn)} where a weight_fn "
+            "belongs (resolve_strategy returns (weight_fn, Selection): pass its first item)"
+        )
+    if not isinstance(weight_fn, WeightFn):
+        missing = [n for n in ("init_carry", "optional_features") if not hasattr(weight_fn, n)]
+        raise TypeError(
+            f"{where}: {type(weight_fn).__name__} is not a weight_fn (missing "
+            f"{', '.join(missing) or '__call__'}; see rlae_jax.engine.strategies.WeightFn)"
+        )
+    return weight_fn
 
 
 class StatelessWeightFn:
@@ -121,7 +147,7 @@ def resolve_strategy(
     if not isinstance(strategy, str):
         if callable(strategy) and not hasattr(strategy, "init_carry"):
             strategy = CallableWeightFn(strategy)
-        return strategy, Selection()
+        return check_weight_fn(strategy, "strategy"), Selection()
     if strategy == "uniform":
         return FixedWeights(jnp.asarray(uniform)), Selection()
     if strategy == "fixed":

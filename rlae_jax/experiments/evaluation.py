@@ -27,7 +27,7 @@ from rlae_jax.engine.loop import (
 from rlae_jax.engine.room import room_ladder
 from rlae_jax.engine.state import Sampling
 from rlae_jax.ensemble import Ensemble
-from rlae_jax.engine.strategies import FixedWeights, resolve_strategy
+from rlae_jax.engine.strategies import FixedWeights, check_weight_fn, resolve_strategy
 from rlae_jax.models.member import Member
 
 
@@ -108,9 +108,8 @@ def run_strategies(
     median over batches of (prefill + its decode) per row, which leaves out a batch that compiled
     when there are three or more. `prompt_lengths[n]`: pad member n's prompts (after the shared
     prefix) to at least this length, so several splits share one compiled shape."""
+    check_strategies(strategies)
     (_, config), *_ = strategies.values()
-    if len({c.max_new_tokens for _, c in strategies.values()}) > 1:
-        raise ValueError("run_strategies: every strategy needs the same max_new_tokens")
     ensemble = Ensemble(members, alignment)
     encoded = ensemble.encode_texts(
         ensemble.prompts(task, examples, shots),
@@ -130,6 +129,22 @@ def run_strategies(
             config_n = strategies[name][1]
             answers[name].add(to_host(result, alignment, config_n), rows, seconds, batch_size)
     return {name: a.result(name, task, examples) for name, a in answers.items()}
+
+
+def check_strategies(strategies: Mapping[str, tuple[Any, DecodeConfig]]) -> None:
+    """One-line errors for a strategy that is not (weight_fn, DecodeConfig) or whose
+    `max_new_tokens` differs from the others'."""
+    for name, value in strategies.items():
+        if not (isinstance(value, tuple) and len(value) == 2):
+            raise TypeError(f"strategy {name!r}: give (weight_fn, DecodeConfig), got {value!r:.80}")
+        check_weight_fn(value[0], f"strategy {name!r}")
+        if not isinstance(value[1], DecodeConfig):
+            raise TypeError(
+                f"strategy {name!r}: its second item must be a DecodeConfig, got "
+                f"{type(value[1]).__name__}"
+            )
+    if len({c.max_new_tokens for _, c in strategies.values()}) > 1:
+        raise ValueError("run_strategies: every strategy needs the same max_new_tokens")
 
 
 def decode_strategies(strategies, ensemble, prompts: PromptBatch) -> dict[str, tuple[Any, float]]:

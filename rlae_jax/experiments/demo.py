@@ -50,59 +50,15 @@ def run_demo(config) -> dict:
     started = time.time()
     output = pathlib.Path(config.output_dir).absolute()
     output.mkdir(parents=True, exist_ok=True)
-    cache = config.cache_dir or None
-    members = load_members("demo", member_steps=config.member_steps, cache_dir=cache)
-    alignment = build_alignment(
-        [m.tokenizer for m in members],
-        vocab_sizes=[m.config.vocab_size for m in members],
-        cache_dir=None if cache is None else pathlib.Path(cache) / "alignments",
-    )
+    members, alignment = demo_members_and_alignment(config)
     train_examples = SYNTHETIC.load("train", limit=4096)
     test_examples = SYNTHETIC.load("test", limit=config.eval_examples)
-    decode_config = DecodeConfig(
-        max_new_tokens=config.rl.max_new_tokens, span_length=config.rl.span_length
-    )
-
-    per_strategy: dict[str, list] = {}
-    for name, (weight_fn, selection) in baseline_strategies(members).items():
-        config_for = dataclasses.replace(
-            decode_config, span_length=1, selection=selection, record_features=False
-        )
-        per_strategy[name] = [
-            run_strategy(name, members, alignment, SYNTHETIC, test_examples, weight_fn, config_for)
-        ]
-
-    workdirs: dict[str, list[pathlib.Path]] = {name: [] for name in RL_KINDS}
+    per_strategy = baseline_results(members, alignment, test_examples, config)
+    workdirs: dict[str, list[pathlib.Path]] = {}
     for name, kind in RL_KINDS.items():
-        per_strategy[name] = []
-        for seed in range(config.seeds):
-            workdir = output / "runs" / f"{kind}-seed{seed}"
-            trainer = RLAETrainer(
-                RLConfig.from_dict(config.rl, kind=kind, seed=seed),
-                members,
-                alignment,
-                SYNTHETIC,
-                train_examples,
-                workdir,
-                checkpoint_every=config.rl.checkpoint_every,
-            )
-            state = trainer.train()
-            weight_fn = policy_weight_fn(
-                state, trainer.setup, jax.random.key(seed), deterministic=True
-            )
-            per_strategy[name].append(
-                run_strategy(
-                    name,
-                    members,
-                    alignment,
-                    SYNTHETIC,
-                    test_examples,
-                    weight_fn,
-                    trainer.setup.decode,
-                )
-            )
-            workdirs[name].append(workdir)
-
+        per_strategy[name], workdirs[name] = agent_results(
+            name, kind, members, alignment, (train_examples, test_examples), config, output
+        )
     summary = {name: summarize(results) for name, results in per_strategy.items()}
     table = write_report(
         summary,
@@ -110,9 +66,89 @@ def run_demo(config) -> dict:
         f"RLAE demo: synthetic complementary-skills task, {len(test_examples)} test problems",
     )
     ok, verdict = ordering_verdict(summary)
+    plot_demo(workdirs, per_strategy["RLAE_PPO"][0], members, alignment, test_examples, config)
+    minutes = (time.time() - started) / 60
+    report = f"{table}\n\n{verdict}\n\nwall time {minutes:.1f} min; outputs in {output}"
+    (output / "summary.txt").write_text(report + "\n")
+    print(report)
+    return {"summary": summary, "ordering_ok": ok, "output_dir": str(output), "minutes": minutes}
+
+
+def demo_members_and_alignment(config) -> tuple[list, object]:
+    """The two demo members and their alignment, each from its cache under `config.cache_dir`
+    (default ~/.cache/rlae_jax) or built and cached."""
+    cache = config.cache_dir or None
+    members = load_members("demo", member_steps=config.member_steps, cache_dir=cache)
+    alignment = build_alignment(
+        [m.tokenizer for m in members],
+        vocab_sizes=[m.config.vocab_size for m in members],
+        cache_dir=None if cache is None else pathlib.Path(cache) / "alignments",
+    )
+    return members, alignment
+
+
+def baseline_results(members, alignment, test_examples, config) -> dict[str, list]:
+    """Every baseline strategy's one evaluation on `test_examples` (per-token weights)."""
+    decode_config = DecodeConfig(
+        max_new_tokens=config.rl.max_new_tokens, span_length=1, record_features=False
+    )
+    return {
+        name: [
+            run_strategy(
+                name,
+                members,
+                alignment,
+                SYNTHETIC,
+                test_examples,
+                weight_fn,
+                dataclasses.replace(decode_config, selection=selection),
+            )
+        ]
+        for name, (weight_fn, selection) in baseline_strategies(members).items()
+    }
+
+
+def agent_results(
+    name, kind, members, alignment, examples, config, output
+) -> tuple[list, list[pathlib.Path]]:
+    """Train one RLAE agent per seed on `examples[0]` (workdirs under `output/runs`) and evaluate
+    each deterministically on `examples[1]` → (results, workdirs)."""
+    train_examples, test_examples = examples
+    results, workdirs = [], []
+    for seed in range(config.seeds):
+        workdir = output / "runs" / f"{kind}-seed{seed}"
+        trainer = RLAETrainer(
+            RLConfig.from_dict(config.rl, kind=kind, seed=seed),
+            members,
+            alignment,
+            SYNTHETIC,
+            train_examples,
+            workdir,
+            checkpoint_every=config.rl.checkpoint_every,
+        )
+        state = trainer.train()
+        weight_fn = policy_weight_fn(state, trainer.setup, jax.random.key(seed), deterministic=True)
+        results.append(
+            run_strategy(
+                name,
+                members,
+                alignment,
+                SYNTHETIC,
+                test_examples,
+                weight_fn,
+                trainer.setup.decode,
+            )
+        )
+        workdirs.append(workdir)
+    return results, workdirs
+
+
+def plot_demo(workdirs, ppo, members, alignment, test_examples, config) -> None:
+    """Reward and accuracy curves of every run, and the weights RLAE_PPO's first seed (`ppo`, its
+    evaluation result) gave along the answers to four two-part problems."""
+    output = pathlib.Path(config.output_dir).absolute()
     plot_reward_curves(workdirs, output / "reward_curves.png")
     plot_reward_curves(workdirs, output / "accuracy_curves.png", metric="accuracy")
-    ppo = per_strategy["RLAE_PPO"][0]
     two_part = [i for i, e in enumerate(test_examples) if ";" in e.prompt][:4]
     plot_weights_along_answers(
         [
@@ -128,8 +164,3 @@ def run_demo(config) -> dict:
         [test_examples[i].prompt for i in two_part],
         output / "weights_along_answers.png",
     )
-    minutes = (time.time() - started) / 60
-    report = f"{table}\n\n{verdict}\n\nwall time {minutes:.1f} min; outputs in {output}"
-    (output / "summary.txt").write_text(report + "\n")
-    print(report)
-    return {"summary": summary, "ordering_ok": ok, "output_dir": str(output), "minutes": minutes}

@@ -159,6 +159,24 @@ def test_top_k_union_matches_full_mix(alignment):
         assert int(candidates.best()[row]) == int(ids[np.argmax(full[row, ids])])
 
 
+def test_device_methods_refuse_wrong_shapes_at_trace_time(alignment):
+    """A member vocabulary cut short would silently lose probability mass (the gathers fill
+    missing ids with 0) and `[N]` weights fail deep in an index; chex names the method instead."""
+    probs = jax.nn.softmax(jnp.zeros((3, 2, alignment.member_to_union.shape[1])))
+    per_member = [probs[:, n, :size] for n, size in enumerate(alignment.vocab_sizes)]
+    weights = jnp.full((3, 2), 0.5)
+    with pytest.raises(AssertionError, match=r"Alignment.project takes \[B, N, V\]"):
+        jax.jit(Alignment.project)(alignment, probs[..., :-1])
+    with pytest.raises(AssertionError, match=r"Alignment.mix takes N=2 arrays"):
+        alignment.mix(per_member, weights[0])
+    with pytest.raises(AssertionError, match=r"Alignment.mixed_argmax takes N=2 arrays"):
+        alignment.mixed_argmax([per_member[0], per_member[1][:, :-1]], weights)
+    with pytest.raises(AssertionError, match=r"Alignment.js_divergence takes N=2 arrays"):
+        alignment.js_divergence(per_member[:1], weights)
+    with pytest.raises(AssertionError, match=r"Alignment.top_k_union takes"):
+        alignment.top_k_union(probs, jnp.zeros((3, 2), jnp.int32), weights)
+
+
 @SETTINGS
 @given(
     seed=st.integers(0, 2**31 - 1),

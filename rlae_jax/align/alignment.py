@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -92,13 +93,33 @@ class Alignment:
     def num_members(self) -> int:
         return len(self.vocab_sizes)
 
+    def check_stacked(self, method: str, member_arrays: jax.Array) -> None:
+        """chex check (at trace time) that a device method got `[B, N, V]` (V = V_max)."""
+        expected = (None, self.num_members, self.member_to_union.shape[1])
+        chex.assert_shape(
+            member_arrays, expected, custom_message=f"Alignment.{method} takes [B, N, V]"
+        )
+
+    def check_per_member(self, method: str, member_arrays: Sequence, weights: jax.Array) -> None:
+        """chex checks (at trace time) that a device method got N arrays `[B, V_n]`, each covering
+        member n's model ids, and `[B, N]` weights (or normalisers)."""
+        message = f"Alignment.{method} takes N={self.num_members} arrays [B, V_n] and [B, N]"
+        chex.assert_equal(len(member_arrays), self.num_members, custom_message=message)
+        chex.assert_rank(list(member_arrays), 2, custom_message=message)
+        for n, array in enumerate(member_arrays):
+            chex.assert_axis_dimension_gteq(array, 1, self.vocab_sizes[n], custom_message=message)
+        expected = (member_arrays[0].shape[0], self.num_members)
+        chex.assert_shape(weights, expected, custom_message=message)
+
     # ---- device side (jit / vmap) ----
     def masked_log_softmax(self, member_logits: jax.Array) -> jax.Array:
         """[B, N, V] logits → log-probs with ids outside each tokenizer at -inf."""
+        self.check_stacked("masked_log_softmax", member_logits)
         return ops.masked_log_softmax(member_logits, self.member_valid)
 
     def project(self, member_probs: jax.Array) -> jax.Array:
         """[B, N, V] member probabilities → [B, N, U] union probabilities (mass conserved)."""
+        self.check_stacked("project", member_probs)
         return ops.project(member_probs, self.union_member_ids, self.duplicate_widths)
 
     def mix(self, member_probs: jax.Array | Sequence[jax.Array], weights: jax.Array) -> jax.Array:
@@ -106,12 +127,15 @@ class Alignment:
         union distribution Σ_n weights[:, n] · P_n (unnormalised inputs give the same mixture
         scaled)."""
         if not isinstance(member_probs, (list, tuple)):
+            self.check_stacked("mix", member_probs)
             member_probs = [member_probs[:, n] for n in range(member_probs.shape[1])]
+        self.check_per_member("mix", member_probs, weights)
         return ops.mix(member_probs, weights, self.union_member_ids, self.duplicate_widths)
 
     def mixed_argmax(self, member_probs: Sequence[jax.Array], weights: jax.Array) -> jax.Array:
         """int32 `[B]`: first argmax of `mix(member_probs, weights)` over complete union tokens,
         without building `[B, U]` (see project.mixed_argmax); member_probs: N arrays `[B, V_n]`."""
+        self.check_per_member("mixed_argmax", member_probs, weights)
         return ops.mixed_argmax(
             member_probs,
             weights,
@@ -126,6 +150,7 @@ class Alignment:
         """`[B]` equal-weight Jensen-Shannon divergence of the members' distributions in union
         space, from unnormalised `exp_logits` (N arrays `[B, V_n]`) and their row sums
         `normalizer [B, N]`, without building `[B, N, U]` (see project.js_divergence)."""
+        self.check_per_member("js_divergence", exp_logits, normalizer)
         return ops.js_divergence(
             exp_logits,
             normalizer,
@@ -139,6 +164,11 @@ class Alignment:
     ) -> ops.TopKUnion:
         """Candidates from member top-k ids [B, N, k] scored without [B, U] (see
         project.top_k_union)."""
+        self.check_stacked("top_k_union", member_probs)
+        message = "Alignment.top_k_union takes [B, N, V], ids [B, N, k] and weights [B, N]"
+        chex.assert_rank(member_top_ids, 3, custom_message=message)
+        chex.assert_equal_shape_prefix((member_probs, member_top_ids), 2, custom_message=message)
+        chex.assert_shape(weights, member_probs.shape[:2], custom_message=message)
         return ops.top_k_union(
             member_probs,
             member_top_ids,

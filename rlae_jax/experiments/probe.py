@@ -35,7 +35,9 @@ from rlae_jax.align import build_alignment
 from rlae_jax.engine import DecodeConfig
 from rlae_jax.engine.strategies import resolve_strategy
 from rlae_jax.experiments.evaluation import run_strategies
+from rlae_jax.models.generate import generate_member
 from rlae_jax.models.loading import from_pretrained
+from rlae_jax.models.prompts import member_prompts
 from rlae_jax.tasks import get_task
 
 UNIFORM = "uniform"
@@ -211,6 +213,11 @@ class Setting:
         return f"{self.answer_format}/{self.shots}-shot"
 
 
+def settings_of(pairs: Sequence[Sequence]) -> list[Setting]:
+    """Settings from (answer_format, shots) pairs."""
+    return [Setting(str(answer_format), int(shots)) for answer_format, shots in pairs]
+
+
 def with_fields(spec: str, defaults: Mapping | None = None, **fields) -> str:
     """`spec` with task or config fields set in its JSON part (`defaults` only where the spec does
     not set them), so `get_task` of the result rebuilds the same task: with_fields("rg/gcd:easy",
@@ -225,12 +232,10 @@ def with_fields(spec: str, defaults: Mapping | None = None, **fields) -> str:
     return f"{head}:{preset}{json.dumps(merged, sort_keys=True)}"
 
 
-def probe_strategies(member_names: Sequence[str], decode, fixed_grid: Sequence[float]) -> dict:
-    """name → (weight_fn, DecodeConfig): each member alone, uniform weights and, for two members,
-    `fixed w/1-w` for each w of `fixed_grid`."""
-    count = len(member_names)
-    specs = {name: ("single", dict(primary=i)) for i, name in enumerate(member_names)}
-    specs[UNIFORM] = ("uniform", {})
+def ensemble_strategies(count: int, decode, fixed_grid: Sequence[float]) -> dict:
+    """name → (weight_fn, DecodeConfig): uniform weights and, for two members, `fixed w/1-w` for
+    each w of `fixed_grid`."""
+    specs = {UNIFORM: ("uniform", {})}
     for w in fixed_grid if count == 2 else ():
         specs[f"fixed {w:.2f}/{1 - w:.2f}"] = ("fixed", dict(weights=[w, 1 - w]))
     out = {}
@@ -238,6 +243,18 @@ def probe_strategies(member_names: Sequence[str], decode, fixed_grid: Sequence[f
         weight_fn, selection = resolve_strategy(kind, count, **options)
         out[name] = (weight_fn, dataclasses.replace(decode, selection=selection))
     return out
+
+
+def member_texts(member, prompts: Sequence[str], batch_size: int, max_new_tokens: int) -> list:
+    """One member's greedy continuations of `prompts`, in batches of `batch_size` rows (the last
+    filled with repeats, dropped), so batches share compiled shapes."""
+    texts = []
+    for start in range(0, len(prompts), batch_size):
+        chunk = list(prompts[start : start + batch_size])
+        rows = len(chunk)
+        chunk += chunk[-1:] * (batch_size - rows)
+        texts += generate_member(member, chunk, max_new_tokens)[:rows]
+    return texts
 
 
 class Probe:
@@ -256,14 +273,15 @@ class Probe:
             max_new_tokens=config.max_new_tokens, span_length=config.span_length,
             record_features=False,
         )
-        self.strategies = probe_strategies(self.names, decode, ())
-        self.with_grid = probe_strategies(self.names, decode, config.fixed_grid)
+        self.uniform = ensemble_strategies(len(self.members), decode, ())
+        self.with_grid = ensemble_strategies(len(self.members), decode, config.fixed_grid)
         self.splits: dict[tuple, list] = {}
         self.report = {"config": config.to_dict(), "members": self.names, "skipped": {},
                        "stages": {}, "machine": machine()}
-
-    def task(self, spec: str, answer_format: str):
-        return get_task(self.spec(spec, answer_format))
+        # measured cells by (family, setting, problems, strategies), kept across runs so a
+        # stopped probe resumes where it stopped
+        self.done_path = self.output / "cells.json"
+        self.done = json.loads(self.done_path.read_text()) if self.done_path.exists() else {}
 
     def spec(self, spec: str, answer_format: str) -> str:
         """The full task spec: the family with its answer format and training-split size."""
@@ -274,7 +292,7 @@ class Probe:
         """The first `count` problems of a split, loaded once per family and format."""
         key = (spec, answer_format, split)
         if len(self.splits.get(key, ())) < count:
-            self.splits[key] = self.task(spec, answer_format).load(split, limit=count)
+            self.splits[key] = get_task(self.spec(spec, answer_format)).load(split, limit=count)
         return self.splits[key][:count]
 
     def loadable(self, families: Sequence[str], formats: Sequence[str], count: int) -> list:
@@ -291,47 +309,59 @@ class Probe:
         return kept
 
     def measure(self, spec: str, setting: Setting, start: int, count: int, strategies) -> tuple:
-        """Validation problems start..start+count-1 of `spec` under `setting` → (cell_stats with
-        two example answers, per-strategy 0/1 scores)."""
-        task = self.task(spec, setting.answer_format)
+        """`measure_once`, or its result from an earlier run of the same output folder."""
+        key = json.dumps([spec, setting.name, start, count, self.config.max_new_tokens,
+                          sorted(strategies)])
+        if key not in self.done:
+            stats, scores = self.measure_once(spec, setting, start, count, strategies)
+            self.done[key] = [stats, {n: np.asarray(s).astype(int).tolist()
+                                      for n, s in scores.items()}]
+            self.done_path.write_text(json.dumps(self.done))
+        stats, scores = self.done[key]
+        return stats, {name: np.asarray(s) for name, s in scores.items()}
+
+    def measure_once(self, spec: str, setting: Setting, start: int, count: int, strategies):
+        """Validation problems start..start+count-1 of `spec` under `setting`: each member alone
+        (`generate_member`) and the ensemble `strategies` (`run_strategies`, no shared prefix, so
+        families of one prompt-length bucket share compiled shapes) → (cell_stats with two sample
+        answers, per-strategy 0/1 scores)."""
+        task = get_task(self.spec(spec, setting.answer_format))
         examples = self.split(spec, setting.answer_format, "validation", start + count)[start:]
         shots = self.split(spec, setting.answer_format, "train", setting.shots)
-        results = run_strategies(
-            strategies, self.members, self.alignment, task, examples,
-            self.config.batch_size, shots,
-        )
-        scores = {name: r.scores for name, r in results.items()}
-        answers = {name: [task.answer_of(t) for t in r.texts] for name, r in results.items()}
+        size, tokens = self.config.batch_size, self.config.max_new_tokens
+        prompts = member_prompts(self.members, task, examples, shots)
+        texts = {name: member_texts(member, own, size, tokens)
+                 for name, member, own in zip(self.names, self.members, prompts)}
+        results = run_strategies(strategies, self.members, self.alignment, task, examples, size,
+                                 shots, shared_prefix=False, progress=False)
+        texts.update({name: r.texts for name, r in results.items()})
+        scores = {name: task.rewards(own, examples) for name, own in texts.items()}
+        answers = {name: [task.answer_of(t) for t in own] for name, own in texts.items()}
         stats = cell_stats(
             scores, answers, [e.answer for e in examples], [s.answer for s in shots], self.names
         )
-        stats["samples"] = [
-            {"target": e.answer, **{name: r.texts[i] for name, r in results.items()}}
-            for i, e in enumerate(examples[:2])
-        ]
+        stats["samples"] = [{"target": e.answer, **{n: t[i] for n, t in texts.items()}}
+                            for i, e in enumerate(examples[:2])]
         return stats, scores
 
-    def stage(self, label, settings, families, start, count, strategies) -> tuple[dict, dict]:
-        """Every family under every setting → (stats, scores), each [setting name][family]; the
+    def stage(self, label: str, cells: Sequence[tuple[Setting, str]], start: int, count: int,
+              strategies) -> tuple[dict, dict]:
+        """Every (setting, family) cell → (stats, scores), each [setting name][family]; the
         report is saved after every cell."""
-        stats = {s.name: {} for s in settings}
-        scores = {s.name: {} for s in settings}
-        self.report["stages"][label] = {"problems": count, "first_problem": start,
-                                        "cells": stats, "scores": {}}
+        stats, scores = collections.defaultdict(dict), collections.defaultdict(dict)
+        record = {"problems": count, "first_problem": start, "cells": stats, "scores": {}}
+        self.report["stages"][label] = record
         began = time.time()
-        total = len(settings) * len(families) * count
-        with tqdm(total=total, desc=label, unit="problem") as bar:
-            for setting in settings:
-                for spec in families:
-                    bar.set_postfix_str(f"{setting.name} {spec}"[:60])
-                    cell, scores[setting.name][spec] = self.measure(
-                        spec, setting, start, count, strategies
-                    )
-                    stats[setting.name][spec] = cell
-                    self.report["stages"][label]["scores"] = lists(scores)
-                    self.report["stages"][label]["minutes"] = (time.time() - began) / 60
-                    self.save()
-                    bar.update(count)
+        with tqdm(total=len(cells) * count, desc=label, unit="problem") as bar:
+            for setting, spec in cells:
+                bar.set_postfix_str(f"{setting.name} {spec}"[:50])
+                stats[setting.name][spec], scores[setting.name][spec] = self.measure(
+                    spec, setting, start, count, strategies
+                )
+                record["scores"] = lists(scores)
+                record["minutes"] = (time.time() - began) / 60
+                self.save()
+                bar.update(count)
         return stats, scores
 
     def save(self) -> None:
@@ -380,32 +410,50 @@ def promising(stats: Mapping[str, dict], members: Sequence[str], margin: float, 
     return sorted(stats, key=key, reverse=True)[:count]
 
 
+def best_setting(stats: dict, scores: dict, families: Sequence[str], names, rule) -> tuple:
+    """The setting whose selection (`select_mixture` over `families`) ranks highest → (its name,
+    every setting's selection)."""
+    choices = {
+        setting: select_mixture({f: cells[f] for f in families if f in cells},
+                                scores[setting], names, *rule)
+        for setting, cells in stats.items()
+    }
+    return max(choices, key=lambda s: ranked(choices[s])), choices
+
+
 def run_probe(config) -> dict:
-    """The screen, the confirmation of the best setting, the chosen mixture → the report (also
-    results.json, results.md and mixture.json in `config.output_dir`)."""
+    """Screen every family in the screen settings, sweep the other settings on the most promising
+    families (the same problems), confirm the best setting on fresh problems, choose the mixture
+    → the report (also results.json, results.md and mixture.json in `config.output_dir`)."""
     started = time.time()
     probe = Probe(config)
     names, rule = probe.names, (config.margin, config.min_gap, config.max_mixture)
-    settings = [Setting(f, k) for f in config.formats for k in config.shots]
+    screen, sweep = settings_of(config.screen_settings), settings_of(config.sweep_settings)
+    formats = sorted({s.answer_format for s in screen + sweep})
     families = probe.loadable(
-        config.families, config.formats, config.screen_problems + config.confirm_problems
+        config.families, formats, config.screen_problems + config.confirm_problems
     )
-    screen, screen_scores = probe.stage(
-        "screen", settings, families, 0, config.screen_problems, probe.strategies
-    )
-    choices = {s.name: select_mixture(screen[s.name], screen_scores[s.name], names, *rule)
-               for s in settings}
-    best = max(settings, key=lambda s: ranked(choices[s.name]))
-    confirm, confirm_scores = probe.stage(
-        "confirm", [best], promising(screen[best.name], names, config.margin,
-                                     config.confirm_families),
+    stats, scores = probe.stage("screen", [(s, f) for s in screen for f in families], 0,
+                                config.screen_problems, probe.uniform)
+    swept = promising(stats[screen[0].name], names, config.margin, config.sweep_families)
+    if sweep:
+        more = probe.stage("sweep", [(s, f) for s in sweep for f in swept], 0,
+                           config.screen_problems, probe.uniform)
+        for into, new in zip((stats, scores), more):
+            into.update(new)
+    best, choices = best_setting(stats, scores, swept, names, rule)
+    setting = next(s for s in screen + sweep if s.name == best)
+    confirm_stats, confirm_scores = probe.stage(
+        "confirm",
+        [(setting, f) for f in promising(stats[best], names, config.margin,
+                                         config.confirm_families)],
         config.screen_problems, config.confirm_problems, probe.with_grid,
     )
-    mixture = select_mixture(confirm[best.name], confirm_scores[best.name], names, *rule)
-    mixture.update(setting=best.name, shots=best.shots, answer_format=best.answer_format)
+    mixture = select_mixture(confirm_stats[best], confirm_scores[best], names, *rule)
+    mixture.update(setting=best, shots=setting.shots, answer_format=setting.answer_format)
     for key in ("families", "holdout"):
-        mixture[f"{key}_specs"] = [probe.spec(f, best.answer_format) for f in mixture[key]]
-    probe.report.update(screen_selection=choices, mixture=mixture,
+        mixture[f"{key}_specs"] = [probe.spec(f, setting.answer_format) for f in mixture[key]]
+    probe.report.update(setting_selection=choices, mixture=mixture,
                         minutes=(time.time() - started) / 60)
     probe.save()
     (probe.output / "mixture.json").write_text(json.dumps(mixture, indent=1))

@@ -1,10 +1,13 @@
 """A contextual multi-span bandit for testing and benchmarking the agents.
 
 Each episode draws a context c in {0..N-1} and a length L in {1..max_spans} (or L = max_spans).
-At span s the observation is [one_hot(c), noise] and the reward for weights w `[N]` is
-w[(c + s) mod N]: the best member depends on the context and changes across spans, so the agent
-needs both the observation and its span embedding. The optimal return of an episode is L
-(all weight on the best member); `normalized_return` is return / L averaged over episodes.
+At span s the observation is obs_offset + obs_scale * [one_hot(c), noise] and the reward for
+weights w `[N]` is w[(c + s) mod N] (or, with `bernoulli_reward`, 1 with probability
+w[(c + s) mod N], else 0: a 0/1 correctness reward): the best member depends on the context and
+changes across spans, so the agent needs both the observation and its span embedding. Rows come in
+groups of `samples_per_context` episodes of one context (question-major, as the RLAE rollout lays
+out K samples per question). The optimal return of an episode is L (all weight on the best
+member); `normalized_return` is return / L averaged over episodes.
 """
 
 from __future__ import annotations
@@ -15,13 +18,16 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from rlae_jax.rl.gae import episode_returns, informative_share
 from rlae_jax.rl.networks import AgentConfig, MAPPOAgent, MultiAgentObs, make_agent
-from rlae_jax.rl.ppo import PPOConfig, Transitions, create_train_state, update
+from rlae_jax.rl.normalization import normalize
+from rlae_jax.rl.ppo import PPOConfig, TrainState, Transitions, create_train_state, update
 
 
 @dataclasses.dataclass(frozen=True)
 class BanditConfig:
-    """Environment size; obs_dim = num_members + noise_dims."""
+    """Environment size; obs_dim = num_members + noise_dims. `obs_offset` / `obs_scale` put the
+    observation on the scale of raw hidden states, where the agent needs its input normalised."""
 
     num_members: int = 3
     max_spans: int = 3
@@ -29,6 +35,10 @@ class BanditConfig:
     noise_scale: float = 1.0
     variable_length: bool = True
     batch_size: int = 64
+    samples_per_context: int = 1
+    bernoulli_reward: bool = False
+    obs_offset: float = 0.0
+    obs_scale: float = 1.0
 
     @property
     def obs_dim(self) -> int:
@@ -39,7 +49,11 @@ def sample_episodes(key: jax.Array, config: BanditConfig):
     """Contexts `[B]`, global obs `[T, B, F]`, span indices `[T, B]`, valid and done `[T, B]`."""
     context_key, length_key, noise_key = jax.random.split(key, 3)
     shape = (config.max_spans, config.batch_size)
-    contexts = jax.random.randint(context_key, (config.batch_size,), 0, config.num_members)
+    groups = config.batch_size // config.samples_per_context
+    contexts = jnp.repeat(
+        jax.random.randint(context_key, (groups,), 0, config.num_members),
+        config.samples_per_context,
+    )
     if config.variable_length:
         lengths = jax.random.randint(length_key, (config.batch_size,), 1, config.max_spans + 1)
     else:
@@ -48,7 +62,7 @@ def sample_episodes(key: jax.Array, config: BanditConfig):
     one_hot = jnp.broadcast_to(
         jax.nn.one_hot(contexts, config.num_members), (*shape, config.num_members)
     )
-    obs = jnp.concatenate([one_hot, noise], axis=-1)
+    obs = config.obs_offset + config.obs_scale * jnp.concatenate([one_hot, noise], axis=-1)
     span_index = jnp.broadcast_to(jnp.arange(config.max_spans, dtype=jnp.int32)[:, None], shape)
     valid = span_index < lengths
     dones = span_index == lengths - 1
@@ -64,11 +78,19 @@ def agent_observation(agent: nnx.Module, obs: jax.Array, num_members: int):
 
 
 def span_rewards(
-    weights: jax.Array, contexts: jax.Array, span_index: jax.Array, valid: jax.Array
+    weights: jax.Array,
+    contexts: jax.Array,
+    span_index: jax.Array,
+    valid: jax.Array,
+    key: jax.Array | None = None,
 ) -> jax.Array:
-    """Reward w[(c + s) mod N] per span `[T, B]` (0 on padded spans) for `weights [T, B, N]`."""
+    """Reward w[(c + s) mod N] per span `[T, B]` (0 on padded spans) for `weights [T, B, N]`; with a
+    `key`, a 0/1 draw that is 1 with that probability."""
     best = (contexts[None, :] + span_index) % weights.shape[-1]
-    return jnp.take_along_axis(weights, best[..., None], axis=-1)[..., 0] * valid
+    chance = jnp.take_along_axis(weights, best[..., None], axis=-1)[..., 0]
+    if key is not None:
+        chance = (jax.random.uniform(key, chance.shape) < chance).astype(chance.dtype)
+    return chance * valid
 
 
 def normalized_return(rewards: jax.Array, valid: jax.Array) -> jax.Array:
@@ -76,19 +98,28 @@ def normalized_return(rewards: jax.Array, valid: jax.Array) -> jax.Array:
     return jnp.mean(jnp.sum(rewards, axis=0) / jnp.sum(valid, axis=0))
 
 
-def rollout(graphdef: nnx.GraphDef, params: nnx.State, key: jax.Array, config: BanditConfig):
+def flat(x: jax.Array) -> jax.Array:
+    """`[T, B, ...]` -> `[T·B, ...]`."""
+    return x.reshape(-1, *x.shape[2:])
+
+
+def rollout(train_state: TrainState, key: jax.Array, config: BanditConfig):
     """One batch of episodes with the stochastic policy -> (`Transitions`, normalised return)."""
-    env_key, action_key = jax.random.split(key)
-    agent = nnx.merge(graphdef, params)
+    env_key, action_key, reward_key = jax.random.split(key, 3)
+    agent = nnx.merge(train_state.graphdef, train_state.params)
     contexts, obs, span_index, valid, dones = sample_episodes(env_key, config)
-    flat = lambda x: x.reshape(-1, *x.shape[2:])
     unflat = lambda x: x.reshape(config.max_spans, config.batch_size, *x.shape[1:])
     agent_obs = agent_observation(agent, obs, config.num_members)
-    actions, log_probs, values = agent.act(
-        jax.tree.map(flat, agent_obs), flat(span_index), action_key
-    )
+    inputs = normalize(train_state.input_stats(), jax.tree.map(flat, agent_obs))
+    actions, log_probs, values = agent.act(inputs, flat(span_index), action_key)
     actions, log_probs, values = unflat(actions), unflat(log_probs), unflat(values)
-    rewards = span_rewards(agent.weights(actions), contexts, span_index, valid)
+    rewards = span_rewards(
+        agent.weights(actions),
+        contexts,
+        span_index,
+        valid,
+        reward_key if config.bernoulli_reward else None,
+    )
     transitions = Transitions(
         obs=agent_obs,
         span_index=span_index,
@@ -102,16 +133,36 @@ def rollout(graphdef: nnx.GraphDef, params: nnx.State, key: jax.Array, config: B
     return transitions, normalized_return(rewards, valid)
 
 
-def evaluate_mean_policy(
-    graphdef: nnx.GraphDef, params: nnx.State, key: jax.Array, config: BanditConfig
-) -> jax.Array:
+def evaluation_weights(
+    train_state: TrainState, key: jax.Array, config: BanditConfig, eval_action: str = "mean"
+):
+    """Contexts `[B]`, evaluation weights `[T, B, N]` (`eval_action`) and valid `[T, B]` on a fresh
+    batch."""
+    env_key, action_key = jax.random.split(key)
+    agent = nnx.merge(train_state.graphdef, train_state.params)
+    contexts, obs, span_index, valid, _ = sample_episodes(env_key, config)
+    inputs = jax.tree.map(flat, agent_observation(agent, obs, config.num_members))
+    weights = agent.eval_weights(
+        normalize(train_state.input_stats(), inputs), flat(span_index), eval_action, action_key
+    )
+    return contexts, weights.reshape(*span_index.shape, -1), valid
+
+
+def mean_policy_return(train_state: TrainState, key: jax.Array, config: BanditConfig) -> jax.Array:
     """Normalised return of the deterministic policy w = E[weights] on a fresh batch."""
-    agent = nnx.merge(graphdef, params)
-    contexts, obs, span_index, valid, _ = sample_episodes(key, config)
-    flat = lambda x: x.reshape(-1, *x.shape[2:])
-    agent_obs = jax.tree.map(flat, agent_observation(agent, obs, config.num_members))
-    weights = agent.mean_weights(agent_obs, flat(span_index)).reshape(*span_index.shape, -1)
+    contexts, weights, valid = evaluation_weights(train_state, key, config)
+    span_index = jnp.broadcast_to(jnp.arange(config.max_spans)[:, None], valid.shape)
     return normalized_return(span_rewards(weights, contexts, span_index, valid), valid)
+
+
+def weights_by_context(
+    train_state: TrainState, key: jax.Array, config: BanditConfig, eval_action: str = "mean"
+) -> jax.Array:
+    """`[N contexts, N members]`: the evaluation weights of the first span, averaged over the
+    episodes of each context in a fresh batch (NaN for a context the batch did not draw)."""
+    contexts, weights, _ = evaluation_weights(train_state, key, config, eval_action)
+    one_hot = jax.nn.one_hot(contexts, config.num_members)
+    return (one_hot.T @ weights[0]) / one_hot.sum(0)[:, None]
 
 
 def train(
@@ -125,22 +176,22 @@ def train(
     static).
 
     Returns the final `TrainState` and per-update metrics `[num_updates]`, including
-    `return` (stochastic policy, training batch) and `mean_policy_return` (deterministic, fresh
-    batch).
+    `return` (stochastic policy, training batch), `mean_policy_return` (deterministic, fresh
+    batch) and `informative_share` (contexts whose samples' returns differ).
     """
     init_key, learner_key, loop_key = jax.random.split(key, 3)
     train_state = create_train_state(make_agent(agent_config, init_key), ppo_config, learner_key)
 
     def one_update(train_state, key):
         rollout_key, eval_key = jax.random.split(key)
-        transitions, episode_return = rollout(
-            train_state.graphdef, train_state.params, rollout_key, bandit_config
-        )
+        transitions, episode_return = rollout(train_state, rollout_key, bandit_config)
         train_state, metrics = update(train_state, transitions)
         metrics["return"] = episode_return
-        metrics["mean_policy_return"] = evaluate_mean_policy(
-            train_state.graphdef, train_state.params, eval_key, bandit_config
+        metrics["informative_share"] = informative_share(
+            episode_returns(transitions.rewards, transitions.valid),
+            bandit_config.samples_per_context,
         )
+        metrics["mean_policy_return"] = mean_policy_return(train_state, eval_key, bandit_config)
         return train_state, metrics
 
     return jax.lax.scan(one_update, train_state, jax.random.split(loop_key, num_updates))

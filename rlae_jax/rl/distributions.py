@@ -69,6 +69,15 @@ class Dirichlet:
         """E[w] = alpha / alpha_0, `[..., N]`."""
         return self.concentration / jnp.sum(self.concentration, axis=-1, keepdims=True)
 
+    def mode(self) -> jax.Array:
+        """argmax of the density, `[..., N]`: (alpha_i - 1) / (alpha_0 - N) for a row whose
+        concentrations all exceed 1. Otherwise the density is unbounded at the simplex's edge and
+        has no interior mode; such a row gets its mean instead."""
+        alpha = self.concentration
+        interior = (alpha - 1.0) / (jnp.sum(alpha, axis=-1, keepdims=True) - alpha.shape[-1])
+        has_mode = jnp.all(alpha > 1.0, axis=-1, keepdims=True)
+        return jnp.where(has_mode, interior, self.mean())
+
 
 @flax.struct.dataclass
 class LogGamma:

@@ -15,13 +15,13 @@ import jax.numpy as jnp
 
 @dataclasses.dataclass(frozen=True)
 class LossConfig:
-    """Coefficients of the PPO objective."""
+    """Coefficients of the PPO objective. `entropy_coef` 0.01 as the RLAE authors': it keeps the
+    Dirichlet from collapsing onto one member before the reward has said which."""
 
     clip_eps: float = 0.2
     value_clip_eps: float = 0.2
     value_coef: float = 0.5
-    entropy_coef: float = 0.0
-    normalize_advantages: bool = True
+    entropy_coef: float = 0.01
 
 
 def masked_mean(x: jax.Array, mask: jax.Array) -> jax.Array:
@@ -35,6 +35,15 @@ def normalize_advantages(advantages: jax.Array, mask: jax.Array, eps: float = 1e
     mean = masked_mean(advantages, mask)
     std = jnp.sqrt(masked_mean(jnp.square(advantages - mean), mask))
     return (advantages - mean) / (std + eps)
+
+
+def explained_variance(values: jax.Array, returns: jax.Array, mask: jax.Array) -> jax.Array:
+    """1 - Var[R - V] / Var[R] over the valid entries: 1 for a perfect critic, 0 for one that
+    predicts the mean, negative for a worse one (0 when the returns do not vary)."""
+    returns_var = masked_mean(jnp.square(returns - masked_mean(returns, mask)), mask)
+    errors = returns - values
+    errors_var = masked_mean(jnp.square(errors - masked_mean(errors, mask)), mask)
+    return jnp.where(returns_var > 0, 1.0 - errors_var / jnp.maximum(returns_var, 1e-12), 0.0)
 
 
 def ppo_loss(
@@ -51,18 +60,16 @@ def ppo_loss(
     """Total loss and metrics over a minibatch of M steps.
 
     Shapes: `log_probs, old_log_probs [M]` (PPO) or `[M, N]` (MAPPO, one per agent);
-    `advantages, values, old_values, returns, entropy, mask [M]`.
-    With masked means E[.] over valid steps (and agents), rho = exp(log_probs - old_log_probs):
+    `advantages, values, old_values, returns, entropy, mask [M]` (advantages already normalised
+    by the learner, over the whole batch). With masked means E[.] over valid steps (and agents),
+    rho = exp(log_probs - old_log_probs):
 
-        A'      = (A - mean A) / (std A + 1e-8)                       if normalize_advantages
-        L_pi    = -E[min(rho A', clip(rho, 1 - eps, 1 + eps) A')]
+        L_pi    = -E[min(rho A, clip(rho, 1 - eps, 1 + eps) A)]
         V_clip  = V_old + clip(V - V_old, -eps_v, eps_v)
         L_V     = 0.5 E[max((V - R)^2, (V_clip - R)^2)]
         L       = L_pi + c_V L_V - c_H E[H]
         approx_kl = E[(rho - 1) - log rho],   clip_frac = E[|rho - 1| > eps]
     """
-    if config.normalize_advantages:
-        advantages = normalize_advantages(advantages, mask)
     per_agent = log_probs.ndim == advantages.ndim + 1
     policy_mask = mask[..., None] if per_agent else mask
     policy_advantages = advantages[..., None] if per_agent else advantages

@@ -4,7 +4,9 @@ Both agents expose the same interface, which is all the learner (`ppo.update`) a
     act(obs, span_index, key)          -> (actions [B, N], log_probs, values [B])
     evaluate(obs, span_index, actions) -> (log_probs, entropy [B], values [B])
     weights(actions)                   -> ensemble weights [B, N] on the simplex
-    mean_weights(obs, span_index)      -> E[weights] [B, N] (deterministic evaluation)
+    weight_distribution(obs, span_index) -> the Dirichlet the weights follow
+    eval_weights(obs, span_index, eval_action, key) -> evaluation weights [B, N] (`EVAL_ACTIONS`)
+    zero_observation()                 -> one all-zero observation (no batch axes)
 log_probs is `[B]` for PPO and `[B, N]` (one per agent) for MAPPO.
 
 MAPPO joint action: agent i draws y_i = log g_i, g_i ~ Gamma(alpha_i, 1), from its own actor's
@@ -28,6 +30,11 @@ import jax.numpy as jnp
 from flax import nnx
 
 from rlae_jax.rl.distributions import Dirichlet, LogGamma
+
+# how an evaluation turns the policy into weights: the Dirichlet's mean, its mode (the mean where
+# it has none, see `Dirichlet.mode`) or one sample. The mean of any symmetric policy is uniform
+# weights, however peaked the policy; the mode and a sample show what it prefers.
+EVAL_ACTIONS = ("mean", "mode", "sample")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -114,6 +121,12 @@ def span_encoding(span_index: jax.Array, horizon: int) -> jax.Array:
     return jnp.concatenate([clipped, jnp.sin(angles), jnp.cos(angles), fraction], axis=-1)
 
 
+def check_eval_action(eval_action: str) -> str:
+    if eval_action not in EVAL_ACTIONS:
+        raise ValueError(f"unknown eval_action {eval_action!r}; known: {', '.join(EVAL_ACTIONS)}")
+    return eval_action
+
+
 class Agent(nnx.Module):
     """Shared by both agents: `self(obs, span_index)` returns (policy distribution, values [B])."""
 
@@ -122,6 +135,13 @@ class Agent(nnx.Module):
         policy, values = self(obs, span_index)
         actions = policy.sample(key)
         return actions, policy.log_prob(actions), values
+
+    def eval_weights(self, obs, span_index, eval_action: str, key: jax.Array) -> jax.Array:
+        """Evaluation weights `[B, N]`: the weight Dirichlet's mean, mode or a sample."""
+        distribution = self.weight_distribution(obs, span_index)
+        if check_eval_action(eval_action) == "sample":
+            return distribution.sample(key)
+        return distribution.mean() if eval_action == "mean" else distribution.mode()
 
 
 class PPOAgent(Agent):
@@ -156,25 +176,36 @@ class PPOAgent(Agent):
     def weights(self, actions: jax.Array) -> jax.Array:
         return actions
 
-    def mean_weights(self, obs, span_index):
-        return self(obs, span_index)[0].mean()
+    def weight_distribution(self, obs, span_index) -> Dirichlet:
+        return self(obs, span_index)[0]
+
+    def zero_observation(self) -> jax.Array:
+        return jnp.zeros((self.config.obs_dim,), jnp.float32)
 
 
 class Actor(nnx.Module):
-    """One member's actor: MLP on its input `[..., D]` -> positive concentration `[...]`."""
+    """An actor: MLP on its input `[..., D]` -> `heads` positive concentrations `[..., heads]`."""
 
-    def __init__(self, in_dim: int, config: AgentConfig, *, rngs: nnx.Rngs):
+    def __init__(self, in_dim: int, heads: int, config: AgentConfig, *, rngs: nnx.Rngs):
         self.min_concentration = config.min_concentration
         self.torso = MLP(in_dim, config.hidden_sizes, rngs=rngs)
-        self.head = concentration_head(config.hidden_sizes[-1], 1, config, rngs=rngs)
+        self.head = concentration_head(config.hidden_sizes[-1], heads, config, rngs=rngs)
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        return jax.nn.softplus(self.head(self.torso(x))[..., 0]) + self.min_concentration
+        return jax.nn.softplus(self.head(self.torso(x))) + self.min_concentration
 
 
 class MAPPOAgent(Agent):
-    """N actors (shared parameters + one-hot agent id, or stacked separate parameters) emitting one
-    concentration each, and a centralised critic on [state, span encoding] -> value `[B]`."""
+    """N actors emitting one concentration each, and a centralised critic on [state, span encoding]
+    -> value `[B]`. `shared_actor`: one torso reads every member's [agent_obs, one-hot agent id,
+    span encoding] and member i's concentration comes from head i (the RLAE authors' shared encoder
+    with one head per member); otherwise each member has its own torso and head.
+
+    Why a head per member: with one shared head, member i's concentration can differ from member
+    j's on the same input only through the agent-id input's small interaction with the input, and
+    the gradients that raise one member's weight in a context and lower the other's cancel in
+    every shared parameter: on tests/test_rl.py's two-context bandit such an actor moved member 0's
+    weight by 0.05-0.07 between the contexts in 30 updates, heads per member by 0.90-0.92."""
 
     def __init__(self, config: AgentConfig, *, rngs: nnx.Rngs):
         self.config = config
@@ -182,13 +213,13 @@ class MAPPOAgent(Agent):
         span_dim = span_encoding_dim(config.span_horizon)
         actor_in = config.agent_obs_dim + span_dim + (num_members if config.shared_actor else 0)
         if config.shared_actor:
-            self.actor = Actor(actor_in, config, rngs=rngs)
+            self.actor = Actor(actor_in, num_members, config, rngs=rngs)
         else:
 
             @nnx.split_rngs(splits=num_members)
             @nnx.vmap(in_axes=(0,), out_axes=0)
             def stacked_actors(rngs):
-                return Actor(actor_in, config, rngs=rngs)
+                return Actor(actor_in, 1, config, rngs=rngs)
 
             self.actor = stacked_actors(rngs)
         self.critic = MLP(config.obs_dim + span_dim, config.hidden_sizes, rngs=rngs)
@@ -205,11 +236,12 @@ class MAPPOAgent(Agent):
             agent_id = jnp.broadcast_to(
                 jnp.eye(num_members, dtype=agent_obs.dtype), (batch, num_members, num_members)
             )
-            return self.actor(jnp.concatenate([agent_obs, agent_id, span], axis=-1))
+            heads = self.actor(jnp.concatenate([agent_obs, agent_id, span], axis=-1))
+            return jnp.diagonal(heads, axis1=-2, axis2=-1)  # member i from head i: [B, N]
 
         @nnx.vmap(in_axes=(0, 1), out_axes=1)
         def apply_each(actor, inputs):
-            return actor(inputs)
+            return actor(inputs)[..., 0]
 
         return apply_each(self.actor, jnp.concatenate([agent_obs, span], axis=-1))
 
@@ -231,8 +263,15 @@ class MAPPOAgent(Agent):
     def weights(self, actions: jax.Array) -> jax.Array:
         return jax.nn.softmax(actions, axis=-1)
 
-    def mean_weights(self, obs, span_index):
-        return self(obs, span_index)[0].weights_distribution().mean()
+    def weight_distribution(self, obs, span_index) -> Dirichlet:
+        return self(obs, span_index)[0].weights_distribution()
+
+    def zero_observation(self) -> MultiAgentObs:
+        config = self.config
+        return MultiAgentObs(
+            state=jnp.zeros((config.obs_dim,), jnp.float32),
+            agent_obs=jnp.zeros((config.num_members, config.agent_obs_dim), jnp.float32),
+        )
 
 
 def make_agent(config: AgentConfig, key: jax.Array) -> PPOAgent | MAPPOAgent:

@@ -91,7 +91,7 @@ def main(argv):
         state = load_agent_state(workdir, rl_config, members)
         setup = rl_config.setup(members)
         name = f"RLAE_{rl_config.kind.upper()} ({pathlib.Path(workdir).name})"
-        weight_fn = policy_weight_fn(state, setup, jax.random.key(0), deterministic=True)
+        weight_fn = policy_weight_fn(state, setup, jax.random.key(0), evaluation=True)
         results[name] = run_strategy(
             name,
             members,

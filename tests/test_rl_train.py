@@ -1,11 +1,14 @@
 """The RLAE train step on real (tiny, random) members: resume exactness (PPO, and MAPPO killed
-between two checkpoints), determinism, vmapped seeds, the workdir lock, and training stopped with
-clear messages on NaN rewards or a mismatched checkpoint."""
+between two checkpoints) with the observation stats restored bit for bit, the question-major batch
+of K samples per question, the per-update diagnostics in metrics.jsonl and TensorBoard, vmapped
+seeds, the workdir lock, and training stopped with clear messages on NaN rewards or a mismatched
+checkpoint."""
 
 import dataclasses
 import gc
 import json
 import socket
+import struct
 import subprocess
 import sys
 
@@ -19,7 +22,13 @@ from rlae_jax.toy.members import demo_model_config
 from rlae_jax.models import Member, build_model
 from rlae_jax.rl import trainer as trainer_module
 from rlae_jax.rl.rollout import InGraphReward, train_step, train_step_jit
-from rlae_jax.rl.trainer import RLAETrainer, RLConfig, initial_train_state
+from rlae_jax.rl.trainer import (
+    RLAETrainer,
+    RLConfig,
+    checkpoint_items,
+    initial_train_state,
+    restore_or_init,
+)
 from rlae_jax.tasks.synthetic import SYNTHETIC, target_bytes, tokenizer_corpus
 from rlae_jax.toy.tokenizer_trainer import train_byte_level_bpe, train_metaspace_bpe
 
@@ -67,7 +76,8 @@ def examples():
 
 
 def leaves(state):
-    return [np.asarray(x) for x in jax.tree.leaves(state.params)]
+    """Everything a checkpoint holds: parameters, optimiser state, key, count, observation stats."""
+    return [np.asarray(x) for x in jax.tree.leaves(checkpoint_items(state))]
 
 
 def test_resume_equals_an_uninterrupted_run(members, alignment, examples, tmp_path):
@@ -173,18 +183,71 @@ def test_a_workdir_in_use_is_refused_and_a_stale_lock_taken_over(
         RLAETrainer(CONFIG, members, alignment, SYNTHETIC, examples, other_host)
 
 
-def test_metrics_are_recorded_per_update(members, alignment, examples, tmp_path):
+def tensorboard_tags(folder) -> set[str]:
+    """The scalar tags in the TensorBoard event files under `folder` (TFRecord: length u64, its
+    crc u32, an Event proto, its crc u32)."""
+    from tensorboardX.proto import event_pb2
+
+    tags = set()
+    for path in folder.glob("events.out.tfevents.*"):
+        data, offset = path.read_bytes(), 0
+        while offset < len(data):
+            (length,) = struct.unpack("<Q", data[offset : offset + 8])
+            event = event_pb2.Event.FromString(data[offset + 12 : offset + 12 + length])
+            tags |= {value.tag for value in event.summary.value}
+            offset += 12 + length + 4
+    return tags
+
+
+def test_batches_hold_k_samples_of_each_question_question_major(
+    members, alignment, examples, tmp_path
+):
+    trainer = RLAETrainer(CONFIG, members, alignment, SYNTHETIC, examples, tmp_path)
+    prompts, targets = trainer.batch(0)
+    k = CONFIG.samples_per_question
+    questions = np.asarray(targets).reshape(CONFIG.batch_size // k, k, -1)
+    assert np.all(questions == questions[:, :1])  # rows q*K .. q*K+K-1: one question
+    assert len({row.tobytes() for row in questions[:, 0]}) == CONFIG.batch_size // k
+    for ids in prompts.input_ids:
+        ids = np.asarray(ids).reshape(CONFIG.batch_size // k, k, -1)
+        assert np.all(ids == ids[:, :1])
+
+
+def test_diagnostics_are_recorded_per_update_and_the_agent_restores_bit_identically(
+    members, alignment, examples, tmp_path
+):
+    """metrics.jsonl and TensorBoard hold every diagnostic of every update; the checkpoint holds
+    the observation stats the rollouts gathered, and restoring gives back every leaf bit for bit."""
     trainer = RLAETrainer(
         CONFIG, members, alignment, SYNTHETIC, examples, tmp_path, checkpoint_every=2
     )
-    trainer.train(num_updates=2, progress=False)
+    state = trainer.train(num_updates=2, progress=False)
     rows = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
     assert [r["update"] for r in rows] == [1, 2]
-    for key in ("reward", "accuracy", "approx_kl", "clip_frac", "entropy", "mean_weights_per_span"):
-        assert key in rows[0]
-    weights = np.array(rows[0]["mean_weights_per_span"])
-    assert weights.shape == (CONFIG.max_new_tokens // CONFIG.span_length, 2)
-    np.testing.assert_allclose(weights.sum(-1)[weights.sum(-1) > 0], 1.0, rtol=1e-5)
+    for row in rows:
+        for name in trainer_module.SCALAR_METRICS:
+            assert np.isfinite(row[name]), name
+        assert 0.0 <= row["informative_share"] <= 1.0 and 0.0 <= row["reward"] <= 1.0
+        np.testing.assert_allclose(row["learning_rate"], CONFIG.learning_rate, rtol=1e-6)
+        np.testing.assert_allclose(np.sum(row["weight_mean"]), 1.0, rtol=1e-5)
+        assert len(row["weight_spread"]) == 2 and min(row["weight_spread"]) >= 0.0
+        per_span = np.array(row["mean_weights_per_span"])
+        assert per_span.shape == (CONFIG.max_new_tokens // CONFIG.span_length, 2)
+        np.testing.assert_allclose(per_span.sum(-1)[per_span.sum(-1) > 0], 1.0, rtol=1e-5)
+    tags = tensorboard_tags(tmp_path / "tensorboard")
+    expected = set(trainer_module.SCALAR_METRICS) | {
+        f"{name}/member{i}" for name in trainer_module.PER_MEMBER_METRICS for i in (0, 1)
+    }
+    assert expected <= tags, expected - tags
+
+    stats = state.obs_stats
+    spans = CONFIG.max_new_tokens // CONFIG.span_length
+    assert 0 < float(stats.count) <= 2 * CONFIG.batch_size * spans
+    assert not np.allclose(stats.var, 1.0) and not np.allclose(stats.mean, 0.0)
+    restored = restore_or_init(trainer.manager, CONFIG, members)
+    for saved, loaded in zip(leaves(state), leaves(restored), strict=True):
+        assert saved.dtype == loaded.dtype
+        np.testing.assert_array_equal(saved, loaded)
 
 
 def test_a_checkpoint_from_another_config_is_refused(members, alignment, examples, tmp_path):
@@ -238,7 +301,7 @@ def test_seeds_can_be_vmapped_over_the_train_step(members, alignment, examples):
     stacked = states[0].replace(
         **{
             field: jax.tree.map(stack, *[getattr(s, field) for s in states])
-            for field in ("params", "opt_state", "key", "update_count")
+            for field in ("params", "opt_state", "key", "update_count", "obs_stats")
         }
     )
     vmapped = jax.jit(

@@ -118,7 +118,7 @@ def agent_results(
     for seed in range(config.seeds):
         workdir = output / "runs" / f"{kind}-seed{seed}"
         trainer = RLAETrainer(
-            RLConfig.from_dict(config.rl, kind=kind, seed=seed),
+            RLConfig.from_dict(config.rl, ignore=("checkpoint_every",), kind=kind, seed=seed),
             members,
             alignment,
             SYNTHETIC,
@@ -127,7 +127,7 @@ def agent_results(
             checkpoint_every=config.rl.checkpoint_every,
         )
         state = trainer.train()
-        weight_fn = policy_weight_fn(state, trainer.setup, jax.random.key(seed), deterministic=True)
+        weight_fn = policy_weight_fn(state, trainer.setup, jax.random.key(seed), evaluation=True)
         results.append(
             run_strategy(
                 name,

@@ -22,23 +22,29 @@ from rlae_jax.runtime.compile_options import decode_loop_options
 from rlae_jax.engine.loop import DecodeConfig, DecodeResult, PromptBatch, decode
 from rlae_jax.models.member import Member
 from rlae_jax.rl import ppo
+from rlae_jax.rl.gae import informative_share
+from rlae_jax.rl.networks import check_eval_action
+from rlae_jax.rl.normalization import RunningStats, normalize
 from rlae_jax.rl.observations import engine_features, observation
 from rlae_jax.tasks.synthetic import SyntheticTask, reward_in_graph
 
 
 @struct.dataclass
 class PolicyWeightFn:
-    """The agent as an engine weight_fn. Carry: (key, actions `[B, S, N]`) — the sampled actions of
-    every span, kept for the PPO update (log-probs and values are recomputed from them)."""
+    """The agent as an engine weight_fn. Its inputs are normalised with `obs_stats` (None: raw).
+    Training (`eval_action` None) samples the weights and keeps every span's action in the carry
+    (key, actions `[B, S, N]`) for the PPO update (log-probs and values are recomputed from them);
+    evaluation takes the policy's `eval_action` ("mean", "mode" or "sample", `EVAL_ACTIONS`)."""
 
     graphdef: nnx.GraphDef = struct.field(pytree_node=False)
     params: nnx.State
+    obs_stats: RunningStats | None
     key: jax.Array
     kind: str = struct.field(pytree_node=False)
     feature_set: str = struct.field(pytree_node=False)
     hidden_width: int = struct.field(pytree_node=False)
     num_members: int = struct.field(pytree_node=False)
-    deterministic: bool = struct.field(pytree_node=False, default=False)
+    eval_action: str | None = struct.field(pytree_node=False, default=None)
     optional_features: tuple[str, ...] = struct.field(pytree_node=False, default=("js_divergence",))
 
     def init_carry(self, batch: int, num_spans: int):
@@ -48,16 +54,20 @@ class PolicyWeightFn:
         key, actions = carry
         key, sample_key = jax.random.split(key)
         agent = nnx.merge(self.graphdef, self.params)
-        obs = observation(features, self.kind, self.feature_set, self.hidden_width)
-        if self.deterministic:
-            return agent.mean_weights(obs, features.span_index), (key, actions)
+        raw = observation(features, self.kind, self.feature_set, self.hidden_width)
+        obs = normalize(self.obs_stats, raw)
+        if self.eval_action is not None:
+            weights = agent.eval_weights(obs, features.span_index, self.eval_action, sample_key)
+            return weights, (key, actions)
         action, _, _ = agent.act(obs, features.span_index, sample_key)
         return agent.weights(action), (key, actions.at[:, features.span_index[0]].set(action))
 
 
 @dataclasses.dataclass(frozen=True)
 class RLSetup:
-    """Static description of the RL problem: agent kind, features, decoding, reward shaping."""
+    """Static description of the RL problem: agent kind, features, decoding, reward shaping, the
+    evaluation action and the number of rows per question (`samples_per_question`, question-major)
+    that the group statistics read."""
 
     kind: str
     num_members: int
@@ -65,20 +75,25 @@ class RLSetup:
     hidden_width: int
     decode: DecodeConfig
     length_penalty: float = 0.0
+    eval_action: str = "mean"
+    samples_per_question: int = 1
 
 
 def policy_weight_fn(
-    train_state: ppo.TrainState, setup: RLSetup, key: jax.Array, deterministic: bool = False
+    train_state: ppo.TrainState, setup: RLSetup, key: jax.Array, evaluation: bool = False
 ) -> PolicyWeightFn:
+    """The agent of `train_state` as a weight_fn: sampling and recording its actions (training),
+    or with `evaluation` taking `setup.eval_action`."""
     return PolicyWeightFn(
         train_state.graphdef,
         train_state.params,
+        train_state.input_stats(),
         key,
         setup.kind,
         setup.feature_set,
         setup.hidden_width,
         setup.num_members,
-        deterministic,
+        check_eval_action(setup.eval_action) if evaluation else None,
         engine_features(setup.feature_set),
     )
 
@@ -176,9 +191,9 @@ def episode_transitions(
     actions: jax.Array,
     episode_rewards: jax.Array,
 ) -> ppo.Transitions:
-    """`[S, B]` transitions of a batch of episodes: observations rebuilt from the recorded span
-    features, the sampled actions, behaviour log-probs and values under the current parameters,
-    and the episode reward on each row's last span."""
+    """`[S, B]` transitions of a batch of episodes: raw observations rebuilt from the recorded span
+    features, the sampled actions, behaviour log-probs and values under the current parameters
+    (and observation stats), and the episode reward on each row's last span."""
     batch, spans = result.span_valid.shape
     flat_features = jax.tree.map(
         lambda x: x.reshape((batch * spans,) + x.shape[2:]), result.span_features
@@ -186,7 +201,9 @@ def episode_transitions(
     flat_obs = observation(flat_features, setup.kind, setup.feature_set, setup.hidden_width)
     flat_actions = actions.reshape(batch * spans, -1)
     agent = nnx.merge(train_state.graphdef, train_state.params)
-    log_probs, _, values = agent.evaluate(flat_obs, flat_features.span_index, flat_actions)
+    log_probs, _, values = agent.evaluate(
+        normalize(train_state.input_stats(), flat_obs), flat_features.span_index, flat_actions
+    )
     unflatten = lambda x: time_major(x.reshape((batch, spans) + x.shape[1:]))
     valid = time_major(result.span_valid)
     last = jnp.maximum(valid.sum(0) - 1, 0)
@@ -203,6 +220,21 @@ def episode_transitions(
     )
 
 
+def weight_statistics(result: DecodeResult) -> dict[str, jax.Array]:
+    """Mean weights per span `[S, N]` over the rows that reached it; each row's mean weight over its
+    spans, averaged over rows (`weight_mean [N]`) and its std across rows (`weight_spread [N]`):
+    whether the agent gives different questions different weights."""
+    valid = result.span_valid[..., None]
+    masked = jnp.where(valid, result.span_weights, 0.0)
+    per_span = masked.sum(0) / jnp.maximum(valid.sum(0), 1)
+    per_row = masked.sum(1) / jnp.maximum(valid.sum(1), 1)
+    return {
+        "mean_weights_per_span": per_span,
+        "weight_mean": per_row.mean(0),
+        "weight_spread": per_row.std(0),
+    }
+
+
 def train_step(
     train_state: ppo.TrainState,
     members: Sequence[Member],
@@ -212,7 +244,8 @@ def train_step(
     reward_data,
     setup: RLSetup,
 ) -> tuple[ppo.TrainState, dict[str, jax.Array]]:
-    """One RLAE update: rollout (policy sets weights every span), reward, GAE, PPO/MAPPO epochs."""
+    """One RLAE update: rollout (policy sets weights every span), reward, advantages, PPO/MAPPO
+    epochs. Rows are `setup.samples_per_question` samples of each question, question-major."""
     key, policy_key, decode_key = jax.random.split(train_state.key, 3)
     weight_fn = policy_weight_fn(train_state, setup, policy_key)
     result = decode(
@@ -229,15 +262,12 @@ def train_step(
     shaped = rewards - setup.length_penalty * result.lengths / setup.decode.max_new_tokens
     transitions = episode_transitions(train_state, setup, result, result.weight_carry[1], shaped)
     train_state, metrics = ppo.update(train_state.replace(key=key), transitions)
-    valid = result.span_valid
-    span_weights = jnp.where(valid[..., None], result.span_weights, 0.0).sum(0) / jnp.maximum(
-        valid.sum(0)[:, None], 1
-    )
     metrics.update(
+        weight_statistics(result),
         reward=rewards.mean(),
         accuracy=accuracy.mean(),
+        informative_share=informative_share(rewards, setup.samples_per_question),
         episode_tokens=result.lengths.mean(),
-        mean_weights_per_span=span_weights,
         weight_fallback=result.weight_fallback.any(),
     )
     return train_state, metrics
@@ -247,31 +277,4 @@ def train_step(
 # `train_step`.
 train_step_jit = jax.jit(
     train_step, static_argnames=("setup",), compiler_options=decode_loop_options()
-)
-
-
-def evaluate_policy(
-    train_state: ppo.TrainState,
-    members: Sequence[Member],
-    alignment: Alignment,
-    prompts: PromptBatch,
-    setup: RLSetup,
-    key: jax.Array,
-) -> DecodeResult:
-    """Generate with the policy's mean weights (deterministic evaluation)."""
-    weight_fn = policy_weight_fn(train_state, setup, key, deterministic=True)
-    return decode(
-        members,
-        alignment,
-        prompts,
-        weight_fn,
-        key,
-        jnp.float32(0.0),
-        jnp.float32(1.0),
-        setup.decode,
-    )
-
-
-evaluate_policy_jit = jax.jit(
-    evaluate_policy, static_argnames=("setup",), compiler_options=decode_loop_options()
 )

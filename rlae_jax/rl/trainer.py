@@ -26,7 +26,7 @@ from rlae_jax.models.member import Member
 from rlae_jax.models.prompts import member_prompts
 from rlae_jax.rl import ppo
 from rlae_jax.rl.losses import LossConfig
-from rlae_jax.rl.networks import AgentConfig, make_agent
+from rlae_jax.rl.networks import AgentConfig, check_eval_action, make_agent
 from rlae_jax.rl.observations import WIDE, check_feature_set, observation_dims
 from rlae_jax.rl.rollout import InGraphReward, RLSetup, make_reward, train_step_jit
 from rlae_jax.tasks.synthetic import target_bytes
@@ -34,21 +34,31 @@ from rlae_jax.tasks.synthetic import target_bytes
 SCALAR_METRICS = (
     "reward",
     "accuracy",
+    "informative_share",
+    "entropy",
     "approx_kl",
     "clip_frac",
-    "entropy",
+    "explained_variance",
+    "gae_advantage_std",
+    "group_advantage_std",
+    "advantage_correlation",
+    "learning_rate",
     "episode_tokens",
     "grad_norm",
     "value_loss",
     "policy_loss",
 )
+PER_MEMBER_METRICS = ("weight_mean", "weight_spread")
 
 
 @dataclasses.dataclass(frozen=True)
 class RLConfig:
     """Everything that defines one RLAE training run (a checkpoint is only resumed under an equal
     config). `reward`: "correctness" (0/1) or "char_accuracy" (synthetic partial credit; see
-    `rollout.make_reward`)."""
+    `rollout.make_reward`). `batch_size` counts rows: `batch_size / samples_per_question` questions
+    of `samples_per_question` samples each. `advantage`, `group_std`, `normalize_observations`,
+    `lr_schedule`, `lr_warmup_updates`, `lr_floor`: see `ppo.PPOConfig`; `eval_action`: how an
+    evaluation takes the weights (`networks.EVAL_ACTIONS`)."""
 
     # "ppo" (one Dirichlet agent) or "mappo" (one actor per member, central critic)
     kind: str = "ppo"
@@ -60,22 +70,44 @@ class RLConfig:
     max_new_tokens: int = 24
     expansion_budget: int = 2
     batch_size: int = 32
+    samples_per_question: int = 4
     num_updates: int = 100
+    advantage: str = "group"
+    group_std: bool = False
+    normalize_observations: bool = True
     learning_rate: float = 3e-4
+    lr_schedule: str = "constant"
+    lr_warmup_updates: int = 0
+    lr_floor: float = 0.1
     num_epochs: int = 4
     num_minibatches: int = 4
     gamma: float = 1.0
     gae_lambda: float = 0.95
     clip_eps: float = 0.2
-    entropy_coef: float = 0.0
+    entropy_coef: float = 0.01
     length_penalty: float = 0.0
+    eval_action: str = "mean"
     seed: int = 0
 
+    def __post_init__(self):
+        if self.samples_per_question < 1 or self.batch_size % self.samples_per_question:
+            raise ValueError(
+                f"batch_size {self.batch_size} must be a multiple of samples_per_question "
+                f"{self.samples_per_question} (>= 1)"
+            )
+        check_feature_set(self.feature_set)
+        check_eval_action(self.eval_action)
+        self.ppo_config()  # the learner's own checks
+
     @classmethod
-    def from_dict(cls, values, **overrides) -> "RLConfig":
-        """From a mapping (ml_collections ConfigDict, saved config.json); unknown keys ignored."""
+    def from_dict(cls, values, ignore: Sequence[str] = (), **overrides) -> "RLConfig":
+        """From a mapping (ml_collections ConfigDict, saved config.json); a key that is not a field
+        raises, except those named in `ignore` (settings of the caller kept beside them)."""
         names = {f.name for f in dataclasses.fields(cls)}
-        kwargs = {k: v for k, v in dict(values).items() if k in names}
+        kwargs = {k: v for k, v in dict(values).items() if k not in ignore}
+        unknown = sorted(set(kwargs) - names)
+        if unknown:
+            raise ValueError(f"unknown RLConfig key(s): {', '.join(unknown)}")
         kwargs.update(overrides)
         if "hidden_sizes" in kwargs:
             kwargs["hidden_sizes"] = tuple(kwargs["hidden_sizes"])
@@ -94,6 +126,8 @@ class RLConfig:
             hidden_width=max(m.config.hidden_size for m in members),
             decode=decode,
             length_penalty=self.length_penalty,
+            eval_action=self.eval_action,
+            samples_per_question=self.samples_per_question,
         )
 
     def agent_config(self, members: Sequence[Member]) -> AgentConfig:
@@ -116,13 +150,18 @@ class RLConfig:
         return ppo.PPOConfig(
             gamma=self.gamma,
             gae_lambda=self.gae_lambda,
+            advantage=self.advantage,
+            group_size=self.samples_per_question,
+            group_std=self.group_std,
+            normalize_observations=self.normalize_observations,
             num_epochs=self.num_epochs,
             num_minibatches=self.num_minibatches,
             learning_rate=self.learning_rate,
+            lr_schedule=self.lr_schedule,
+            lr_warmup_updates=self.lr_warmup_updates,
+            lr_floor=self.lr_floor,
             total_updates=self.num_updates,
-            loss=dataclasses.replace(
-                LossConfig(), clip_eps=self.clip_eps, entropy_coef=self.entropy_coef
-            ),
+            loss=LossConfig(clip_eps=self.clip_eps, entropy_coef=self.entropy_coef),
         )
 
 
@@ -184,6 +223,9 @@ class MetricsWriter:
         for name in SCALAR_METRICS:
             if name in metrics:
                 self.tensorboard.add_scalar(name, float(metrics[name]), update)
+        for name in PER_MEMBER_METRICS:
+            for member, value in enumerate(np.asarray(metrics[name])):
+                self.tensorboard.add_scalar(f"{name}/member{member}", float(value), update)
         for span, weights in enumerate(np.asarray(metrics["mean_weights_per_span"])[:8]):
             for member, weight in enumerate(weights):
                 self.tensorboard.add_scalar(
@@ -328,7 +370,9 @@ class RLAETrainer:
 
     def batch(self, update: int):
         """Prompts (each member's tokenisation) and reward data of update `update`."""
-        indices = batch_order(len(self.examples), self.config.batch_size, update, self.config.seed)
+        questions = self.config.batch_size // self.config.samples_per_question
+        indices = batch_order(len(self.examples), questions, update, self.config.seed)
+        indices = np.repeat(indices, self.config.samples_per_question)  # question-major rows
         examples = [self.examples[i] for i in indices]
         prompts = member_prompts(self.members, self.task, examples, self.shots)
         batch = tokenize_for_members(self.members, prompts, self.config.max_new_tokens)
@@ -387,12 +431,14 @@ class RLAETrainer:
 
 
 def checkpoint_items(state: ppo.TrainState) -> dict:
-    """A TrainState's saved part: parameters, optimiser state, raw RNG key data, update count."""
+    """A TrainState's saved part: parameters, optimiser state, raw RNG key data, update count and
+    the observation stats."""
     return {
         "params": state.params,
         "opt_state": state.opt_state,
         "key": jax.random.key_data(state.key),
         "update_count": state.update_count,
+        "obs_stats": state.obs_stats,
     }
 
 
@@ -413,6 +459,7 @@ def restore_or_init(
         opt_state=restored["opt_state"],
         key=jax.random.wrap_key_data(restored["key"]),
         update_count=restored["update_count"],
+        obs_stats=restored["obs_stats"],
     )
 
 

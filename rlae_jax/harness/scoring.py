@@ -23,7 +23,7 @@ from rlae_jax.models.member import Member
 from rlae_jax.models.prompts import bucket_length, left_pad, pad_id_of
 
 MIN_CONTINUATION_BUCKET = 8
-POSITIONS_PER_BLOCK = 64  # lm-head positions computed at once: bounds the [B, P, V] logits block
+POSITIONS_PER_BLOCK = 64  # lm-head positions computed at once: bounds the [B, P, V] logits
 
 
 def encode(tokenizer, text: str, add_special_tokens: bool | None = None) -> list[int]:
@@ -91,27 +91,16 @@ def continuation_scores(
 
     input_ids, attention_mask `[B, T]`: LEFT-padded `(context + continuation)[:-1]`; targets,
     target_mask `[B, C]` (C ≤ T): each row's continuation ids right-aligned, so position T − C + j
-    of the input predicts target j. Logits are the full forward's, unmasked (as transformers'), and
-    the lm head runs over blocks of positions so at most `[B, 64, V]` logits exist at once. →
-    (log-prob `[B]` float32, is_greedy `[B]`: every target is its position's argmax)."""
-    model = member.model
-    hidden, _ = model(input_ids, attention_mask.astype(bool))
-    batch, width = targets.shape
-    block = min(width, POSITIONS_PER_BLOCK)
-    blocks = lambda x: jnp.moveaxis(x.reshape(batch, width // block, block, *x.shape[2:]), 1, 0)
-
-    def score_block(args):
-        states, ids, valid = args
-        logits = model.lm_head_logits(states)
-        log_probs = jax.nn.log_softmax(logits, axis=-1)
-        picked = jnp.take_along_axis(log_probs, ids[..., None], axis=-1)[..., 0]
-        greedy = jnp.argmax(logits, axis=-1) == ids
-        return jnp.where(valid, picked, 0.0).sum(-1), jnp.all(greedy | ~valid, axis=-1)
-
-    sums, greedy = jax.lax.map(
-        score_block, (blocks(hidden[:, -width:]), blocks(targets), blocks(target_mask.astype(bool)))
+    of the input predicts target j. Logits are the full forward's, unmasked (as transformers'),
+    made for the last C positions only, 64 at a time (`Member.token_scores`). → (log-prob `[B]`
+    float32, is_greedy `[B]`: every target is its position's argmax)."""
+    hidden, _ = member.model(input_ids, attention_mask.astype(bool))
+    width = targets.shape[1]
+    log_probs, greedy = member.token_scores(
+        hidden[:, -width:], targets, min(width, POSITIONS_PER_BLOCK)
     )
-    return sums.sum(0), jnp.all(greedy, axis=0)
+    valid = target_mask.astype(bool)
+    return jnp.where(valid, log_probs, 0.0).sum(-1), jnp.all(greedy | ~valid, axis=-1)
 
 
 def score_batch(

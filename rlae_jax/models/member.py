@@ -180,25 +180,36 @@ class Member:
 
     def token_log_probs(self, hidden: jax.Array, targets: jax.Array, chunk: int = 16):
         """float32 `[B, T]` log-probability of `targets [B, T]` under the next-token distributions
-        of final hidden states `hidden [B, T, H]`. The vocabulary logits are made `chunk` positions
-        at a time: `[B, chunk, V]` at most, since `[B, T, V]` of a 262k vocabulary is gigabytes."""
+        of final hidden states `hidden [B, T, H]` (`token_scores`)."""
+        return self.token_scores(hidden, targets, chunk)[0]
+
+    def token_scores(
+        self, hidden: jax.Array, targets: jax.Array, chunk: int = 16
+    ) -> tuple[jax.Array, jax.Array]:
+        """float32 `[B, T]` log-probability of `targets [B, T]` under the next-token distributions
+        of final hidden states `hidden [B, T, H]`, and bool `[B, T]` whether each target is its
+        position's argmax (the harness's is_greedy). The vocabulary logits are made `chunk`
+        positions at a time: `[B, chunk, V]` at most, since `[B, T, V]` of a 262k vocabulary is
+        gigabytes."""
         batch, length = targets.shape
         pad = -length % chunk
         hidden = jnp.pad(hidden, ((0, 0), (0, pad), (0, 0)))
         targets = jnp.pad(targets, ((0, 0), (0, pad)))
         model = self.model
 
-        def block_log_probs(block):
+        def block_scores(block):
             states, ids = block  # [B, chunk, H], [B, chunk]
-            log_probs = jax.nn.log_softmax(model.lm_head_logits(states), axis=-1)
-            return jnp.take_along_axis(log_probs, ids[..., None], axis=-1)[..., 0]
+            logits = model.lm_head_logits(states)
+            log_probs = jax.nn.log_softmax(logits, axis=-1)
+            picked = jnp.take_along_axis(log_probs, ids[..., None], axis=-1)[..., 0]
+            return picked, jnp.argmax(logits, axis=-1) == ids
 
         blocks = (
             hidden.reshape(batch, -1, chunk, hidden.shape[-1]).swapaxes(0, 1),
             targets.reshape(batch, -1, chunk).swapaxes(0, 1),
         )
-        log_probs = jax.lax.map(block_log_probs, blocks).swapaxes(0, 1).reshape(batch, -1)
-        return log_probs[:, :length]
+        scores = jax.lax.map(block_scores, blocks)
+        return tuple(x.swapaxes(0, 1).reshape(batch, -1)[:, :length] for x in scores)
 
     def step(self, cache: KVCache, tokens: jax.Array) -> tuple[StepOutput, KVCache]:
         """Append one token per row, `tokens [B]`."""

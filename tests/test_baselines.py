@@ -106,9 +106,10 @@ def test_simplex_grid():
         simplex_grid(2, 0)
 
 
-def test_tuned_fixed_weights_reproduce_the_member_that_knows(case):
+def test_tuned_fixed_weights_reproduce_the_member_that_knows(case, capfd):
     members, alignment, task, examples = case
     search = tune_fixed_weights(members, alignment, task, examples, CONFIG, resolution=4)
+    assert "evaluating 5 strategies: 100%" in capfd.readouterr().err  # the grid's progress bar
     # any weight on member 0 keeps its greedy choices (a uniform member shifts no argmax)
     np.testing.assert_array_equal(search.grid[:, 0], [0, 0.25, 0.5, 0.75, 1])
     np.testing.assert_array_equal(search.accuracy, [0, 1, 1, 1, 1])
@@ -127,17 +128,22 @@ def test_router_fit_learns_a_rule_of_the_observation():
     assert (predicted == labels).mean() > 0.95
 
 
-def test_router_labels_and_weights_follow_the_member_that_knows(case):
+def test_router_labels_and_weights_follow_the_member_that_knows(case, capfd):
     members, alignment, task, examples = case
     prompts, answers = [e.prompt for e in examples], [e.answer for e in examples]
     labels = teacher_forced_labels(members, [prompts, prompts], answers, 4)
     assert len(labels) == sum(len(reference_chunks(e.answer, 4)) for e in examples)
     assert set(labels.tolist()) <= {0, -1} and (labels == 0).mean() > 0.8, labels
     config = RouterConfig(chunk_chars=4, steps=50)
+    capfd.readouterr()
     observations, dataset_labels = router_dataset(members, alignment, task, examples, config)
+    assert capfd.readouterr().err == ""  # quiet unless asked
     np.testing.assert_array_equal(dataset_labels, labels[labels >= 0])
     assert observations.shape[0] == len(dataset_labels) and np.isfinite(observations).all()
     router = train_router(members, alignment, task, examples, config)
+    bars = capfd.readouterr().err  # train_router's progress bars, one per phase
+    for phase in ("router features", f"labels ({members[0].name})", f"labels ({members[1].name})"):
+        assert f"{phase}: 100%" in bars, bars
     result = run_strategy(
         "router", members, alignment, task, examples, router, CONFIG
     )

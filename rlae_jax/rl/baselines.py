@@ -26,6 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx, struct
+from tqdm import tqdm
 
 from rlae_jax.align import Alignment
 from rlae_jax.engine import DecodeConfig, decode_jit, tokenize_for_members
@@ -74,15 +75,19 @@ def tune_fixed_weights(
     resolution: int = 4,
     batch_size: int = 64,
     shots: Sequence = (),
+    progress: bool = True,
 ) -> FixedWeightsSearch:
     """Score every point of `simplex_grid(len(members), resolution)` on `examples` (the training
     split) with the engine under `config` and the task's accuracy; the first best point wins.
     The weights are an input of one compiled decode, so the grid compiles once, and every grid
     point decodes from the same prefill of each batch (`run_strategies`). `shots`: few-shot
-    examples before each question (as in `run_strategy`)."""
+    examples before each question (as in `run_strategy`). `progress`: a bar over the batches (every
+    grid point decodes each batch), off for quiet callers."""
     grid = simplex_grid(len(members), resolution)
     strategies = {f"fixed {w.tolist()}": (FixedWeights(jnp.asarray(w)), config) for w in grid}
-    results = run_strategies(strategies, members, alignment, task, examples, batch_size, shots)
+    results = run_strategies(
+        strategies, members, alignment, task, examples, batch_size, shots, progress=progress
+    )
     accuracy = np.array([result.accuracy for result in results.values()])
     return FixedWeightsSearch(grid[int(np.argmax(accuracy))], grid, accuracy)
 
@@ -104,14 +109,17 @@ def chunk_log_probs(
     answers: Sequence[str],
     chunk_chars: int,
     batch_size: int = 16,
+    progress: bool = False,
 ) -> list[np.ndarray]:
     """Per example, `[K]` log-probabilities the member gives the K `chunk_chars`-character chunks
     of its answer after the prompt and the chunks before: in its own tokenisation of prompt +
     answer, the summed log-probs of the tokens that start inside the chunk (a token running past a
     chunk's end counts with the chunk it starts in, so no member pays for a cut inside its token).
-    NaN for a chunk where no token starts. Scored `batch_size` examples at a time."""
+    NaN for a chunk where no token starts. Scored `batch_size` examples at a time (`progress`: a
+    bar over the batches)."""
     out = []
-    for start in range(0, len(prompts), batch_size):
+    starts = range(0, len(prompts), batch_size)
+    for start in tqdm(starts, f"labels ({member.name})", unit="batch", disable=not progress):
         rows = slice(start, start + batch_size)
         out += chunk_log_probs_batch(member, prompts[rows], answers[rows], chunk_chars)
     return out
@@ -152,13 +160,14 @@ def teacher_forced_labels(
     prompts: Sequence[Sequence[str]],
     answers: Sequence[str],
     chunk_chars: int,
+    progress: bool = False,
 ) -> np.ndarray:
     """int32 `[P]` over every chunk of every answer (`reference_chunks` order): the member giving
     the chunk the highest probability (`chunk_log_probs`; `prompts[n]` are member n's own prompt
     texts); -1 where some member has no token starting in it (no fair comparison)."""
     scores = np.stack(
         [
-            np.concatenate(chunk_log_probs(m, own, answers, chunk_chars))
+            np.concatenate(chunk_log_probs(m, own, answers, chunk_chars, progress=progress))
             for m, own in zip(members, prompts)
         ],
         axis=1,
@@ -245,10 +254,12 @@ def router_dataset(
     config: RouterConfig,
     shots: Sequence = (),
     batch_size: int = 64,
+    progress: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Observations `[P, F]` (engine features after each member's own prompt + the reference answer
     sentence `task.target` so far) and labels `[P]` of the chunks with a label
-    (`teacher_forced_labels`). The prefixes are fed in batches of `batch_size` rows."""
+    (`teacher_forced_labels`). The prefixes are fed in batches of `batch_size` rows (`progress`:
+    a bar over the batches of each phase)."""
     prompts = member_prompts(members, task, examples, shots)
     answers = [task.target(example) for example in examples]
     cuts = [reference_chunks(answer, config.chunk_chars) for answer in answers]
@@ -256,8 +267,10 @@ def router_dataset(
         [prompt + done for prompt, chunks in zip(own, cuts) for done, _ in chunks]
         for own in prompts
     ]
-    features = prefix_features(members, alignment, prefixes, config.feature_set, batch_size)
-    labels = teacher_forced_labels(members, prompts, answers, config.chunk_chars)
+    features = prefix_features(
+        members, alignment, prefixes, config.feature_set, batch_size, progress
+    )
+    labels = teacher_forced_labels(members, prompts, answers, config.chunk_chars, progress)
     features = features.replace(
         previous_weights=jnp.asarray(
             teacher_forced_previous_weights(labels, [len(c) for c in cuts], len(members))
@@ -278,14 +291,16 @@ def prefix_features(
     prefixes: Sequence[Sequence[str]],
     feature_set: str,
     batch_size: int,
+    progress: bool = False,
 ):
     """The engine's span features at the end of every prefix (`prefixes[n]`: member n's texts,
     `[P]` each), in batches of `batch_size` rows (the last filled with repeats) → features `[P,
-    ...]`."""
+    ...]`. `progress`: a bar over the batches."""
     recorder = UniformProbe(engine_features(feature_set))
     config = DecodeConfig(max_new_tokens=1, span_length=1, record_features=True)
     total, parts = len(prefixes[0]), []
-    for start in range(0, total, batch_size):
+    starts = range(0, total, batch_size)
+    for start in tqdm(starts, "router features", unit="batch", disable=not progress):
         rows = [list(own[start : start + batch_size]) for own in prefixes]
         rows = [own + own[-1:] * (batch_size - len(own)) for own in rows]
         result = decode_jit(
@@ -345,8 +360,12 @@ def train_router(
     examples: Sequence,
     config: RouterConfig = RouterConfig(),
     shots: Sequence = (),
+    progress: bool = True,
 ) -> RouterWeightFn:
     """A supervised span router fitted on `examples` (the training split; see the module doc), each
-    member reading them in its own chat format after `shots`."""
-    observations, labels = router_dataset(members, alignment, task, examples, config, shots)
+    member reading them in its own chat format after `shots`. `progress`: bars over the batches of
+    its dataset's features and labels (its minutes; the fit itself takes seconds)."""
+    observations, labels = router_dataset(
+        members, alignment, task, examples, config, shots, progress=progress
+    )
     return fit_router(observations, labels, len(members), config)

@@ -366,6 +366,9 @@ def test_rl_config_from_dict_refuses_an_unknown_key_and_keeps_the_known_ones():
         RLConfig(batch_size=6)
     with pytest.raises(ValueError, match="unknown advantage 'grpo'"):
         RLConfig(advantage="grpo")
+    with pytest.raises(ValueError, match="advantage 'group' needs samples_per_question >= 2"):
+        RLConfig(samples_per_question=1)
+    assert RLConfig(samples_per_question=1, advantage="gae").ppo_config().group_size == 1
 
 
 # ---------------------------------------------------------------- networks

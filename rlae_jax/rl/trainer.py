@@ -95,6 +95,11 @@ class RLConfig:
                 f"batch_size {self.batch_size} must be a multiple of samples_per_question "
                 f"{self.samples_per_question} (>= 1)"
             )
+        if self.advantage == "group" and self.samples_per_question < 2:
+            raise ValueError(
+                "advantage 'group' needs samples_per_question >= 2 (one sample per question has "
+                "no group to compare with: every advantage would be 0); use advantage='gae'"
+            )
         check_feature_set(self.feature_set)
         check_eval_action(self.eval_action)
         self.ppo_config()  # the learner's own checks

@@ -29,9 +29,10 @@ from tokenizers import Tokenizer
 
 from rlae_jax.align.alignment import Alignment, UnionVocab
 from rlae_jax.align.token_bytes import MemberVocab, member_vocab
+from rlae_jax.models import installed
 
 CACHE_FORMAT = "rlae_jax.align/1"
-DEFAULT_CACHE_DIR = pathlib.Path.home() / ".cache" / "rlae_jax" / "alignments"
+DEFAULT_CACHE_DIR = installed.cache_dir() / "alignments"
 EOS_UNION_ID = 0
 
 
@@ -52,8 +53,8 @@ def build_alignment(
     left out of ``union_complete``. A union token some member cannot spell at all (e.g. byte
     0xC0 — never valid UTF-8 — in NeoX, whose byte alphabet lacks it) is a ValueError when
     ``strict``, else left out of ``union_complete`` with a warning. Loads from / saves to
-    ``cache_dir`` (default ~/.cache/rlae_jax/alignments) under a key hashing every member's token
-    bytes, specials, EOS and vocab size (and max_expansion).
+    ``cache_dir`` (default $RLAE_CACHE/alignments, else ~/.cache/rlae_jax/alignments) under a key
+    hashing every member's token bytes, specials, EOS and vocab size (and max_expansion).
     """
     vocabs = [member_vocab(tokenizer) for tokenizer in tokenizers]
     sizes = _checked_sizes(vocabs, vocab_sizes)

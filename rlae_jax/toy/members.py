@@ -17,13 +17,12 @@ import tempfile
 import warnings
 
 from rlae_jax.models import Member, ModelConfig, build_model, from_pretrained, save_pretrained
+from rlae_jax.models import installed
 from rlae_jax.tasks.synthetic import member_corpus, tokenizer_corpus
 from rlae_jax.toy.tokenizer_trainer import train_byte_level_bpe, train_metaspace_bpe
 from rlae_jax.toy.train_lm import train_lm
 
-DEFAULT_CACHE = pathlib.Path(
-    os.environ.get("RLAE_CACHE", pathlib.Path.home() / ".cache" / "rlae_jax")
-)
+DEFAULT_CACHE = installed.cache_dir()  # $RLAE_CACHE, else ~/.cache/rlae_jax
 MEMBER_STYLES = {"reverser": ("gpt2", "byte_level"), "capitalizer": ("llama", "metaspace")}
 RECIPE_VERSION = 3  # bump when the recipe below changes, so cached members are retrained
 

@@ -317,6 +317,49 @@ def test_one_hot_ensemble_equals_its_member_rolling(single, one_hot, one_hot_seq
     assert one_hot_sequence.loglikelihood_rolling(texts) == expected
 
 
+REAL_PAIR = ("smollm2-135m-instruct", "gemma-3-270m")
+REAL_PAIRS = [
+    ("The capital of France is", " Paris."),
+    ("Question: What is 2 + 2?\nAnswer:", " 4"),
+    ("def add(a, b):\n", "    return a + b\n"),
+    ("Once upon a time, there was a little", " girl who lived in a small village.\nShe"),
+    ("", "Hello world!"),
+    ("Does it follow that some cats are pets? Answer Yes or No.\nAnswer:", " No"),
+]
+
+
+@pytest.mark.slow
+def test_real_pair_one_hot_token_mixture_equals_each_member():
+    """SmolLM2-135M-Instruct + Gemma-3-270M, weights one-hot on either member: the token-level
+    mixture spells each continuation in that member's own tokens, and its log-likelihoods equal the
+    member's own within a relative 1e-4, with the same greedy flags (SmolLM2 produces two of the
+    continuations greedily). The math says equal up to float rounding (cached steps against one
+    full forward): SmolLM2's ids each have their own bytes and none is an incomplete union token;
+    Gemma's 110 byte-fallback ids repeat single-byte tokens ("\n" among them: their probabilities
+    are summed) and 22 union tokens (bytes SmolLM2 cannot spell) are renormalised away, both far
+    below that rounding here. Measured: at most 8.4e-6 (SmolLM2) and 3.9e-6 (Gemma) relative."""
+    from rlae_jax.models.installed import installed_gguf
+
+    for preset in REAL_PAIR:
+        try:
+            installed_gguf(preset)
+        except FileNotFoundError as error:
+            pytest.skip(str(error))
+    scored = requests("loglikelihood", REAL_PAIRS)
+    flags = []
+    for index, weights in enumerate(("1|0", "0|1")):
+        own = RlaeLM(members=REAL_PAIR[index], max_batch=8).loglikelihood(scored)
+        ensemble = RlaeLM(
+            members="|".join(REAL_PAIR), strategy="fixed", weights=weights, max_batch=8
+        )
+        got = ensemble.loglikelihood(scored)
+        relative = np.abs(np.array(got)[:, 0] / np.array(own)[:, 0] - 1).max()
+        print(f"{REAL_PAIR[index]}: max relative |ensemble - member| = {relative:.1e}")
+        assert relative <= 1e-4 and [g for _, g in got] == [g for _, g in own]
+        flags += [g for _, g in own]
+    assert any(flags)
+
+
 @pytest.mark.slow
 def test_one_hot_ensemble_generates_its_members_text(single, one_hot):
     """The same through the two-member engine: byte-identical texts (compiles a two-member

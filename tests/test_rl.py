@@ -11,6 +11,8 @@ import numpy as np
 import pytest
 import scipy.stats
 
+from rlae_jax.engine.features import SpanFeatures
+from rlae_jax.engine.state import DecodeConfig
 from rlae_jax.rl.bandit import BanditConfig, rollout, train, weights_by_context
 from rlae_jax.rl.baselines import RouterConfig
 from rlae_jax.rl.distributions import Dirichlet, LogGamma
@@ -24,7 +26,9 @@ from rlae_jax.rl.networks import (
     span_encoding_dim,
 )
 from rlae_jax.rl.normalization import init_stats, normalize, update_stats
+from rlae_jax.rl.observations import observation
 from rlae_jax.rl.ppo import PPOConfig, create_train_state, raise_if_nonfinite, update
+from rlae_jax.rl.rollout import RLSetup, policy_weight_fn
 from rlae_jax.rl.trainer import RLConfig
 
 # ---------------------------------------------------------------- distributions
@@ -510,6 +514,43 @@ def test_rollout_and_update_normalise_observations_alike(kind):
     np.testing.assert_allclose(state_mean[: bandit.num_members], 5.0 + 30.0 / 3, rtol=0.3)
     _, metrics = jax.jit(update)(state, collect(state, jax.random.key(3))[0])
     assert float(metrics["approx_kl"]) < 1e-6 and float(metrics["clip_frac"]) == 0.0
+
+
+def test_policy_weight_fn_feeds_the_agent_normalised_observations():
+    """The engine-side policy (evaluation and training) sees the observation normalised with the
+    train state's stats, as the learner does."""
+    rng = np.random.default_rng(3)
+    rows, hidden = 5, 6
+    array = lambda *shape: jnp.asarray(rng.normal(4.0, 3.0, shape), jnp.float32)
+    features = SpanFeatures(
+        span_index=jnp.zeros(rows, jnp.int32),
+        hidden=(array(rows, hidden), array(rows, hidden)),
+        prompt_summary=(array(rows, hidden), array(rows, hidden)),
+        entropy=array(rows, 2),
+        max_prob=array(rows, 2),
+        top1_agreement=array(rows),
+        js_divergence=array(rows),
+        prompt_nll=array(rows, 2),
+        previous_weights=array(rows, 2),
+    )
+    raw = observation(features, "ppo", "no_hidden", hidden)
+    agent = make_agent(AgentConfig("ppo", 2, raw.shape[-1], hidden_sizes=(8,)), jax.random.key(0))
+    state = create_train_state(agent, PPOConfig(), jax.random.key(1))
+    state = state.replace(obs_stats=update_stats(state.obs_stats, raw, jnp.ones(rows)))
+    setup = RLSetup("ppo", 2, "no_hidden", hidden, DecodeConfig(), eval_action="mode")
+    inputs = normalize(state.obs_stats, raw)
+    key = jax.random.key(2)
+    evaluation = policy_weight_fn(state, setup, key, evaluation=True)
+    weights, _ = evaluation(features, evaluation.init_carry(rows, 1))
+    sample_key = jax.random.split(key)[1]
+    expected = agent.eval_weights(inputs, features.span_index, "mode", sample_key)
+    np.testing.assert_allclose(weights, expected, rtol=1e-6)
+    on_raw = agent.eval_weights(raw, features.span_index, "mode", sample_key)
+    assert not np.allclose(weights, on_raw, atol=1e-4)
+    training = policy_weight_fn(state, setup, key)
+    weights, (_, actions) = training(features, training.init_carry(rows, 1))
+    expected_actions, _, _ = agent.act(inputs, features.span_index, sample_key)
+    np.testing.assert_allclose(actions[:, 0], expected_actions, rtol=1e-6)
 
 
 def test_nan_reward_is_flagged_and_skipped():

@@ -248,6 +248,8 @@ def test_diagnostics_are_recorded_per_update_and_the_agent_restores_bit_identica
     for saved, loaded in zip(leaves(state), leaves(restored), strict=True):
         assert saved.dtype == loaded.dtype
         np.testing.assert_array_equal(saved, loaded)
+    for saved, loaded in zip(jax.tree.leaves(stats), jax.tree.leaves(restored.obs_stats)):
+        np.testing.assert_array_equal(saved, loaded)
 
 
 def test_a_checkpoint_from_another_config_is_refused(members, alignment, examples, tmp_path):

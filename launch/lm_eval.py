@@ -8,7 +8,10 @@ so every harness flag works, `--model rlae_jax` being the default.
 
 model_args (rlae_jax.harness.backend.RlaeLM): members (`|`-separated paths or presets), strategy
 (uniform, fixed + weights=0.3|0.7, single + primary, threshold, topk, packllm) or
-checkpoint=RUN_DIR, max_batch, max_length, dtype, seed, span_length, expansion_budget.
+checkpoint=RUN_DIR, max_batch, max_length, dtype, seed, span_length, expansion_budget, and
+ensemble_ll: how an ensemble scores log-likelihoods, `token` (default: the token-level mixture the
+engine generates with, teacher-forced) or `sequence` (a mixture of the members' own string
+probabilities).
 """
 
 import sys

@@ -476,6 +476,9 @@ def test_bad_arguments_are_named(folders):
         RlaeLM(members=str(folders[0]), max_length=8).loglikelihood(
             requests("loglikelihood", [PAIRS[5]])
         )
+    pair = RlaeLM(members=f"{folders[0]}|{folders[1]}", max_length=8)
+    with pytest.raises(ValueError, match="more than max_length=8.*ensemble_ll='sequence'"):
+        pair.loglikelihood_rolling(requests("loglikelihood_rolling", [("".join(PAIRS[5]),)]))
     with pytest.raises(ValueError, match="context encodes to no tokens"):
         lm.loglikelihood(requests("loglikelihood", [("  ", "Hello")]))
     with pytest.raises(ValueError, match="checkpoint, not both"):

@@ -310,7 +310,7 @@ def test_seeds_can_be_vmapped_over_the_train_step(members, alignment, examples):
         jax.vmap(train_step, in_axes=(0, None, None, None, None, None, None)), static_argnums=(6,)
     )(stacked, members, alignment, prompts, reward_fn, targets, setup)[0]
     for index, single in enumerate(singles):
-        for a, b in zip(
-            leaves(single), [np.asarray(x)[index] for x in jax.tree.leaves(vmapped.params)]
-        ):
-            np.testing.assert_allclose(a, b, atol=1e-5)
+        for field in ("params", "obs_stats"):
+            per_seed = [np.asarray(x)[index] for x in jax.tree.leaves(getattr(vmapped, field))]
+            for a, b in zip(jax.tree.leaves(getattr(single, field)), per_seed, strict=True):
+                np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-5)

@@ -30,19 +30,21 @@ def masked_mean(x: jax.Array, mask: jax.Array) -> jax.Array:
     return jnp.sum(x * mask) / jnp.maximum(jnp.sum(mask), 1.0)
 
 
+def masked_std(x: jax.Array, mask: jax.Array) -> jax.Array:
+    """Population std of `x` where `mask` is 1."""
+    return jnp.sqrt(masked_mean(jnp.square(x - masked_mean(x, mask)), mask))
+
+
 def normalize_advantages(advantages: jax.Array, mask: jax.Array, eps: float = 1e-8) -> jax.Array:
     """(A - mean) / (std + eps) with mean and (population) std over the valid entries only."""
-    mean = masked_mean(advantages, mask)
-    std = jnp.sqrt(masked_mean(jnp.square(advantages - mean), mask))
-    return (advantages - mean) / (std + eps)
+    return (advantages - masked_mean(advantages, mask)) / (masked_std(advantages, mask) + eps)
 
 
 def explained_variance(values: jax.Array, returns: jax.Array, mask: jax.Array) -> jax.Array:
     """1 - Var[R - V] / Var[R] over the valid entries: 1 for a perfect critic, 0 for one that
     predicts the mean, negative for a worse one (0 when the returns do not vary)."""
-    returns_var = masked_mean(jnp.square(returns - masked_mean(returns, mask)), mask)
-    errors = returns - values
-    errors_var = masked_mean(jnp.square(errors - masked_mean(errors, mask)), mask)
+    returns_var = jnp.square(masked_std(returns, mask))
+    errors_var = jnp.square(masked_std(returns - values, mask))
     return jnp.where(returns_var > 0, 1.0 - errors_var / jnp.maximum(returns_var, 1e-12), 0.0)
 
 

@@ -23,6 +23,7 @@ from rlae_jax.rl.losses import (
     LossConfig,
     explained_variance,
     masked_mean,
+    masked_std,
     normalize_advantages,
     ppo_loss,
 )
@@ -177,10 +178,6 @@ def create_train_state(agent: nnx.Module, config: PPOConfig, key: jax.Array) -> 
 def all_finite(tree) -> jax.Array:
     """True when every leaf of `tree` is finite."""
     return jnp.all(jnp.stack([jnp.all(jnp.isfinite(leaf)) for leaf in jax.tree.leaves(tree)]))
-
-
-def masked_std(x: jax.Array, mask: jax.Array) -> jax.Array:
-    return jnp.sqrt(masked_mean(jnp.square(x - masked_mean(x, mask)), mask))
 
 
 def advantages_and_returns(

@@ -587,11 +587,11 @@ CONTEXT_BANDIT = BanditConfig(
 CONTEXT_UPDATES = 30
 
 
-@pytest.mark.slow  # ~1 min per agent kind on 2 busy cores, most of it compiling
+@pytest.mark.slow  # 35-40 s per agent kind on 2 shared cores, most of it compiling
 @pytest.mark.parametrize("kind", ["ppo", "mappo"])
 def test_weights_separate_by_context_within_30_updates(kind):
     """Member 0's mean weight in context 0 minus in context 1 >= 0.3 after 30 updates, for three
-    seeds (measured: PPO and MAPPO 0.90-0.96)."""
+    seeds (measured: PPO 0.92-0.94, MAPPO 0.89-0.92; MAPPO with one shared head: 0.05-0.07)."""
     rl = RLConfig(kind=kind, batch_size=64, num_minibatches=2, num_updates=CONTEXT_UPDATES)
     agent = AgentConfig(
         kind=kind,

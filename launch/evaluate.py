@@ -10,6 +10,7 @@ import numpy as np
 from absl import app, logging
 from ml_collections import config_flags
 
+from rlae_jax.ensemble import Ensemble
 from rlae_jax.align import build_alignment
 from rlae_jax.toy.members import load_members
 from rlae_jax.engine import DecodeConfig
@@ -29,7 +30,7 @@ from rlae_jax.tasks import get_task
 CONFIG = config_flags.DEFINE_config_file("config", "configs/evaluate.py", "evaluation config")
 
 
-def fitted_baselines(config, members, alignment, task) -> dict:
+def fitted_baselines(config, ensemble, task) -> dict:
     """Baselines fitted on the training split (`rlae_jax.rl.baselines`): fixed weights tuned over a
     simplex grid and the supervised span router, as name -> weight_fn."""
     if not (config.tune_fixed_resolution or config.router):
@@ -39,13 +40,13 @@ def fitted_baselines(config, members, alignment, task) -> dict:
     if config.tune_fixed_resolution:
         decode = DecodeConfig(max_new_tokens=config.max_new_tokens, record_features=False)
         search = tune_fixed_weights(
-            members, alignment, task, train, decode, config.tune_fixed_resolution, config.batch_size
+            ensemble, task, train, decode, config.tune_fixed_resolution, config.batch_size
         )
         name = f"fixed {np.round(search.weights, 2).tolist()} (tuned on {config.train_split})"
-        fitted[name] = resolve_strategy("fixed", len(members), weights=search.weights)[0]
+        fitted[name] = resolve_strategy("fixed", len(ensemble), weights=search.weights)[0]
     if config.router:
         router_config = RouterConfig(feature_set=config.router_feature_set)
-        fitted["supervised router"] = train_router(members, alignment, task, train, router_config)
+        fitted["supervised router"] = train_router(ensemble, task, train, router_config)
     return fitted
 
 
@@ -59,6 +60,7 @@ def main(argv):
     alignment = build_alignment(
         [m.tokenizer for m in members], vocab_sizes=[m.config.vocab_size for m in members]
     )
+    ensemble = Ensemble(members, alignment)
     task = get_task(config.task)
     examples = task.load(config.split, config.data_source or None, limit=config.limit)
     results = {}
@@ -72,16 +74,16 @@ def main(argv):
             record_features=False,
         )
         results[name] = run_strategy(
-            name, members, alignment, task, examples, weight_fn, strategy_config, config.batch_size
+            name, ensemble, task, examples, weight_fn, strategy_config, config.batch_size
         )
-    for name, weight_fn in fitted_baselines(config, members, alignment, task).items():
+    for name, weight_fn in fitted_baselines(config, ensemble, task).items():
         strategy_config = DecodeConfig(
             max_new_tokens=config.max_new_tokens,
             span_length=config.span_length,
             record_features=False,
         )
         results[name] = run_strategy(
-            name, members, alignment, task, examples, weight_fn, strategy_config, config.batch_size
+            name, ensemble, task, examples, weight_fn, strategy_config, config.batch_size
         )
     output = pathlib.Path(config.output_dir).absolute()
     output.mkdir(parents=True, exist_ok=True)
@@ -94,12 +96,11 @@ def main(argv):
         weight_fn = policy_weight_fn(state, setup, jax.random.key(0), evaluation=True)
         results[name] = run_strategy(
             name,
-            members,
-            alignment,
+            ensemble,
             task,
             examples,
             weight_fn,
-            setup.decode,
+            setup.evaluation_decode,
             config.batch_size,
         )
         shown = list(range(min(4, len(examples))))

@@ -5,6 +5,7 @@ newest checkpoint in `--config.workdir`."""
 from absl import app, logging
 from ml_collections import config_flags
 
+from rlae_jax.ensemble import Ensemble
 from rlae_jax.runtime import sharding
 from rlae_jax.align import build_alignment
 from rlae_jax.toy.members import load_members
@@ -32,8 +33,7 @@ def main(argv):
     examples = task.load(config.split, config.data_source or None, limit=config.limit)
     trainer = RLAETrainer(
         RLConfig.from_dict(config.rl),
-        members,
-        alignment,
+        Ensemble(members, alignment),
         task,
         examples,
         config.workdir,

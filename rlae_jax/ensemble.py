@@ -19,7 +19,7 @@ from rlae_jax.engine.room import check_members
 from rlae_jax.engine.state import PromptBatch
 from rlae_jax.models import from_pretrained
 from rlae_jax.models.member import Member
-from rlae_jax.models.prompts import encode_prompts
+from rlae_jax.models.prompts import encode_prompts, member_prompts
 
 
 @jax.tree_util.register_pytree_node_class
@@ -77,13 +77,7 @@ class Ensemble:
     def prompts(self, task, examples: Sequence, shots: Sequence = ()) -> list[list[str]]:
         """Each member's prompt texts `[N][E]`: the task's messages (after `shots`) in the
         member's format."""
-        return [
-            [
-                task.render(e, shots=shots, formatter=lambda msgs, m=m, f=f: m.chat_prompt(msgs, f))
-                for e in examples
-            ]
-            for m, f in zip(self.members, self.formats)
-        ]
+        return member_prompts(self.members, task, examples, shots, self.formats)
 
     def encode(
         self,

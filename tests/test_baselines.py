@@ -14,6 +14,7 @@ import jax
 import numpy as np
 import pytest
 
+from rlae_jax.ensemble import Ensemble
 from rlae_jax.align import build_alignment
 from rlae_jax.engine.loop import DecodeConfig
 from rlae_jax.engine.strategies import resolve_strategy
@@ -88,9 +89,7 @@ def case():
     task = ExactTask()
     blank = [Example(id=str(i), prompt=p, answer="", aliases=("",)) for i, p in enumerate(PROMPTS)]
     alone, _ = resolve_strategy("single", 2, primary=0)
-    texts = run_strategy(
-        "member 0", members, alignment, task, blank, alone, CONFIG
-    ).texts
+    texts = run_strategy("member 0", Ensemble(members, alignment), task, blank, alone, CONFIG).texts
     examples = [dataclasses.replace(e, answer=t, aliases=(t,)) for e, t in zip(blank, texts) if t]
     assert len(examples) >= 6, texts
     return members, alignment, task, examples
@@ -108,7 +107,7 @@ def test_simplex_grid():
 
 def test_tuned_fixed_weights_reproduce_the_member_that_knows(case, capfd):
     members, alignment, task, examples = case
-    search = tune_fixed_weights(members, alignment, task, examples, CONFIG, resolution=4)
+    search = tune_fixed_weights(Ensemble(members, alignment), task, examples, CONFIG, resolution=4)
     assert "evaluating 5 strategies: 100%" in capfd.readouterr().err  # the grid's progress bar
     # any weight on member 0 keeps its greedy choices (a uniform member shifts no argmax)
     np.testing.assert_array_equal(search.grid[:, 0], [0, 0.25, 0.5, 0.75, 1])
@@ -136,17 +135,17 @@ def test_router_labels_and_weights_follow_the_member_that_knows(case, capfd):
     assert set(labels.tolist()) <= {0, -1} and (labels == 0).mean() > 0.8, labels
     config = RouterConfig(chunk_chars=4, steps=50)
     capfd.readouterr()
-    observations, dataset_labels = router_dataset(members, alignment, task, examples, config)
+    observations, dataset_labels = router_dataset(
+        Ensemble(members, alignment), task, examples, config
+    )
     assert capfd.readouterr().err == ""  # quiet unless asked
     np.testing.assert_array_equal(dataset_labels, labels[labels >= 0])
     assert observations.shape[0] == len(dataset_labels) and np.isfinite(observations).all()
-    router = train_router(members, alignment, task, examples, config)
+    router = train_router(Ensemble(members, alignment), task, examples, config)
     bars = capfd.readouterr().err  # train_router's progress bars, one per phase
     for phase in ("router features", f"labels ({members[0].name})", f"labels ({members[1].name})"):
         assert f"{phase}: 100%" in bars, bars
-    result = run_strategy(
-        "router", members, alignment, task, examples, router, CONFIG
-    )
+    result = run_strategy("router", Ensemble(members, alignment), task, examples, router, CONFIG)
     assert result.accuracy == 1.0, (result.texts, [e.answer for e in examples])
     weights = np.concatenate([w for w in result.span_weights])
     assert weights[:, 0].min() > 0.9, weights

@@ -19,6 +19,7 @@ from lm_eval.api.instance import Instance  # noqa: E402
 from lm_eval.tasks import TaskManager  # noqa: E402
 
 from conftest import fixture_path  # noqa: E402
+from rlae_jax.ensemble import Ensemble
 from rlae_jax.engine import generate  # noqa: E402
 from rlae_jax.harness import RlaeLM  # noqa: E402
 from rlae_jax.harness.backend import CHAT_MARK  # noqa: E402
@@ -573,7 +574,7 @@ def test_agent_checkpoint_serves_its_mean_weights(tmp_path):
     alignment = build_alignment(tokenizers, vocab_sizes=[m.config.vocab_size for m in members])
     config = RLConfig(max_new_tokens=8, span_length=2, hidden_sizes=(16,), batch_size=8)
     trainer = RLAETrainer(
-        config, members, alignment, SYNTHETIC, SYNTHETIC.load("train", limit=8), tmp_path
+        config, Ensemble(members, alignment), SYNTHETIC, SYNTHETIC.load("train", limit=8), tmp_path
     )
     trainer.save(trainer.restore_or_init())
     trainer.manager.wait_until_finished()

@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from rlae_jax.ensemble import Ensemble
 from rlae_jax.align import build_alignment
 from rlae_jax.toy.members import demo_model_config
 from rlae_jax.models import Member, build_model
@@ -83,17 +84,32 @@ def leaves(state):
 def test_resume_equals_an_uninterrupted_run(members, alignment, examples, tmp_path):
     """4 updates, save, drop all, resume from disk to 8 == 8 updates in one go (same seed)."""
     first = RLAETrainer(
-        CONFIG, members, alignment, SYNTHETIC, examples, tmp_path / "resumed", checkpoint_every=4
+        CONFIG,
+        Ensemble(members, alignment),
+        SYNTHETIC,
+        examples,
+        tmp_path / "resumed",
+        checkpoint_every=4,
     )
     first.train(num_updates=4, progress=False)
     del first
     resumed = RLAETrainer(
-        CONFIG, members, alignment, SYNTHETIC, examples, tmp_path / "resumed", checkpoint_every=4
+        CONFIG,
+        Ensemble(members, alignment),
+        SYNTHETIC,
+        examples,
+        tmp_path / "resumed",
+        checkpoint_every=4,
     )
     assert resumed.manager.latest_step() == 4
     resumed_state = resumed.train(progress=False)
     straight = RLAETrainer(
-        CONFIG, members, alignment, SYNTHETIC, examples, tmp_path / "straight", checkpoint_every=4
+        CONFIG,
+        Ensemble(members, alignment),
+        SYNTHETIC,
+        examples,
+        tmp_path / "straight",
+        checkpoint_every=4,
     )
     straight_state = straight.train(progress=False)
     assert int(resumed_state.update_count) == int(straight_state.update_count) == 8
@@ -125,7 +141,12 @@ def test_mappo_killed_between_checkpoints_resumes_from_the_last_one(
 
     monkeypatch.setattr(trainer_module, "train_step_jit", dies_in_update_4)
     killed = RLAETrainer(
-        config, members, alignment, SYNTHETIC, examples, tmp_path / "killed", checkpoint_every=2
+        config,
+        Ensemble(members, alignment),
+        SYNTHETIC,
+        examples,
+        tmp_path / "killed",
+        checkpoint_every=2,
     )
     with pytest.raises(Killed):
         killed.train(progress=False)
@@ -134,12 +155,22 @@ def test_mappo_killed_between_checkpoints_resumes_from_the_last_one(
     read = lambda d: [json.loads(line) for line in open(tmp_path / d / "metrics.jsonl")]
     assert [row["update"] for row in read("killed")] == [1, 2, 3]
     resumed = RLAETrainer(
-        config, members, alignment, SYNTHETIC, examples, tmp_path / "killed", checkpoint_every=2
+        config,
+        Ensemble(members, alignment),
+        SYNTHETIC,
+        examples,
+        tmp_path / "killed",
+        checkpoint_every=2,
     )
     assert resumed.manager.latest_step() == 2
     resumed_state = resumed.train(progress=False)
     straight = RLAETrainer(
-        config, members, alignment, SYNTHETIC, examples, tmp_path / "straight", checkpoint_every=2
+        config,
+        Ensemble(members, alignment),
+        SYNTHETIC,
+        examples,
+        tmp_path / "straight",
+        checkpoint_every=2,
     )
     straight_state = straight.train(progress=False)
     for a, b in zip(leaves(resumed_state), leaves(straight_state)):
@@ -162,12 +193,12 @@ def test_a_workdir_in_use_is_refused_and_a_stale_lock_taken_over(
             match=rf"^{tmp_path} is in use by another run \(pid {live.pid} on host "
             rf"{socket.gethostname()}, lock file {tmp_path}/lock\); wait",
         ):
-            RLAETrainer(CONFIG, members, alignment, SYNTHETIC, examples, tmp_path)
+            RLAETrainer(CONFIG, Ensemble(members, alignment), SYNTHETIC, examples, tmp_path)
         assert (tmp_path / "config.json").read_text() == "{}"
     finally:
         live.kill()
         live.wait()
-    trainer = RLAETrainer(CONFIG, members, alignment, SYNTHETIC, examples, tmp_path)
+    trainer = RLAETrainer(CONFIG, Ensemble(members, alignment), SYNTHETIC, examples, tmp_path)
     assert (tmp_path / "lock").read_text().split() == [
         str(trainer_module.os.getpid()),
         socket.gethostname(),
@@ -180,7 +211,7 @@ def test_a_workdir_in_use_is_refused_and_a_stale_lock_taken_over(
     # a dead pid elsewhere proves nothing
     (other_host / "lock").write_text(f"{live.pid} some-other-host\n")
     with pytest.raises(RuntimeError, match=r"pid \d+ on host some-other-host"):
-        RLAETrainer(CONFIG, members, alignment, SYNTHETIC, examples, other_host)
+        RLAETrainer(CONFIG, Ensemble(members, alignment), SYNTHETIC, examples, other_host)
 
 
 def tensorboard_tags(folder) -> set[str]:
@@ -202,7 +233,7 @@ def tensorboard_tags(folder) -> set[str]:
 def test_batches_hold_k_samples_of_each_question_question_major(
     members, alignment, examples, tmp_path
 ):
-    trainer = RLAETrainer(CONFIG, members, alignment, SYNTHETIC, examples, tmp_path)
+    trainer = RLAETrainer(CONFIG, Ensemble(members, alignment), SYNTHETIC, examples, tmp_path)
     prompts, targets = trainer.batch(0)
     k = CONFIG.samples_per_question
     questions = np.asarray(targets).reshape(CONFIG.batch_size // k, k, -1)
@@ -219,7 +250,7 @@ def test_diagnostics_are_recorded_per_update_and_the_agent_restores_bit_identica
     """metrics.jsonl and TensorBoard hold every diagnostic of every update; the checkpoint holds
     the observation stats the rollouts gathered, and restoring gives back every leaf bit for bit."""
     trainer = RLAETrainer(
-        CONFIG, members, alignment, SYNTHETIC, examples, tmp_path, checkpoint_every=2
+        CONFIG, Ensemble(members, alignment), SYNTHETIC, examples, tmp_path, checkpoint_every=2
     )
     state = trainer.train(num_updates=2, progress=False)
     rows = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
@@ -254,13 +285,13 @@ def test_diagnostics_are_recorded_per_update_and_the_agent_restores_bit_identica
 
 def test_a_checkpoint_from_another_config_is_refused(members, alignment, examples, tmp_path):
     RLAETrainer(
-        CONFIG, members, alignment, SYNTHETIC, examples, tmp_path, checkpoint_every=1
+        CONFIG, Ensemble(members, alignment), SYNTHETIC, examples, tmp_path, checkpoint_every=1
     ).train(num_updates=1, progress=False)
     other = dataclasses.replace(CONFIG, learning_rate=5e-4)
     with pytest.raises(
         ValueError, match=r"checkpoint from a different config \(differs in: learning_rate\)"
     ):
-        RLAETrainer(other, members, alignment, SYNTHETIC, examples, tmp_path)
+        RLAETrainer(other, Ensemble(members, alignment), SYNTHETIC, examples, tmp_path)
 
 
 class NaNTask:
@@ -278,7 +309,7 @@ class NaNTask:
 def test_nan_reward_stops_training_naming_the_update(members, alignment, examples, tmp_path):
     config = dataclasses.replace(CONFIG, reward="correctness")  # the task's own reward
     trainer = RLAETrainer(
-        config, members, alignment, NaNTask(), examples, tmp_path, checkpoint_every=1
+        config, Ensemble(members, alignment), NaNTask(), examples, tmp_path, checkpoint_every=1
     )
     with pytest.raises(FloatingPointError, match="update 1:"):
         trainer.train(num_updates=3, progress=False)
@@ -286,18 +317,21 @@ def test_nan_reward_stops_training_naming_the_update(members, alignment, example
 
 @pytest.mark.slow  # minutes on 2 cores: the slow job runs it
 def test_seeds_can_be_vmapped_over_the_train_step(members, alignment, examples):
-    prompts_examples = examples[: CONFIG.batch_size]
+    samples = CONFIG.samples_per_question
+    prompts_examples = examples[: CONFIG.batch_size // samples]
     from rlae_jax.engine import tokenize_for_members
 
     prompts = tokenize_for_members(
         members, [e.prompt for e in prompts_examples], CONFIG.max_new_tokens
     )
-    targets = jnp.asarray(target_bytes(prompts_examples, 32))
+    rows = [e for e in prompts_examples for _ in range(samples)]  # K decoded rows per question
+    targets = jnp.asarray(target_bytes(rows, 32))
     reward_fn = InGraphReward.for_alignment(alignment, exact=False)
     setup = CONFIG.setup(members)
     states = [initial_train_state(dataclasses.replace(CONFIG, seed=s), members) for s in (0, 1)]
     singles = [
-        train_step_jit(s, members, alignment, prompts, reward_fn, targets, setup)[0] for s in states
+        train_step_jit(s, Ensemble(members, alignment), prompts, reward_fn, targets, setup)[0]
+        for s in states
     ]
     stack = lambda *xs: jnp.stack(xs)
     stacked = states[0].replace(
@@ -307,8 +341,8 @@ def test_seeds_can_be_vmapped_over_the_train_step(members, alignment, examples):
         }
     )
     vmapped = jax.jit(
-        jax.vmap(train_step, in_axes=(0, None, None, None, None, None, None)), static_argnums=(6,)
-    )(stacked, members, alignment, prompts, reward_fn, targets, setup)[0]
+        jax.vmap(train_step, in_axes=(0, None, None, None, None, None)), static_argnums=(5,)
+    )(stacked, Ensemble(members, alignment), prompts, reward_fn, targets, setup)[0]
     for index, single in enumerate(singles):
         for field in ("params", "obs_stats"):
             per_seed = [np.asarray(x)[index] for x in jax.tree.leaves(getattr(vmapped, field))]

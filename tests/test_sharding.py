@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from rlae_jax.ensemble import Ensemble
 from rlae_jax.runtime import sharding
 from rlae_jax.align import build_alignment
 from rlae_jax.engine import decode_jit, resolve_strategy, tokenize_for_members
@@ -253,8 +254,7 @@ def trainer_difference(rl, members, alignment, examples, mesh) -> float:
         for name, trainer_mesh in (("one", None), ("mesh", mesh)):
             trainer = RLAETrainer(
                 rl,
-                members,
-                alignment,
+                Ensemble(members, alignment),
                 SYNTHETIC,
                 examples,
                 pathlib.Path(folder) / name,
@@ -336,6 +336,8 @@ def run_eight_device_checks() -> dict:
         rl = RLConfig(
             kind=kind,
             batch_size=8,
+            samples_per_question=1,  # one decoded row per prompt row
+            advantage="gae",
             max_new_tokens=6,
             span_length=2,
             hidden_sizes=(32,),
@@ -346,12 +348,13 @@ def run_eight_device_checks() -> dict:
             reward="char_accuracy",
         )
         setup, state = rl.setup(members), initial_train_state(rl, members)
-        plain, _ = train_step_jit(state, members, alignment, rl_prompts, reward_fn, targets, setup)
+        plain, _ = train_step_jit(
+            state, Ensemble(members, alignment), rl_prompts, reward_fn, targets, setup
+        )
         sharded, _ = train_step_jit(
             sharding.shard_train_state(state, mesh),
-            sharded_members,
-            sharded_alignment,
-            sharding.shard_batch(rl_prompts, mesh),
+            Ensemble(sharded_members, sharded_alignment),
+            sharding.shard_prompts(rl_prompts, mesh),
             sharding.replicate(reward_fn, mesh),
             sharding.shard_batch(targets, mesh),
             setup,

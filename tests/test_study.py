@@ -91,6 +91,7 @@ def test_quick_study_runs_on_the_real_members(tmp_path):
         "oracle (either member right)",
     }
     assert len(payload["families"]) == 3
+    assert payload["splits_encoded"] == 2 * 3  # train and test of each family, formatted once
     for family, rows in payload["families"].items():
         assert expected <= set(rows), (family, sorted(rows))
         for name, row in rows.items():

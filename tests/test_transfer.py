@@ -13,6 +13,7 @@ import sys
 
 import pytest
 
+from rlae_jax.ensemble import Ensemble
 from rlae_jax.align import build_alignment
 from rlae_jax.toy.members import demo_model_config
 from rlae_jax.models import Member, build_model, save_pretrained
@@ -71,7 +72,9 @@ def trained(tmp_path_factory):
     for kind in ("ppo", "mappo"):
         workdirs[kind] = root / kind
         config = dataclasses.replace(CONFIG, kind=kind)
-        trainer = RLAETrainer(config, members, alignment, SYNTHETIC, examples, workdirs[kind])
+        trainer = RLAETrainer(
+            config, Ensemble(members, alignment), SYNTHETIC, examples, workdirs[kind]
+        )
         trainer.train(progress=False)
     return folders, workdirs
 

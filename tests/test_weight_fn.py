@@ -20,9 +20,9 @@ def test_strategies_and_agents_implement_the_protocol():
 def test_a_resolve_strategy_tuple_where_a_weight_fn_belongs_is_named():
     pair = resolve_strategy("uniform", 2)
     with pytest.raises(TypeError, match=r"'uniform': its second item must be a DecodeConfig"):
-        run_strategies({"uniform": pair}, [], None, None, [])
+        run_strategies({"uniform": pair}, None, None, [])
     with pytest.raises(TypeError, match=r"strategy 'both': give \(weight_fn, DecodeConfig\)"):
-        run_strategies({"both": (*pair, DecodeConfig())}, [], None, None, [])
+        run_strategies({"both": (*pair, DecodeConfig())}, None, None, [])
     with pytest.raises(TypeError, match=r"decode: got a tuple \('FixedWeights', 'Selection'\)"):
         decode([], None, None, pair, None, 0.0, 1.0, DecodeConfig())
 
@@ -35,4 +35,4 @@ def test_an_object_without_the_protocol_is_named():
     with pytest.raises(TypeError, match=r"Weights is not a weight_fn \(missing init_carry"):
         check_weight_fn(Weights(), "generate")
     with pytest.raises(TypeError, match=r"strategy 'mine': its second item must be a DecodeConfig"):
-        run_strategies({"mine": (FixedWeights(jnp.ones(2)), "greedy")}, [], None, None, [])
+        run_strategies({"mine": (FixedWeights(jnp.ones(2)), "greedy")}, None, None, [])

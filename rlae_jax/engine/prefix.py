@@ -47,6 +47,11 @@ class EncodedPrompts:
     def __len__(self) -> int:
         return len(self.rest[0])
 
+    def head(self, count: int) -> "EncodedPrompts":
+        """The first `count` prompts, with the same prefix and padded lengths (same compiled
+        shape)."""
+        return dataclasses.replace(self, rest=tuple(r[:count] for r in self.rest))
+
     def padded(self, member: int, indices: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
         """Member `member`'s left-padded rests of rows `indices` → ids, mask `[B, T_n]` int32."""
         rows = [self.rest[member][i] for i in indices]

@@ -9,6 +9,7 @@ import time
 
 import jax
 
+from rlae_jax.ensemble import Ensemble
 from rlae_jax.align import build_alignment
 from rlae_jax.toy.members import load_members
 from rlae_jax.engine.loop import DecodeConfig
@@ -96,8 +97,7 @@ def baseline_results(members, alignment, test_examples, config) -> dict[str, lis
         name: [
             run_strategy(
                 name,
-                members,
-                alignment,
+                Ensemble(members, alignment),
                 SYNTHETIC,
                 test_examples,
                 weight_fn,
@@ -119,8 +119,7 @@ def agent_results(
         workdir = output / "runs" / f"{kind}-seed{seed}"
         trainer = RLAETrainer(
             RLConfig.from_dict(config.rl, ignore=("checkpoint_every",), kind=kind, seed=seed),
-            members,
-            alignment,
+            Ensemble(members, alignment),
             SYNTHETIC,
             train_examples,
             workdir,
@@ -131,12 +130,11 @@ def agent_results(
         results.append(
             run_strategy(
                 name,
-                members,
-                alignment,
+                Ensemble(members, alignment),
                 SYNTHETIC,
                 test_examples,
                 weight_fn,
-                trainer.setup.decode,
+                trainer.setup.evaluation_decode,
             )
         )
         workdirs.append(workdir)

@@ -15,8 +15,8 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm import tqdm
 
-from rlae_jax.align import Alignment
 from rlae_jax.engine import DecodeConfig, PromptBatch, to_host
+from rlae_jax.engine.prefix import EncodedPrompts
 from rlae_jax.engine.loop import (
     DecodeContext,
     prefill_jit,
@@ -89,34 +89,32 @@ class Answers:
 
 def run_strategies(
     strategies: Mapping[str, tuple[Any, DecodeConfig]],
-    members: Sequence[Member],
-    alignment: Alignment,
+    ensemble: Ensemble,
     task,
     examples: Sequence,
     batch_size: int = 64,
     shots: Sequence = (),
-    prompt_lengths: Sequence[int] | None = None,
+    *,
+    encoded: EncodedPrompts | None = None,
     shared_prefix: bool = True,
     progress: bool = True,
 ) -> dict[str, StrategyResult]:
     """Every strategy (name → (weight_fn, DecodeConfig), one `max_new_tokens`) answers every
-    example, greedily; scored by the task. Each member reads the questions in its own chat format
-    after `shots`; the split is encoded once (`Ensemble.encode`) and, with `shared_prefix`, the
-    tokens every prompt shares are prefilled once. A batch of `batch_size` rows (the last filled
-    with repeats of its final example, dropped) is prefilled once and every strategy decodes from
-    that prefill (`restart`), growing caches as needed. A strategy's seconds_per_answer is the
-    median over batches of (prefill + its decode) per row, which leaves out a batch that compiled
-    when there are three or more. `prompt_lengths[n]`: pad member n's prompts (after the shared
-    prefix) to at least this length, so several splits share one compiled shape."""
+    example, greedily; scored by the task. `encoded`: the examples already encoded by
+    `ensemble.encode` (each member in its own format after the shots), else they are encoded here;
+    with `shared_prefix`, the tokens every prompt shares are prefilled once. A batch of
+    `batch_size` rows (the last filled with repeats of its final example, dropped) is prefilled
+    once and every strategy decodes from that prefill (`restart`), growing caches as needed. A
+    strategy's seconds_per_answer is the median over batches of (prefill + its decode) per row,
+    which leaves out a batch that compiled when there are three or more."""
     check_strategies(strategies)
     (_, config), *_ = strategies.values()
-    ensemble = Ensemble(members, alignment)
-    encoded = ensemble.encode_texts(
-        ensemble.prompts(task, examples, shots),
-        config.max_new_tokens,
-        prompt_lengths,
-        shared_prefix,
-    )
+    if encoded is None:
+        encoded = ensemble.encode(
+            task, examples, shots, config.max_new_tokens, shared_prefix=shared_prefix
+        )
+    if len(encoded) != len(examples):
+        raise ValueError(f"encoded holds {len(encoded)} prompts for {len(examples)} examples")
     answers = {name: Answers() for name in strategies}
     starts = range(0, len(examples), batch_size)
     for start in tqdm(
@@ -127,7 +125,9 @@ def run_strategies(
         prompts = ensemble.batch(encoded, indices)
         for name, (result, seconds) in decode_strategies(strategies, ensemble, prompts).items():
             config_n = strategies[name][1]
-            answers[name].add(to_host(result, alignment, config_n), rows, seconds, batch_size)
+            answers[name].add(
+                to_host(result, ensemble.alignment, config_n), rows, seconds, batch_size
+            )
     return {name: a.result(name, task, examples) for name, a in answers.items()}
 
 
@@ -177,8 +177,7 @@ def decode_strategies(strategies, ensemble, prompts: PromptBatch) -> dict[str, t
 
 def run_strategy(
     name: str,
-    members: Sequence[Member],
-    alignment: Alignment,
+    ensemble: Ensemble,
     task,
     examples: Sequence,
     weight_fn,
@@ -188,7 +187,7 @@ def run_strategy(
 ) -> StrategyResult:
     """`run_strategies` with one strategy."""
     strategies = {name: (weight_fn, config)}
-    return run_strategies(strategies, members, alignment, task, examples, batch_size, shots)[name]
+    return run_strategies(strategies, ensemble, task, examples, batch_size, shots)[name]
 
 
 def baseline_strategies(

@@ -23,8 +23,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rlae_jax.align import build_alignment
 from rlae_jax.engine import DecodeConfig
+from rlae_jax.engine.prefix import EncodedPrompts
+from rlae_jax.ensemble import Ensemble
 from rlae_jax.engine.strategies import FixedWeights, ThresholdGating
 from rlae_jax.experiments.evaluation import StrategyResult, baseline_strategies, run_strategies
 from rlae_jax.experiments.plots import plot_reward_curves, plot_weights_along_answers
@@ -40,13 +41,16 @@ LEARNED = ("tuned fixed weights", "supervised router", *RL_KINDS)
 
 @dataclasses.dataclass
 class Family:
-    """One task family: `shots` worked examples, the `train` pool and the held-out `test`."""
+    """One task family: `shots` worked examples, the `train` pool and the held-out `test`, and
+    both splits encoded once for the ensemble (`Ensemble.encode`)."""
 
     spec: str
     task: object
     shots: list
     train: list
     test: list
+    encoded_train: EncodedPrompts | None = None
+    encoded_test: EncodedPrompts | None = None
 
 
 def load_family(spec: str, config) -> Family:
@@ -145,13 +149,14 @@ class Study:
         self.output.mkdir(parents=True, exist_ok=True)
         self.seconds: dict[str, float] = {}
         with self.timed("load members and alignment"):
-            self.members = [from_pretrained(name, name=name) for name in config.members]
-            self.alignment = build_alignment(
-                [m.tokenizer for m in self.members],
-                vocab_sizes=[m.config.vocab_size for m in self.members],
-            )
-        with self.timed("load tasks"):
+            self.ensemble = Ensemble([from_pretrained(name, name=name) for name in config.members])
+        with self.timed("load and encode tasks"):
             self.families = [load_family(spec, config) for spec in config.families]
+            for family in self.families:  # each split formatted and tokenised once
+                family.encoded_train, family.encoded_test = (
+                    self.ensemble.encode(family.task, split, family.shots, config.rl.max_new_tokens)
+                    for split in (family.train, family.test)
+                )
         self.results: dict[str, dict[str, list[StrategyResult]]] = {
             f.spec: {} for f in self.families
         }
@@ -173,7 +178,7 @@ class Study:
         """Single members, uniform and threshold (GaC), top-k (UniTE), PackLLM: name → (weight_fn,
         DecodeConfig)."""
         strategies = baseline_strategies(
-            self.members, self.config.threshold, self.config.top_k, fixed_grid=()
+            self.ensemble.members, self.config.threshold, self.config.top_k, fixed_grid=()
         )
         out = {}
         for name, (weight_fn, selection) in strategies.items():
@@ -189,20 +194,20 @@ class Study:
         """The best fixed weights and the supervised router, both from the training family."""
         train = self.families[0]
         with self.timed("tune fixed weights"):
+            count = self.config.tune_examples
             self.tuned = tune_fixed_weights(
-                self.members,
-                self.alignment,
+                self.ensemble,
                 train.task,
-                train.train[: self.config.tune_examples],
+                train.train[:count],
                 self.decode,
                 self.config.tune_fixed_resolution,
                 self.config.eval_batch_size,
                 shots=train.shots,
+                encoded=train.encoded_train.head(count),
             )
         with self.timed("train router"):
             router = train_router(
-                self.members,
-                self.alignment,
+                self.ensemble,
                 train.task,
                 train.train[: self.config.router_examples],
                 RouterConfig(
@@ -228,20 +233,19 @@ class Study:
                         RLConfig.from_dict(
                             self.config.rl, ignore=("checkpoint_every",), kind=kind, seed=seed
                         ),
-                        self.members,
-                        self.alignment,
+                        self.ensemble,
                         train.task,
                         train.train,
                         workdir,
                         checkpoint_every=self.config.rl.checkpoint_every,
                         shots=train.shots,
+                        encoded=train.encoded_train,
                     )
                     state = trainer.train()
                 policy = policy_weight_fn(
                     state, trainer.setup, jax.random.key(seed), evaluation=True
                 )
-                decode = dataclasses.replace(trainer.setup.decode, record_features=False)
-                strategies[f"{name}#{seed}"] = (policy, decode)
+                strategies[f"{name}#{seed}"] = (policy, trainer.setup.evaluation_decode)
                 workdirs[name].append(workdir)
         return strategies, workdirs
 
@@ -252,19 +256,18 @@ class Study:
             with self.timed(f"evaluate on {family.spec}"):
                 results = run_strategies(
                     strategies,
-                    self.members,
-                    self.alignment,
+                    self.ensemble,
                     family.task,
                     family.test,
                     self.config.eval_batch_size,
                     family.shots,
+                    encoded=family.encoded_test,
                 )
             for name, result in results.items():
                 group = name.split("#")[0]
                 self.results[family.spec].setdefault(group, []).append(result)
             print(
-                "  "
-                + ", ".join(f"{n} {r.accuracy:.3f}" for n, r in results.items()),
+                "  " + ", ".join(f"{n} {r.accuracy:.3f}" for n, r in results.items()),
                 flush=True,
             )
 
@@ -276,7 +279,7 @@ class Study:
         plot_weights_along_answers(
             [
                 [
-                    self.alignment.union_bytes(u).decode("utf-8", "replace") or "<eos>"
+                    self.ensemble.alignment.union_bytes(u).decode("utf-8", "replace") or "<eos>"
                     for u in ppo.union_ids[i]
                 ]
                 for i in shown
@@ -302,6 +305,7 @@ class Study:
             "families": report,
             "tuned_fixed_weights": self.tuned.weights.tolist(),
             "seconds_per_phase": self.seconds,
+            "splits_encoded": self.ensemble.encodings,  # each family's two splits, once each
             "minutes": minutes,
             "examples": {
                 spec: {

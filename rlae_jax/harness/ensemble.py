@@ -105,7 +105,8 @@ def load_agent(workdir: str | pathlib.Path, members: Sequence[Member]) -> tuple[
     config = RLConfig.from_dict(saved["rl"])
     state = load_agent_state(path, config, members)
     setup = config.setup(members)
-    return policy_weight_fn(state, setup, jax.random.key(0), evaluation=True), setup.decode
+    weight_fn = policy_weight_fn(state, setup, jax.random.key(0), evaluation=True)
+    return weight_fn, setup.evaluation_decode
 
 
 @dataclasses.dataclass

@@ -95,16 +95,22 @@ def chat_prompt(
     return plain_prompt(messages)
 
 
-def member_prompts(members: Sequence, task, examples: Sequence, shots: Sequence = ()
-                   ) -> list[list[str]]:
+def member_prompts(members: Sequence, task, examples: Sequence, shots: Sequence = (),
+                   formats: Sequence[bool | None] | None = None) -> list[list[str]]:
     """Each member's prompt texts for `examples`, `[N][B]`: the task's messages formatted by the
-    member's own `chat_prompt(messages)` when it has one, else by `chat_prompt` with its
-    tokenizer."""
+    member's own `chat_prompt(messages, formats[n])` when it has one (`formats[n]`: None its
+    template when it has one, True require it, False the plain format), else by `chat_prompt`
+    with its tokenizer."""
+    formats = formats if formats is not None else (None,) * len(members)
     prompts = []
-    for member in members:
+    for member, form in zip(members, formats):
         own = getattr(member, "chat_prompt", None)
-        formatter = own if callable(own) else (
-            lambda messages, tokenizer=member.tokenizer: chat_prompt(messages, tokenizer))
+        if not callable(own):
+            own = (lambda messages, form=None, tokenizer=member.tokenizer:
+                   chat_prompt(messages, tokenizer, form))
+
+        def formatter(messages, own=own, form=form):
+            return own(messages) if form is None else own(messages, form)
         prompts.append([task.render(example, shots=shots, formatter=formatter)
                         for example in examples])
     return prompts

@@ -31,9 +31,11 @@ from tqdm import tqdm
 from rlae_jax.align import Alignment
 from rlae_jax.engine import DecodeConfig, decode_jit, tokenize_for_members
 from rlae_jax.engine.strategies import FixedWeights, StatelessWeightFn
+from rlae_jax.engine.prefix import EncodedPrompts
+from rlae_jax.ensemble import Ensemble
 from rlae_jax.experiments.evaluation import run_strategies
 from rlae_jax.models.member import Member
-from rlae_jax.models.prompts import left_pad, member_prompts, pad_id_of
+from rlae_jax.models.prompts import left_pad, pad_id_of
 from rlae_jax.rl.networks import MLP
 from rlae_jax.engine.features import token_log_probs
 from rlae_jax.rl.observations import engine_features, global_observation
@@ -67,8 +69,7 @@ class FixedWeightsSearch:
 
 
 def tune_fixed_weights(
-    members: Sequence[Member],
-    alignment: Alignment,
+    ensemble: Ensemble,
     task,
     examples: Sequence,
     config: DecodeConfig,
@@ -76,17 +77,19 @@ def tune_fixed_weights(
     batch_size: int = 64,
     shots: Sequence = (),
     progress: bool = True,
+    encoded: EncodedPrompts | None = None,
 ) -> FixedWeightsSearch:
     """Score every point of `simplex_grid(len(members), resolution)` on `examples` (the training
     split) with the engine under `config` and the task's accuracy; the first best point wins.
     The weights are an input of one compiled decode, so the grid compiles once, and every grid
     point decodes from the same prefill of each batch (`run_strategies`). `shots`: few-shot
-    examples before each question (as in `run_strategy`). `progress`: a bar over the batches (every
-    grid point decodes each batch), off for quiet callers."""
-    grid = simplex_grid(len(members), resolution)
+    examples before each question (as in `run_strategy`); `encoded`: the examples already encoded
+    (`ensemble.encode`). `progress`: a bar over the batches (every grid point decodes each batch),
+    off for quiet callers."""
+    grid = simplex_grid(len(ensemble), resolution)
     strategies = {f"fixed {w.tolist()}": (FixedWeights(jnp.asarray(w)), config) for w in grid}
     results = run_strategies(
-        strategies, members, alignment, task, examples, batch_size, shots, progress=progress
+        strategies, ensemble, task, examples, batch_size, shots, encoded=encoded, progress=progress
     )
     accuracy = np.array([result.accuracy for result in results.values()])
     return FixedWeightsSearch(grid[int(np.argmax(accuracy))], grid, accuracy)
@@ -247,8 +250,7 @@ def teacher_forced_previous_weights(
 
 
 def router_dataset(
-    members: Sequence[Member],
-    alignment: Alignment,
+    ensemble: Ensemble,
     task,
     examples: Sequence,
     config: RouterConfig,
@@ -260,7 +262,8 @@ def router_dataset(
     sentence `task.target` so far) and labels `[P]` of the chunks with a label
     (`teacher_forced_labels`). The prefixes are fed in batches of `batch_size` rows (`progress`:
     a bar over the batches of each phase)."""
-    prompts = member_prompts(members, task, examples, shots)
+    members, alignment = ensemble.members, ensemble.alignment
+    prompts = ensemble.prompts(task, examples, shots)
     answers = [task.target(example) for example in examples]
     cuts = [reference_chunks(answer, config.chunk_chars) for answer in answers]
     prefixes = [
@@ -354,8 +357,7 @@ def fit_router(
 
 
 def train_router(
-    members: Sequence[Member],
-    alignment: Alignment,
+    ensemble: Ensemble,
     task,
     examples: Sequence,
     config: RouterConfig = RouterConfig(),
@@ -366,6 +368,6 @@ def train_router(
     member reading them in its own chat format after `shots`. `progress`: bars over the batches of
     its dataset's features and labels (its minutes; the fit itself takes seconds)."""
     observations, labels = router_dataset(
-        members, alignment, task, examples, config, shots, progress=progress
+        ensemble, task, examples, config, shots, progress=progress
     )
-    return fit_router(observations, labels, len(members), config)
+    return fit_router(observations, labels, len(ensemble), config)

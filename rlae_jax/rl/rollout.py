@@ -9,6 +9,7 @@ compiled function.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 from typing import Any, Sequence
 
@@ -20,13 +21,15 @@ from flax import nnx, struct
 from rlae_jax.align import Alignment
 from rlae_jax.runtime.compile_options import decode_loop_options
 from rlae_jax.engine.loop import DecodeConfig, DecodeResult, PromptBatch, decode
-from rlae_jax.models.member import Member
 from rlae_jax.rl import ppo
 from rlae_jax.rl.gae import informative_share
 from rlae_jax.rl.networks import check_eval_action
 from rlae_jax.rl.normalization import RunningStats, normalize
 from rlae_jax.rl.observations import engine_features, observation
 from rlae_jax.tasks.synthetic import SyntheticTask, reward_in_graph
+
+
+TRACES: collections.Counter = collections.Counter()  # RLSetup → times `train_step` was traced
 
 
 @struct.dataclass
@@ -77,6 +80,11 @@ class RLSetup:
     length_penalty: float = 0.0
     eval_action: str = "mean"
     samples_per_question: int = 1
+
+    @property
+    def evaluation_decode(self) -> DecodeConfig:
+        """The decode an evaluation of the agent takes: one answer per prompt, no span records."""
+        return dataclasses.replace(self.decode, samples_per_prompt=1, record_features=False)
 
 
 def policy_weight_fn(
@@ -237,20 +245,21 @@ def weight_statistics(result: DecodeResult) -> dict[str, jax.Array]:
 
 def train_step(
     train_state: ppo.TrainState,
-    members: Sequence[Member],
-    alignment: Alignment,
+    ensemble,
     prompts: PromptBatch,
     reward_fn,
     reward_data,
     setup: RLSetup,
 ) -> tuple[ppo.TrainState, dict[str, jax.Array]]:
     """One RLAE update: rollout (policy sets weights every span), reward, advantages, PPO/MAPPO
-    epochs. Rows are `setup.samples_per_question` samples of each question, question-major."""
+    epochs. `prompts` hold one row per question; the engine decodes each
+    `setup.samples_per_question` times from one prefill (rows question-major)."""
+    TRACES[setup] += 1  # counts compiles: this line runs once per trace
     key, policy_key, decode_key = jax.random.split(train_state.key, 3)
     weight_fn = policy_weight_fn(train_state, setup, policy_key)
     result = decode(
-        members,
-        alignment,
+        ensemble.members,
+        ensemble.alignment,
         prompts,
         weight_fn,
         decode_key,

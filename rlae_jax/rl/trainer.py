@@ -20,15 +20,15 @@ import orbax.checkpoint as ocp
 from tqdm import tqdm
 
 from rlae_jax.runtime import sharding
-from rlae_jax.align import Alignment
-from rlae_jax.engine import DecodeConfig, tokenize_for_members
+from rlae_jax.engine import DecodeConfig
+from rlae_jax.engine.prefix import EncodedPrompts
+from rlae_jax.ensemble import Ensemble
 from rlae_jax.models.member import Member
-from rlae_jax.models.prompts import member_prompts
 from rlae_jax.rl import ppo
 from rlae_jax.rl.losses import LossConfig
 from rlae_jax.rl.networks import AgentConfig, check_eval_action, make_agent
 from rlae_jax.rl.observations import WIDE, check_feature_set, observation_dims
-from rlae_jax.rl.rollout import InGraphReward, RLSetup, make_reward, train_step_jit
+from rlae_jax.rl.rollout import TRACES, InGraphReward, RLSetup, make_reward, train_step_jit
 from rlae_jax.tasks.synthetic import target_bytes
 
 SCALAR_METRICS = (
@@ -123,6 +123,7 @@ class RLConfig:
             max_new_tokens=self.max_new_tokens,
             span_length=self.span_length,
             expansion_budget=self.expansion_budget,
+            samples_per_prompt=self.samples_per_question,
         )
         return RLSetup(
             kind=self.kind,
@@ -321,8 +322,7 @@ class RLAETrainer:
     def __init__(
         self,
         config: RLConfig,
-        members: Sequence[Member],
-        alignment: Alignment,
+        ensemble: Ensemble,
         task,
         examples: Sequence,
         workdir: str | pathlib.Path,
@@ -330,12 +330,28 @@ class RLAETrainer:
         keep: int = 3,
         mesh=None,
         shots: Sequence = (),
+        encoded: EncodedPrompts | None = None,
     ):
+        if not isinstance(ensemble, Ensemble):
+            raise TypeError(
+                f"RLAETrainer takes an rlae_jax.Ensemble (members, alignment and prompt formats), "
+                f"got {type(ensemble).__name__}"
+            )
         self.mesh, self.shots = mesh, list(shots)
         if mesh is not None:
-            members = [sharding.shard_member(m, mesh) for m in members]
-        self.config, self.members, self.alignment = config, list(members), alignment
+            ensemble = sharding.shard_ensemble(ensemble, mesh)
+        self.config, self.ensemble = config, ensemble
+        self.members = list(ensemble.members)
         self.task, self.examples = task, list(examples)
+        # the training split, formatted and encoded once: its shared prefix is prefilled once and
+        # every batch is padded to its one length (one compiled train step per run)
+        if encoded is None:
+            encoded = ensemble.encode(task, self.examples, self.shots, config.max_new_tokens)
+        elif len(encoded) != len(self.examples):
+            raise ValueError(
+                f"encoded holds {len(encoded)} prompts for {len(self.examples)} examples"
+            )
+        self.encoded = encoded
         self.workdir = pathlib.Path(workdir).absolute()
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.lock = WorkdirLock(self.workdir) if jax.process_index() == 0 else None
@@ -348,7 +364,7 @@ class RLAETrainer:
             self.workdir / "checkpoints",
             options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True),
         )
-        self.reward_fn = make_reward(config.reward, task, self.examples, alignment)
+        self.reward_fn = make_reward(config.reward, task, self.examples, ensemble.alignment)
         self.check_config()
 
     def acquire(self) -> None:
@@ -377,17 +393,19 @@ class RLAETrainer:
         """Prompts (each member's tokenisation) and reward data of update `update`."""
         questions = self.config.batch_size // self.config.samples_per_question
         indices = batch_order(len(self.examples), questions, update, self.config.seed)
-        indices = np.repeat(indices, self.config.samples_per_question)  # question-major rows
+        batch = self.ensemble.batch(self.encoded, indices)  # one row per question
+        indices = np.repeat(indices, self.config.samples_per_question)  # decoded rows, K each
         examples = [self.examples[i] for i in indices]
-        prompts = member_prompts(self.members, self.task, examples, self.shots)
-        batch = tokenize_for_members(self.members, prompts, self.config.max_new_tokens)
         data = (
             jnp.asarray(target_bytes(examples, 4 * self.config.max_new_tokens))
             if isinstance(self.reward_fn, InGraphReward)
             else jnp.asarray(indices, jnp.int32)
         )
         if self.mesh is not None:
-            batch, data = sharding.shard_batch((batch, data), self.mesh)
+            batch, data = (
+                sharding.shard_prompts(batch, self.mesh),
+                sharding.shard_batch(data, self.mesh),
+            )
         return batch, data
 
     def restore_or_init(self) -> ppo.TrainState:
@@ -412,8 +430,7 @@ class RLAETrainer:
                 prompts, reward_data = self.batch(update)
                 state, metrics = train_step_jit(
                     state,
-                    self.members,
-                    self.alignment,
+                    self.ensemble,
                     prompts,
                     self.reward_fn,
                     reward_data,
@@ -421,6 +438,8 @@ class RLAETrainer:
                 )
                 ppo.raise_if_nonfinite(metrics, update + 1)
                 metrics = jax.device_get(metrics)
+                # programs compiled for this setup in this process: 1 for a whole run
+                metrics["train_step_compiles"] = TRACES[self.setup]
                 if writer is not None:
                     writer.write(update + 1, metrics)
                 bar.set_postfix(reward=f"{float(metrics['reward']):.3f}", refresh=False)

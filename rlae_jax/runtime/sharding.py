@@ -26,6 +26,8 @@ import jax
 import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
+from rlae_jax.engine.state import PromptBatch
+from rlae_jax.ensemble import Ensemble
 from rlae_jax.models.member import Member
 
 DATA, MODEL = "data", "model"
@@ -172,6 +174,19 @@ def shard_member(member: Member, mesh: Mesh) -> Member:
     check_member(member, mesh)
     state = jax.tree.map(_place, member.state, member_shardings(member, mesh))
     return member.replace(state=state)
+
+
+def shard_ensemble(ensemble: Ensemble, mesh: Mesh) -> Ensemble:
+    """The ensemble with every member sharded (`shard_member`); same alignment and formats."""
+    members = [shard_member(m, mesh) for m in ensemble.members]
+    return Ensemble(members, ensemble.alignment, ensemble.formats)
+
+
+def shard_prompts(prompts: PromptBatch, mesh: Mesh) -> PromptBatch:
+    """A PromptBatch with its rows over 'data' and its shared prefix states replicated."""
+    rows = shard_batch((prompts.input_ids, prompts.attention_mask), mesh)
+    prefix = None if prompts.prefix is None else replicate(prompts.prefix, mesh)
+    return PromptBatch(*rows, prefix)
 
 
 def batch_sharding(x: jax.Array, mesh: Mesh) -> NamedSharding:

@@ -27,6 +27,10 @@ def get_config() -> ml_collections.ConfigDict:
             max_new_tokens=20,
             span_length=1,
             reward="char_accuracy",
+            # as measured before group advantages: one episode per question, GAE, raw observations
+            samples_per_question=1,
+            advantage="gae",
+            normalize_observations=False,
             learning_rate=1e-3,
             hidden_sizes=(64, 64),
             feature_set="full",

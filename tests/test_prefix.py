@@ -40,7 +40,16 @@ def tokenizer():
 
 # every family's attention: GQA, sliding windows (Mistral 6, Qwen 3 6, Gemma 3 5: the prompts cross
 # them many times), Gemma 3's local/global layers, GPT-2's learned positions
-@pytest.mark.parametrize("family", ["llama3", "mistral", "qwen3", "gpt2", "gemma3"])
+@pytest.mark.parametrize(
+    "family",
+    [
+        pytest.param("llama3", marks=pytest.mark.slow),  # the plain decoder: mistral covers it
+        "mistral",
+        pytest.param("qwen3", marks=pytest.mark.slow),
+        "gpt2",
+        "gemma3",
+    ],
+)
 def test_prefix_prefill_equals_the_full_prefill(family, tokenizer, tmp_path):
     """Next-token logits, prompt summary, prompt NLL and the next decode step after a shared-prefix
     prefill equal a full prefill of the same left-padded rows of different lengths (≤ 1e-5)."""

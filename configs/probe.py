@@ -47,8 +47,8 @@ def get_config() -> ml_collections.ConfigDict:
     config.families = FAMILIES
     # (answer format, worked examples): the screen runs every family, the sweep the promising ones
     config.screen_settings = (("bare", 1),)
-    config.sweep_settings = (("bare", 0), ("bare", 3), ("sentence", 1))
-    config.sweep_families = 3
+    config.sweep_settings = (("sentence", 1), ("bare", 3), ("bare", 0))
+    config.sweep_families = 4
     # training problems per family where its spec does not say (the study draws episodes there)
     config.train_size = 2000
     config.screen_problems = 16  # validation problems per cell in the screen and the sweep

@@ -15,6 +15,7 @@ from rlae_jax.experiments.probe import (
     leader,
     mixture_of,
     outcome_counts,
+    promising,
     select_mixture,
     weights_matter,
     with_fields,
@@ -128,6 +129,17 @@ def test_select_mixture_needs_a_family_each_member_leads():
     stats["fd"] = {"accuracy": {"smol": 0.75, "gemma": 0.25}, "constant": {"accuracy": 0.25}}
     chosen = select_mixture(stats, scores, MEMBERS, margin=0.05, min_gap=0.08)
     assert chosen["families"] == [] and not chosen["meets_rule"]
+
+
+def test_promising_takes_each_members_best_families_in_turn():
+    def cell(smol, gemma, matter=0.0):
+        return {"accuracy": {"smol": smol, "gemma": gemma}, "weights_matter": matter}
+
+    # gemma leads everywhere; smol's best families are those it trails least
+    stats = {"a": cell(0.0, 0.5), "b": cell(0.2, 0.3), "c": cell(0.1, 0.4),
+             "d": cell(0.2, 0.3, matter=0.5), "e": cell(0.0, 0.2)}
+    assert promising(stats, MEMBERS, 3) == ["d", "a", "b"]
+    assert promising(stats, MEMBERS, 10) == ["d", "a", "b", "c", "e"]
 
 
 def test_with_fields_writes_a_spec_get_task_reads():

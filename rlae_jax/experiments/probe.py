@@ -31,13 +31,12 @@ from typing import Mapping, Sequence
 import numpy as np
 from tqdm import tqdm
 
-from rlae_jax.align import build_alignment
 from rlae_jax.engine import DecodeConfig
 from rlae_jax.engine.strategies import resolve_strategy
+from rlae_jax.ensemble import Ensemble
 from rlae_jax.experiments.evaluation import run_strategies
 from rlae_jax.models.generate import generate_member
 from rlae_jax.models.loading import from_pretrained
-from rlae_jax.models.prompts import member_prompts
 from rlae_jax.tasks import get_task
 
 UNIFORM = "uniform"
@@ -258,23 +257,20 @@ def member_texts(member, prompts: Sequence[str], batch_size: int, max_new_tokens
 
 
 class Probe:
-    """The members, the alignment, the loaded splits and the report while the probe runs."""
+    """The ensemble (members, alignment, formats), the loaded splits and the report while the
+    probe runs."""
 
     def __init__(self, config):
         self.config, self.output = config, pathlib.Path(config.output_dir).absolute()
         self.output.mkdir(parents=True, exist_ok=True)
         self.names = list(config.members)
-        self.members = [from_pretrained(name, name=name) for name in self.names]
-        self.alignment = build_alignment(
-            [m.tokenizer for m in self.members],
-            vocab_sizes=[m.config.vocab_size for m in self.members],
-        )
+        self.ensemble = Ensemble([from_pretrained(name, name=name) for name in self.names])
         decode = DecodeConfig(
             max_new_tokens=config.max_new_tokens, span_length=config.span_length,
             record_features=False,
         )
-        self.uniform = ensemble_strategies(len(self.members), decode, ())
-        self.with_grid = ensemble_strategies(len(self.members), decode, config.fixed_grid)
+        self.uniform = ensemble_strategies(len(self.names), decode, ())
+        self.with_grid = ensemble_strategies(len(self.names), decode, config.fixed_grid)
         self.splits: dict[tuple, list] = {}
         self.report = {"config": config.to_dict(), "members": self.names, "skipped": {},
                        "stages": {}, "machine": machine()}
@@ -329,11 +325,11 @@ class Probe:
         examples = self.split(spec, setting.answer_format, "validation", start + count)[start:]
         shots = self.split(spec, setting.answer_format, "train", setting.shots)
         size, tokens = self.config.batch_size, self.config.max_new_tokens
-        prompts = member_prompts(self.members, task, examples, shots)
+        prompts = self.ensemble.prompts(task, examples, shots)
         texts = {name: member_texts(member, own, size, tokens)
-                 for name, member, own in zip(self.names, self.members, prompts)}
-        results = run_strategies(strategies, self.members, self.alignment, task, examples, size,
-                                 shots, shared_prefix=False, progress=False)
+                 for name, member, own in zip(self.names, self.ensemble.members, prompts)}
+        results = run_strategies(strategies, self.ensemble, task, examples, size, shots,
+                                 shared_prefix=False, progress=False)
         texts.update({name: r.texts for name, r in results.items()})
         scores = {name: task.rewards(own, examples) for name, own in texts.items()}
         answers = {name: [task.answer_of(t) for t in own] for name, own in texts.items()}
@@ -399,15 +395,19 @@ def ranked(selection: dict) -> tuple:
     return selection["meets_rule"], selection.get("gap", -1.0)
 
 
-def promising(stats: Mapping[str, dict], members: Sequence[str], margin: float, count: int) -> list:
-    """The `count` families worth more problems: those a member leads on (largest lead first),
-    then the rest by the share of problems where the weights matter."""
-    def key(spec):
-        s = stats[spec]
-        lead = abs(s["accuracy"][members[0]] - s["accuracy"][members[1]])
-        return (leader(s, members, margin) is not None, lead, s["weights_matter"])
+def promising(stats: Mapping[str, dict], members: Sequence[str], count: int) -> list:
+    """The `count` families worth more problems, taken in turn from each member's ranking by its
+    lead over the other member (ties: more problems where the weights matter), so both members'
+    best families get looked at even where one member leads nowhere."""
+    def ranking(mine, other):
+        def key(spec):
+            accuracy = stats[spec]["accuracy"]
+            return accuracy[mine] - accuracy[other], stats[spec]["weights_matter"]
 
-    return sorted(stats, key=key, reverse=True)[:count]
+        return sorted(stats, key=key, reverse=True)
+
+    turns = itertools.chain.from_iterable(zip(ranking(*members), ranking(*members[::-1])))
+    return list(dict.fromkeys(turns))[:count]
 
 
 def best_setting(stats: dict, scores: dict, families: Sequence[str], names, rule) -> tuple:
@@ -435,7 +435,7 @@ def run_probe(config) -> dict:
     )
     stats, scores = probe.stage("screen", [(s, f) for s in screen for f in families], 0,
                                 config.screen_problems, probe.uniform)
-    swept = promising(stats[screen[0].name], names, config.margin, config.sweep_families)
+    swept = promising(stats[screen[0].name], names, config.sweep_families)
     if sweep:
         more = probe.stage("sweep", [(s, f) for s in sweep for f in swept], 0,
                            config.screen_problems, probe.uniform)
@@ -445,8 +445,7 @@ def run_probe(config) -> dict:
     setting = next(s for s in screen + sweep if s.name == best)
     confirm_stats, confirm_scores = probe.stage(
         "confirm",
-        [(setting, f) for f in promising(stats[best], names, config.margin,
-                                         config.confirm_families)],
+        [(setting, f) for f in promising(stats[best], names, config.confirm_families)],
         config.screen_problems, config.confirm_problems, probe.with_grid,
     )
     mixture = select_mixture(confirm_stats[best], confirm_scores[best], names, *rule)

@@ -13,6 +13,7 @@ import numpy as np
 
 from rlae_jax.align import Alignment
 from rlae_jax.engine.loop import decode_growing
+from rlae_jax.engine.prefix import encode_prompts_once
 from rlae_jax.engine.state import (
     STOP_CONTEXT_WINDOW,
     STOP_NONFINITE,
@@ -25,11 +26,7 @@ from rlae_jax.engine.state import (
 from rlae_jax.engine.strategies import resolve_strategy
 from rlae_jax.models.member import Member
 from rlae_jax.models.prompts import (
-    bucket_length,
-    check_context,
     encode_prompts,
-    left_pad,
-    pad_id_of,
 )
 
 # `generate` keywords that configure a strategy given by name (see `resolve_strategy`)
@@ -94,21 +91,10 @@ def batch_of_token_lists(
     ids and mask; ValueError when a prompt plus `max_new_tokens` exceeds a member's context.
     `lengths[n]`: pad member n to at least this many positions, so batches of differently long
     prompts share one compiled shape."""
-    input_ids, masks = [], []
-    for index, (member, lists) in enumerate(zip(members, token_lists)):
-        check_context(
-            max(map(len, lists)),
-            max_new_tokens,
-            member.config.max_position_embeddings,
-            member.name or member.config.model_type,
-        )
-        length = bucket_length(max(map(len, lists)))
-        if lengths is not None:
-            length = max(length, lengths[index])
-        ids, mask = left_pad(lists, pad_id_of(member.tokenizer), length)
-        input_ids.append(jnp.asarray(ids))
-        masks.append(jnp.asarray(mask))
-    return PromptBatch(tuple(input_ids), tuple(masks))
+    encoded = encode_prompts_once(members, token_lists, max_new_tokens, False, lengths)
+    rows = range(len(encoded))
+    ids, masks = zip(*(encoded.padded(n, rows) for n in range(len(members))))
+    return PromptBatch(tuple(map(jnp.asarray, ids)), tuple(map(jnp.asarray, masks)))
 
 
 def generate(

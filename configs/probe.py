@@ -36,6 +36,16 @@ FAMILIES = (  # configs small enough for 100M-class members, answers of a few to
     'rg/word_sequence_reversal:{"max_words": 4}',
     'rg/fraction_simplification:{"max_factor": 9, "max_value": 30, "styles": ["plain"]}',
     'rg/decimal_chain_sum:{"max_decimal_places": 1, "max_digits": 2, "max_terms": 2}',
+    # the widened search: one-digit operands, one animal, three-letter words (the members are at
+    # the constant-answer baseline on most configs above)
+    'rg/basic_arithmetic:{"allow_negation": false, "allow_parentheses": false, "max_digits": 1, '
+    '"max_terms": 2, "min_digits": 1, "min_terms": 2, "operators": ["+"], "train_size": 40}',
+    'rg/products:{"max_digits": 1, "max_terms": 2, "min_digits": 1, "min_terms": 2, '
+    '"train_size": 40}',
+    'rg/chain_sum:{"max_digits": 1, "max_terms": 2, "min_digits": 1, "min_terms": 2, '
+    '"train_size": 40}',
+    'rg/leg_counting:{"max_animals": 1, "max_instances": 2, "min_animals": 1, "train_size": 20}',
+    'rg/spell_backward:{"max_word_len": 3, "min_word_len": 3, "train_size": 200}',
 )
 
 

@@ -132,14 +132,16 @@ def test_select_mixture_needs_a_family_each_member_leads():
 
 
 def test_promising_takes_each_members_best_families_in_turn():
-    def cell(smol, gemma, matter=0.0):
-        return {"accuracy": {"smol": smol, "gemma": gemma}, "weights_matter": matter}
+    def cell(smol, gemma, matter=0.0, constant=0.0):
+        return {"accuracy": {"smol": smol, "gemma": gemma}, "weights_matter": matter,
+                "constant": {"accuracy": constant}}
 
-    # gemma leads everywhere; smol's best families are those it trails least
-    stats = {"a": cell(0.0, 0.5), "b": cell(0.2, 0.3), "c": cell(0.1, 0.4),
+    # gemma leads everywhere; smol's best families are those it trails least; on "a" gemma only
+    # matches the constant answer, so its lead there counts for nothing
+    stats = {"a": cell(0.0, 0.5, constant=0.5), "b": cell(0.2, 0.3), "c": cell(0.1, 0.4),
              "d": cell(0.2, 0.3, matter=0.5), "e": cell(0.0, 0.2)}
-    assert promising(stats, MEMBERS, 3) == ["d", "a", "b"]
-    assert promising(stats, MEMBERS, 10) == ["d", "a", "b", "c", "e"]
+    assert promising(stats, MEMBERS, 3) == ["d", "c", "b"]
+    assert promising(stats, MEMBERS, 10) == ["d", "c", "b", "e", "a"]
 
 
 def test_with_fields_writes_a_spec_get_task_reads():

@@ -397,12 +397,13 @@ def ranked(selection: dict) -> tuple:
 
 def promising(stats: Mapping[str, dict], members: Sequence[str], count: int) -> list:
     """The `count` families worth more problems, taken in turn from each member's ranking by its
-    lead over the other member (ties: more problems where the weights matter), so both members'
-    best families get looked at even where one member leads nowhere."""
+    lead over the better of the other member and the constant answer (`leader`'s criterion; ties:
+    more problems where the weights matter), so both members' best families get looked at even
+    where one member leads nowhere."""
     def ranking(mine, other):
         def key(spec):
-            accuracy = stats[spec]["accuracy"]
-            return accuracy[mine] - accuracy[other], stats[spec]["weights_matter"]
+            accuracy, constant = stats[spec]["accuracy"], stats[spec]["constant"]["accuracy"]
+            return accuracy[mine] - max(accuracy[other], constant), stats[spec]["weights_matter"]
 
         return sorted(stats, key=key, reverse=True)
 

@@ -81,7 +81,7 @@ def finalize(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     """The quick run: two families, one screen and one sweep setting, a few problems per stage."""
     if config.quick:
         config.families = ("rg/products:easy", "rg/syllogism")
-        config.sweep_settings = (("sentence", 1),)
+        config.sweep_settings = (("bare", 0),)  # zero shots: the path with no training split
         config.train_size = 200
         config.screen_problems = 8
         config.confirm_problems = 8

@@ -10,6 +10,7 @@ import pytest
 from rlae_jax.experiments.probe import (
     UNIFORM,
     cell_stats,
+    cell_table,
     constant_baseline,
     copy_rate,
     leader,
@@ -62,6 +63,16 @@ def test_cell_stats_by_hand():
     assert stats["weights_matter"] == 0.5  # problems 0 and 2: the members disagree
     assert stats["copy_rate"] == {"smol": 0.25, "gemma": 0.5, UNIFORM: 0.0}
     assert stats["target_copy_rate"] == 0.5
+
+
+def test_cell_table_rows_match_the_header():
+    scores = {"smol": np.array([1, 0]), "gemma": np.array([0, 0]), UNIFORM: np.array([1, 1])}
+    answers = {name: ["4", "4"] for name in scores}
+    stats = cell_stats(scores, answers, ["4", "5"], [], MEMBERS)
+    lines = cell_table({"bare/0-shot": {"rg/x": stats}}, MEMBERS)
+    assert len({line.count("|") for line in lines}) == 1
+    assert lines[2] == ("| rg/x | bare/0-shot | 2 | 0.50 | 0.00 | 1.00 | 0.50 | 0.50 | 1.00 "
+                        "| 0/1/0/1 | 1.00 | – / – (–) |")
 
 
 def stats_of(smol: float, gemma: float, constant: float) -> dict:
@@ -194,6 +205,8 @@ def test_quick_probe_end_to_end_on_the_real_pair(tmp_path):
             assert accuracy == pytest.approx(np.mean(scores[name]))
         smol, gemma = (np.array(scores[m]) for m in report["members"])
         assert stats["counts"]["only_a"] == int(np.sum((smol > 0) & (gemma == 0)))
+    swept = saved["stages"]["sweep"]["cells"]["bare/0-shot"]
+    assert all(stats["copy_rate"][report["members"][0]] is None for stats in swept.values())
     mixture = json.loads((folder / "mixture.json").read_text())
-    assert mixture["setting"] == "bare/1-shot" and "meets_rule" in mixture
+    assert mixture["setting"] in ("bare/1-shot", "bare/0-shot") and "meets_rule" in mixture
     assert "| rg/syllogism | bare/1-shot | 8 |" in (folder / "results.md").read_text()

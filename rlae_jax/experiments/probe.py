@@ -287,6 +287,8 @@ class Probe:
     def split(self, spec: str, answer_format: str, split: str, count: int) -> list:
         """The first `count` problems of a split, loaded once per family and format."""
         key = (spec, answer_format, split)
+        if count == 0:  # zero shots (`load` reads limit=0 as "the default size")
+            return []
         if len(self.splits.get(key, ())) < count:
             self.splits[key] = get_task(self.spec(spec, answer_format)).load(split, limit=count)
         return self.splits[key][:count]
@@ -440,8 +442,7 @@ def run_probe(config) -> dict:
     if sweep:
         more = probe.stage("sweep", [(s, f) for s in sweep for f in swept], 0,
                            config.screen_problems, probe.uniform)
-        for into, new in zip((stats, scores), more):
-            into.update(new)
+        stats, scores = {**stats, **more[0]}, {**scores, **more[1]}
     best, choices = best_setting(stats, scores, swept, names, rule)
     setting = next(s for s in screen + sweep if s.name == best)
     confirm_stats, confirm_scores = probe.stage(
@@ -491,7 +492,7 @@ def cell_table(cells: Mapping[str, Mapping[str, dict]], members: Sequence[str]) 
         f"| family | setting | n | {' | '.join(short)} | uniform | constant | oracle | best fixed "
         f"| both/only {short[0]}/only {short[1]}/neither | weights matter "
         f"| copy {' / '.join(short)} (targets) |",
-        "|---|---|" + "---|" * (len(members) + 9),
+        "|---|---|" + "---|" * (len(members) + 8),
     ]
     specs = dict.fromkeys(spec for stats in cells.values() for spec in stats)
     for spec in specs:
@@ -502,14 +503,15 @@ def cell_table(cells: Mapping[str, Mapping[str, dict]], members: Sequence[str]) 
 
 
 def markdown(report: dict) -> str:
-    """results.md: the chosen mixture, the confirmation table and the screen table."""
+    """results.md: the chosen mixture (with its specs as JSON) and each stage's table."""
     mixture, members = report["mixture"], report["members"]
     stages = report["stages"]
     lines = [
         f"## Complementarity probe: {' + '.join(members)}",
         "",
         f"{report['machine']['date']}, {report['machine']['cpu']} ({report['machine']['cores']} "
-        f"cores), {report['minutes']:.1f} min; validation split only.",
+        f"cores), {report['minutes']:.1f} min this run (cells an earlier run of this output "
+        "folder measured are read from its cells.json); validation split only.",
         "",
         f"**Mixture** ({mixture['setting']}): {', '.join(mixture['families']) or 'none'}; "
         f"held out: {', '.join(mixture['holdout']) or 'none'}; meets the rule: "
@@ -525,7 +527,8 @@ def markdown(report: dict) -> str:
     ]
     for label, stage in stages.items():
         lines += ["", f"### {label}: {stage['problems']} validation problems per cell "
-                  f"(from #{stage['first_problem']}), {stage.get('minutes', 0):.1f} min", ""]
+                  f"(from #{stage['first_problem']}), {stage.get('minutes', 0):.1f} min this run",
+                  ""]
         lines += cell_table(stage["cells"], members)
     if report["skipped"]:
         lines += ["", "Skipped:", ""] + [f"- {k}: {v}" for k, v in report["skipped"].items()]

@@ -1,18 +1,19 @@
 """Complementarity probe: before an RL study, measure per task family whether the weights over the
 real pair can change the reward at all (`python -m launch.probe --config=configs/probe.py`).
 
-For every family (a reasoning-gym spec), answer format and shot count, each member answers
-validation problems in its own format (`member_prompts`: SmolLM2 its chat template, Gemma the plain
-"question\\nAnswer:" format), alone and with uniform weights, decoded from one prefill per batch
-(`run_strategies`) and scored by the task's verifier. Per cell (`cell_stats`): each member's
-accuracy, the constant-answer baseline (the most frequent target's share), uniform weights, the
-per-problem oracle (either member right), the both / only-A / only-B / neither counts, the share of
-problems where the weights change the reward (the strategies' scores differ), and the copy rate
-(answers equal to a worked example's answer) beside the share of targets that equal one.
+For every family (a reasoning-gym spec) and setting (answer format, shot count), each member
+answers validation problems in its own format (SmolLM2 its chat template, Gemma the plain
+"question\\nAnswer:" format) alone (`generate_member`) and with uniform weights (`run_strategies`),
+scored by the task's verifier. Per cell (`cell_stats`): each member's accuracy, the constant-answer
+baseline (the most frequent target's share), uniform weights, the per-problem oracle (either member
+right), the both / only-A / only-B / neither counts, the share of problems where the weights change
+the reward (the strategies' scores differ), and the copy rate (answers equal to a worked example's
+answer) beside the share of targets that equal one.
 
-Two stages, both on the validation split (the test split is never read): a wide screen with few
-problems per cell, then fresh validation problems for the most promising setting; `select_mixture`
-picks the study's training mixture and a held-out transfer family from the second stage.
+Three stages, all on the validation split (the test split is never read): a screen of every family
+in one setting, a sweep of other settings over the most promising families (`promising`), and
+fresh problems for the best setting; `select_mixture` picks the study's training mixture and a
+held-out transfer family from the last stage (`run_probe`).
 """
 
 from __future__ import annotations
@@ -286,9 +287,9 @@ class Probe:
 
     def split(self, spec: str, answer_format: str, split: str, count: int) -> list:
         """The first `count` problems of a split, loaded once per family and format."""
-        key = (spec, answer_format, split)
         if count == 0:  # zero shots (`load` reads limit=0 as "the default size")
             return []
+        key = (spec, answer_format, split)
         if len(self.splits.get(key, ())) < count:
             self.splits[key] = get_task(self.spec(spec, answer_format)).load(split, limit=count)
         return self.splits[key][:count]

@@ -315,7 +315,6 @@ def run_growing(context: DecodeContext, state: DecodeState, prompts: PromptBatch
 def restart(
     context: DecodeContext,
     state: DecodeState,
-    prompts: PromptBatch,
     weight_fn,
     config: DecodeConfig,
 ) -> tuple[DecodeContext, DecodeState]:

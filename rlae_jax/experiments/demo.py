@@ -51,14 +51,14 @@ def run_demo(config) -> dict:
     started = time.time()
     output = pathlib.Path(config.output_dir).absolute()
     output.mkdir(parents=True, exist_ok=True)
-    members, alignment = demo_members_and_alignment(config)
+    ensemble = demo_ensemble(config)
     train_examples = SYNTHETIC.load("train", limit=4096)
     test_examples = SYNTHETIC.load("test", limit=config.eval_examples)
-    per_strategy = baseline_results(members, alignment, test_examples, config)
+    per_strategy = baseline_results(ensemble, test_examples, config)
     workdirs: dict[str, list[pathlib.Path]] = {}
     for name, kind in RL_KINDS.items():
         per_strategy[name], workdirs[name] = agent_results(
-            name, kind, members, alignment, (train_examples, test_examples), config, output
+            name, kind, ensemble, (train_examples, test_examples), config, output
         )
     summary = {name: summarize(results) for name, results in per_strategy.items()}
     table = write_report(
@@ -67,7 +67,7 @@ def run_demo(config) -> dict:
         f"RLAE demo: synthetic complementary-skills task, {len(test_examples)} test problems",
     )
     ok, verdict = ordering_verdict(summary)
-    plot_demo(workdirs, per_strategy["RLAE_PPO"][0], members, alignment, test_examples, config)
+    plot_demo(workdirs, per_strategy["RLAE_PPO"][0], ensemble, test_examples, config)
     minutes = (time.time() - started) / 60
     report = f"{table}\n\n{verdict}\n\nwall time {minutes:.1f} min; outputs in {output}"
     (output / "summary.txt").write_text(report + "\n")
@@ -75,7 +75,7 @@ def run_demo(config) -> dict:
     return {"summary": summary, "ordering_ok": ok, "output_dir": str(output), "minutes": minutes}
 
 
-def demo_members_and_alignment(config) -> tuple[list, object]:
+def demo_ensemble(config) -> Ensemble:
     """The two demo members and their alignment, each from its cache under `config.cache_dir`
     (default ~/.cache/rlae_jax) or built and cached."""
     cache = config.cache_dir or None
@@ -85,10 +85,10 @@ def demo_members_and_alignment(config) -> tuple[list, object]:
         vocab_sizes=[m.config.vocab_size for m in members],
         cache_dir=None if cache is None else pathlib.Path(cache) / "alignments",
     )
-    return members, alignment
+    return Ensemble(members, alignment)
 
 
-def baseline_results(members, alignment, test_examples, config) -> dict[str, list]:
+def baseline_results(ensemble, test_examples, config) -> dict[str, list]:
     """Every baseline strategy's one evaluation on `test_examples` (per-token weights)."""
     decode_config = DecodeConfig(
         max_new_tokens=config.rl.max_new_tokens, span_length=1, record_features=False
@@ -97,19 +97,19 @@ def baseline_results(members, alignment, test_examples, config) -> dict[str, lis
         name: [
             run_strategy(
                 name,
-                Ensemble(members, alignment),
+                ensemble,
                 SYNTHETIC,
                 test_examples,
                 weight_fn,
                 dataclasses.replace(decode_config, selection=selection),
             )
         ]
-        for name, (weight_fn, selection) in baseline_strategies(members).items()
+        for name, (weight_fn, selection) in baseline_strategies(ensemble.members).items()
     }
 
 
 def agent_results(
-    name, kind, members, alignment, examples, config, output
+    name, kind, ensemble, examples, config, output
 ) -> tuple[list, list[pathlib.Path]]:
     """Train one RLAE agent per seed on `examples[0]` (workdirs under `output/runs`) and evaluate
     each deterministically on `examples[1]` → (results, workdirs)."""
@@ -119,7 +119,7 @@ def agent_results(
         workdir = output / "runs" / f"{kind}-seed{seed}"
         trainer = RLAETrainer(
             RLConfig.from_dict(config.rl, ignore=("checkpoint_every",), kind=kind, seed=seed),
-            Ensemble(members, alignment),
+            ensemble,
             SYNTHETIC,
             train_examples,
             workdir,
@@ -129,19 +129,14 @@ def agent_results(
         weight_fn = policy_weight_fn(state, trainer.setup, jax.random.key(seed), evaluation=True)
         results.append(
             run_strategy(
-                name,
-                Ensemble(members, alignment),
-                SYNTHETIC,
-                test_examples,
-                weight_fn,
-                trainer.setup.evaluation_decode,
+                name, ensemble, SYNTHETIC, test_examples, weight_fn, trainer.setup.evaluation_decode
             )
         )
         workdirs.append(workdir)
     return results, workdirs
 
 
-def plot_demo(workdirs, ppo, members, alignment, test_examples, config) -> None:
+def plot_demo(workdirs, ppo, ensemble, test_examples, config) -> None:
     """Reward and accuracy curves of every run, and the weights RLAE_PPO's first seed (`ppo`, its
     evaluation result) gave along the answers to four two-part problems."""
     output = pathlib.Path(config.output_dir).absolute()
@@ -151,14 +146,14 @@ def plot_demo(workdirs, ppo, members, alignment, test_examples, config) -> None:
     plot_weights_along_answers(
         [
             [
-                alignment.union_bytes(u).decode("utf-8", "replace") or "<eos>"
+                ensemble.alignment.union_bytes(u).decode("utf-8", "replace") or "<eos>"
                 for u in ppo.union_ids[i]
             ]
             for i in two_part
         ],
         [ppo.span_weights[i] for i in two_part],
         config.rl.span_length,
-        [m.name for m in members],
+        ensemble.names,
         [test_examples[i].prompt for i in two_part],
         output / "weights_along_answers.png",
     )

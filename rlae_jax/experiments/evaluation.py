@@ -169,7 +169,7 @@ def decode_strategies(strategies, ensemble, prompts: PromptBatch) -> dict[str, t
     decoded = {}
     for name, (weight_fn, config_n) in strategies.items():
         began = time.perf_counter()
-        ready = restart_jit(context, state, prompts, weight_fn, config=config_n)
+        ready = restart_jit(context, state, weight_fn, config=config_n)
         result = jax.block_until_ready(run_growing(*ready, prompts, ladder))
         decoded[name] = (result, prefill_seconds + time.perf_counter() - began)
     return decoded

@@ -14,7 +14,12 @@ import jax
 
 from rlae_jax.align import Alignment, build_alignment
 from rlae_jax.engine.api import EnsembleOutput, generate_from_batch, prompts_per_member
-from rlae_jax.engine.prefix import EncodedPrompts, PrefixStates, encode_prompts_once
+from rlae_jax.engine.prefix import (
+    EncodedPrompts,
+    PrefixStates,
+    encode_prompts_once,
+    encode_splits,
+)
 from rlae_jax.engine.room import check_members
 from rlae_jax.engine.state import PromptBatch
 from rlae_jax.models import from_pretrained
@@ -85,29 +90,35 @@ class Ensemble:
         examples: Sequence,
         shots: Sequence = (),
         max_new_tokens: int = 64,
-        lengths: Sequence[int] | None = None,
         shared_prefix: bool = True,
     ) -> EncodedPrompts:
         """A split formatted and tokenised once for every member (`engine.prefix`): batches of it
         share one compiled shape and start from its prefilled shared prefix (`shared_prefix=False`:
         every row holds its whole prompt, for comparisons)."""
         texts = self.prompts(task, examples, shots)
-        return self.encode_texts(texts, max_new_tokens, lengths, shared_prefix)
+        return self.encode_texts(texts, max_new_tokens, shared_prefix)
 
     def encode_texts(
         self,
         prompts: Sequence[str] | Sequence[Sequence[str]],
         max_new_tokens: int = 64,
-        lengths: Sequence[int] | None = None,
         shared_prefix: bool = True,
     ) -> EncodedPrompts:
         """Prompt texts (B strings for every member, or one list per member) → EncodedPrompts."""
+        caps = None if shared_prefix else [0] * len(self.members)
+        return encode_prompts_once(self.members, self.token_lists(prompts), max_new_tokens, caps)
+
+    def encode_splits(self, splits: Sequence[tuple], max_new_tokens: int = 64) -> list:
+        """Several splits, each `(task, examples, shots)`, encoded once each to one compiled shape
+        (`engine.prefix.encode_splits`): e.g. every family's test split of a study."""
+        token_lists = [self.token_lists(self.prompts(*split)) for split in splits]
+        return encode_splits(self.members, token_lists, max_new_tokens)
+
+    def token_lists(self, prompts: Sequence[str] | Sequence[Sequence[str]]) -> list[list]:
+        """Each member's token ids of its prompts `[N][E]` (counted in `encodings`)."""
         self.encodings += 1
         own = prompts_per_member(prompts, len(self.members))
-        token_lists = [encode_prompts(m.tokenizer, p) for m, p in zip(self.members, own)]
-        return encode_prompts_once(
-            self.members, token_lists, max_new_tokens, shared_prefix, lengths
-        )
+        return [encode_prompts(m.tokenizer, p) for m, p in zip(self.members, own)]
 
     def batch(self, encoded: EncodedPrompts, indices: Sequence[int]) -> PromptBatch:
         """Rows `indices` of an encoded split, starting from its prefilled shared prefix."""

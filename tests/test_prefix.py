@@ -11,7 +11,13 @@ from rlae_jax import Ensemble
 from rlae_jax.align import build_alignment
 from rlae_jax.engine import DecodeConfig, FixedWeights, decode_jit, tokenize_for_members
 from rlae_jax.engine.features import prompt_nll, token_log_probs
-from rlae_jax.engine.prefix import PrefixStates, encode_prompts_once, shared_prefix_length
+from rlae_jax.engine.prefix import (
+    EncodedPrompts,
+    PrefixStates,
+    encode_prompts_once,
+    encode_splits,
+    shared_prefix_length,
+)
 from rlae_jax.models import from_pretrained
 from rlae_jax.models.prompts import encode_prompts, left_pad
 from rlae_jax.rl.distributions import Dirichlet
@@ -25,6 +31,13 @@ QUESTIONS = [
     "Tell me about the little robot who liked to count numbers.",
 ]
 PROMPTS = [SHARED + q for q in QUESTIONS]
+
+
+def test_encoded_prompts_must_hold_one_row_per_example():
+    encoded = EncodedPrompts((np.zeros(0, np.int32),), (((1, 2), (3,)),), (16,), (0,))
+    assert encoded.check_count(2) is encoded and len(encoded.head(1)) == 1
+    with pytest.raises(ValueError, match="encoded prompts hold 2 rows for 3 examples"):
+        encoded.check_count(3)
 
 
 def test_shared_prefix_length_leaves_every_row_a_token():
@@ -124,6 +137,23 @@ def test_greedy_ensemble_answers_are_identical_with_a_shared_prefix(ensemble):
     np.testing.assert_allclose(
         got.span_features.prompt_summary[1], want.span_features.prompt_summary[1], atol=1e-5
     )
+
+
+def test_splits_encoded_together_share_one_shape_and_keep_every_row_exact(ensemble):
+    """Two splits whose prompts share prefixes of different lengths: one prefix length and one
+    padded length per member, and every row is still exactly its prefix + rest."""
+    splits = [PROMPTS, ["Worked examples differ here. " * 3 + p for p in PROMPTS[:2]]]
+    token_lists = [
+        [encode_prompts(m.tokenizer, texts) for m in ensemble.members] for texts in splits
+    ]
+    encoded = encode_splits(ensemble.members, token_lists, 8)
+    for n in range(len(ensemble)):
+        assert len({len(e.prefix_ids[n]) for e in encoded}) == 1
+        assert len({e.lengths[n] for e in encoded}) == 1
+        for split, e in zip(token_lists, encoded):
+            for row, rest in zip(split[n], e.rest[n]):
+                assert list(e.prefix_ids[n]) + list(rest) == row
+    assert len(encoded[0].prefix_ids[0]) == shared_prefix_length(token_lists[0][0]) > 10
 
 
 def test_a_prefix_is_reused_for_equal_ids_and_never_for_other_ids(ensemble):

@@ -91,7 +91,8 @@ def batch_of_token_lists(
     ids and mask; ValueError when a prompt plus `max_new_tokens` exceeds a member's context.
     `lengths[n]`: pad member n to at least this many positions, so batches of differently long
     prompts share one compiled shape."""
-    encoded = encode_prompts_once(members, token_lists, max_new_tokens, False, lengths)
+    no_prefix = [0] * len(members)
+    encoded = encode_prompts_once(members, token_lists, max_new_tokens, no_prefix, lengths)
     rows = range(len(encoded))
     ids, masks = zip(*(encoded.padded(n, rows) for n in range(len(members))))
     return PromptBatch(tuple(map(jnp.asarray, ids)), tuple(map(jnp.asarray, masks)))

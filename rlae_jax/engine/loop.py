@@ -128,7 +128,7 @@ def prefill(
         nll = jnp.stack([prompt_nll(m, f.hidden_states, *rest) for m, f, *rest in parts], 1)
 
     def repeat(x):  # each prompt's row, `samples` times
-        return x if samples == 1 else jnp.repeat(x, samples, axis=0)
+        return jnp.repeat(x, samples, axis=0)
 
     context = context.replace(
         summaries=tuple(repeat(f.summary) for f in filled), prompt_nll=repeat(nll)
@@ -139,7 +139,7 @@ def prefill(
     state = DecodeState(
         step=jnp.zeros((), jnp.int32),
         hidden=hidden,
-        caches=tuple(f.cache if samples == 1 else f.cache.repeat_rows(samples) for f in filled),
+        caches=tuple(f.cache.repeat_rows(samples) for f in filled),
         union_ids=jnp.full((batch, context.config.max_new_tokens), NO_TOKEN, jnp.int32),
         done=jnp.zeros((batch,), bool),
         stop_reason=jnp.zeros((batch,), jnp.int32),

@@ -47,6 +47,12 @@ class EncodedPrompts:
     def __len__(self) -> int:
         return len(self.rest[0])
 
+    def check_count(self, examples: int) -> "EncodedPrompts":
+        """Itself when it holds one prompt per example, else a one-line ValueError."""
+        if len(self) != examples:
+            raise ValueError(f"encoded prompts hold {len(self)} rows for {examples} examples")
+        return self
+
     def head(self, count: int) -> "EncodedPrompts":
         """The first `count` prompts, with the same prefix and padded lengths (same compiled
         shape)."""
@@ -62,12 +68,13 @@ def encode_prompts_once(
     members: Sequence[Member],
     token_lists: Sequence[Sequence[Sequence[int]]],
     max_new_tokens: int,
-    shared_prefix: bool = True,
+    prefix_caps: Sequence[int] | None = None,
     lengths: Sequence[int] | None = None,
 ) -> EncodedPrompts:
     """`token_lists[n][e]`: member n's prompt ids of problem e → EncodedPrompts. ValueError when a
-    prompt plus `max_new_tokens` exceeds a member's context. `lengths[n]`: pad member n's rests to
-    at least this many positions (several splits sharing one compiled shape)."""
+    prompt plus `max_new_tokens` exceeds a member's context. `prefix_caps[n]`: member n's shared
+    prefix holds at most this many tokens (0: none); `lengths[n]`: pad member n's rests to at
+    least this many positions (both so that several splits share one compiled shape)."""
     prefixes, rests, padded = [], [], []
     for index, (member, lists) in enumerate(zip(members, token_lists)):
         check_context(
@@ -76,7 +83,9 @@ def encode_prompts_once(
             member.config.max_position_embeddings,
             member.name or member.config.model_type,
         )
-        shared = shared_prefix_length(lists) if shared_prefix and len(lists) > 1 else 0
+        shared = shared_prefix_length(lists) if len(lists) > 1 else 0
+        if prefix_caps is not None:
+            shared = min(shared, prefix_caps[index])
         prefixes.append(np.asarray(lists[0][:shared], np.int32))
         rests.append(tuple(tuple(t[shared:]) for t in lists))
         length = bucket_length(max(map(len, rests[-1])))
@@ -84,6 +93,19 @@ def encode_prompts_once(
     return EncodedPrompts(
         tuple(prefixes), tuple(rests), tuple(padded), tuple(pad_id_of(m.tokenizer) for m in members)
     )
+
+
+def encode_splits(
+    members: Sequence[Member], splits: Sequence[Sequence[Sequence[Sequence[int]]]], max_new_tokens
+) -> list[EncodedPrompts]:
+    """Several splits (`splits[s][n][e]`, as `encode_prompts_once` takes one) encoded to one
+    compiled shape: each split's prefix cut to the shortest split's (per member; still shared by
+    all its rows) and its rests padded to the longest split's length. Every strategy then compiles
+    once for all of them (e.g. each family's test split in the study), not once per split."""
+    caps = [min(shared_prefix_length(split[n]) for split in splits) for n in range(len(members))]
+    encoded = [encode_prompts_once(members, split, max_new_tokens, caps) for split in splits]
+    lengths = tuple(max(e.lengths[n] for e in encoded) for n in range(len(members)))
+    return [dataclasses.replace(e, lengths=lengths) for e in encoded]
 
 
 prefill_prefix_jit = jax.jit(lambda member, ids: member.prefill_prefix(ids))

@@ -29,6 +29,7 @@ from rlae_jax.engine.state import Sampling
 from rlae_jax.ensemble import Ensemble
 from rlae_jax.engine.strategies import FixedWeights, check_weight_fn, resolve_strategy
 from rlae_jax.models.member import Member
+from rlae_jax.tasks.base import accuracy_of
 
 
 @dataclasses.dataclass
@@ -45,12 +46,6 @@ class StrategyResult:
     union_ids: list[list[int]]
     scores: np.ndarray
     seconds_per_answer: float
-
-
-def accuracy_of(task, completion: str, example) -> float:
-    """Exact match for the synthetic task, else the task's (0/1) reward."""
-    exact = getattr(task, "exact_match", None)
-    return exact(completion, example) if exact else task.reward(completion, example)
 
 
 @dataclasses.dataclass
@@ -113,8 +108,7 @@ def run_strategies(
         encoded = ensemble.encode(
             task, examples, shots, config.max_new_tokens, shared_prefix=shared_prefix
         )
-    if len(encoded) != len(examples):
-        raise ValueError(f"encoded holds {len(encoded)} prompts for {len(examples)} examples")
+    encoded.check_count(len(examples))
     answers = {name: Answers() for name in strategies}
     starts = range(0, len(examples), batch_size)
     for start in tqdm(

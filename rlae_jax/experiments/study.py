@@ -152,11 +152,17 @@ class Study:
             self.ensemble = Ensemble([from_pretrained(name, name=name) for name in config.members])
         with self.timed("load and encode tasks"):
             self.families = [load_family(spec, config) for spec in config.families]
+            new_tokens = config.rl.max_new_tokens
             for family in self.families:  # each split formatted and tokenised once
-                family.encoded_train, family.encoded_test = (
-                    self.ensemble.encode(family.task, split, family.shots, config.rl.max_new_tokens)
-                    for split in (family.train, family.test)
+                family.encoded_train = self.ensemble.encode(
+                    family.task, family.train, family.shots, new_tokens
                 )
+            # the test splits to one shape: every strategy compiles once for all families
+            tests = [(family.task, family.test, family.shots) for family in self.families]
+            for family, encoded in zip(
+                self.families, self.ensemble.encode_splits(tests, new_tokens)
+            ):
+                family.encoded_test = encoded
         self.results: dict[str, dict[str, list[StrategyResult]]] = {
             f.spec: {} for f in self.families
         }

@@ -347,11 +347,7 @@ class RLAETrainer:
         # every batch is padded to its one length (one compiled train step per run)
         if encoded is None:
             encoded = ensemble.encode(task, self.examples, self.shots, config.max_new_tokens)
-        elif len(encoded) != len(self.examples):
-            raise ValueError(
-                f"encoded holds {len(encoded)} prompts for {len(self.examples)} examples"
-            )
-        self.encoded = encoded
+        self.encoded = encoded.check_count(len(self.examples))
         self.workdir = pathlib.Path(workdir).absolute()
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.lock = WorkdirLock(self.workdir) if jax.process_index() == 0 else None

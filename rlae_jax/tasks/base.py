@@ -149,6 +149,13 @@ class BaseTask:
         return np.array([self.reward(c, e) for c, e in zip(completions, examples)], np.float32)
 
 
+def accuracy_of(task: BaseTask, completion: str, example: Example) -> float:
+    """0/1 accuracy: the task's `exact_match` where it has one (the synthetic task, whose reward
+    gives partial credit), else its reward."""
+    exact = getattr(task, "exact_match", None)
+    return exact(completion, example) if exact else task.reward(completion, example)
+
+
 def check_disjoint(
     task: str, split: str, examples: Sequence[Example], training_prompts: Iterable[str]
 ) -> None:

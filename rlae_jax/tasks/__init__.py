@@ -2,7 +2,8 @@
 
 `get_task(name)` returns one of TASKS: gsm8k, arc_challenge, mmlu, piqa, triviaqa, nq_open,
 gsm_symbolic (reasoning-gym), and the embedded demo's synthetic task (plus synthetic_two_part, a
-shifted variant for transfer); or any reasoning-gym dataset as "rg/<dataset>", "rg/<dataset>:easy"
+shifted variant for transfer, and its one-operation families synthetic_reverse and
+synthetic_capitalize); or any reasoning-gym dataset as "rg/<dataset>", "rg/<dataset>:easy"
 or 'rg/<dataset>:{"json": "config"}' (rlae_jax/tasks/rgym.py).
 JSONL schemas are in each task module's docstring and in rlae_jax/tasks/README.md.
 """
@@ -12,7 +13,12 @@ from rlae_jax.tasks.gsm8k import GSM8K, GSM8KTask
 from rlae_jax.tasks.multiple_choice import ARC_CHALLENGE, MMLU, PIQA, MultipleChoiceTask
 from rlae_jax.tasks.qa import NATURAL_QUESTIONS, TRIVIAQA, QATask
 from rlae_jax.tasks.rgym import ReasoningGymTask, reasoning_gym_task, task_from_spec
-from rlae_jax.tasks.synthetic import SYNTHETIC, SYNTHETIC_TWO_PART
+from rlae_jax.tasks.synthetic import (
+    SYNTHETIC,
+    SYNTHETIC_CAPITALIZE,
+    SYNTHETIC_REVERSE,
+    SYNTHETIC_TWO_PART,
+)
 
 GSM_SYMBOLIC = ReasoningGymTask(name="gsm_symbolic", dataset="gsm_symbolic")
 TASKS = {
@@ -27,6 +33,8 @@ TASKS = {
         GSM_SYMBOLIC,
         SYNTHETIC,
         SYNTHETIC_TWO_PART,
+        SYNTHETIC_REVERSE,
+        SYNTHETIC_CAPITALIZE,
     )
 }
 

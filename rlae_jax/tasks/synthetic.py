@@ -228,3 +228,6 @@ def reward_in_graph(
 SYNTHETIC = SyntheticTask()
 # A shifted task for cross-task transfer: only two-part problems, where a member switch is required.
 SYNTHETIC_TWO_PART = SyntheticTask(name="synthetic_two_part", kinds=ALL_KINDS[2:])
+# one operation each: a family only one demo member solves (the study's positive control)
+SYNTHETIC_REVERSE = SyntheticTask(name="synthetic_reverse", kinds=ALL_KINDS[:1])
+SYNTHETIC_CAPITALIZE = SyntheticTask(name="synthetic_capitalize", kinds=ALL_KINDS[1:2])

@@ -10,6 +10,9 @@ weights; the span index goes to the agent's own encoding. `feature_set` picks wh
   member's prompt perplexity (mean prompt NLL) and the cosine similarity of its current hidden
   state to its prompt summary. Every part is a number per member or per row, so an agent trained
   on one set of members can be evaluated on any other set of the same size.
+
+With `RLConfig.family_feature` the observation also shows each row's task family, a one-hot of
+width `num_families` appended last (`with_family`): the oracle-feature ablation of a mixture.
 """
 
 from __future__ import annotations
@@ -117,18 +120,50 @@ def agent_observations(features: SpanFeatures, feature_set: str, hidden_width: i
     return jnp.stack([jnp.concatenate(blocks + shared, axis=-1) for blocks in per_member], axis=1)
 
 
-def observation(features: SpanFeatures, kind: str, feature_set: str, hidden_width: int):
-    """The agent's observation: `[B, F]` for PPO, MultiAgentObs for MAPPO."""
-    state = global_observation(features, feature_set)
-    if kind == "ppo":
-        return state
+def with_family(obs, families: jax.Array, num_families: int):
+    """`obs` with the one-hot `[..., num_families]` of each row's family `families [...]` (int32)
+    appended as its last columns: to the PPO observation `[..., F]`, or to MAPPO's central `state
+    [..., F]` and to every agent's `agent_obs [..., N, F_a]` (the same one-hot for each agent)."""
+    one_hot = jax.nn.one_hot(families, num_families, dtype=jnp.float32)
+    if not isinstance(obs, MultiAgentObs):
+        return jnp.concatenate([obs, one_hot], axis=-1)
+    members = obs.agent_obs.shape[-2]
+    per_agent = jnp.broadcast_to(
+        one_hot[..., None, :], one_hot.shape[:-1] + (members, num_families)
+    )
     return MultiAgentObs(
-        state=state, agent_obs=agent_observations(features, feature_set, hidden_width)
+        state=jnp.concatenate([obs.state, one_hot], axis=-1),
+        agent_obs=jnp.concatenate([obs.agent_obs, per_agent], axis=-1),
     )
 
 
-def observation_dims(hidden_sizes: Sequence[int], feature_set: str) -> tuple[int, int]:
-    """(F, F_a) for members with the given hidden sizes."""
+def observation(
+    features: SpanFeatures,
+    kind: str,
+    feature_set: str,
+    hidden_width: int,
+    families: jax.Array | None = None,
+    num_families: int = 1,
+):
+    """The agent's raw observation: `[B, F]` for PPO, MultiAgentObs for MAPPO. With `families`
+    (`[B]` int32, the family_feature agent) each row's family one-hot of width `num_families` is
+    appended (`with_family`)."""
+    state = global_observation(features, feature_set)
+    obs = (
+        state
+        if kind == "ppo"
+        else MultiAgentObs(
+            state=state, agent_obs=agent_observations(features, feature_set, hidden_width)
+        )
+    )
+    return obs if families is None else with_family(obs, families, num_families)
+
+
+def observation_dims(
+    hidden_sizes: Sequence[int], feature_set: str, family_width: int = 0
+) -> tuple[int, int]:
+    """(F, F_a) for members with the given hidden sizes, each with `family_width` one-hot columns of
+    the row's family appended (`with_family`; 0 without the family feature)."""
     names = check_feature_set(feature_set)
     members = len(hidden_sizes)
     width = max(hidden_sizes)
@@ -143,4 +178,4 @@ def observation_dims(hidden_sizes: Sequence[int], feature_set: str) -> tuple[int
         else:
             global_dim += 1
             agent_dim += 1
-    return global_dim, agent_dim
+    return global_dim + family_width, agent_dim + family_width

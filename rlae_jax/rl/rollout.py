@@ -37,7 +37,10 @@ class PolicyWeightFn:
     """The agent as an engine weight_fn. Its inputs are normalised with `obs_stats` (None: raw).
     Training (`eval_action` None) samples the weights and keeps every span's action in the carry
     (key, actions `[B, S, N]`) for the PPO update (log-probs and values are recomputed from them);
-    evaluation takes the policy's `eval_action` ("mean", "mode" or "sample", `EVAL_ACTIONS`)."""
+    evaluation takes the policy's `eval_action` ("mean", "mode" or "sample", `EVAL_ACTIONS`).
+    `families`: the family_feature agent's family of each row, `[B]` int32 or one index `[]` for
+    every row (its one-hot of width `num_families` is appended to the raw observation, before the
+    normalisation); None for an agent that does not observe the family."""
 
     graphdef: nnx.GraphDef = struct.field(pytree_node=False)
     params: nnx.State
@@ -49,6 +52,8 @@ class PolicyWeightFn:
     num_members: int = struct.field(pytree_node=False)
     eval_action: str | None = struct.field(pytree_node=False, default=None)
     optional_features: tuple[str, ...] = struct.field(pytree_node=False, default=("js_divergence",))
+    families: jax.Array | None = None
+    num_families: int = struct.field(pytree_node=False, default=1)
 
     def init_carry(self, batch: int, num_spans: int):
         return self.key, jnp.zeros((batch, num_spans, self.num_members), jnp.float32)
@@ -57,7 +62,14 @@ class PolicyWeightFn:
         key, actions = carry
         key, sample_key = jax.random.split(key)
         agent = nnx.merge(self.graphdef, self.params)
-        raw = observation(features, self.kind, self.feature_set, self.hidden_width)
+        families = (
+            None
+            if self.families is None
+            else jnp.broadcast_to(self.families, features.span_index.shape)
+        )
+        raw = observation(
+            features, self.kind, self.feature_set, self.hidden_width, families, self.num_families
+        )
         obs = normalize(self.obs_stats, raw)
         if self.eval_action is not None:
             weights = agent.eval_weights(obs, features.span_index, self.eval_action, sample_key)
@@ -69,8 +81,9 @@ class PolicyWeightFn:
 @dataclasses.dataclass(frozen=True)
 class RLSetup:
     """Static description of the RL problem: agent kind, features, decoding, reward shaping, the
-    evaluation action and the number of rows per question (`samples_per_question`, question-major)
-    that the group statistics read."""
+    evaluation action, the number of rows per question (`samples_per_question`, question-major)
+    that the group statistics read, the task's `num_families` (the per-family diagnostics) and
+    whether the agent observes each row's family (`family_feature`)."""
 
     kind: str
     num_members: int
@@ -80,6 +93,8 @@ class RLSetup:
     length_penalty: float = 0.0
     eval_action: str = "mean"
     samples_per_question: int = 1
+    num_families: int = 1
+    family_feature: bool = False
 
     @property
     def evaluation_decode(self) -> DecodeConfig:
@@ -88,10 +103,27 @@ class RLSetup:
 
 
 def policy_weight_fn(
-    train_state: ppo.TrainState, setup: RLSetup, key: jax.Array, evaluation: bool = False
+    train_state: ppo.TrainState,
+    setup: RLSetup,
+    key: jax.Array,
+    evaluation: bool = False,
+    family=None,
 ) -> PolicyWeightFn:
     """The agent of `train_state` as a weight_fn: sampling and recording its actions (training),
-    or with `evaluation` taking `setup.eval_action`."""
+    or with `evaluation` taking `setup.eval_action`. `family`: the family of the rows it serves, one
+    index (an int or `[]` int32: every row) or `[B]` int32 per row; required by an agent that
+    observes it (`setup.family_feature`: one-line ValueError without it, or for an index outside
+    `[0, num_families)`), ignored by any other."""
+    families = None
+    if setup.family_feature:
+        if family is None:
+            raise ValueError(
+                f"this agent observes the task family (family_feature, {setup.num_families} "
+                "families): pass family=<index> (evaluate each family's split separately)"
+            )
+        if isinstance(family, (int, np.integer)) and not 0 <= family < setup.num_families:
+            raise ValueError(f"family {family} is outside [0, {setup.num_families})")
+        families = jnp.asarray(family, jnp.int32)
     return PolicyWeightFn(
         train_state.graphdef,
         train_state.params,
@@ -103,6 +135,8 @@ def policy_weight_fn(
         setup.num_members,
         check_eval_action(setup.eval_action) if evaluation else None,
         engine_features(setup.feature_set),
+        families,
+        setup.num_families,
     )
 
 
@@ -198,15 +232,24 @@ def episode_transitions(
     result: DecodeResult,
     actions: jax.Array,
     episode_rewards: jax.Array,
+    families: jax.Array,
 ) -> ppo.Transitions:
     """`[S, B]` transitions of a batch of episodes: raw observations rebuilt from the recorded span
-    features, the sampled actions, behaviour log-probs and values under the current parameters
-    (and observation stats), and the episode reward on each row's last span."""
+    features (and each row's family `families [B]` int32 for a family_feature agent), the sampled
+    actions, behaviour log-probs and values under the current parameters (and observation stats),
+    and the episode reward on each row's last span."""
     batch, spans = result.span_valid.shape
     flat_features = jax.tree.map(
         lambda x: x.reshape((batch * spans,) + x.shape[2:]), result.span_features
     )
-    flat_obs = observation(flat_features, setup.kind, setup.feature_set, setup.hidden_width)
+    flat_obs = observation(
+        flat_features,
+        setup.kind,
+        setup.feature_set,
+        setup.hidden_width,
+        jnp.repeat(families, spans) if setup.family_feature else None,
+        setup.num_families,
+    )
     flat_actions = actions.reshape(batch * spans, -1)
     agent = nnx.merge(train_state.graphdef, train_state.params)
     log_probs, _, values = agent.evaluate(
@@ -228,18 +271,51 @@ def episode_transitions(
     )
 
 
+def row_mean_weights(result: DecodeResult) -> jax.Array:
+    """`[B, N]` each row's mean weights over its valid spans (0 for a row with none)."""
+    valid = result.span_valid[..., None]
+    masked = jnp.where(valid, result.span_weights, 0.0)
+    return masked.sum(1) / jnp.maximum(valid.sum(1), 1)
+
+
 def weight_statistics(result: DecodeResult) -> dict[str, jax.Array]:
     """Mean weights per span `[S, N]` over the rows that reached it; each row's mean weight over its
-    spans, averaged over rows (`weight_mean [N]`) and its std across rows (`weight_spread [N]`):
-    whether the agent gives different questions different weights."""
+    spans (`row_mean_weights`), averaged over rows (`weight_mean [N]`) and its std across rows
+    (`weight_spread [N]`): whether the agent gives different questions different weights."""
     valid = result.span_valid[..., None]
     masked = jnp.where(valid, result.span_weights, 0.0)
     per_span = masked.sum(0) / jnp.maximum(valid.sum(0), 1)
-    per_row = masked.sum(1) / jnp.maximum(valid.sum(1), 1)
+    per_row = row_mean_weights(result)
     return {
         "mean_weights_per_span": per_span,
         "weight_mean": per_row.mean(0),
         "weight_spread": per_row.std(0),
+    }
+
+
+def family_statistics(
+    result: DecodeResult, rewards: jax.Array, families: jax.Array, num_families: int
+) -> dict[str, jax.Array]:
+    """Per family f < `num_families` (static F) over the batch rows whose family `families [B]`
+    (int32) is f: `family_rows [F]` int32 (how many), `family_reward [F]` (their mean episode
+    reward, `rewards [B]`) and `family_weight_mean [F, N]` (their `row_mean_weights` averaged over
+    the rows: `weight_mean` within the family, so the families' row-weighted average is
+    `weight_mean`). A family with no row in the batch has NaN in both means. Segment means as
+    one-hot matmuls (static shapes, one compile)."""
+    one_hot = jax.nn.one_hot(families, num_families, dtype=jnp.float32)  # [B, F]
+    rows = one_hot.sum(0)
+    present = rows > 0
+
+    def segment_mean(values):  # [B, ...] → [F, ...]: the mean of each family's rows (NaN: none)
+        sums = jnp.tensordot(one_hot, values, axes=(0, 0), precision=jax.lax.Precision.HIGHEST)
+        shape = (num_families,) + (1,) * (values.ndim - 1)
+        means = sums / jnp.maximum(rows, 1.0).reshape(shape)
+        return jnp.where(present.reshape(shape), means, jnp.nan)
+
+    return {
+        "family_rows": rows.astype(jnp.int32),
+        "family_reward": segment_mean(rewards.astype(jnp.float32)),
+        "family_weight_mean": segment_mean(row_mean_weights(result)),
     }
 
 
@@ -250,13 +326,20 @@ def train_step(
     reward_fn,
     reward_data,
     setup: RLSetup,
+    families: jax.Array | None = None,
 ) -> tuple[ppo.TrainState, dict[str, jax.Array]]:
     """One RLAE update: rollout (policy sets weights every span), reward, advantages, PPO/MAPPO
     epochs. `prompts` hold one row per question; the engine decodes each
-    `setup.samples_per_question` times from one prefill (rows question-major)."""
+    `setup.samples_per_question` times from one prefill (rows question-major). `families`: each
+    decoded row's family `[B]` int32 (question-major, K rows per question), observed by a
+    family_feature agent and read by the per-family diagnostics (`family_statistics`); None: every
+    row is family 0 (a task of one family)."""
     TRACES[setup] += 1  # counts compiles: this line runs once per trace
+    if families is None:
+        rows = prompts.input_ids[0].shape[0] * setup.decode.samples_per_prompt
+        families = jnp.zeros((rows,), jnp.int32)
     key, policy_key, decode_key = jax.random.split(train_state.key, 3)
-    weight_fn = policy_weight_fn(train_state, setup, policy_key)
+    weight_fn = policy_weight_fn(train_state, setup, policy_key, family=families)
     result = decode(
         ensemble.members,
         ensemble.alignment,
@@ -269,10 +352,12 @@ def train_step(
     )
     rewards, accuracy = reward_fn(result, reward_data)
     shaped = rewards - setup.length_penalty * result.lengths / setup.decode.max_new_tokens
-    transitions = episode_transitions(train_state, setup, result, result.weight_carry[1], shaped)
+    actions = result.weight_carry[1]
+    transitions = episode_transitions(train_state, setup, result, actions, shaped, families)
     train_state, metrics = ppo.update(train_state.replace(key=key), transitions)
     metrics.update(
-        weight_statistics(result),
+        **weight_statistics(result),
+        **family_statistics(result, rewards, families, setup.num_families),
         reward=rewards.mean(),
         accuracy=accuracy.mean(),
         informative_share=informative_share(rewards, setup.samples_per_question),

@@ -49,6 +49,9 @@ SCALAR_METRICS = (
     "policy_loss",
 )
 PER_MEMBER_METRICS = ("weight_mean", "weight_spread")
+# per family f (TensorBoard: NAME/f, and family_weight_mean/f/n per member n); written only for the
+# families a batch holds
+PER_FAMILY_METRICS = ("family_reward", "family_rows")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,7 +61,17 @@ class RLConfig:
     `rollout.make_reward`). `batch_size` counts rows: `batch_size / samples_per_question` questions
     of `samples_per_question` samples each. `advantage`, `group_std`, `normalize_observations`,
     `lr_schedule`, `lr_warmup_updates`, `lr_floor`: see `ppo.PPOConfig`; `eval_action`: how an
-    evaluation takes the weights (`networks.EVAL_ACTIONS`)."""
+    evaluation takes the weights (`networks.EVAL_ACTIONS`).
+
+    `num_families`: the task's number of families (`len(task.families)` of a
+    `tasks.mixture.MixtureTask`, 1 for any other task; `RLAETrainer` checks it), so the per-family
+    diagnostics (`rollout.family_statistics`) and the family one-hot have one static shape.
+    `family_feature`: the agent also observes each row's family as a one-hot (the oracle-feature
+    ablation: does an agent that is told what matters learn where one that is not does not?),
+    appended to the raw observation before the running normalisation, so its columns are
+    normalised like every other input (a family no batch has held yet has variance 0 and reads
+    as the clip, ±10, when it first appears); its evaluation then needs the family
+    (`rollout.policy_weight_fn(..., family=f)`)."""
 
     # "ppo" (one Dirichlet agent) or "mappo" (one actor per member, central critic)
     kind: str = "ppo"
@@ -88,8 +101,12 @@ class RLConfig:
     length_penalty: float = 0.0
     eval_action: str = "mean"
     seed: int = 0
+    num_families: int = 1
+    family_feature: bool = False
 
     def __post_init__(self):
+        if self.num_families < 1:
+            raise ValueError(f"num_families must be >= 1, got {self.num_families}")
         if self.samples_per_question < 1 or self.batch_size % self.samples_per_question:
             raise ValueError(
                 f"batch_size {self.batch_size} must be a multiple of samples_per_question "
@@ -134,14 +151,18 @@ class RLConfig:
             length_penalty=self.length_penalty,
             eval_action=self.eval_action,
             samples_per_question=self.samples_per_question,
+            num_families=self.num_families,
+            family_feature=self.family_feature,
         )
 
     def agent_config(self, members: Sequence[Member]) -> AgentConfig:
         """The agent's architecture: independent of `max_new_tokens` and the task, so a checkpoint
         restores for any of them (and, with a member-independent feature_set, for any members of
-        the same count)."""
+        the same count); a family_feature agent's inputs hold `num_families` more columns."""
         obs_dim, agent_obs_dim = observation_dims(
-            [m.config.hidden_size for m in members], self.feature_set
+            [m.config.hidden_size for m in members],
+            self.feature_set,
+            self.num_families if self.family_feature else 0,
         )
         return AgentConfig(
             kind=self.kind,
@@ -191,6 +212,31 @@ def batch_order(num_examples: int, batch_size: int, update: int, seed: int) -> n
     return np.array(indices)
 
 
+def example_families(config: RLConfig, task, examples: Sequence) -> np.ndarray:
+    """`[E]` int32 family index of each example: a mixture's (`task.families_of`), zeros for a task
+    of one family. One-line ValueError when `config.num_families` is not the task's count."""
+    count = len(task.families) if hasattr(task, "families_of") else 1
+    if config.num_families != count:
+        raise ValueError(
+            f"RLConfig.num_families is {config.num_families} but the task "
+            f"{getattr(task, 'name', type(task).__name__)!r} has {count} "
+            f"{'family' if count == 1 else 'families'}"
+        )
+    if count == 1:
+        return np.zeros(len(examples), np.int32)
+    return task.families_of(examples)
+
+
+def json_value(value):
+    """`value` (a metric as Python numbers or nested lists) for strict JSON: NaN and ±inf become
+    null (e.g. `family_reward` of a family absent from a batch)."""
+    if isinstance(value, list):
+        return [json_value(v) for v in value]
+    if isinstance(value, float) and not np.isfinite(value):
+        return None
+    return value
+
+
 def truncate_metrics(path: pathlib.Path, last_update: int) -> None:
     """Keep only the rows of `path` (JSONL) up to update `last_update`: rows a run wrote after its
     last checkpoint are redone on resume (a torn last line is dropped too)."""
@@ -223,8 +269,13 @@ class MetricsWriter:
         )
 
     def write(self, update: int, metrics: dict[str, Any]) -> None:
-        row = {"update": update, **{k: np.asarray(v).tolist() for k, v in metrics.items()}}
-        self.jsonl.write(json.dumps(row) + "\n")
+        """One JSONL row (array metrics as nested lists, non-finite numbers as null) and the
+        TensorBoard scalars of update `update`."""
+        row = {
+            "update": update,
+            **{k: json_value(np.asarray(v).tolist()) for k, v in metrics.items()},
+        }
+        self.jsonl.write(json.dumps(row, allow_nan=False) + "\n")
         self.jsonl.flush()
         for name in SCALAR_METRICS:
             if name in metrics:
@@ -236,6 +287,21 @@ class MetricsWriter:
             for member, weight in enumerate(weights):
                 self.tensorboard.add_scalar(
                     f"weights/span{span}/member{member}", float(weight), update
+                )
+        if "family_rows" in metrics:
+            self.write_families(update, metrics)
+
+    def write_families(self, update: int, metrics: dict[str, Any]) -> None:
+        """`family_reward/f`, `family_rows/f` and `family_weight_mean/f/n` of each family f the
+        batch holds (an absent family's means are NaN: no point is written)."""
+        rows = np.asarray(metrics["family_rows"])
+        for family in np.flatnonzero(rows > 0):
+            for name in PER_FAMILY_METRICS:
+                value = float(np.asarray(metrics[name])[family])
+                self.tensorboard.add_scalar(f"{name}/{family}", value, update)
+            for member, weight in enumerate(np.asarray(metrics["family_weight_mean"])[family]):
+                self.tensorboard.add_scalar(
+                    f"family_weight_mean/{family}/{member}", float(weight), update
                 )
 
     def close(self) -> None:
@@ -343,6 +409,8 @@ class RLAETrainer:
         self.config, self.ensemble = config, ensemble
         self.members = list(ensemble.members)
         self.task, self.examples = task, list(examples)
+        # [E] int32 family of each example (checks config.num_families against the task)
+        self.example_families = example_families(config, task, self.examples)
         # the training split, formatted and encoded once: its shared prefix is prefilled once and
         # every batch is padded to its one length (one compiled train step per run)
         if encoded is None:
@@ -385,10 +453,21 @@ class RLAETrainer:
                 )
         path.write_text(json.dumps(fingerprint, indent=1))
 
+    def question_indices(self, update: int) -> np.ndarray:
+        """`[B / samples_per_question]` example index of each question of update `update`."""
+        questions = self.config.batch_size // self.config.samples_per_question
+        return batch_order(len(self.examples), questions, update, self.config.seed)
+
+    def batch_families(self, update: int) -> jax.Array:
+        """`[B]` int32 family of each decoded row of update `update` (K rows per question,
+        question-major, as `batch` repeats them)."""
+        families = self.example_families[self.question_indices(update)]
+        families = jnp.asarray(np.repeat(families, self.config.samples_per_question), jnp.int32)
+        return families if self.mesh is None else sharding.shard_batch(families, self.mesh)
+
     def batch(self, update: int):
         """Prompts (each member's tokenisation) and reward data of update `update`."""
-        questions = self.config.batch_size // self.config.samples_per_question
-        indices = batch_order(len(self.examples), questions, update, self.config.seed)
+        indices = self.question_indices(update)
         batch = self.ensemble.batch(self.encoded, indices)  # one row per question
         indices = np.repeat(indices, self.config.samples_per_question)  # decoded rows, K each
         examples = [self.examples[i] for i in indices]
@@ -431,6 +510,7 @@ class RLAETrainer:
                     self.reward_fn,
                     reward_data,
                     self.setup,
+                    families=self.batch_families(update),
                 )
                 ppo.raise_if_nonfinite(metrics, update + 1)
                 metrics = jax.device_get(metrics)

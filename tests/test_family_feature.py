@@ -272,3 +272,34 @@ def test_a_mixture_run_compiles_once_and_its_family_metrics_equal_numpy_on_its_r
     ]
     weights = [evaluated(fn, features) for fn in per_family]
     assert not np.allclose(weights[0], weights[1], atol=1e-7)
+
+
+def test_a_mixture_batch_holds_every_family_and_its_grouped_rollout_is_each_familys_own(
+    members, alignment, mixture_examples, tmp_path
+):
+    """A mixture's batch: the same number of questions from every family, one group per family
+    (each from its own prefix). Decoding the groups in one `lax.map` gives exactly what decoding
+    each family's group alone gives with that group's keys."""
+    ensemble = Ensemble(members, alignment)
+    trainer = RLAETrainer(FAMILY_CONFIG, ensemble, MIXTURE, mixture_examples, tmp_path)
+    prompts, _ = trainer.batch(0)
+    families = trainer.batch_families(0)
+    assert prompts.input_ids[0].shape[0] == 2  # [G, questions per family, T]
+    np.testing.assert_array_equal(families, [0, 0, 0, 0, 1, 1, 1, 1])  # 2 questions × K=2 each
+    state = initial_train_state(FAMILY_CONFIG, members)
+    keys = jax.random.split(jax.random.key(3))
+    run = jax.jit(rollout_module.rollout, static_argnames="setup")
+    grouped = run(state, ensemble, prompts, trainer.setup, families, *keys)
+    for group in range(2):
+        own = run(
+            state,
+            ensemble,
+            jax.tree.map(lambda x: x[group], prompts),
+            trainer.setup,
+            families.reshape(2, -1)[group],
+            *(jax.random.split(key, 2)[group] for key in keys),
+        )
+        rows = slice(4 * group, 4 * group + 4)
+        np.testing.assert_array_equal(grouped.union_ids[rows], own.union_ids)
+        np.testing.assert_allclose(grouped.span_weights[rows], own.span_weights, atol=1e-6)
+        np.testing.assert_array_equal(grouped.lengths[rows], own.lengths)

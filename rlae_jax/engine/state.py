@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Sequence
 
 import jax
+import jax.numpy as jnp
 from flax import struct
 
 from rlae_jax.engine.features import SpanFeatures
@@ -91,6 +92,12 @@ class PromptBatch(NamedTuple):
     def prompt_lengths(self, member: int) -> jax.Array:
         """`[B]` each row's prompt tokens for member `member`, prefix included."""
         return self.attention_mask[member].sum(-1) + self.prefix_length(member)
+
+
+def stack_groups(batches: Sequence[PromptBatch]) -> PromptBatch:
+    """Several PromptBatches of one shape (e.g. one per task family, each with its own prefix) as
+    one whose leaves have a leading group axis `[G, ...]`, for a `lax.map` over the groups."""
+    return jax.tree.map(lambda *leaves: jnp.stack(leaves), *batches)
 
 
 @struct.dataclass

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import math
 from typing import Any, Sequence
 
 import jax
@@ -319,6 +320,49 @@ def family_statistics(
     }
 
 
+def rollout(
+    train_state: ppo.TrainState,
+    ensemble,
+    prompts: PromptBatch,
+    setup: RLSetup,
+    families: jax.Array,
+    policy_key: jax.Array,
+    decode_key: jax.Array,
+) -> DecodeResult:
+    """The batch's episodes under the sampling policy. Grouped prompts (every leaf with a leading
+    group axis G, `engine.state.stack_groups`: one group per task family, each starting from its
+    own prefilled prefix) decode one group after another in a `lax.map` (one compiled decode), and
+    their rows are concatenated group-major; `families [B]` follow that order."""
+
+    def episodes(prompts, families, policy_key, decode_key):
+        weight_fn = policy_weight_fn(train_state, setup, policy_key, family=families)
+        greedy, top_p = jnp.float32(0.0), jnp.float32(1.0)  # the weights are what is sampled
+        return decode(
+            ensemble.members,
+            ensemble.alignment,
+            prompts,
+            weight_fn,
+            decode_key,
+            greedy,
+            top_p,
+            setup.decode,
+        )
+
+    if prompts.input_ids[0].ndim == 2:
+        return episodes(prompts, families, policy_key, decode_key)
+    groups = prompts.input_ids[0].shape[0]
+    results = jax.lax.map(
+        lambda group: episodes(*group),
+        (
+            prompts,
+            families.reshape(groups, -1),
+            jax.random.split(policy_key, groups),
+            jax.random.split(decode_key, groups),
+        ),
+    )
+    return jax.tree.map(lambda x: x.reshape((-1,) + x.shape[2:]), results)
+
+
 def train_step(
     train_state: ppo.TrainState,
     ensemble,
@@ -336,20 +380,10 @@ def train_step(
     row is family 0 (a task of one family)."""
     TRACES[setup] += 1  # counts compiles: this line runs once per trace
     if families is None:
-        rows = prompts.input_ids[0].shape[0] * setup.decode.samples_per_prompt
+        rows = math.prod(prompts.input_ids[0].shape[:-1]) * setup.decode.samples_per_prompt
         families = jnp.zeros((rows,), jnp.int32)
     key, policy_key, decode_key = jax.random.split(train_state.key, 3)
-    weight_fn = policy_weight_fn(train_state, setup, policy_key, family=families)
-    result = decode(
-        ensemble.members,
-        ensemble.alignment,
-        prompts,
-        weight_fn,
-        decode_key,
-        jnp.float32(0.0),
-        jnp.float32(1.0),
-        setup.decode,
-    )
+    result = rollout(train_state, ensemble, prompts, setup, families, policy_key, decode_key)
     rewards, accuracy = reward_fn(result, reward_data)
     shaped = rewards - setup.length_penalty * result.lengths / setup.decode.max_new_tokens
     actions = result.weight_carry[1]

@@ -22,6 +22,7 @@ from tqdm import tqdm
 from rlae_jax.runtime import sharding
 from rlae_jax.engine import DecodeConfig
 from rlae_jax.engine.prefix import EncodedPrompts
+from rlae_jax.engine.state import stack_groups
 from rlae_jax.ensemble import Ensemble
 from rlae_jax.models.member import Member
 from rlae_jax.rl import ppo
@@ -381,9 +382,12 @@ class RLAETrainer:
     `checkpoint_every` updates (keep `keep`); an existing checkpoint is resumed automatically.
     With a `mesh` (runtime.sharding.make_mesh), members are sharded over 'model' and batches over
     'data'; the compiled step is the same. Each member reads every question in its own chat format
-    after the few-shot `shots` (`member_prompts`). The workdir is locked (`WorkdirLock`) from
-    construction to the end of `train`, so a second run on it is refused before it touches
-    anything."""
+    after the few-shot `shots` (`member_prompts`). A mixture (`tasks.mixture.MixtureTask`)
+    draws the same number of questions from every family per update, and each family's rows start
+    from that family's own prefilled prefix (its worked examples). `encoded`: the examples already
+    encoded by the ensemble (one EncodedPrompts per family, of one shape: `Ensemble.encode_splits`),
+    else they are encoded here. The workdir is locked (`WorkdirLock`) from construction to the end
+    of `train`, so a second run on it is refused before it touches anything."""
 
     def __init__(
         self,
@@ -396,7 +400,7 @@ class RLAETrainer:
         keep: int = 3,
         mesh=None,
         shots: Sequence = (),
-        encoded: EncodedPrompts | None = None,
+        encoded: EncodedPrompts | Sequence[EncodedPrompts] | None = None,
     ):
         if not isinstance(ensemble, Ensemble):
             raise TypeError(
@@ -411,11 +415,11 @@ class RLAETrainer:
         self.task, self.examples = task, list(examples)
         # [E] int32 family of each example (checks config.num_families against the task)
         self.example_families = example_families(config, task, self.examples)
-        # the training split, formatted and encoded once: its shared prefix is prefilled once and
-        # every batch is padded to its one length (one compiled train step per run)
-        if encoded is None:
-            encoded = ensemble.encode(task, self.examples, self.shots, config.max_new_tokens)
-        self.encoded = encoded.check_count(len(self.examples))
+        # the training split, formatted and encoded once per family (its rows share the family's
+        # worked examples, prefilled once), every family to one shape: one compiled train step
+        families = range(config.num_families)
+        self.groups = [np.flatnonzero(self.example_families == f) for f in families]
+        self.encoded = self.encode_groups(encoded)
         self.workdir = pathlib.Path(workdir).absolute()
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.lock = WorkdirLock(self.workdir) if jax.process_index() == 0 else None
@@ -453,10 +457,42 @@ class RLAETrainer:
                 )
         path.write_text(json.dumps(fingerprint, indent=1))
 
-    def question_indices(self, update: int) -> np.ndarray:
-        """`[B / samples_per_question]` example index of each question of update `update`."""
+    def encode_groups(self, encoded) -> list[EncodedPrompts]:
+        """One EncodedPrompts per family (`encoded`: given, or None to encode here)."""
+        if encoded is None and len(self.groups) == 1:
+            encoded = self.ensemble.encode(
+                self.task, self.examples, self.shots, self.config.max_new_tokens
+            )
+        elif encoded is None:
+            splits = [(self.task, [self.examples[i] for i in g], self.shots) for g in self.groups]
+            encoded = self.ensemble.encode_splits(splits, self.config.max_new_tokens)
+        encoded = [encoded] if isinstance(encoded, EncodedPrompts) else list(encoded)
+        if len(encoded) != len(self.groups):
+            raise ValueError(f"{len(encoded)} encoded splits for {len(self.groups)} families")
         questions = self.config.batch_size // self.config.samples_per_question
-        return batch_order(len(self.examples), questions, update, self.config.seed)
+        if questions % len(self.groups):
+            raise ValueError(
+                f"{questions} questions per batch do not split evenly over "
+                f"{len(self.groups)} families; make batch_size / samples_per_question a multiple"
+            )
+        if len(self.groups) > 1 and self.mesh is not None:
+            raise ValueError("a mixture's per-family rollouts do not run on a mesh yet")
+        return [e.check_count(len(g)) for e, g in zip(encoded, self.groups)]
+
+    def group_indices(self, update: int) -> list[np.ndarray]:
+        """Per family, the indices (into the family's own examples) of its questions of update
+        `update`: the same number from every family, each family's epochs its own."""
+        questions = self.config.batch_size // self.config.samples_per_question // len(self.groups)
+        return [
+            batch_order(len(group), questions, update, self.config.seed + 7919 * family)
+            for family, group in enumerate(self.groups)
+        ]
+
+    def question_indices(self, update: int) -> np.ndarray:
+        """`[B / samples_per_question]` example index of each question of update `update`,
+        family-major."""
+        local = self.group_indices(update)
+        return np.concatenate([group[i] for group, i in zip(self.groups, local)])
 
     def batch_families(self, update: int) -> jax.Array:
         """`[B]` int32 family of each decoded row of update `update` (K rows per question,
@@ -466,11 +502,15 @@ class RLAETrainer:
         return families if self.mesh is None else sharding.shard_batch(families, self.mesh)
 
     def batch(self, update: int):
-        """Prompts (each member's tokenisation) and reward data of update `update`."""
-        indices = self.question_indices(update)
-        batch = self.ensemble.batch(self.encoded, indices)  # one row per question
-        indices = np.repeat(indices, self.config.samples_per_question)  # decoded rows, K each
-        examples = [self.examples[i] for i in indices]
+        """Prompts (each member's tokenisation; with several families, one group per family,
+        `stack_groups`) and reward data of update `update`."""
+        batches = [
+            self.ensemble.batch(encoded, indices)  # one row per question
+            for encoded, indices in zip(self.encoded, self.group_indices(update))
+        ]
+        batch = batches[0] if len(batches) == 1 else stack_groups(batches)
+        indices = np.repeat(self.question_indices(update), self.config.samples_per_question)
+        examples = [self.examples[i] for i in indices]  # decoded rows, K each
         data = (
             jnp.asarray(target_bytes(examples, 4 * self.config.max_new_tokens))
             if isinstance(self.reward_fn, InGraphReward)

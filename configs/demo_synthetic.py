@@ -1,5 +1,5 @@
-"""The embedded default (no downloads): `python -m launch.demo` (add `--config.quick=True` for a
-smoke run).
+"""The synthetic demo, a one-minute smoke test with no downloads:
+`python -m launch.demo --config=configs/demo_synthetic.py` (add `--config.quick=True`).
 
 Two members trained here — a GPT-2-style "reverser" (byte-level BPE) and a Llama-style
 "capitalizer" (`▁` BPE with byte fallback) — ensembled on the synthetic task of
@@ -13,7 +13,8 @@ import ml_collections
 def get_config() -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
     config.quick = False  # CI smoke settings (see finalize)
-    config.output_dir = "outputs/demo"
+    config.experiment = "synthetic"  # launch.demo runs rlae_jax/experiments/demo.py
+    config.output_dir = "outputs/demo_synthetic"
     config.cache_dir = ""  # members are cached here (default ~/.cache/rlae_jax or $RLAE_CACHE)
     config.seeds = 3
     config.member_steps = 1500

@@ -1,13 +1,14 @@
-"""The embedded default, no downloads: `python -m launch.demo [--config.quick=True]`.
-
-Trains (or reuses) two tiny members with different tokenizers, trains RLAE_PPO and RLAE_MAPPO over
-seeds, evaluates every strategy on held-out problems, prints the table and writes plots."""
+"""The main job: `python -m launch.demo` runs the quick study on the real pair (configs/demo.py)
+and prints its table; `--config=configs/demo_synthetic.py` is the one-minute synthetic smoke test
+(two tiny members trained here, no downloads). `--config.quick=True` shrinks either."""
 
 from absl import app, logging
 from ml_collections import config_flags
 
-from configs.demo import finalize
+from configs.study import finalize as finalize_study
+from configs.demo_synthetic import finalize as finalize_synthetic
 from rlae_jax.experiments.demo import run_demo
+from rlae_jax.experiments.study import run_study
 
 CONFIG = config_flags.DEFINE_config_file("config", "configs/demo.py", "demo config")
 
@@ -15,7 +16,10 @@ CONFIG = config_flags.DEFINE_config_file("config", "configs/demo.py", "demo conf
 def main(argv):
     del argv
     logging.set_verbosity(logging.WARNING)  # orbax and jax INFO lines drown the progress bars
-    result = run_demo(finalize(CONFIG.value))
+    if CONFIG.value.experiment == "study":
+        run_study(finalize_study(CONFIG.value))
+        return
+    result = run_demo(finalize_synthetic(CONFIG.value))
     if not result["ordering_ok"]:
         print(
             "WARNING: the RLAE agents did not beat every baseline by more than their seed spread "

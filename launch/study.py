@@ -1,14 +1,14 @@
-"""The RLAE study on the two real members: `python -m launch.study --config=configs/study_small.py`
+"""The RLAE study on the two real members: `python -m launch.study --config=configs/study.py`
 (`--config.quick=True`: the ≤ 10-minute smoke run). Writes results.json, results.md and plots to
 `--config.output_dir` (see rlae_jax/experiments/study.py)."""
 
 from absl import app, logging
 from ml_collections import config_flags
 
-from configs.study_small import finalize
+from configs.study import finalize
 from rlae_jax.experiments.study import run_study
 
-CONFIG = config_flags.DEFINE_config_file("config", "configs/study_small.py", "study config")
+CONFIG = config_flags.DEFINE_config_file("config", "configs/study.py", "study config")
 
 
 def main(argv):

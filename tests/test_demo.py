@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pytest
 
-from configs.demo import finalize, get_config
+from configs.demo_synthetic import finalize, get_config
 from rlae_jax.experiments.demo import run_demo
 
 

@@ -139,6 +139,7 @@ def test_train_member_train_evaluate_and_demo_run_on_tiny_settings(cache, tmp_pa
     assert "uniform" in out.lower()
     out = run_launch(
         "demo",
+        "--config=configs/demo_synthetic.py",
         "--config.member_steps=2",
         "--config.seeds=1",
         "--config.eval_examples=8",

@@ -1,5 +1,6 @@
-"""The study's statistics (bootstrap intervals, oracle, paired differences) and, in the slow job,
-the quick study on the real members end to end (`python -m launch.study --config.quick=True`)."""
+"""The study's statistics (two-level bootstrap against a NumPy reference, paired differences) and,
+in the slow job, the quick study on the real members end to end (`python -m launch.study
+--config.quick=True`)."""
 
 import json
 import os
@@ -10,48 +11,64 @@ import sys
 import numpy as np
 import pytest
 
-from rlae_jax.experiments.evaluation import StrategyResult
-from rlae_jax.experiments.study import bootstrap_interval, family_rows, markdown_table
+from rlae_jax.experiments import statistics
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
-def result(name, scores, seconds=0.5):
-    scores = np.asarray(scores, np.float32)
-    return StrategyResult(name, float(scores.mean()), 0.0, 1.0, [], [], [], scores, seconds)
+def reference_two_level(scores, resamples, seed):
+    """Loop form: draw seeds, then problems (the same problems for every drawn seed)."""
+    rng = np.random.default_rng(seed)
+    seeds, problems = scores.shape
+    seed_draws = rng.integers(0, seeds, (resamples, seeds))
+    problem_draws = rng.integers(0, problems, (resamples, problems))
+    means = []
+    for r in range(resamples):
+        total = 0.0
+        for s in seed_draws[r]:
+            total += np.mean([scores[s, e] for e in problem_draws[r]])
+        means.append(total / seeds)
+    return tuple(np.percentile(means, [2.5, 97.5]))
 
 
-def test_bootstrap_interval_matches_a_numpy_reference():
-    scores = np.random.default_rng(3).integers(0, 2, 200).astype(np.float32)
-    low, high = bootstrap_interval(scores, 4000, seed=7)
-    rng = np.random.default_rng(7)
-    means = [scores[rng.integers(0, 200, 200)].mean() for _ in range(4000)]
-    assert (low, high) == pytest.approx(tuple(np.percentile(means, [2.5, 97.5])), abs=1e-6)
-    assert low < scores.mean() < high
-    # binomial standard error: the 95% interval is about ±1.96·sqrt(p(1-p)/n)
-    half = 1.96 * np.sqrt(scores.mean() * (1 - scores.mean()) / 200)
-    assert high - low == pytest.approx(2 * half, rel=0.15)
-    assert bootstrap_interval(np.ones(50, np.float32), 100) == (1.0, 1.0)
+def test_two_level_bootstrap_matches_a_numpy_reference():
+    scores = np.random.default_rng(3).integers(0, 2, (3, 40)).astype(np.float32)
+    got = statistics.two_level_bootstrap(scores, 300, seed=7)
+    assert got == pytest.approx(reference_two_level(scores, 300, 7), abs=1e-12)
 
 
-def test_family_rows_oracle_and_paired_difference():
-    per_strategy = {
-        "single:a": [result("single:a", [1, 1, 0, 0, 0, 0])],
-        "single:b": [result("single:b", [0, 1, 1, 0, 0, 0])],
-        "uniform (GaC)": [result("uniform", [1, 1, 1, 0, 0, 0])],
-        "RLAE_PPO": [result("p0", [1, 1, 1, 1, 0, 0]), result("p1", [1, 1, 1, 0, 0, 0])],
-    }
-    rows = family_rows(per_strategy, 500)
-    assert rows["oracle (either member right)"]["accuracy"] == pytest.approx(3 / 6)
-    assert rows["RLAE_PPO"]["accuracy"] == pytest.approx(3.5 / 6)
-    assert rows["RLAE_PPO"]["accuracy_per_seed"] == pytest.approx([4 / 6, 3 / 6])
-    gap = rows["RLAE_PPO"]["vs_best_baseline"]
-    assert gap["baseline"] == "uniform (GaC)"
-    assert gap["difference"] == pytest.approx(0.5 / 6)
-    assert gap["interval"][0] >= 0.0  # the agent is never worse on any problem
-    table = markdown_table({"rg/x": rows, "rg/y": rows}, ["rg/x", "rg/y"])
-    assert "rg/x (train)" in table and "rg/y (transfer)" in table
-    assert "| RLAE_PPO | 0.583 [" in table
+def test_one_seed_is_the_ordinary_bootstrap_with_the_binomial_width():
+    scores = np.random.default_rng(4).integers(0, 2, 400).astype(np.float32)
+    low, high = statistics.two_level_bootstrap(scores, 4000)
+    p = scores.mean()
+    assert low < p < high
+    assert high - low == pytest.approx(2 * 1.96 * np.sqrt(p * (1 - p) / 400), rel=0.15)
+    assert statistics.two_level_bootstrap(np.ones((2, 30)), 100) == (1.0, 1.0)
+
+
+def test_seed_variance_widens_the_interval():
+    """Two seeds that disagree completely on every problem: averaging them first (one level) would
+    give a point interval; the two-level bootstrap keeps the seed spread."""
+    scores = np.stack([np.ones(200), np.zeros(200)])
+    one_level = statistics.two_level_bootstrap(scores.mean(0), 1000)
+    low, high = statistics.two_level_bootstrap(scores, 1000)
+    assert one_level == (0.5, 0.5)
+    assert low == 0.0 and high == 1.0
+
+
+def test_paired_difference_and_summary():
+    learner = np.array([[1, 1, 0, 1], [1, 0, 0, 1]], np.float32)
+    baseline = np.array([1, 0, 0, 0], np.float32)
+    gap = statistics.paired_difference(learner, baseline)
+    np.testing.assert_array_equal(gap, [[0, 1, 0, 1], [0, 0, 0, 1]])
+    row = statistics.summary(gap, 500)
+    assert row["mean"] == pytest.approx(3 / 8)
+    assert row["per_seed"] == pytest.approx([0.5, 0.25])
+    assert row["interval"][0] >= 0.0  # never worse on any problem
+    with pytest.raises(ValueError, match="same problems"):
+        statistics.paired_difference(learner, baseline[:3])
+    with pytest.raises(ValueError, match="seeds, problems"):
+        statistics.summary(np.zeros((0, 3)), 10)
 
 
 @pytest.mark.slow
@@ -65,19 +82,14 @@ def test_quick_study_runs_on_the_real_members(tmp_path):
         pytest.skip(f"real members not installed: {err}")
     out = tmp_path / "study"
     subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "launch.study",
-            "--config.quick=True",
-            f"--config.output_dir={out}",
-        ],
+        [sys.executable, "-m", "launch.study", "--config.quick=True", f"--config.output_dir={out}"],
         cwd=ROOT,
         check=True,
         timeout=1800,
         env={**os.environ, "PYTHONPATH": str(ROOT)},
     )
     payload = json.loads((out / "results.json").read_text())
+    learners = {"RLAE_PPO", "RLAE_MAPPO", "RLAE_PPO + family id"}
     expected = {
         "single:smollm2-135m-instruct",
         "single:gemma-3-270m",
@@ -86,16 +98,39 @@ def test_quick_study_runs_on_the_real_members(tmp_path):
         "PackLLM (prompt ppl)",
         "tuned fixed weights",
         "supervised router",
-        "RLAE_PPO",
-        "RLAE_MAPPO",
-        "oracle (either member right)",
+        "member oracle",
+        "family oracle",
+        *learners,
     }
-    assert len(payload["families"]) == 3
-    assert payload["splits_encoded"] == 2 * 3  # train and test of each family, formatted once
-    for family, rows in payload["families"].items():
-        assert expected <= set(rows), (family, sorted(rows))
+    table = payload["table"]
+    assert list(table) == ["mixture", "a±b", "gcd", "ransom note"]
+    assert expected <= set(table["mixture"]), sorted(table["mixture"])
+    assert "RLAE_PPO + family id" not in table["ransom note"]  # no family id to give it
+    # the mixture's rows are its families' rows, pooled
+    for name in expected:
+        pooled = (table["a±b"][name]["mean"] + table["gcd"][name]["mean"]) / 2
+        assert table["mixture"][name]["mean"] == pytest.approx(pooled), name
+    for label, rows in table.items():
         for name, row in rows.items():
             low, high = row["interval"]
-            assert 0.0 <= low <= row["accuracy"] <= high <= 1.0, (family, name, row)
-    for name in ("results.md", "reward_curves.png", "weights_along_answers.png"):
+            assert 0.0 <= low <= row["mean"] <= high <= 1.0, (label, name, row)
+    oracle = table["mixture"]["member oracle"]["mean"]
+    assert all(table["mixture"][n]["mean"] <= oracle for n in expected if n.startswith("single"))
+    for name in learners:
+        gap = table["mixture"][name]["vs_tuned_fixed"]
+        own, tuned = table["mixture"][name]["mean"], table["mixture"]["tuned fixed weights"]["mean"]
+        assert gap["mean"] == pytest.approx(own - tuned)
+        assert payload["eval_actions"][name] in ("mean", "mode")
+        runs = payload["runs"][name]
+        assert len(runs) == 1 and len(runs[0]) == 2  # one seed, two updates
+        assert {"reward", "entropy", "family_weight_mean", "informative_share"} <= set(runs[0][0])
+        assert runs[0][-1]["train_step_compiles"] == 1
+    assert payload["best_baseline_on_validation"] in payload["validation_accuracy"]
+    assert payload["comparisons"]["primary"] == 3
+    weights = payload["weights_by_family"]["RLAE_PPO"]["gcd"]
+    assert sum(w["mean"] for w in weights.values()) == pytest.approx(1.0, abs=1e-5)
+    # each split formatted and tokenised once: 2 training families, the tuning problems, and the
+    # 2 validation and 3 test splits
+    assert payload["splits_encoded"] == 8
+    for name in ("results.md", "learning_curves.png", "weights_along_answers.png"):
         assert (out / name).stat().st_size > 0

@@ -74,3 +74,51 @@ def plot_weights_along_answers(
     figure.savefig(path, dpi=120)
     plt.close(figure)
     return path
+
+
+def plot_learning_curves(
+    runs: dict[str, Sequence[str | pathlib.Path]],
+    families: Sequence[str],
+    members: Sequence[str],
+    path: pathlib.Path,
+) -> pathlib.Path:
+    """One row per learner (its seeds' mean, band = min..max): reward and policy entropy by update,
+    then per member its mean weight on each family's rows (`family_weight_mean [F, N]`; an update
+    whose batch held none of a family is a gap)."""
+    plt = pyplot()
+    columns = 2 + len(members)
+    figure, axes = plt.subplots(
+        len(runs), columns, figsize=(3.2 * columns, 2.6 * len(runs)), squeeze=False
+    )
+    for row, (label, workdirs) in zip(axes, runs.items()):
+        metrics = [read_metrics(w) for w in workdirs]
+        length = min(len(m) for m in metrics)
+        updates = np.arange(1, length + 1)
+
+        def band(axis, values, name):
+            values = np.array(values, np.float64)[:, :length]
+            axis.plot(updates, np.nanmean(values, 0), label=name)
+            axis.fill_between(updates, np.nanmin(values, 0), np.nanmax(values, 0), alpha=0.2)
+
+        for axis, metric in zip(row, ("reward", "entropy")):
+            band(axis, [[r[metric] for r in m] for m in metrics], label)
+            axis.set_title(f"{label}: {metric}", fontsize=9)
+        for n, (axis, member) in enumerate(zip(row[2:], members)):
+            for f, family in enumerate(families):
+                per_seed = [
+                    [
+                        np.nan if r["family_rows"][f] == 0 else r["family_weight_mean"][f][n]
+                        for r in m
+                    ]
+                    for m in metrics
+                ]
+                band(axis, per_seed, family)
+            axis.set_ylim(-0.05, 1.05)
+            axis.set_title(f"{label}: weight of {member}", fontsize=9)
+            axis.legend(fontsize=7)
+        for axis in row:
+            axis.set_xlabel("update", fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return path

@@ -48,12 +48,13 @@ class MixtureTask(BaseTask):
         """One mixture split from each family's examples (families in order), round-robin."""
         if len(per_family) != len(self.families):
             raise ValueError(f"{len(per_family)} splits for {len(self.families)} families")
-        tagged = [
-            [dataclasses.replace(e, id=f"{f}{SEPARATOR}{e.id}") for e in examples]
-            for f, examples in enumerate(per_family)
-        ]
+        tagged = [self.tag(f, examples) for f, examples in enumerate(per_family)]
         longest = max(len(examples) for examples in tagged)
         return [examples[i] for i in range(longest) for examples in tagged if i < len(examples)]
+
+    def tag(self, family: int, examples: Sequence[Example]) -> list[Example]:
+        """Family `family`'s own examples as examples of the mixture."""
+        return [dataclasses.replace(e, id=f"{family}{SEPARATOR}{e.id}") for e in examples]
 
     def family_of(self, example: Example) -> int:
         """The index of `example`'s family; ValueError for an example that is not a mixture's."""

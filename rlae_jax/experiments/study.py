@@ -193,32 +193,31 @@ class Study:
         return out
 
     def fair_baselines(self) -> dict[str, tuple]:
-        """The best fixed weights and the supervised router, both from the mixture's training
-        split."""
+        """The best fixed weights and (unless `config.router_examples` is 0) the supervised router,
+        both from the mixture's training split."""
         with self.timed("tune fixed weights"):
-            count = self.config.tune_examples
             self.tuned = tune_fixed_weights(
                 self.ensemble,
                 self.mixture,
-                self.train[:count],
+                self.train[: self.config.tune_examples],
                 self.decode,
                 self.config.tune_fixed_resolution,
                 self.config.eval_batch_size,
                 encoded=self.encoded_tune,
             )
-        with self.timed("train router"):
-            router = train_router(
-                self.ensemble,
-                self.mixture,
-                self.train[: self.config.router_examples],
-                RouterConfig(
-                    feature_set=self.config.rl.feature_set, steps=self.config.router_steps
-                ),
-            )
-        return {
-            TUNED: (FixedWeights(jnp.asarray(self.tuned.weights)), self.decode),
-            "supervised router": (router, self.decode),
-        }
+        fitted = {TUNED: (FixedWeights(jnp.asarray(self.tuned.weights)), self.decode)}
+        if self.config.router_examples:
+            with self.timed("train router"):
+                router = train_router(
+                    self.ensemble,
+                    self.mixture,
+                    self.train[: self.config.router_examples],
+                    RouterConfig(
+                        feature_set=self.config.rl.feature_set, steps=self.config.router_steps
+                    ),
+                )
+            fitted["supervised router"] = (router, self.decode)
+        return fitted
 
     def train_learners(self) -> list[Learner]:
         """Every configured learner (name, kind, family_feature) trained over the seeds on the

@@ -51,6 +51,8 @@ def test_registry_knows_every_task_and_names_them_on_a_typo():
         "nq_open",
         "piqa",
         "synthetic",
+        "synthetic_capitalize",
+        "synthetic_reverse",
         "synthetic_two_part",
         "triviaqa",
     ]

@@ -19,8 +19,7 @@ from lm_eval.api.instance import Instance  # noqa: E402
 from lm_eval.tasks import TaskManager  # noqa: E402
 
 from conftest import fixture_path  # noqa: E402
-from rlae_jax.ensemble import Ensemble
-from rlae_jax.engine import generate  # noqa: E402
+from rlae_jax.ensemble import Ensemble  # noqa: E402
 from rlae_jax.harness import RlaeLM  # noqa: E402
 from rlae_jax.harness.backend import CHAT_MARK  # noqa: E402
 from rlae_jax.harness.scoring import encode  # noqa: E402
@@ -224,15 +223,16 @@ def test_token_mixture_equals_numpy_brute_force(mixed_pair, strategy):
         "gating": dict(strategy="threshold", threshold=threshold, weights="0.2|0.8", span_length=2),
         "fixed": dict(strategy="fixed", weights="0.3|0.7"),
     }[strategy]
-    lm = RlaeLM(members=mixed_pair, max_batch=8, **options)
+    alignment = None  # built by the Ensemble
     if strategy == "gating":
         tokenizers, sizes = (
             [m.tokenizer for m in mixed_pair],
             [m.config.vocab_size for m in mixed_pair],
         )
         with pytest.warns(UserWarning, match="left out of union_complete"):
-            lm.ensemble.alignment = build_alignment(tokenizers, sizes, max_expansion=3)
-        assert (~np.asarray(lm.ensemble.alignment.union_complete)).sum() == 8
+            alignment = build_alignment(tokenizers, sizes, max_expansion=3)
+        assert (~np.asarray(alignment.union_complete)).sum() == 8
+    lm = RlaeLM(members=Ensemble(mixed_pair, alignment), max_batch=8, **options)
     got = lm.loglikelihood(requests("loglikelihood", PAIRS))
     if strategy == "gating":
         expected, greedy, spelling = numpy_token_mixture(lm, pairs, gating, 2)
@@ -415,7 +415,7 @@ def test_threshold_strategy_weights_come_from_the_context(folders, single):
 
 
 def test_generate_until_equals_engine_cut_at_stops_and_compiles_once_per_bucket(folders):
-    """Texts = `engine.generate` of the same member, cut at the first stop string; one prefill and
+    """Texts = `Ensemble.generate` of the same member, cut at the first stop string; one prefill and
     one loop compiled per prompt-length bucket (batches of 4 rows; max_gen_toks no other test uses;
     a single member never grows its cache), none more for sampling; sampling is seeded."""
     lm = RlaeLM(members=str(folders[0]), max_batch=4)
@@ -432,7 +432,7 @@ def test_generate_until_equals_engine_cut_at_stops_and_compiles_once_per_bucket(
     assert lm.compile_count == 2 * len(buckets)  # temperature is an input, not a new program
     again = RlaeLM(members=str(folders[0]), max_batch=4)
     assert first != got and again.generate_until(requests("generate_until", sampled)) == first
-    engine = generate([member], lm.ensemble.alignment, PROMPTS, max_new_tokens=10).texts
+    engine = lm.ensemble.generate(PROMPTS, max_new_tokens=10).texts
     assert got == [text.split(" the")[0].split("!")[0] for text in engine]
     assert any(g != e for g, e in zip(got, engine))  # some stop string did cut
 
@@ -584,7 +584,7 @@ def test_agent_checkpoint_serves_its_mean_weights(tmp_path):
     got = agent.loglikelihood(requests("loglikelihood", pairs))
     scores = [m.loglikelihood(requests("loglikelihood", pairs)) for m in alone]
     log_probs = np.array([[s[i][0] for s in scores] for i in range(len(pairs))])
-    weights = agent.ensemble.first_span_weights(
+    weights = agent.harness.first_span_weights(
         [[encode(m.tokenizer, c) for c, _ in pairs] for m in members]
     )
     np.testing.assert_allclose(weights.sum(1), 1.0, rtol=1e-6)

@@ -27,7 +27,8 @@ from lm_eval.api.model import LM
 from lm_eval.api.registry import register_model
 from lm_eval.models.utils import normalize_gen_kwargs, postprocess_generated_text
 
-from rlae_jax.harness.ensemble import SCORE, HarnessEnsemble, load_members
+from rlae_jax.ensemble import Ensemble
+from rlae_jax.harness.ensemble import SCORE, HarnessEnsemble, load_ensemble
 from rlae_jax.harness.scoring import (
     encode,
     encode_pair,
@@ -75,14 +76,15 @@ def generation_settings(gen_kwargs: dict) -> tuple[tuple[str, ...], int, float, 
 
 @register_model("rlae_jax")
 class RlaeLM(LM):
-    """The harness model. `members`: `|`-separated paths / preset names (or Member objects from
-    Python); `strategy` (default uniform; "single" with `primary`; "fixed" with `weights`;
-    "threshold", "topk", "packllm" with their knobs) or `checkpoint` (an RLAE run folder, trained on
-    these members); `max_batch`: rows per compiled batch (default: the harness's `--batch_size` when
-    over 1, else 8); `max_length`: cap on each member's context window for log-likelihoods;
-    `ensemble_ll`: how an ensemble scores a continuation, "token" (the engine's token-level mixture,
-    default) or "sequence" (a mixture of the members' string probabilities, which scores long texts
-    in rolling windows); `dtype`; `seed` for sampling."""
+    """The harness model. `members`: `|`-separated paths / preset names (or, from Python, Member
+    objects or an `Ensemble`, whose prompt formats render chats); `strategy` (default uniform;
+    "single" with `primary`; "fixed" with `weights`; "threshold", "topk", "packllm" with their
+    knobs) or `checkpoint` (an RLAE run folder, trained on these members); `max_batch`: rows per
+    compiled batch (default: the harness's `--batch_size` when over 1, else 8); `max_length`: cap
+    on each member's context window for log-likelihoods; `ensemble_ll`: how an ensemble scores a
+    continuation, "token" (the engine's token-level mixture, default) or "sequence" (a mixture of
+    the members' string probabilities, which scores long texts in rolling windows); `dtype`;
+    `seed` for sampling."""
 
     def __init__(
         self,
@@ -114,8 +116,10 @@ class RlaeLM(LM):
             raise ValueError(f"ensemble_ll={ensemble_ll!r}: give one of {', '.join(ENSEMBLE_LL)}")
         self.ensemble_ll = ensemble_ll
         weights = split_list(weights)
-        self.ensemble = HarnessEnsemble.build(
-            load_members(split_list(members), dtype),
+        if not isinstance(members, Ensemble):
+            members = load_ensemble(split_list(members), dtype)
+        self.harness = HarnessEnsemble.build(
+            members,
             strategy,
             None if weights is None else [float(w) for w in weights],
             checkpoint,
@@ -129,9 +133,12 @@ class RlaeLM(LM):
             packllm_temperature=float(packllm_temperature),
         )
         self.max_lengths = [
-            min(m.config.max_position_embeddings, int(max_length or 1 << 62))
-            for m in self.ensemble.members
+            min(m.config.max_position_embeddings, int(max_length or 1 << 62)) for m in self.members
         ]
+
+    @property
+    def ensemble(self) -> Ensemble:
+        return self.harness.ensemble
 
     @property
     def members(self):
@@ -139,7 +146,7 @@ class RlaeLM(LM):
 
     @property
     def compile_count(self) -> int:
-        return self.ensemble.compile_count
+        return self.harness.compile_count
 
     # ---- chat templates ------------------------------------------------------------------------
 
@@ -155,13 +162,14 @@ class RlaeLM(LM):
         """Member `index`'s text for a request context: a marked chat in that member's own format
         (`Member.chat_prompt`: its chat template, else the plain "question\nAnswer:" format of base
         models); a chat ending in an assistant turn to continue (`add_generation_prompt=False`) goes
-        through the template as HFLM calls it; any other text as is."""
+        through the template as HFLM calls it; any other text as is. Its format is the Ensemble's
+        (`Ensemble.formats`)."""
         if not text.startswith(CHAT_MARK):
             return text
         chat = json.loads(text[len(CHAT_MARK) :])
         member = self.members[index]
         if chat["add_generation_prompt"]:
-            return member.chat_prompt(chat["messages"])
+            return member.chat_prompt(chat["messages"], self.ensemble.formats[index])
         if not getattr(member.tokenizer, "chat_template", None):
             raise ValueError(
                 f"member {member.name!r} has no chat template to continue an assistant turn with"
@@ -202,9 +210,9 @@ class RlaeLM(LM):
             order = sorted(
                 range(len(indices)), key=lambda r: [len(lists[r]) for lists in token_lists]
             )
-            for start in range(0, len(order), self.ensemble.max_batch):
-                chunk = order[start : start + self.ensemble.max_batch]
-                texts = self.ensemble.generate(
+            for start in range(0, len(order), self.harness.max_batch):
+                chunk = order[start : start + self.harness.max_batch]
+                texts = self.harness.generate(
                     [[lists[r] for r in chunk] for lists in token_lists],
                     max_gen_toks,
                     temperature,
@@ -233,7 +241,7 @@ class RlaeLM(LM):
         """Each member's log-probs and greedy flags `[R, N]` of its own (context, continuation)
         ids."""
         scored = [
-            member_loglikelihoods(m, pairs, self.max_lengths[n], self.ensemble.max_batch, SCORE)
+            member_loglikelihoods(m, pairs, self.max_lengths[n], self.harness.max_batch, SCORE)
             for n, (m, pairs) in enumerate(zip(self.members, pairs_per_member))
         ]
         return np.stack([s[0] for s in scored], 1), np.stack([s[1] for s in scored], 1)
@@ -246,9 +254,9 @@ class RlaeLM(LM):
         or their sequence-level mixture with the weights the strategy gives each context's first
         span (`scoring.mixture_loglikelihood`)."""
         if self.mixes_tokens:
-            return self.ensemble.token_loglikelihoods(pairs, self.max_lengths)
+            return self.harness.token_loglikelihoods(pairs, self.max_lengths)
         log_probs, greedy = self.member_scores(pairs)
-        weights = self.ensemble.first_span_weights([[context for context, _ in p] for p in pairs])
+        weights = self.harness.first_span_weights([[context for context, _ in p] for p in pairs])
         return mixture_loglikelihood(log_probs, greedy, weights)
 
     def loglikelihood(self, requests, disable_tqdm: bool = False) -> list[tuple[float, bool]]:
@@ -289,11 +297,11 @@ class RlaeLM(LM):
                 member,
                 [w for ws in windows for w in ws],
                 self.max_lengths[n],
-                self.ensemble.max_batch,
+                self.harness.max_batch,
                 SCORE,
             )
             np.add.at(totals[:, n], owners, log_probs)
-        weights = self.ensemble.first_span_weights(
+        weights = self.harness.first_span_weights(
             [[[prefix_token_id(m.tokenizer)]] for m in self.members]
         )
         mixed, _ = mixture_loglikelihood(

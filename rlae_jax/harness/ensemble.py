@@ -1,13 +1,13 @@
-"""What the harness backend serves — members, their alignment and a weight_fn (a named strategy or a
-trained RLAE agent) — and the compiled calls it makes: the engine's `decode_growing` (a compiled
-prefill and loop; caches grow only when a member needs room) for generation and for a strategy's
-first-span weights, `mixture.token_mixture_scores` for an ensemble's log-likelihoods and
-`scoring.continuation_scores` for a member's. Every batch is padded to `max_batch` rows and each
-member's prompts to their power-of-two length bucket, so the compiles are bounded by the buckets
-met: a prefill and a loop per bucket (and per cache growth, and per distinct `max_gen_toks`: a
-harness task has one) for generation, one program per context bucket, continuation bucket and
-cache room for an ensemble's scoring, one per bucket and member for a member's (`compile_count`
-counts them)."""
+"""What the harness backend serves — one `Ensemble` (members, their alignment, prompt formats) and a
+weight_fn (a named strategy or a trained RLAE agent) — and the compiled calls it makes: the
+engine's `decode_growing` (a compiled prefill and loop; caches grow only when a member needs room)
+for generation and for a strategy's first-span weights, `mixture.token_mixture_scores` for an
+ensemble's log-likelihoods and `scoring.continuation_scores` for a member's. Every batch is padded
+to `max_batch` rows and each member's prompts to their power-of-two length bucket, so the compiles
+are bounded by the buckets met: a prefill and a loop per bucket (and per cache growth, and per
+distinct `max_gen_toks`: a harness task has one) for generation, one program per context bucket,
+continuation bucket and cache room for an ensemble's scoring, one per bucket and member for a
+member's (`compile_count` counts them)."""
 
 from __future__ import annotations
 
@@ -20,11 +20,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rlae_jax.align import Alignment, build_alignment
 from rlae_jax.engine import DecodeConfig, PromptBatch, batch_of_token_lists, to_host
 from rlae_jax.engine.loop import DecodeContext, decode_growing, prefill_jit, run_jit
 from rlae_jax.engine.state import Sampling
 from rlae_jax.engine.strategies import FixedWeights, Selection, resolve_strategy
+from rlae_jax.ensemble import Ensemble
 from rlae_jax.harness.mixture import fed_tokens, spell, token_mixture_scores
 from rlae_jax.harness.scoring import check_scorable, continuation_scores
 from rlae_jax.models.prompts import bucket_length
@@ -67,11 +67,11 @@ def compiles_so_far() -> int:
 LOADED: dict[tuple[str, str], Member] = {}
 
 
-def load_members(specs: Sequence[Any], dtype: str = "float32") -> list[Member]:
-    """Members from Member objects, local paths (HF folder, .gguf) or names `from_pretrained` knows.
-    Loaded members are kept for the process (`LOADED`): a compiled program is keyed on a member's
-    tokenizer object, so models built again on the same members reuse the programs already
-    compiled."""
+def load_ensemble(specs: Sequence[Any], dtype: str = "float32") -> Ensemble:
+    """The Ensemble of Member objects, local paths (HF folder, .gguf) or names `from_pretrained`
+    knows, its alignment built or loaded from its cache (`Ensemble`). Loaded members are kept for
+    the process (`LOADED`): a compiled program is keyed on a member's tokenizer object, so models
+    built again on the same members reuse the programs already compiled."""
     if not specs:
         raise ValueError("no members given: pass members=PATH_OR_PRESET|PATH_OR_PRESET")
     members = []
@@ -82,10 +82,10 @@ def load_members(specs: Sequence[Any], dtype: str = "float32") -> list[Member]:
                 LOADED[key] = from_pretrained(str(spec), dtype=dtype)
             spec = LOADED[key]
         members.append(spec)
-    return members
+    return Ensemble(members)
 
 
-def load_agent(workdir: str | pathlib.Path, members: Sequence[Member]) -> tuple[Any, DecodeConfig]:
+def load_agent(workdir: str | pathlib.Path, ensemble: Ensemble) -> tuple[Any, DecodeConfig]:
     """A trained RLAE agent (the newest checkpoint of a `launch.train` / demo run folder) as a
     deterministic weight_fn (its mean weights), with the run's decode settings. `load_agent_state`
     decides which members it may serve (those it was trained with, or others where its features
@@ -93,7 +93,7 @@ def load_agent(workdir: str | pathlib.Path, members: Sequence[Member]) -> tuple[
     from rlae_jax.rl.rollout import policy_weight_fn
     from rlae_jax.rl.trainer import RLConfig, load_agent_state
 
-    path = pathlib.Path(workdir)
+    members, path = ensemble.members, pathlib.Path(workdir)
     if not (path / "config.json").exists():
         raise FileNotFoundError(f"{path} has no config.json: not an RLAE training run folder")
     saved = json.loads((path / "config.json").read_text())
@@ -111,12 +111,11 @@ def load_agent(workdir: str | pathlib.Path, members: Sequence[Member]) -> tuple[
 
 @dataclasses.dataclass
 class HarnessEnsemble:
-    """Members (one or more), their alignment, the weight_fn and selection, and decode settings.
+    """An Ensemble (one member or more), the weight_fn and selection, and decode settings.
     `static_weights [N]`: the weights when they never depend on the input (uniform, fixed, single,
     top-k), else None (threshold, PackLLM, an agent)."""
 
-    members: list[Member]
-    alignment: Alignment
+    ensemble: Ensemble
     weight_fn: Any
     selection: Selection
     span_length: int
@@ -130,7 +129,7 @@ class HarnessEnsemble:
     @classmethod
     def build(
         cls,
-        members: Sequence[Member],
+        ensemble: Ensemble,
         strategy: str | None = None,
         weights=None,
         checkpoint=None,
@@ -140,21 +139,16 @@ class HarnessEnsemble:
         seed: int = 0,
         **strategy_options,
     ) -> "HarnessEnsemble":
-        """From members and a strategy name of `rlae_jax.engine.generate` (default: "uniform"; with
-        one member, that member alone) or an agent `checkpoint` folder (then no strategy)."""
-        members = list(members)
-        alignment = build_alignment(
-            [m.tokenizer for m in members], vocab_sizes=[m.config.vocab_size for m in members]
-        )
+        """From an Ensemble and a strategy name of `rlae_jax.engine.generate` (default: "uniform";
+        with one member, that member alone) or an agent `checkpoint` folder (then no strategy)."""
         if checkpoint:
             if strategy is not None:
                 raise ValueError(
                     f"give either a strategy ({strategy!r}) or an agent checkpoint, not both"
                 )
-            weight_fn, run_decode = load_agent(checkpoint, members)
+            weight_fn, run_decode = load_agent(checkpoint, ensemble)
             return cls(
-                members,
-                alignment,
+                ensemble,
                 weight_fn,
                 Selection(),
                 run_decode.span_length,
@@ -163,11 +157,9 @@ class HarnessEnsemble:
                 seed,
             )
         weight_fn, selection = resolve_strategy(
-            strategy or "uniform", len(members), weights, **strategy_options
+            strategy or "uniform", len(ensemble), weights, **strategy_options
         )
-        return cls(
-            members, alignment, weight_fn, selection, span_length, expansion_budget, max_batch, seed
-        )
+        return cls(ensemble, weight_fn, selection, span_length, expansion_budget, max_batch, seed)
 
     @property
     def static_weights(self) -> np.ndarray | None:
@@ -196,7 +188,7 @@ class HarnessEnsemble:
         """`token_lists[n][b]`: member n's prompt ids of row b (≤ max_batch rows) → a PromptBatch
         padded to `max_batch` rows (repeating the last) and each member's length bucket."""
         padded = [list(rows) + [rows[-1]] * (self.max_batch - len(rows)) for rows in token_lists]
-        return batch_of_token_lists(self.members, padded, max_new_tokens)
+        return batch_of_token_lists(self.ensemble.members, padded, max_new_tokens)
 
     def run_decode(
         self,
@@ -210,8 +202,8 @@ class HarnessEnsemble:
         key_index)."""
         key = jax.random.fold_in(jax.random.key(self.seed), key_index)
         return decode_growing(
-            self.members,
-            self.alignment,
+            self.ensemble.members,
+            self.ensemble.alignment,
             batch,
             self.weight_fn,
             key,
@@ -235,7 +227,7 @@ class HarnessEnsemble:
         result = self.run_decode(
             self.prompt_batch(token_lists, max_new_tokens), config, temperature, top_p, key_index
         )
-        return to_host(result, self.alignment, config).texts[:rows]
+        return to_host(result, self.ensemble.alignment, config).texts[:rows]
 
     def first_span_weights(self, token_lists: Sequence[Sequence[list[int]]]) -> np.ndarray:
         """The weights `[R, N]` the strategy picks for its first span after each of R contexts
@@ -243,7 +235,7 @@ class HarnessEnsemble:
         decode."""
         rows = len(token_lists[0])
         if self.static_weights is not None:
-            return np.broadcast_to(self.static_weights, (rows, len(self.members))).astype(
+            return np.broadcast_to(self.static_weights, (rows, len(self.ensemble))).astype(
                 np.float64
             )
         config = dataclasses.replace(self.decode_config(1), span_length=1)
@@ -262,11 +254,11 @@ class HarnessEnsemble:
         `pairs[n][r]` member n's (context ids, continuation ids) of request r, batched `max_batch`
         at a time in order of context length. `max_lengths[n]`: positions member n may use (its
         context plus the tokens every member's spelling would feed it)."""
-        count = len(pairs[0])
-        spellings = [spell(self.alignment, [p[r][1] for p in pairs]) for r in range(count)]
-        for n, member in enumerate(self.members):
+        count, alignment = len(pairs[0]), self.ensemble.alignment
+        spellings = [spell(alignment, [p[r][1] for p in pairs]) for r in range(count)]
+        for n, member in enumerate(self.ensemble.members):
             for r in range(count):
-                fed = max(int(fed_tokens(self.alignment, s)[n]) for s in spellings[r])
+                fed = max(int(fed_tokens(alignment, s)[n]) for s in spellings[r])
                 check_scorable(member.name, r, *map(len, pairs[n][r]), fed, max_lengths[n])
         order = sorted(range(count), key=lambda r: [len(p[r][0]) for p in pairs])
         log_probs, greedy = np.zeros(count, np.float64), np.zeros(count, bool)
@@ -284,7 +276,7 @@ class HarnessEnsemble:
         context ids; `spellings[b][n]`: the continuation in union ids as member n spells it), padded
         to `max_batch` rows, the spellings to a power-of-two width and each member's cache room to
         one. → (log-probs, greedy flags) of the rows."""
-        rows, members = len(spellings), len(self.members)
+        rows, members = len(spellings), len(self.ensemble)
         spellings = list(spellings) + [spellings[-1]] * (self.max_batch - rows)
         width = bucket_length(max(len(s) for row in spellings for s in row), 8)
         table = np.zeros((self.max_batch, members, width), np.int32)
@@ -292,15 +284,16 @@ class HarnessEnsemble:
         for b, row in enumerate(spellings):
             for n, union_ids in enumerate(row):
                 table[b, n, : len(union_ids)] = union_ids
-        fed = np.max([fed_tokens(self.alignment, s) for row in spellings for s in row], axis=0)
+        alignment = self.ensemble.alignment
+        fed = np.max([fed_tokens(alignment, s) for row in spellings for s in row], axis=0)
         prompts = self.prompt_batch(contexts, 0)
         cache_lengths = tuple(
             ids.shape[1] + bucket_length(int(f), 8) for ids, f in zip(prompts.input_ids, fed)
         )
         sampling = Sampling(jax.random.key(0), jnp.float32(0.0), jnp.float32(1.0))  # unused
         context = DecodeContext(
-            tuple(self.members),
-            self.alignment,
+            self.ensemble.members,
+            alignment,
             self.weight_fn,
             sampling,
             config=self.decode_config(width),

@@ -11,7 +11,6 @@ from absl import app, logging
 from ml_collections import config_flags
 
 from rlae_jax.ensemble import Ensemble
-from rlae_jax.align import build_alignment
 from rlae_jax.toy.members import load_members
 from rlae_jax.engine import DecodeConfig
 from rlae_jax.engine.strategies import resolve_strategy
@@ -57,10 +56,7 @@ def main(argv):
     members = load_members(
         config.members, config.dtype, config.member_steps, config.cache_dir or None
     )
-    alignment = build_alignment(
-        [m.tokenizer for m in members], vocab_sizes=[m.config.vocab_size for m in members]
-    )
-    ensemble = Ensemble(members, alignment)
+    ensemble = Ensemble(members)
     task = get_task(config.task)
     examples = task.load(config.split, config.data_source or None, limit=config.limit)
     results = {}
@@ -108,7 +104,7 @@ def main(argv):
         plot_weights_along_answers(
             [
                 [
-                    alignment.union_bytes(u).decode("utf-8", "replace") or "<eos>"
+                    ensemble.alignment.union_bytes(u).decode("utf-8", "replace") or "<eos>"
                     for u in result.union_ids[i]
                 ]
                 for i in shown

@@ -7,7 +7,6 @@ from ml_collections import config_flags
 
 from rlae_jax.ensemble import Ensemble
 from rlae_jax.runtime import sharding
-from rlae_jax.align import build_alignment
 from rlae_jax.toy.members import load_members
 from rlae_jax.rl.trainer import RLAETrainer, RLConfig
 from rlae_jax.tasks import get_task
@@ -26,14 +25,11 @@ def main(argv):
     members = load_members(
         config.members, config.dtype, config.member_steps, config.cache_dir or None
     )
-    alignment = build_alignment(
-        [m.tokenizer for m in members], vocab_sizes=[m.config.vocab_size for m in members]
-    )
     task = get_task(config.task)
     examples = task.load(config.split, config.data_source or None, limit=config.limit)
     trainer = RLAETrainer(
         RLConfig.from_dict(config.rl),
-        Ensemble(members, alignment),
+        Ensemble(members),
         task,
         examples,
         config.workdir,

@@ -28,7 +28,6 @@ import optax
 from flax import nnx, struct
 from tqdm import tqdm
 
-from rlae_jax.align import Alignment
 from rlae_jax.engine import DecodeConfig, decode_jit, tokenize_for_members
 from rlae_jax.engine.strategies import FixedWeights, StatelessWeightFn
 from rlae_jax.engine.prefix import EncodedPrompts
@@ -262,7 +261,7 @@ def router_dataset(
     sentence `task.target` so far) and labels `[P]` of the chunks with a label
     (`teacher_forced_labels`). The prefixes are fed in batches of `batch_size` rows (`progress`:
     a bar over the batches of each phase)."""
-    members, alignment = ensemble.members, ensemble.alignment
+    members = ensemble.members
     prompts = ensemble.prompts(task, examples, shots)
     answers = [task.target(example) for example in examples]
     cuts = [reference_chunks(answer, config.chunk_chars) for answer in answers]
@@ -270,9 +269,7 @@ def router_dataset(
         [prompt + done for prompt, chunks in zip(own, cuts) for done, _ in chunks]
         for own in prompts
     ]
-    features = prefix_features(
-        members, alignment, prefixes, config.feature_set, batch_size, progress
-    )
+    features = prefix_features(ensemble, prefixes, config.feature_set, batch_size, progress)
     labels = teacher_forced_labels(members, prompts, answers, config.chunk_chars, progress)
     features = features.replace(
         previous_weights=jnp.asarray(
@@ -289,8 +286,7 @@ def router_dataset(
 
 
 def prefix_features(
-    members: Sequence[Member],
-    alignment: Alignment,
+    ensemble: Ensemble,
     prefixes: Sequence[Sequence[str]],
     feature_set: str,
     batch_size: int,
@@ -307,9 +303,9 @@ def prefix_features(
         rows = [list(own[start : start + batch_size]) for own in prefixes]
         rows = [own + own[-1:] * (batch_size - len(own)) for own in rows]
         result = decode_jit(
-            members,
-            alignment,
-            tokenize_for_members(members, rows, 1),
+            ensemble.members,
+            ensemble.alignment,
+            tokenize_for_members(ensemble.members, rows, 1),
             recorder,
             jax.random.key(0),
             jnp.float32(0.0),

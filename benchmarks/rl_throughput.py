@@ -78,8 +78,7 @@ def seconds_per_answer(ensemble, task, examples, shots, shared_prefix):
     }
     results = run_strategies(
         strategies,
-        ensemble.members,
-        ensemble.alignment,
+        ensemble,
         task,
         examples,
         batch_size=40,

@@ -1,5 +1,5 @@
 """The main job: `python -m launch.demo` runs the quick study on the real pair (configs/demo.py)
-and prints its table; `--config=configs/demo_synthetic.py` is the one-minute synthetic smoke test
+and prints its table; `--config=configs/demo_synthetic.py` is the synthetic smoke test
 (two tiny members trained here, no downloads). `--config.quick=True` shrinks either."""
 
 from absl import app, logging

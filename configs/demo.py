@@ -5,7 +5,7 @@ The study's mixture (one-digit a ± b + gcd) and held-out family, one seed of RL
 episodes, every untrained baseline and the tuned fixed weights, on fewer problems; RLAE_MAPPO, the
 family-id ablation, the router, more seeds and the 400-problem test split are the full study's.
 Sized for ≤ 15 minutes on 2 CPU cores, most of it compiling one decode per strategy.
-`--config=configs/demo_synthetic.py` is the synthetic smoke test (6 min).
+`--config=configs/demo_synthetic.py` is the synthetic smoke test (5–6 min).
 """
 
 from configs.study import finalize

@@ -1,5 +1,5 @@
 """The synthetic demo, a smoke test with no downloads:
-`python -m launch.demo --config=configs/demo_synthetic.py` (6 min with its members trained first;
+`python -m launch.demo --config=configs/demo_synthetic.py` (5–6 min with its members trained first;
 `--config.quick=True` is the slow job's shorter run).
 
 Two members trained here — a GPT-2-style "reverser" (byte-level BPE) and a Llama-style

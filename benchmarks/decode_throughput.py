@@ -181,7 +181,7 @@ def ensemble_args(members, alignment, prompts, new_tokens, features="none") -> t
     if features == "agent":
         weight_fn = CallableWeightFn(reads_every_feature, optional_features=("js_divergence",))
     else:
-        weight_fn, _ = resolve_strategy("uniform", len(members))
+        weight_fn = resolve_strategy("uniform", len(members))
     batch = tokenize_for_members(members, prompts, new_tokens)
     return (
         members,

@@ -74,7 +74,7 @@ def seconds_per_answer(ensemble, task, examples, shots, shared_prefix):
     """Evaluation seconds per answer of uniform weights and PackLLM (batches of 40)."""
     config = DecodeConfig(max_new_tokens=8, span_length=4)
     strategies = {
-        name: (resolve_strategy(name, len(ensemble))[0], config) for name in ("uniform", "packllm")
+        name: (resolve_strategy(name, len(ensemble)), config) for name in ("uniform", "packllm")
     }
     results = run_strategies(
         strategies,

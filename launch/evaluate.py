@@ -42,7 +42,7 @@ def fitted_baselines(config, ensemble, task) -> dict:
             ensemble, task, train, decode, config.tune_fixed_resolution, config.batch_size
         )
         name = f"fixed {np.round(search.weights, 2).tolist()} (tuned on {config.train_split})"
-        fitted[name] = resolve_strategy("fixed", len(ensemble), weights=search.weights)[0]
+        fitted[name] = resolve_strategy("fixed", len(ensemble), weights=search.weights)
     if config.router:
         router_config = RouterConfig(feature_set=config.router_feature_set)
         fitted["supervised router"] = train_router(ensemble, task, train, router_config)
@@ -63,12 +63,8 @@ def main(argv):
     baselines = (
         baseline_strategies(members, config.threshold, config.top_k) if config.baselines else {}
     )
-    for name, (weight_fn, selection) in baselines.items():
-        strategy_config = DecodeConfig(
-            max_new_tokens=config.max_new_tokens,
-            selection=selection,
-            record_features=False,
-        )
+    for name, weight_fn in baselines.items():
+        strategy_config = DecodeConfig(max_new_tokens=config.max_new_tokens, record_features=False)
         results[name] = run_strategy(
             name, ensemble, task, examples, weight_fn, strategy_config, config.batch_size
         )

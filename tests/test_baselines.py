@@ -88,7 +88,7 @@ def case():
     )
     task = ExactTask()
     blank = [Example(id=str(i), prompt=p, answer="", aliases=("",)) for i, p in enumerate(PROMPTS)]
-    alone, _ = resolve_strategy("single", 2, primary=0)
+    alone = resolve_strategy("single", 2, primary=0)
     texts = run_strategy("member 0", Ensemble(members, alignment), task, blank, alone, CONFIG).texts
     examples = [dataclasses.replace(e, answer=t, aliases=(t,)) for e, t in zip(blank, texts) if t]
     assert len(examples) >= 6, texts

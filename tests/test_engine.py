@@ -619,7 +619,7 @@ def test_alignment_for_other_members_is_refused(members, alignment):
     sizes = [len(members[0].tokenizer), len(members[1].tokenizer) + 40]
     wide = build_alignment([m.tokenizer for m in members], vocab_sizes=sizes, use_cache=False)
     batch = rlae_jax.engine.tokenize_for_members(members, PROMPTS, 4)
-    weight_fn, _ = rlae_jax.engine.resolve_strategy("uniform", 2)
+    weight_fn = rlae_jax.engine.resolve_strategy("uniform", 2)
     with pytest.raises(
         ValueError, match=r"member 1 \(unigram\) has a \d+-row embedding but the alignment was"
     ):
@@ -854,7 +854,6 @@ def test_unite_top_k_equals_a_brute_force_numpy_reference(members, alignment):
     full = np.asarray(alignment.mixed_argmax(dists.exp_logits, weights / dists.normalizer))
     differs = 0
     for k in (1, 2, 3):
-        config = DecodeConfig(selection=Selection("topk", k))
         got = jax.jit(
             lambda d, w: mixing.choose_union_tokens(
                 d,
@@ -862,7 +861,8 @@ def test_unite_top_k_equals_a_brute_force_numpy_reference(members, alignment):
                 alignment,
                 Sampling(jax.random.key(0), jnp.float32(0), jnp.float32(1)),
                 jnp.int32(0),
-                config,
+                Selection("topk", k),
+                DecodeConfig(),
             )
         )(dists, weights)
         np.testing.assert_array_equal(

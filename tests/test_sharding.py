@@ -94,7 +94,7 @@ def tiny_members() -> list[Member]:
 
 def decode_result(members, alignment, prompts, key, temperature, config, weights=None):
     """The engine's DecodeResult with uniform weights, or fixed `weights`."""
-    weight_fn, _ = resolve_strategy(
+    weight_fn = resolve_strategy(
         "uniform" if weights is None else "fixed", len(members), weights
     )
     return decode_jit(

@@ -151,8 +151,7 @@ def generate_from_batch(
     prefix)."""
     members = list(members)
     named = {k: options.pop(k) for k in STRATEGY_OPTIONS if k in options}
-    weight_fn, selection = resolve_strategy(strategy, len(members), **named)
-    options.setdefault("selection", selection)
+    weight_fn = resolve_strategy(strategy, len(members), **named)
     config = DecodeConfig(max_new_tokens=max_new_tokens, **options)
     result = decode_growing(
         members,

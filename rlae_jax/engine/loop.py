@@ -186,7 +186,10 @@ def step(context: DecodeContext, s: DecodeState) -> DecodeState:
         span > s.spans.started, lambda: start_span(context, s, dists), lambda: s.spans
     )
     nonfinite = ~s.done & ~usable_rows(dists.normalizer)  # NaN/inf (or all −inf) logits
-    chosen = choose_union_tokens(dists, spans.weights, alignment, context.sampling, s.step, config)
+    selection = context.weight_fn.selection
+    chosen = choose_union_tokens(
+        dists, spans.weights, alignment, context.sampling, s.step, selection, config
+    )
     tokens, counts = alignment.retokenize(jnp.maximum(chosen, 0))  # [B, N, L], [B, N]
     live, counts, stop, stop_member, needs_room = fit_rows(
         members, s.caches, counts, ~s.done & ~nonfinite, context.bounded_room

@@ -9,6 +9,7 @@ import jax.numpy as jnp
 from rlae_jax.align import Alignment
 from rlae_jax.engine.features import MemberDistributions
 from rlae_jax.engine.state import DecodeConfig, Sampling
+from rlae_jax.engine.strategies import Selection
 from rlae_jax.models.sampling import first_argmax, select_from, select_tokens
 
 
@@ -73,9 +74,11 @@ def choose_union_tokens(
     alignment: Alignment,
     sampling: Sampling,
     step: jax.Array,
+    selection: Selection,
     config: DecodeConfig,
 ) -> jax.Array:
-    """One union id per row `[B]` from the members' distributions mixed with `weights [B, N]`.
+    """One union id per row `[B]` from the members' distributions mixed with `weights [B, N]`, as
+    the weight_fn's `selection` says.
 
     Selection 'full' picks over the whole union (`choose_from_full_union`). With
     `candidates_per_member = k > 0`, greedy decoding first scores every member's top-k candidates
@@ -88,10 +91,10 @@ def choose_union_tokens(
     def full_union():
         return choose_from_full_union(dists, weights, alignment, sampling, step)
 
-    if not config.uses_candidates:
+    k = config.candidates(selection)
+    if not k:
         return full_union()
     probs = dists.probabilities()
-    k = config.selection.top_k if config.selection.mode == "topk" else config.candidates_per_member
     top_probs, top_ids = top_candidates(probs, min(k, probs.shape[-1]))
     candidates = alignment.top_k_union(probs, top_ids, weights)
     usable = candidates.valid & alignment.union_complete[candidates.union_ids]
@@ -103,7 +106,7 @@ def choose_union_tokens(
         )
         return jnp.take_along_axis(candidates.union_ids, index[:, None], axis=1)[:, 0]
 
-    if config.selection.mode == "topk":
+    if selection.mode == "topk":
         return pick_candidate(jnp.where(usable, jnp.log(jnp.maximum(scores, 1e-38)), -jnp.inf))
 
     duplicates = alignment.union_member_ids.shape[-1]

@@ -30,22 +30,22 @@ NO_TOKEN = -1  # union-id buffer padding after a row stops
 class DecodeConfig:
     """Static settings of one compiled decode.
 
-    `span_length`: union tokens per weight_fn call. `selection` / `candidates_per_member`: see
-    `mixing.choose_union_tokens`. `expansion_budget`: cache slots per union token past the prompt a
-    decode starts with (a member that needs more grows its cache at the cost of one more compiled
-    loop). `room_per_token`: the most slots per union token the in-graph `decode` compiles, because
-    it cannot grow caches at run time; a row that would overflow them stops with reason 'room'
-    (`decode_growing` and `generate` grow instead). `stop_at_eos=False` always runs
-    `max_new_tokens` steps (benchmarks). `record_features` keeps every span's SpanFeatures in the
-    result (RL needs them; without it, features the weight_fn ignores are never computed).
-    `samples_per_prompt` K: each prompt is prefilled once and decoded K times (rows b·K … b·K+K−1
-    of the result are prompt b's; a sampling weight_fn draws each row's weights independently),
-    so K RL episodes of one question cost one prefill.
+    `span_length`: union tokens per weight_fn call. `candidates_per_member`: see
+    `mixing.choose_union_tokens` (the weight_fn's `selection` says how the token is chosen).
+    `expansion_budget`: cache slots per union token past the prompt a decode starts with (a member
+    that needs more grows its cache at the cost of one more compiled loop). `room_per_token`: the
+    most slots per union token the in-graph `decode` compiles, because it cannot grow caches at run
+    time; a row that would overflow them stops with reason 'room' (`decode_growing` and `generate`
+    grow instead). `stop_at_eos=False` always runs `max_new_tokens` steps (benchmarks).
+    `record_features` keeps every span's SpanFeatures in the result (RL needs them; without it,
+    features the weight_fn ignores are never computed). `samples_per_prompt` K: each prompt is
+    prefilled once and decoded K times (rows b·K … b·K+K−1 of the result are prompt b's; a sampling
+    weight_fn draws each row's weights independently), so K RL episodes of one question cost one
+    prefill.
     """
 
     max_new_tokens: int = 64
     span_length: int = 1
-    selection: Selection = Selection()
     candidates_per_member: int = 0
     expansion_budget: int = 2
     room_per_token: int = 4
@@ -62,11 +62,10 @@ class DecodeConfig:
     def num_spans(self) -> int:
         return -(-self.max_new_tokens // self.span_length)
 
-    @property
-    def uses_candidates(self) -> bool:
-        """Selection from member top-k candidates (UniTE or the certified shortcut): needs the
-        normalised `[B, N, V]` probabilities."""
-        return self.selection.mode == "topk" or self.candidates_per_member > 0
+    def candidates(self, selection: Selection) -> int:
+        """Top-k candidates per member the choice reads (0: none, the full union decides): UniTE's
+        `top_k` under `selection` 'topk', else `candidates_per_member` (the certified shortcut)."""
+        return selection.top_k if selection.mode == "topk" else self.candidates_per_member
 
 
 class PromptBatch(NamedTuple):

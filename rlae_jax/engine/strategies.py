@@ -45,10 +45,13 @@ def check_weights(weights: Sequence[float], num_members: int) -> np.ndarray:
 class WeightFn(Protocol):
     """What the engine calls every span: `init_carry(batch, num_spans)` → the carry;
     `__call__(features: SpanFeatures, carry)` → (weights `[B, N]`, carry); `optional_features`: the
-    costly features it reads ("js_divergence", "prompt_nll"), so the others are never computed.
-    Strategies and RL agents implement it; pytrees, so they can carry arrays into compiled code."""
+    costly features it reads ("js_divergence", "prompt_nll"), so the others are never computed;
+    `selection`: how the union token is chosen from its mixture (static, so the compiled loop
+    branches on it). Strategies and RL agents implement it; pytrees, so they can carry arrays into
+    compiled code."""
 
     optional_features: tuple[str, ...]
+    selection: Selection
 
     def init_carry(self, batch: int, num_spans: int) -> Any: ...
 
@@ -59,22 +62,30 @@ def check_weight_fn(weight_fn: Any, where: str) -> Any:
     """`weight_fn` when it implements WeightFn, else a one-line TypeError naming what was passed."""
     if isinstance(weight_fn, tuple):
         raise TypeError(
-            f"{where}: got a tuple {tuple(type(x).__name__ for x in weight_fn)} where a weight_fn "
-            "belongs (resolve_strategy returns (weight_fn, Selection): pass its first item)"
+            f"{where}: got a tuple {tuple(type(x).__name__ for x in weight_fn)}; a weight_fn is "
+            "needed (see rlae_jax.engine.strategies.WeightFn; resolve_strategy returns one)"
         )
     if not isinstance(weight_fn, WeightFn):
-        missing = [n for n in ("init_carry", "optional_features") if not hasattr(weight_fn, n)]
+        members = ("init_carry", "optional_features", "selection")
+        missing = [n for n in members if not hasattr(weight_fn, n)]
         raise TypeError(
             f"{where}: {type(weight_fn).__name__} is not a weight_fn (missing "
             f"{', '.join(missing) or '__call__'}; see rlae_jax.engine.strategies.WeightFn)"
+        )
+    if not isinstance(weight_fn.selection, Selection):
+        raise TypeError(
+            f"{where}: {type(weight_fn).__name__}.selection is a "
+            f"{type(weight_fn.selection).__name__}, not a Selection"
         )
     return weight_fn
 
 
 class StatelessWeightFn:
-    """Mixin for weight functions that carry nothing between spans."""
+    """Mixin for weight functions that carry nothing between spans (and choose the union token
+    from the full union)."""
 
     optional_features: tuple[str, ...] = ()
+    selection: Selection = Selection()
 
     def init_carry(self, batch: int, num_spans: int):
         return ()
@@ -83,9 +94,11 @@ class StatelessWeightFn:
 @struct.dataclass
 class FixedWeights(StatelessWeightFn):
     """The same weights `[N]` (an array or a list) for every row and span (uniform = GaC's
-    average; one-hot = single member); the engine normalises them."""
+    average; one-hot = single member); the engine normalises them. `selection`
+    `Selection("topk", k)`: UniTE's top-k union."""
 
     weights: jax.Array
+    selection: Selection = struct.field(pytree_node=False, default=Selection())
 
     def __call__(self, features: SpanFeatures, carry):
         weights = jnp.asarray(self.weights, jnp.float32)
@@ -141,35 +154,36 @@ def resolve_strategy(
     primary: int = 0,
     top_k: int = 4,
     packllm_temperature: float = 1.0,
-) -> tuple[Any, Selection]:
-    """A strategy name (see STRATEGY_NAMES) or a weight_fn object → (weight_fn, Selection)."""
+) -> Any:
+    """A strategy name (see STRATEGY_NAMES) or a weight_fn object → its weight_fn (with its
+    `selection`)."""
     uniform = np.full((num_members,), 1.0 / num_members, np.float32)
     if not isinstance(strategy, str):
         if callable(strategy) and not hasattr(strategy, "init_carry"):
             strategy = CallableWeightFn(strategy)
-        return check_weight_fn(strategy, "strategy"), Selection()
+        return check_weight_fn(strategy, "strategy")
     if strategy == "uniform":
-        return FixedWeights(jnp.asarray(uniform)), Selection()
+        return FixedWeights(jnp.asarray(uniform))
     if strategy == "fixed":
         if weights is None:
             raise ValueError("strategy 'fixed' needs weights=[...] (one per member)")
-        return FixedWeights(jnp.asarray(check_weights(weights, num_members))), Selection()
+        return FixedWeights(jnp.asarray(check_weights(weights, num_members)))
     if strategy == "single":
         if not 0 <= primary < num_members:
             raise ValueError(f"primary={primary} is not a member index (0..{num_members - 1})")
-        return FixedWeights(jax.nn.one_hot(primary, num_members)), Selection()
+        return FixedWeights(jax.nn.one_hot(primary, num_members))
     if strategy == "threshold":
         if not 0 <= primary < num_members:
             raise ValueError(f"primary={primary} is not a member index (0..{num_members - 1})")
         ensemble = uniform if weights is None else check_weights(weights, num_members)
-        return ThresholdGating(jnp.float32(threshold), jnp.asarray(ensemble), primary), Selection()
+        return ThresholdGating(jnp.float32(threshold), jnp.asarray(ensemble), primary)
     if strategy == "topk":
         if top_k < 1:
             raise ValueError(f"top_k must be >= 1, got {top_k}")
         ensemble = uniform if weights is None else check_weights(weights, num_members)
-        return FixedWeights(jnp.asarray(ensemble)), Selection("topk", top_k)
+        return FixedWeights(jnp.asarray(ensemble), Selection("topk", top_k))
     if strategy == "packllm":
-        return PackLLMWeights(jnp.float32(packllm_temperature)), Selection()
+        return PackLLMWeights(jnp.float32(packllm_temperature))
     raise ValueError(
         f"unknown strategy {strategy!r}; known: {', '.join(STRATEGY_NAMES)} or a weight_fn object"
     )

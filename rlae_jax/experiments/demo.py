@@ -3,7 +3,6 @@ evaluate every strategy on held-out problems, and write a table and plots (see c
 
 from __future__ import annotations
 
-import dataclasses
 import pathlib
 import time
 
@@ -94,17 +93,8 @@ def baseline_results(ensemble, test_examples, config) -> dict[str, list]:
         max_new_tokens=config.rl.max_new_tokens, span_length=1, record_features=False
     )
     return {
-        name: [
-            run_strategy(
-                name,
-                ensemble,
-                SYNTHETIC,
-                test_examples,
-                weight_fn,
-                dataclasses.replace(decode_config, selection=selection),
-            )
-        ]
-        for name, (weight_fn, selection) in baseline_strategies(ensemble.members).items()
+        name: [run_strategy(name, ensemble, SYNTHETIC, test_examples, weight_fn, decode_config)]
+        for name, weight_fn in baseline_strategies(ensemble.members).items()
     }
 
 

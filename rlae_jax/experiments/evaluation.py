@@ -190,7 +190,7 @@ def baseline_strategies(
     top_k: int = 4,
     fixed_grid: Sequence[float] = (0.25, 0.5, 0.75),
 ) -> dict[str, Any]:
-    """Named baselines → weight_fn objects (and their selection modes) for `run_strategy`."""
+    """Named baselines → weight_fn objects (each with its `selection`) for `run_strategy`."""
     n = len(members)
     specs = {f"single:{m.name or i}": ("single", dict(primary=i)) for i, m in enumerate(members)}
     specs["uniform (GaC)"] = ("uniform", {})

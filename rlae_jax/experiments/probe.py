@@ -238,11 +238,10 @@ def ensemble_strategies(count: int, decode, fixed_grid: Sequence[float]) -> dict
     specs = {UNIFORM: ("uniform", {})}
     for w in fixed_grid if count == 2 else ():
         specs[f"fixed {w:.2f}/{1 - w:.2f}"] = ("fixed", dict(weights=[w, 1 - w]))
-    out = {}
-    for name, (kind, options) in specs.items():
-        weight_fn, selection = resolve_strategy(kind, count, **options)
-        out[name] = (weight_fn, dataclasses.replace(decode, selection=selection))
-    return out
+    return {
+        name: (resolve_strategy(kind, count, **options), decode)
+        for name, (kind, options) in specs.items()
+    }
 
 
 def member_texts(member, prompts: Sequence[str], batch_size: int, max_new_tokens: int) -> list:

@@ -183,13 +183,10 @@ class Study:
             self.ensemble.members, self.config.threshold, self.config.top_k, fixed_grid=()
         )
         out = {}
-        for name, (weight_fn, selection) in strategies.items():
+        for name, weight_fn in strategies.items():
             # GaC gates every token
             span = 1 if isinstance(weight_fn, ThresholdGating) else self.decode.span_length
-            out[name] = (
-                weight_fn,
-                dataclasses.replace(self.decode, selection=selection, span_length=span),
-            )
+            out[name] = (weight_fn, dataclasses.replace(self.decode, span_length=span))
         return out
 
     def fair_baselines(self) -> dict[str, tuple]:

@@ -23,7 +23,7 @@ import numpy as np
 from rlae_jax.engine import DecodeConfig, PromptBatch, batch_of_token_lists, to_host
 from rlae_jax.engine.loop import DecodeContext, decode_growing, prefill_jit, run_jit
 from rlae_jax.engine.state import Sampling
-from rlae_jax.engine.strategies import FixedWeights, Selection, resolve_strategy
+from rlae_jax.engine.strategies import FixedWeights, resolve_strategy
 from rlae_jax.ensemble import Ensemble
 from rlae_jax.harness.mixture import fed_tokens, spell, token_mixture_scores
 from rlae_jax.harness.scoring import check_scorable, continuation_scores
@@ -111,13 +111,12 @@ def load_agent(workdir: str | pathlib.Path, ensemble: Ensemble) -> tuple[Any, De
 
 @dataclasses.dataclass
 class HarnessEnsemble:
-    """An Ensemble (one member or more), the weight_fn and selection, and decode settings.
+    """An Ensemble (one member or more), the weight_fn (with its selection) and decode settings.
     `static_weights [N]`: the weights when they never depend on the input (uniform, fixed, single,
     top-k), else None (threshold, PackLLM, an agent)."""
 
     ensemble: Ensemble
     weight_fn: Any
-    selection: Selection
     span_length: int
     expansion_budget: int
     max_batch: int
@@ -147,19 +146,12 @@ class HarnessEnsemble:
                     f"give either a strategy ({strategy!r}) or an agent checkpoint, not both"
                 )
             weight_fn, run_decode = load_agent(checkpoint, ensemble)
-            return cls(
-                ensemble,
-                weight_fn,
-                Selection(),
-                run_decode.span_length,
-                run_decode.expansion_budget,
-                max_batch,
-                seed,
+            span_length, expansion_budget = run_decode.span_length, run_decode.expansion_budget
+        else:
+            weight_fn = resolve_strategy(
+                strategy or "uniform", len(ensemble), weights, **strategy_options
             )
-        weight_fn, selection = resolve_strategy(
-            strategy or "uniform", len(ensemble), weights, **strategy_options
-        )
-        return cls(ensemble, weight_fn, selection, span_length, expansion_budget, max_batch, seed)
+        return cls(ensemble, weight_fn, span_length, expansion_budget, max_batch, seed)
 
     @property
     def static_weights(self) -> np.ndarray | None:
@@ -177,7 +169,6 @@ class HarnessEnsemble:
         return DecodeConfig(
             max_new_tokens=max_new_tokens,
             span_length=self.span_length,
-            selection=self.selection,
             expansion_budget=self.expansion_budget,
             record_features=False,
         )

@@ -22,6 +22,7 @@ from flax import nnx, struct
 from rlae_jax.align import Alignment
 from rlae_jax.runtime.compile_options import decode_loop_options
 from rlae_jax.engine.loop import DecodeConfig, DecodeResult, PromptBatch, decode
+from rlae_jax.engine.strategies import Selection
 from rlae_jax.rl import ppo
 from rlae_jax.rl.gae import informative_share
 from rlae_jax.rl.networks import check_eval_action
@@ -41,7 +42,8 @@ class PolicyWeightFn:
     evaluation takes the policy's `eval_action` ("mean", "mode" or "sample", `EVAL_ACTIONS`).
     `families`: the family_feature agent's family of each row, `[B]` int32 or one index `[]` for
     every row (its one-hot of width `num_families` is appended to the raw observation, before the
-    normalisation); None for an agent that does not observe the family."""
+    normalisation); None for an agent that does not observe the family. `selection`: how the union
+    token is chosen from the mixture (default: the full union)."""
 
     graphdef: nnx.GraphDef = struct.field(pytree_node=False)
     params: nnx.State
@@ -55,6 +57,7 @@ class PolicyWeightFn:
     optional_features: tuple[str, ...] = struct.field(pytree_node=False, default=("js_divergence",))
     families: jax.Array | None = None
     num_families: int = struct.field(pytree_node=False, default=1)
+    selection: Selection = struct.field(pytree_node=False, default=Selection())
 
     def init_carry(self, batch: int, num_spans: int):
         return self.key, jnp.zeros((batch, num_spans, self.num_members), jnp.float32)

@@ -15,7 +15,7 @@ import warnings
 
 import common
 import decode_throughput
-from rlae_jax.align import build_alignment
+from rlae_jax.ensemble import Ensemble
 from rlae_jax.engine import decode_jit
 from rlae_jax.models.generate import generate_ids_jit
 
@@ -47,9 +47,7 @@ def main():
     )
     for size in opts.sizes.split(","):
         members, _ = decode_throughput.make_members(size, 1.0)
-        alignment = build_alignment(
-            [m.tokenizer for m in members], vocab_sizes=[m.config.vocab_size for m in members]
-        )
+        ensemble = Ensemble(members)
         prompts = (
             common.task_prompts(opts.batch) if size == "real" else common.batch_prompts(opts.batch)
         )
@@ -58,7 +56,7 @@ def main():
                 (
                     "ensemble",
                     decode_jit,
-                    decode_throughput.ensemble_args(members, alignment, prompts, new_tokens),
+                    decode_throughput.ensemble_args(ensemble, prompts, new_tokens),
                     dict(config=decode_throughput.ensemble_config(new_tokens)),
                 )
             ]

@@ -41,7 +41,6 @@ from tqdm import tqdm
 import common
 from rlae_jax.runtime.compile_options import XLA_DEFAULT_COMMAND_BUFFERS, decode_loop_options
 from rlae_jax.models.generate import generate_ids_jit
-from rlae_jax.align import build_alignment
 from rlae_jax.engine import (
     CallableWeightFn,
     DecodeConfig,
@@ -51,6 +50,7 @@ from rlae_jax.engine import (
     resolve_strategy,
     tokenize_for_members,
 )
+from rlae_jax.ensemble import Ensemble
 from rlae_jax.models import Member, build_model
 from rlae_jax.models.prompts import encode_prompts, left_pad, pad_id_of
 from rlae_jax.models.sampling import first_argmax
@@ -177,15 +177,14 @@ def reads_every_feature(features) -> jax.Array:
     return features.previous_weights + 0.0 * total[:, None]
 
 
-def ensemble_args(members, alignment, prompts, new_tokens, features="none") -> tuple:
+def ensemble_args(ensemble, prompts, new_tokens, features="none") -> tuple:
     if features == "agent":
         weight_fn = CallableWeightFn(reads_every_feature, optional_features=("js_divergence",))
     else:
-        weight_fn = resolve_strategy("uniform", len(members))
-    batch = tokenize_for_members(members, prompts, new_tokens)
+        weight_fn = resolve_strategy("uniform", len(ensemble))
+    batch = tokenize_for_members(ensemble.members, prompts, new_tokens)
     return (
-        members,
-        alignment,
+        ensemble,
         batch,
         weight_fn,
         jax.random.key(0),
@@ -194,9 +193,9 @@ def ensemble_args(members, alignment, prompts, new_tokens, features="none") -> t
     )
 
 
-def ensemble_runner(members, alignment, prompts, new_tokens, options=None, **settings) -> Program:
+def ensemble_runner(ensemble, prompts, new_tokens, options=None, **settings) -> Program:
     config = ensemble_config(new_tokens, **settings)
-    args = ensemble_args(members, alignment, prompts, new_tokens, settings.get("features", "none"))
+    args = ensemble_args(ensemble, prompts, new_tokens, settings.get("features", "none"))
     return compile_program(decode_jit, args, options, config=config)
 
 
@@ -288,10 +287,10 @@ def step_seconds(make_runners, tokens, repeats) -> tuple[list[float], list[int],
     return seconds, [long.working_bytes for _, long in runs], results
 
 
-def shortcut_share(members, alignment, prompts, new_tokens, **settings) -> float:
+def shortcut_share(ensemble, prompts, new_tokens, **settings) -> float:
     """Fraction of steps that took the certified-candidate shortcut: an untimed decode with a host
     callback counting the full-union fallbacks."""
-    args = ensemble_args(members, alignment, prompts, new_tokens, settings.get("features", "none"))
+    args = ensemble_args(ensemble, prompts, new_tokens, settings.get("features", "none"))
     config = ensemble_config(new_tokens, **settings)
     fallbacks = []
     # a fresh function: jax.jit(decode) would reuse decode's earlier trace
@@ -393,16 +392,17 @@ def parse_args():
     return opts
 
 
-def variant_runners(members, alignment, prompts, options, settings, floors: bool) -> list:
+def variant_runners(ensemble, prompts, options, settings, floors: bool) -> list:
     """Program makers `n -> Program` of one compile-option variant: each member alone, the floors
     (unless not `floors`), the ensemble last."""
+    members = ensemble.members
     runners = [lambda n, m=m: member_runner(m, prompts, n, options) for m in members]
     if floors:
         runners.append(lambda n: together_runner(members, prompts, n, options=options))
         runners.append(
             lambda n: together_runner(members, prompts, n, normalisers=True, options=options)
         )
-    runners.append(lambda n: ensemble_runner(members, alignment, prompts, n, options, **settings))
+    runners.append(lambda n: ensemble_runner(ensemble, prompts, n, options, **settings))
     return runners
 
 
@@ -473,9 +473,8 @@ def main():
     print(common.fmt_row(header, widths))
     for size in opts.sizes.split(","):
         members, note = make_members(size, opts.head_scale)
-        alignment = build_alignment(
-            [m.tokenizer for m in members], vocab_sizes=[m.config.vocab_size for m in members]
-        )
+        ensemble = Ensemble(members)
+        alignment = ensemble.alignment
         tokens = tuple(int(t) for t in (opts.tokens or DEFAULT_TOKENS[size]).split(","))
         print(
             f"# {size}: {note}; union {alignment.num_union} tokens "
@@ -491,10 +490,10 @@ def main():
             for variant in variants:
                 options = COMMAND_BUFFERS[variant]
                 floors = not opts.no_floors
-                runners += variant_runners(members, alignment, prompts, options, settings, floors)
+                runners += variant_runners(ensemble, prompts, options, settings, floors)
             all_seconds, all_work, results = step_seconds(runners, tokens, opts.repeats)
             shortcut = (
-                shortcut_share(members, alignment, prompts, tokens[1], **settings)
+                shortcut_share(ensemble, prompts, tokens[1], **settings)
                 if opts.candidates
                 else None
             )

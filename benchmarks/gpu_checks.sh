@@ -45,11 +45,10 @@ print(f"jax {jax.__version__} {jax.devices()} | flax {flax.__version__} | torch 
       f"{tokenizers.__version__} | numpy {numpy.__version__}")
 import sys; sys.path.insert(0, "benchmarks")
 from decode_throughput import make_members
-from rlae_jax.align import build_alignment
+from rlae_jax import Ensemble
 from rlae_jax.engine import generate
 members, _ = make_members("tiny-trained", 1.0)
-alignment = build_alignment([m.tokenizer for m in members], vocab_sizes=[m.config.vocab_size for m in members])
-out = generate(members, alignment, ["Once upon a time"], max_new_tokens=8)
+out = generate(Ensemble(members), ["Once upon a time"], max_new_tokens=8)
 print("tiny ensemble decode on", jax.default_backend(), "->", repr(out.texts[0]))
 from rlae_jax.runtime.compile_options import decode_loop_options
 print("decode loops compiled with", decode_loop_options() or "XLA's default options")

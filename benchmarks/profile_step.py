@@ -33,7 +33,7 @@ import jax
 
 import common
 import decode_throughput
-from rlae_jax.align import build_alignment
+from rlae_jax.ensemble import Ensemble
 
 INSTRUCTION = re.compile(r"^\s*(?:ROOT )?%([\w.\-]+) = (\S+) ([\w\-]+)\(")
 OP_NAME = re.compile(r'op_name="([^"]*)"')
@@ -127,25 +127,23 @@ def main():
     opts = parser.parse_args()
     warnings.filterwarnings("ignore", message="union tokens left out")
     members, note = decode_throughput.make_members(opts.size, 1.0)
-    alignment = build_alignment(
-        [m.tokenizer for m in members], vocab_sizes=[m.config.vocab_size for m in members]
-    )
+    ensemble = Ensemble(members)
     prompts = common.batch_prompts(opts.batch, opts.prompts == "distinct")
     print(f"# profile_step  {datetime.datetime.now():%Y-%m-%d %H:%M}")
     print(f"# {common.machine_info()}")
     print(
-        f"# {opts.size}: {note}; union {alignment.num_union}; batch {opts.batch} ({opts.prompts} "
-        f"prompts), {opts.tokens} new tokens, greedy, uniform weights; features: "
+        f"# {opts.size}: {note}; union {ensemble.alignment.num_union}; batch {opts.batch} "
+        f"({opts.prompts} prompts), {opts.tokens} new tokens, greedy, uniform weights; features: "
         f"{decode_throughput.FEATURE_USES[opts.features]}"
     )
 
-    ensemble = decode_throughput.ensemble_runner(
-        members, alignment, prompts, opts.tokens, features=opts.features
+    program = decode_throughput.ensemble_runner(
+        ensemble, prompts, opts.tokens, features=opts.features
     )
     report(
         "ensemble",
-        *traced_op_times(ensemble, opts.tokens),
-        op_table(ensemble.compiled.as_text()),
+        *traced_op_times(program, opts.tokens),
+        op_table(program.compiled.as_text()),
         opts.top,
         opts.tokens,
     )

@@ -30,7 +30,7 @@ from tqdm import tqdm
 from transformers import AutoModelForCausalLM, GPT2Config, LlamaConfig
 
 import common
-from rlae_jax.align import build_alignment
+from rlae_jax.ensemble import Ensemble
 from rlae_jax.engine import generate
 from rlae_jax.models import from_pretrained
 from rlae_jax.models.presets import PRESETS
@@ -194,7 +194,8 @@ def run_size(size, prompts, new_tokens, batch, folder, device):
     else:
         models, members, note = random_members(size, folder, device)
     tokenizers = [m.tokenizer for m in members]
-    alignment = build_alignment(tokenizers, vocab_sizes=[m.config.vocab_size for m in members])
+    ensemble = Ensemble(members)
+    alignment = ensemble.alignment
     projections = sparse_projections(alignment, device)
     print(
         f"# {size}: {note}; params {[f'{m.num_params / 1e6:.1f}M' for m in members]}; union "
@@ -203,7 +204,7 @@ def run_size(size, prompts, new_tokens, batch, folder, device):
     )
     chunks = [prompts[i : i + batch] for i in range(0, len(prompts), batch)]
     for chunk in chunks:  # compile every length bucket the prompts fall in
-        generate(members, alignment, chunk, max_new_tokens=new_tokens)
+        generate(ensemble, chunk, max_new_tokens=new_tokens)
     ids = {p: [encode_prompts(t, [p])[0] for t in tokenizers] for p in prompts}
     reference = {
         respell: lambda p, respell=respell: reference_generate(
@@ -214,7 +215,7 @@ def run_size(size, prompts, new_tokens, batch, folder, device):
     reference["table"](prompts[0])  # warm torch up
     ours_texts, tokens, seconds = [], {"ours": 0}, {"ours": 0.0}
     for chunk in tqdm(chunks, desc=size, leave=False):
-        out, took = timed(lambda: generate(members, alignment, chunk, max_new_tokens=new_tokens))
+        out, took = timed(lambda: generate(ensemble, chunk, max_new_tokens=new_tokens))
         tokens["ours"] += sum(map(len, out.union_ids))
         seconds["ours"] += took
         ours_texts += out.texts

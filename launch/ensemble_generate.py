@@ -25,10 +25,13 @@ def main(argv):
             "--config.members=PATH_A,PATH_B (HF folders, hub ids or .gguf files) is required"
         )
     members = [rlae_jax.from_pretrained(p, dtype=config.dtype) for p in paths]
-    alignment = build_alignment(
-        [m.tokenizer for m in members],
-        vocab_sizes=[m.config.vocab_size for m in members],
-        cache_dir=config.alignment_cache or None,
+    ensemble = rlae_jax.Ensemble(
+        members,
+        build_alignment(
+            [m.tokenizer for m in members],
+            vocab_sizes=[m.config.vocab_size for m in members],
+            cache_dir=config.alignment_cache or None,
+        ),
     )
     weights = [float(w) for w in config.weights.split(",")] if config.weights else None
     prompts = read_prompts(config.prompts, config.prompts_file)
@@ -36,8 +39,7 @@ def main(argv):
     for start in tqdm(batches, desc="generating", disable=len(batches) == 1):
         chunk = prompts[start : start + config.batch_size]
         out = generate(
-            members,
-            alignment,
+            ensemble,
             chunk,
             strategy=config.strategy,
             weights=weights,

@@ -49,11 +49,11 @@ class Ensemble:
             alignment = build_alignment(
                 [m.tokenizer for m in members], vocab_sizes=[m.config.vocab_size for m in members]
             )
-        check_members(members, alignment)
         formats = tuple(formats) if formats is not None else (None,) * len(members)
         if len(formats) != len(members):
             raise ValueError(f"{len(formats)} formats for {len(members)} members")
-        self.members, self.alignment, self.formats = members, alignment, formats
+        self.members, self.formats, self.alignment = members, formats, alignment
+        check_members(self)
         self.prefixes = PrefixStates(members)
         self.encodings = 0  # splits encoded so far (a study encodes each split once)
 
@@ -135,6 +135,4 @@ class Ensemble:
         per member): `rlae_jax.engine.generate`'s strategies and options."""
         encoded = self.encode_texts(prompts, max_new_tokens)
         batch = self.batch(encoded, range(len(encoded)))
-        return generate_from_batch(
-            self.members, self.alignment, batch, strategy, max_new_tokens, **options
-        )
+        return generate_from_batch(self, batch, strategy, max_new_tokens, **options)

@@ -108,7 +108,8 @@ def test_round_trip_between_members(trained, alignment, text):
 @SETTINGS
 @given(seed=st.integers(0, 2**31 - 1), temperature=st.floats(0.01, 100.0), one_hot=st.booleans())
 def test_projection_conserves_mass(alignment, seed, temperature, one_hot):
-    batch, members, vocab = 3, alignment.num_members, alignment.member_to_union.shape[1]
+    batch, vocab = 3, alignment.member_to_union.shape[1]
+    members = alignment.num_members
     logits = jax.random.normal(jax.random.key(seed), (batch, members, vocab)) / temperature
     if one_hot:
         logits = jnp.where(jax.nn.one_hot(jnp.argmax(logits, -1), vocab, dtype=bool), 0.0, -1e9)

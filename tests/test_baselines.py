@@ -81,18 +81,21 @@ def case():
         tiny_member("gpt2", train_byte_level_bpe(CORPUS, 300), 0, "peaked"),
         uniform_member(tiny_member("llama", train_metaspace_bpe(CORPUS, 120), 1, "uniform")),
     ]
-    alignment = build_alignment(
-        [m.tokenizer for m in members],
-        vocab_sizes=[m.config.vocab_size for m in members],
-        use_cache=False,
+    ensemble = Ensemble(
+        members,
+        build_alignment(
+            [m.tokenizer for m in members],
+            vocab_sizes=[m.config.vocab_size for m in members],
+            use_cache=False,
+        ),
     )
     task = ExactTask()
     blank = [Example(id=str(i), prompt=p, answer="", aliases=("",)) for i, p in enumerate(PROMPTS)]
     alone = resolve_strategy("single", 2, primary=0)
-    texts = run_strategy("member 0", Ensemble(members, alignment), task, blank, alone, CONFIG).texts
+    texts = run_strategy("member 0", ensemble, task, blank, alone, CONFIG).texts
     examples = [dataclasses.replace(e, answer=t, aliases=(t,)) for e, t in zip(blank, texts) if t]
     assert len(examples) >= 6, texts
-    return members, alignment, task, examples
+    return ensemble, task, examples
 
 
 def test_simplex_grid():
@@ -106,8 +109,8 @@ def test_simplex_grid():
 
 
 def test_tuned_fixed_weights_reproduce_the_member_that_knows(case, capfd):
-    members, alignment, task, examples = case
-    search = tune_fixed_weights(Ensemble(members, alignment), task, examples, CONFIG, resolution=4)
+    ensemble, task, examples = case
+    search = tune_fixed_weights(ensemble, task, examples, CONFIG, resolution=4)
     assert "evaluating 5 strategies: 100%" in capfd.readouterr().err  # the grid's progress bar
     # any weight on member 0 keeps its greedy choices (a uniform member shifts no argmax)
     np.testing.assert_array_equal(search.grid[:, 0], [0, 0.25, 0.5, 0.75, 1])
@@ -128,32 +131,30 @@ def test_router_fit_learns_a_rule_of_the_observation():
 
 
 def test_router_labels_and_weights_follow_the_member_that_knows(case, capfd):
-    members, alignment, task, examples = case
+    ensemble, task, examples = case
+    members = ensemble.members
     prompts, answers = [e.prompt for e in examples], [e.answer for e in examples]
     labels = teacher_forced_labels(members, [prompts, prompts], answers, 4)
     assert len(labels) == sum(len(reference_chunks(e.answer, 4)) for e in examples)
     assert set(labels.tolist()) <= {0, -1} and (labels == 0).mean() > 0.8, labels
     config = RouterConfig(chunk_chars=4, steps=50)
     capfd.readouterr()
-    observations, dataset_labels = router_dataset(
-        Ensemble(members, alignment), task, examples, config
-    )
+    observations, dataset_labels = router_dataset(ensemble, task, examples, config)
     assert capfd.readouterr().err == ""  # quiet unless asked
     np.testing.assert_array_equal(dataset_labels, labels[labels >= 0])
     assert observations.shape[0] == len(dataset_labels) and np.isfinite(observations).all()
-    router = train_router(Ensemble(members, alignment), task, examples, config)
+    router = train_router(ensemble, task, examples, config)
     bars = capfd.readouterr().err  # train_router's progress bars, one per phase
     for phase in ("router features", f"labels ({members[0].name})", f"labels ({members[1].name})"):
         assert f"{phase}: 100%" in bars, bars
-    result = run_strategy("router", Ensemble(members, alignment), task, examples, router, CONFIG)
+    result = run_strategy("router", ensemble, task, examples, router, CONFIG)
     assert result.accuracy == 1.0, (result.texts, [e.answer for e in examples])
     weights = np.concatenate([w for w in result.span_weights])
     assert weights[:, 0].min() > 0.9, weights
 
 
 def test_token_log_probs_in_chunks_equal_the_full_log_softmax(case):
-    members, *_ = case
-    member = members[0]
+    member = case[0].members[0]
     ids, mask = left_pad([member.tokenizer.encode(p) for p in PROMPTS], 0)
     ids, mask = jax.numpy.asarray(ids), jax.numpy.asarray(mask)
     full = jax.nn.log_softmax(member.logits(ids, mask)[:, :-1], axis=-1)

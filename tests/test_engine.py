@@ -9,6 +9,7 @@ import pytest
 from flax import struct
 
 import rlae_jax
+from rlae_jax import Ensemble
 from rlae_jax.align import build_alignment
 from rlae_jax.runtime import compile_options
 from rlae_jax.engine import (
@@ -49,20 +50,28 @@ def members():
 
 
 @pytest.fixture(scope="module")
-def alignment(members):
-    return build_alignment(
-        [m.tokenizer for m in members],
-        vocab_sizes=[m.config.vocab_size for m in members],
-        use_cache=False,
+def ensemble(members):
+    return Ensemble(
+        members,
+        build_alignment(
+            [m.tokenizer for m in members],
+            vocab_sizes=[m.config.vocab_size for m in members],
+            use_cache=False,
+        ),
     )
 
 
+@pytest.fixture(scope="module")
+def alignment(ensemble):
+    return ensemble.alignment
+
+
 def test_one_hot_weights_reproduce_the_member_alone_while_the_other_ingests_everything(
-    members, alignment
+    ensemble, alignment, members
 ):
     alone = rlae_jax.generate_tokens(members[0], PROMPTS, max_new_tokens=NEW_TOKENS)
     out = generate(
-        members, alignment, PROMPTS, strategy="fixed", weights=[1.0, 0.0], max_new_tokens=NEW_TOKENS
+        ensemble, PROMPTS, strategy="fixed", weights=[1.0, 0.0], max_new_tokens=NEW_TOKENS
     )
     for row, own_ids in enumerate(alone):
         assert out.union_ids[row] == alignment.to_union(0, own_ids)
@@ -77,18 +86,18 @@ def test_one_hot_weights_reproduce_the_member_alone_while_the_other_ingests_ever
     assert max(expansions) > 0, "the test should exercise multi-token steps in the unigram member"
 
 
-def test_single_strategy_equals_one_hot_fixed_by_name_or_object(members, alignment):
+def test_single_strategy_equals_one_hot_fixed_by_name_or_object(ensemble):
     single = generate(
-        members, alignment, PROMPTS, strategy="single", primary=1, max_new_tokens=NEW_TOKENS
+        ensemble, PROMPTS, strategy="single", primary=1, max_new_tokens=NEW_TOKENS
     )
     fixed = generate(
-        members, alignment, PROMPTS, strategy="fixed", weights=[0, 1], max_new_tokens=NEW_TOKENS
+        ensemble, PROMPTS, strategy="fixed", weights=[0, 1], max_new_tokens=NEW_TOKENS
     )
-    as_object = generate(members, alignment, PROMPTS, FixedWeights([0.0, 1.0]), NEW_TOKENS)
+    as_object = generate(ensemble, PROMPTS, FixedWeights([0.0, 1.0]), NEW_TOKENS)
     assert single.union_ids == fixed.union_ids == as_object.union_ids
 
 
-def test_duplicate_byte_strings_explain_any_divergence_from_the_member_alone(members, alignment):
+def test_duplicate_byte_strings_explain_any_divergence_from_the_member_alone(alignment, members):
     """Member 1 has byte-fallback duplicates: where the ensemble (one-hot on it) picks different
     bytes than its own greedy step, the chosen byte string's summed probability beats its top token.
     """
@@ -113,8 +122,7 @@ def test_duplicate_byte_strings_explain_any_divergence_from_the_member_alone(mem
         member = random_member("llama", members[1].tokenizer, seed, "unigram")
         member = member.replace(state=jax.tree_util.tree_map_with_path(tie, member.state))
         out = generate(
-            [members[0], member],
-            alignment,
+            Ensemble([members[0], member], alignment),
             PROMPTS,
             strategy="single",
             primary=1,
@@ -157,20 +165,23 @@ def test_two_copies_of_one_member_equal_that_member_alone(members):
     alone = rlae_jax.generate_tokens(members[0], PROMPTS, max_new_tokens=NEW_TOKENS)
     for weights in ([0.5, 0.5], [0.2, 0.8], [0.9, 0.1]):
         out = generate(
-            copies, alignment, PROMPTS, strategy="fixed", weights=weights, max_new_tokens=NEW_TOKENS
+            Ensemble(copies, alignment),
+            PROMPTS,
+            strategy="fixed",
+            weights=weights,
+            max_new_tokens=NEW_TOKENS,
         )
         assert out.union_ids == [alignment.to_union(0, ids) for ids in alone]
 
 
 @pytest.mark.slow  # minutes on 2 cores: the slow job runs it
-def test_every_batch_row_equals_its_prompt_run_alone(members, alignment):
+def test_every_batch_row_equals_its_prompt_run_alone(ensemble):
     batched = generate(
-        members, alignment, PROMPTS, strategy="uniform", max_new_tokens=NEW_TOKENS, span_length=3
+        ensemble, PROMPTS, strategy="uniform", max_new_tokens=NEW_TOKENS, span_length=3
     )
     for row, prompt in enumerate(PROMPTS):
         alone = generate(
-            members,
-            alignment,
+            ensemble,
             [prompt],
             strategy="uniform",
             max_new_tokens=NEW_TOKENS,
@@ -179,18 +190,17 @@ def test_every_batch_row_equals_its_prompt_run_alone(members, alignment):
         assert alone.union_ids[0] == batched.union_ids[row]
 
 
-def test_threshold_extremes(members, alignment):
+def test_threshold_extremes(ensemble):
     """GaC gating: the primary alone where its max probability exceeds τ. τ = 0 → always alone (the
     primary's own output); τ > 1 → never alone (the ensemble). (Issue 4's must-show list states
     these two extremes the other way round; its own definition of the gate, followed here, implies
     this.)"""
     primary = generate(
-        members, alignment, PROMPTS, strategy="single", primary=0, max_new_tokens=NEW_TOKENS
+        ensemble, PROMPTS, strategy="single", primary=0, max_new_tokens=NEW_TOKENS
     )
-    ensemble = generate(members, alignment, PROMPTS, strategy="uniform", max_new_tokens=NEW_TOKENS)
+    mixed = generate(ensemble, PROMPTS, strategy="uniform", max_new_tokens=NEW_TOKENS)
     above_one = generate(
-        members,
-        alignment,
+        ensemble,
         PROMPTS,
         strategy="threshold",
         threshold=1.5,
@@ -198,23 +208,21 @@ def test_threshold_extremes(members, alignment):
         max_new_tokens=NEW_TOKENS,
     )
     zero = generate(
-        members,
-        alignment,
+        ensemble,
         PROMPTS,
         strategy="threshold",
         threshold=0.0,
         primary=0,
         max_new_tokens=NEW_TOKENS,
     )
-    assert above_one.union_ids == ensemble.union_ids
+    assert above_one.union_ids == mixed.union_ids
     assert zero.union_ids == primary.union_ids
-    assert primary.union_ids != ensemble.union_ids  # the two extremes really differ here
+    assert primary.union_ids != mixed.union_ids  # the two extremes really differ here
 
 
-def test_threshold_gates_per_row_inside_one_batch(members, alignment):
+def test_threshold_gates_per_row_inside_one_batch(ensemble):
     out = generate(
-        members,
-        alignment,
+        ensemble,
         PROMPTS,
         strategy="threshold",
         threshold=0.6,
@@ -230,37 +238,36 @@ def test_threshold_gates_per_row_inside_one_batch(members, alignment):
     np.testing.assert_array_equal(alone, max_prob > 0.6)
 
 
-def test_top_k_union_with_k_equal_to_the_vocabulary_equals_the_full_union(members, alignment):
-    full = generate(members, alignment, PROMPTS, strategy="uniform", max_new_tokens=NEW_TOKENS)
+def test_top_k_union_with_k_equal_to_the_vocabulary_equals_the_full_union(ensemble, members):
+    full = generate(ensemble, PROMPTS, strategy="uniform", max_new_tokens=NEW_TOKENS)
     every = generate(
-        members,
-        alignment,
+        ensemble,
         PROMPTS,
         strategy="topk",
         top_k=max(m.config.vocab_size for m in members),
         max_new_tokens=NEW_TOKENS,
     )
     narrow = generate(
-        members, alignment, PROMPTS, strategy="topk", top_k=1, max_new_tokens=NEW_TOKENS
+        ensemble, PROMPTS, strategy="topk", top_k=1, max_new_tokens=NEW_TOKENS
     )
     assert every.union_ids == full.union_ids
     assert len(narrow.union_ids) == len(PROMPTS)
 
 
-def test_packllm_weights_follow_prompt_likelihood(members, alignment):
-    out = generate(members, alignment, PROMPTS, strategy="packllm", max_new_tokens=4)
+def test_packllm_weights_follow_prompt_likelihood(ensemble):
+    out = generate(ensemble, PROMPTS, strategy="packllm", max_new_tokens=4)
     nll = np.asarray(out.result.span_features.prompt_nll)[:, 0]
     expected = np.exp(-nll) / np.exp(-nll).sum(-1, keepdims=True)
     np.testing.assert_allclose(np.stack([w[0] for w in out.span_weights]), expected, rtol=1e-5)
     assert np.all(nll > 0)
 
 
-def test_weight_fn_is_called_every_span_with_features(members, alignment):
+def test_weight_fn_is_called_every_span_with_features(ensemble):
     def by_span(features):  # member 0 on even spans, member 1 on odd spans
         odd = (features.span_index % 2).astype(jnp.float32)[:, None]
         return jnp.concatenate([1.0 - odd, odd], axis=1)
 
-    out = generate(members, alignment, PROMPTS, strategy=by_span, max_new_tokens=12, span_length=4)
+    out = generate(ensemble, PROMPTS, strategy=by_span, max_new_tokens=12, span_length=4)
     for row, weights in enumerate(out.span_weights):
         spans = -(-len(out.union_ids[row]) // 4)
         assert weights.shape == (spans, 2)
@@ -273,7 +280,7 @@ def test_weight_fn_is_called_every_span_with_features(members, alignment):
     )
 
 
-def test_distribution_features_match_their_definitions(members, alignment):
+def test_distribution_features_match_their_definitions(members):
     """Entropy, max prob and top-1 agreement computed without `[B, N, V]` probabilities equal
     −Σ p log p, max p and the argmax union ids of the normalised distributions, also for a member
     whose model has ids its tokenizer lacks (probability 0) and for peaked and flat rows."""
@@ -308,7 +315,7 @@ def test_distribution_features_match_their_definitions(members, alignment):
     )
 
 
-def test_rows_without_a_usable_distribution_are_found(members, alignment):
+def test_rows_without_a_usable_distribution_are_found(alignment):
     """A NaN, a +inf or all −inf logits in one member's row leave that row without a finite positive
     normaliser (the engine stops it as 'nonfinite_logits'); the other rows keep softmax exactly."""
     logits = [
@@ -327,38 +334,39 @@ def test_rows_without_a_usable_distribution_are_found(members, alignment):
     )
 
 
-def test_js_divergence_feature_when_requested(members, alignment):
+def test_js_divergence_feature_when_requested(ensemble):
     weight_fn = CallableWeightFn(lambda f: f.previous_weights, optional_features=("js_divergence",))
-    out = generate(members, alignment, PROMPTS, strategy=weight_fn, max_new_tokens=4)
+    out = generate(ensemble, PROMPTS, strategy=weight_fn, max_new_tokens=4)
     js = np.asarray(out.result.span_features.js_divergence)[:, 0]
     assert np.all(js > 0) and np.all(js <= np.log(2) + 1e-6)
 
 
-def test_sampling_is_seeded(members, alignment):
+def test_sampling_is_seeded(ensemble):
     kwargs = dict(strategy="uniform", max_new_tokens=NEW_TOKENS, temperature=1.0, top_p=0.9)
-    first = generate(members, alignment, PROMPTS, seed=1, **kwargs)
-    again = generate(members, alignment, PROMPTS, seed=1, **kwargs)
-    other = generate(members, alignment, PROMPTS, seed=2, **kwargs)
+    first = generate(ensemble, PROMPTS, seed=1, **kwargs)
+    again = generate(ensemble, PROMPTS, seed=1, **kwargs)
+    other = generate(ensemble, PROMPTS, seed=2, **kwargs)
     assert first.union_ids == again.union_ids != other.union_ids
 
 
-def test_same_bucket_does_not_recompile(members, alignment):
+def test_same_bucket_does_not_recompile(ensemble):
     generate(
-        members, alignment, ["Hello world!", "Once upon"], strategy="uniform", max_new_tokens=8
+        ensemble, ["Hello world!", "Once upon"], strategy="uniform", max_new_tokens=8
     )
     compiled = loop.run_jit._cache_size()
     generate(
-        members,
-        alignment,
+        ensemble,
         ["The quick brown fox", "Alice and"],
         strategy="uniform",
         max_new_tokens=8,
     )
-    generate(members, alignment, ["A", "B"], strategy="fixed", weights=[0.3, 0.7], max_new_tokens=8)
+    generate(ensemble, ["A", "B"], strategy="fixed", weights=[0.3, 0.7], max_new_tokens=8)
     assert loop.run_jit._cache_size() == compiled
 
 
-def test_a_member_context_window_stops_the_row_with_a_reason_naming_it(members, alignment):
+def test_a_member_context_window_stops_the_row_with_a_reason_naming_it(
+    ensemble, alignment, members
+):
     """The unigram member re-spells some union tokens in several tokens: with a context window that
     only holds the prompt and one token per union token, a row it cannot follow stops as
     'context_window' (a warning names the member); the others run to the length."""
@@ -369,8 +377,7 @@ def test_a_member_context_window_stops_the_row_with_a_reason_naming_it(members, 
         UserWarning, match="member 'short' cannot take the next token within its context"
     ):
         out = generate(
-            [members[0], short],
-            alignment,
+            Ensemble([members[0], short], alignment),
             prompts,
             strategy="single",
             primary=0,
@@ -378,7 +385,7 @@ def test_a_member_context_window_stops_the_row_with_a_reason_naming_it(members, 
         )
     assert "context_window" in out.stop_reasons
     full = generate(
-        members, alignment, prompts, strategy="single", primary=0, max_new_tokens=NEW_TOKENS
+        ensemble, prompts, strategy="single", primary=0, max_new_tokens=NEW_TOKENS
     )
     ingested = np.asarray(out.result.ingested)
     for row, prompt in enumerate(prompts):
@@ -397,6 +404,7 @@ class AlternatingWeights:
     a span started twice shifts every later span's weights."""
 
     optional_features = ()
+    selection = Selection()
 
     def init_carry(self, batch, num_spans):
         return jnp.zeros((), jnp.int32)
@@ -426,15 +434,14 @@ def test_growing_the_caches_mid_loop_changes_nothing(members, monkeypatch):
     batch = rlae_jax.engine.tokenize_for_members(pair, PROMPTS, new_tokens)
     config = DecodeConfig(max_new_tokens=new_tokens, expansion_budget=1)
     args = (
-        pair,
-        alignment,
+        Ensemble(pair, alignment),
         batch,
         AlternatingWeights(),
         jax.random.key(0),
         jnp.float32(0.0),
         jnp.float32(1.0),
     )
-    ladder = loop.room_ladder(pair, alignment, batch, config)
+    ladder = loop.room_ladder(args[0], batch, config)
     assert len(ladder) >= 3 and ladder[0][1] == batch.input_ids[1].shape[1] + new_tokens
     assert loop.compiled_rungs(ladder) == [ladder[0], ladder[-1]]
 
@@ -469,11 +476,10 @@ def test_growing_the_caches_mid_loop_changes_nothing(members, monkeypatch):
             np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
 
 
-def decode_args(members, alignment, batch, weights):
-    """Positional arguments of `decode` after the members: greedy, fixed weights."""
+def decode_args(ensemble, batch, weights):
+    """Positional arguments of `decode` before the config: greedy, fixed weights."""
     return (
-        members,
-        alignment,
+        ensemble,
         batch,
         FixedWeights(jnp.asarray(weights, jnp.float32)),
         jax.random.key(0),
@@ -482,7 +488,7 @@ def decode_args(members, alignment, batch, weights):
     )
 
 
-def test_in_graph_caches_follow_room_per_token(members, alignment, monkeypatch):
+def test_in_graph_caches_follow_room_per_token(ensemble, alignment, members, monkeypatch):
     """The in-graph decode's largest caches hold the prompt plus `room_per_token` slots per union
     token (fewer only for a member whose longest re-spelling is shorter): its memory follows the
     knob, not the alignment's longest re-spelling."""
@@ -500,7 +506,7 @@ def test_in_graph_caches_follow_room_per_token(members, alignment, monkeypatch):
         config = DecodeConfig(max_new_tokens=NEW_TOKENS, room_per_token=room, expansion_budget=1)
         jax.eval_shape(
             lambda *a: loop.decode(*a, config=config),
-            *decode_args(members, alignment, batch, [0.5, 0.5]),
+            *decode_args(ensemble, batch, [0.5, 0.5]),
         )
         for n, (length, key_slots) in enumerate(lengths[-1]):
             want = batch.input_ids[n].shape[1] + NEW_TOKENS * min(room, int(longest[n]))
@@ -508,20 +514,19 @@ def test_in_graph_caches_follow_room_per_token(members, alignment, monkeypatch):
 
 
 def test_a_tiny_in_graph_room_stops_the_row_with_a_reason_and_generate_does_not(
-    members, alignment
+    ensemble, alignment, members
 ):
     """One cache slot per union token: the unigram member re-spells some union tokens in several
     tokens, so the in-graph decode stops a row it cannot hold ('room', with a warning naming the
     member and the knob); `generate` grows the cache and runs the same row on to the length."""
     batch = rlae_jax.engine.tokenize_for_members(members, PROMPTS, NEW_TOKENS)
     config = DecodeConfig(max_new_tokens=NEW_TOKENS, room_per_token=1)
-    result = decode_jit(*decode_args(members, alignment, batch, [1.0, 0.0]), config=config)
+    result = decode_jit(*decode_args(ensemble, batch, [1.0, 0.0]), config=config)
     with pytest.warns(UserWarning, match=r"member 'unigram' .*room_per_token=1"):
         out = rlae_jax.engine.to_host(result, alignment, config, ["bpe", "unigram"])
     assert "room" in out.stop_reasons
     full = generate(
-        members,
-        alignment,
+        ensemble,
         PROMPTS,
         strategy="fixed",
         weights=[1.0, 0.0],
@@ -541,7 +546,7 @@ def test_a_tiny_in_graph_room_stops_the_row_with_a_reason_and_generate_does_not(
             assert out.union_ids[row] == full.union_ids[row]
 
 
-def test_each_member_can_have_its_own_prompts(members, alignment):
+def test_each_member_can_have_its_own_prompts(ensemble, alignment, members):
     """One prompt list per member: each member tokenises its own list (one shared list: every member
     the same); with one-hot weights on member 0 the text follows member 0's prompts alone."""
     other = ["Hello there, friend.", "A cat sat.", "Once upon a time"]
@@ -563,8 +568,7 @@ def test_each_member_can_have_its_own_prompts(members, alignment):
 
     alone = rlae_jax.generate_tokens(members[0], PROMPTS, max_new_tokens=NEW_TOKENS)
     out = generate(
-        members,
-        alignment,
+        ensemble,
         [PROMPTS, other],
         strategy="fixed",
         weights=[1.0, 0.0],
@@ -586,46 +590,50 @@ def test_each_member_can_have_its_own_prompts(members, alignment):
         ([0.0, 0.0], "all zero"),
     ],
 )
-def test_bad_fixed_weights_are_refused(members, alignment, weights, message):
+def test_bad_fixed_weights_are_refused(ensemble, weights, message):
     with pytest.raises(ValueError, match=message):
-        generate(members, alignment, PROMPTS, strategy="fixed", weights=weights, max_new_tokens=4)
+        generate(ensemble, PROMPTS, strategy="fixed", weights=weights, max_new_tokens=4)
 
 
-def test_nan_weights_from_a_weight_fn_fall_back_to_uniform_with_a_warning(members, alignment):
+def test_nan_weights_from_a_weight_fn_fall_back_to_uniform_with_a_warning(ensemble):
     def broken(features):
         return jnp.where(features.span_index[:, None] == 1, jnp.nan, jnp.asarray([[1.0, 0.0]]))
 
     with pytest.warns(UserWarning, match="NaN/negative/all-zero"):
         out = generate(
-            members, alignment, PROMPTS, strategy=broken, max_new_tokens=8, span_length=2
+            ensemble, PROMPTS, strategy=broken, max_new_tokens=8, span_length=2
         )
     np.testing.assert_allclose(out.span_weights[0][1], [0.5, 0.5])
     assert np.all(np.isfinite(np.concatenate(out.span_weights)))
 
 
-def test_unknown_strategy_and_empty_prompts_and_long_prompts(members, alignment):
+def test_unknown_strategy_and_empty_prompts_and_long_prompts(ensemble):
     with pytest.raises(ValueError, match="unknown strategy 'best'"):
-        generate(members, alignment, PROMPTS, strategy="best")
+        generate(ensemble, PROMPTS, strategy="best")
+    pair = (FixedWeights(jnp.ones(2)), Selection())
+    with pytest.raises(TypeError, match=r"a tuple \('FixedWeights', 'Selection'\); a weight_fn"):
+        generate(ensemble, PROMPTS, strategy=pair)
     with pytest.raises(ValueError, match="empty prompt list"):
-        generate(members, alignment, [], strategy="uniform")
+        generate(ensemble, [], strategy="uniform")
     with pytest.raises(ValueError, match="context is 512"):
-        generate(members, alignment, ["Hello world! " * 200], strategy="uniform", max_new_tokens=8)
+        generate(ensemble, ["Hello world! " * 200], strategy="uniform", max_new_tokens=8)
 
 
-def test_alignment_for_other_members_is_refused(members, alignment):
+def test_alignment_for_other_members_is_refused(alignment, members):
     with pytest.raises(ValueError, match="alignment has 2 members but 3"):
-        generate(members + members[:1], alignment, PROMPTS)
-    # decode itself checks (the RL trainer and the evaluation call it directly)
+        Ensemble(members + members[:1], alignment)
     sizes = [len(members[0].tokenizer), len(members[1].tokenizer) + 40]
     wide = build_alignment([m.tokenizer for m in members], vocab_sizes=sizes, use_cache=False)
+    embedding = r"member 1 \(unigram\) has a \d+-row embedding but the alignment was"
+    with pytest.raises(ValueError, match=embedding):
+        Ensemble(members, wide)
+    # decode checks too, while tracing: inside jit an Ensemble is rebuilt without its checks
+    unchecked = Ensemble.tree_unflatten((None, None), (members, wide))
     batch = rlae_jax.engine.tokenize_for_members(members, PROMPTS, 4)
     weight_fn = rlae_jax.engine.resolve_strategy("uniform", 2)
-    with pytest.raises(
-        ValueError, match=r"member 1 \(unigram\) has a \d+-row embedding but the alignment was"
-    ):
+    with pytest.raises(ValueError, match=embedding):
         decode_jit(
-            members,
-            wide,
+            unchecked,
             batch,
             weight_fn,
             jax.random.key(0),
@@ -635,14 +643,13 @@ def test_alignment_for_other_members_is_refused(members, alignment):
         )
 
 
-def test_certified_candidate_shortcut_equals_the_full_union(members, alignment):
+def test_certified_candidate_shortcut_equals_the_full_union(ensemble):
     full = generate(
-        members, alignment, PROMPTS, strategy="fixed", weights=[0.3, 0.7], max_new_tokens=NEW_TOKENS
+        ensemble, PROMPTS, strategy="fixed", weights=[0.3, 0.7], max_new_tokens=NEW_TOKENS
     )
     for k in (1, 4):
         shortcut = generate(
-            members,
-            alignment,
+            ensemble,
             PROMPTS,
             strategy="fixed",
             weights=[0.3, 0.7],
@@ -652,7 +659,7 @@ def test_certified_candidate_shortcut_equals_the_full_union(members, alignment):
         assert shortcut.union_ids == full.union_ids
 
 
-def test_nan_logits_stop_the_row_with_a_reason(members, alignment):
+def test_nan_logits_stop_the_row_with_a_reason(alignment, members):
     """A member whose weights hold a NaN: its rows stop at once with a named reason and a warning.
     """
     broken = members[1].replace(
@@ -665,13 +672,13 @@ def test_nan_logits_stop_the_row_with_a_reason(members, alignment):
     )
     with pytest.warns(UserWarning, match="NaN/inf logits"):
         out = generate(
-            [members[0], broken], alignment, PROMPTS, strategy="uniform", max_new_tokens=4
+            Ensemble([members[0], broken], alignment), PROMPTS, strategy="uniform", max_new_tokens=4
         )
     assert out.stop_reasons == ["nonfinite_logits"] * len(PROMPTS)
     assert out.union_ids == [[]] * len(PROMPTS)
 
 
-def test_ids_outside_a_tokenizer_get_no_probability(members, alignment):
+def test_ids_outside_a_tokenizer_get_no_probability(alignment, members):
     """Members whose every model id is a token skip the mask (all_ids_valid); ids beyond a tokenizer
     (a model vocabulary wider than it) get probability 0 however large their logits."""
     assert alignment.all_ids_valid == (True, True)
@@ -825,7 +832,7 @@ def numpy_top_k_union_choice(
     return np.array(chosen)
 
 
-def test_unite_top_k_equals_a_brute_force_numpy_reference(members, alignment):
+def test_unite_top_k_equals_a_brute_force_numpy_reference(alignment):
     """Small k on flat random distributions (the candidates differ from the full union's best), over
     a member with byte-fallback duplicates (their probabilities sum)."""
     batch = 32
@@ -873,7 +880,7 @@ def test_unite_top_k_equals_a_brute_force_numpy_reference(members, alignment):
 
 
 def test_certified_shortcut_is_taken_on_peaked_members_and_equals_the_full_union(
-    members, alignment, monkeypatch
+    ensemble, members, monkeypatch
 ):
     """Greedy decoding with candidates_per_member = 4: the full union decides only in steps where
     some row's best candidate is not certified (counted by a callback in that branch); peaked
@@ -887,8 +894,7 @@ def test_certified_shortcut_is_taken_on_peaked_members_and_equals_the_full_union
 
     batch = rlae_jax.engine.tokenize_for_members(members, PROMPTS, NEW_TOKENS)
     args = (
-        members,
-        alignment,
+        ensemble,
         batch,
         FixedWeights(jnp.asarray([0.4, 0.6])),
         jax.random.key(0),
@@ -942,6 +948,7 @@ def real_trio():
             use_cache=False,
             max_expansion=32,
         )
+    trio = []
     # the ensemble never picks a token some member cannot spell within max_expansion (long
     # whitespace runs, for GPT-2): the members' LM heads give those ids a logit of 0, far below
     # their best
@@ -950,20 +957,22 @@ def real_trio():
         usable = complete[alignment.vocab.member_to_union[n, : member.config.vocab_size]].astype(
             np.float32
         )
-        members[n] = member.replace(
-            state=jax.tree_util.tree_map_with_path(
-                lambda path, x: x * usable if "lm_head" in jax.tree_util.keystr(path) else x,
-                member.state,
+        trio.append(
+            member.replace(
+                state=jax.tree_util.tree_map_with_path(
+                    lambda path, x: x * usable if "lm_head" in jax.tree_util.keystr(path) else x,
+                    member.state,
+                )
             )
         )
-    return members, alignment
+    return Ensemble(trio, alignment)
 
 
 def test_one_hot_weights_reproduce_each_real_member_alone_for_64_tokens(real_trio):
     """English, code, CJK and emoji prompts: the ensemble with all weight on one member gives that
     member's own greedy tokens and text (`generate_member`'s), while the others ingest every token
     (caches of 3 slots a union token: one compiled loop for all three)."""
-    members, alignment = real_trio
+    alignment, members = real_trio.alignment, real_trio.members
     for index, member in enumerate(members):
         alone = rlae_jax.generate_tokens(member, REAL_PROMPTS, max_new_tokens=64)
         texts = [
@@ -972,8 +981,7 @@ def test_one_hot_weights_reproduce_each_real_member_alone_for_64_tokens(real_tri
         ]
         weights = np.eye(len(members))[index].tolist()
         out = generate(
-            members,
-            alignment,
+            real_trio,
             REAL_PROMPTS,
             strategy="fixed",
             weights=weights,
@@ -996,7 +1004,7 @@ def test_256_tokens_of_cjk_text_finish_with_a_byte_fallback_member(real_trio):
     characters in three byte tokens each. All 256 tokens come out; the caches grow where needed
     (NeoX needs over 2 tokens a union token; compiles bounded by log2 of each member's growth) and
     hold less than twice what they use."""
-    members, alignment = real_trio
+    alignment, members = real_trio.alignment, real_trio.members
     gpt2 = members[0]
     cjk = [
         i
@@ -1019,8 +1027,7 @@ def test_256_tokens_of_cjk_text_finish_with_a_byte_fallback_member(real_trio):
             grown.append(tuple(lengths)) or original_grow(state, lengths)
         )
         out = generate(
-            trio,
-            alignment,
+            Ensemble(trio, alignment),
             [REAL_PROMPTS[2]],
             strategy="single",
             primary=0,
@@ -1037,7 +1044,7 @@ def test_256_tokens_of_cjk_text_finish_with_a_byte_fallback_member(real_trio):
         3 <= i < 259 for i in llama_ids
     )  # <0x..> bytes
     batch = rlae_jax.engine.tokenize_for_members(trio, [REAL_PROMPTS[2]], 256)
-    first = loop.room_ladder(trio, alignment, batch, DecodeConfig(max_new_tokens=256))[0]
+    first = loop.room_ladder(Ensemble(trio, alignment), batch, DecodeConfig(max_new_tokens=256))[0]
     rooms = [f - ids.shape[1] for f, ids in zip(first, batch.input_ids)]
     bound = 1 + sum(max(int(np.ceil(np.log2(max(i, 1) / r))), 0) for i, r in zip(ingested, rooms))
     assert 2 <= loop.run_jit._cache_size() - compiled == len(grown) + 1 <= bound
@@ -1062,4 +1069,4 @@ def test_member_text_is_the_exact_continuation_and_equals_the_ensemble_alone():
     alignment = build_alignment(
         [member.tokenizer], vocab_sizes=[member.config.vocab_size], use_cache=False
     )
-    assert generate([member], alignment, prompts, max_new_tokens=12).texts == texts
+    assert generate(Ensemble([member], alignment), prompts, max_new_tokens=12).texts == texts

@@ -15,7 +15,6 @@ import numpy as np
 import pytest
 
 from rlae_jax.engine.features import SpanFeatures
-from rlae_jax.ensemble import Ensemble
 from rlae_jax.rl import rollout as rollout_module
 from rlae_jax.rl.networks import MultiAgentObs
 from rlae_jax.rl.observations import observation
@@ -33,8 +32,8 @@ from rlae_jax.tasks.synthetic import SYNTHETIC, SyntheticTask
 import test_rl_train
 from test_rl_train import CONFIG, tensorboard_tags
 
-# test_rl_train's tiny random members of the demo's two architectures, and their alignment
-members, alignment = test_rl_train.members, test_rl_train.alignment
+# test_rl_train's tiny random members of the demo's two architectures, and their ensemble
+members, ensemble = test_rl_train.members, test_rl_train.ensemble
 
 
 @dataclasses.dataclass(frozen=True)
@@ -181,7 +180,7 @@ def test_the_family_one_hot_is_observed_and_changes_the_weights(members, kind):
 
 
 def test_an_agent_that_observes_the_family_needs_it_and_num_families_must_be_the_tasks(
-    members, alignment, mixture_examples, tmp_path
+    ensemble, members, mixture_examples, tmp_path
 ):
     state = initial_train_state(FAMILY_CONFIG, members)
     setup = FAMILY_CONFIG.setup(members)
@@ -189,7 +188,6 @@ def test_an_agent_that_observes_the_family_needs_it_and_num_families_must_be_the
         policy_weight_fn(state, setup, jax.random.key(0), evaluation=True)
     with pytest.raises(ValueError, match=r"^family 2 is outside \[0, 2\)$"):
         policy_weight_fn(state, setup, jax.random.key(0), evaluation=True, family=2)
-    ensemble = Ensemble(members, alignment)
     three = dataclasses.replace(FAMILY_CONFIG, num_families=3)
     with pytest.raises(ValueError, match=r"^RLConfig.num_families is 3 but the task .* has 2 fam"):
         RLAETrainer(three, ensemble, MIXTURE, mixture_examples, tmp_path / "three")
@@ -206,7 +204,7 @@ def test_an_agent_that_observes_the_family_needs_it_and_num_families_must_be_the
 
 
 def test_a_mixture_run_compiles_once_and_its_family_metrics_equal_numpy_on_its_rollouts(
-    members, alignment, mixture_examples, tmp_path, monkeypatch
+    ensemble, members, mixture_examples, tmp_path, monkeypatch
 ):
     """Two updates of a family_feature agent on the mixture: one compiled train step; each row of
     metrics.jsonl (and TensorBoard) holds the family metrics that NumPy computes from that update's
@@ -222,7 +220,6 @@ def test_a_mixture_run_compiles_once_and_its_family_metrics_equal_numpy_on_its_r
         return family_statistics(result, rewards, families, num_families)
 
     monkeypatch.setattr(rollout_module, "family_statistics", recorded)
-    ensemble = Ensemble(members, alignment)
     trainer = RLAETrainer(
         FAMILY_CONFIG, ensemble, MIXTURE, mixture_examples, tmp_path, checkpoint_every=2
     )
@@ -275,12 +272,11 @@ def test_a_mixture_run_compiles_once_and_its_family_metrics_equal_numpy_on_its_r
 
 
 def test_a_mixture_batch_holds_every_family_and_its_grouped_rollout_is_each_familys_own(
-    members, alignment, mixture_examples, tmp_path
+    ensemble, members, mixture_examples, tmp_path
 ):
     """A mixture's batch: the same number of questions from every family, one group per family
     (each from its own prefix). Decoding the groups in one `lax.map` gives exactly what decoding
     each family's group alone gives with that group's keys."""
-    ensemble = Ensemble(members, alignment)
     trainer = RLAETrainer(FAMILY_CONFIG, ensemble, MIXTURE, mixture_examples, tmp_path)
     prompts, _ = trainer.batch(0)
     families = trainer.batch_families(0)

@@ -156,7 +156,8 @@ def numpy_token_mixture(lm, pairs, weight_rule, span_length):
     member) per request."""
     from rlae_jax.align import member_vocab
 
-    members, alignment = lm.members, lm.ensemble.alignment
+    members = lm.members
+    alignment = lm.ensemble.alignment
     vocabs = [member_vocab(m.tokenizer) for m in members]
     keys = [[union_key(v, i) for i in range(m.config.vocab_size)] for v, m in zip(vocabs, members)]
     union_ids = {b: u for u, b in enumerate(alignment.vocab.union_bytes) if b}
@@ -554,7 +555,6 @@ def test_agent_checkpoint_serves_its_mean_weights(tmp_path):
     members' exact values with the agent's first-span mean weights, which depend on the context;
     the token-level mixture (the agent re-weighing every span) differs from them; generation
     runs."""
-    from rlae_jax.align import build_alignment
     from rlae_jax.toy.members import demo_model_config
     from rlae_jax.harness.scoring import mixture_loglikelihood
     from rlae_jax.models import Member, build_model
@@ -571,11 +571,9 @@ def test_agent_checkpoint_serves_its_mean_weights(tmp_path):
         Member.from_model(build_model(demo_model_config(k, t, hidden_size=32), seed=i), t, name=k)
         for i, (k, t) in enumerate(zip(kinds, tokenizers))
     ]
-    alignment = build_alignment(tokenizers, vocab_sizes=[m.config.vocab_size for m in members])
+    ensemble = Ensemble(members)
     config = RLConfig(max_new_tokens=8, span_length=2, hidden_sizes=(16,), batch_size=8)
-    trainer = RLAETrainer(
-        config, Ensemble(members, alignment), SYNTHETIC, SYNTHETIC.load("train", limit=8), tmp_path
-    )
+    trainer = RLAETrainer(config, ensemble, SYNTHETIC, SYNTHETIC.load("train", limit=8), tmp_path)
     trainer.save(trainer.restore_or_init())
     trainer.manager.wait_until_finished()
     agent = RlaeLM(members=members, checkpoint=str(tmp_path), max_batch=4, ensemble_ll="sequence")

@@ -9,7 +9,13 @@ from flax import struct
 
 from rlae_jax import Ensemble
 from rlae_jax.align import build_alignment
-from rlae_jax.engine import DecodeConfig, FixedWeights, decode_jit, tokenize_for_members
+from rlae_jax.engine import (
+    DecodeConfig,
+    FixedWeights,
+    Selection,
+    decode_jit,
+    tokenize_for_members,
+)
 from rlae_jax.engine.features import prompt_nll, token_log_probs
 from rlae_jax.engine.prefix import (
     EncodedPrompts,
@@ -102,16 +108,17 @@ def ensemble():
         random_member("gpt2", train_byte_level_bpe(CORPUS, 384), 0, "bpe"),
         random_member("llama", train_metaspace_unigram(CORPUS, 200), 1, "unigram"),
     ]
-    alignment = build_alignment(
-        [m.tokenizer for m in members], [m.config.vocab_size for m in members], use_cache=False
+    return Ensemble(
+        members,
+        build_alignment(
+            [m.tokenizer for m in members], [m.config.vocab_size for m in members], use_cache=False
+        ),
     )
-    return Ensemble(members, alignment)
 
 
 def decode_greedy(ensemble, batch, weight_fn, config, key=0, temperature=0.0):
     return decode_jit(
-        ensemble.members,
-        ensemble.alignment,
+        ensemble,
         batch,
         weight_fn,
         jax.random.key(key),
@@ -180,6 +187,7 @@ class DirichletWeights:
     """A sampling weight_fn: independent Dirichlet(1, 1) weights per row and span."""
 
     optional_features: tuple = struct.field(pytree_node=False, default=())
+    selection = Selection()
 
     def init_carry(self, batch, num_spans):
         return jax.random.key(7)

@@ -75,8 +75,7 @@ def test_real_members_prefix_prefill_and_greedy_answers_equal_the_full_prefill(e
     uniform = FixedWeights(jnp.array([0.5, 0.5]))
     answers = [
         decode_jit(
-            ensemble.members,
-            ensemble.alignment,
+            ensemble,
             batch,
             uniform,
             jax.random.key(0),

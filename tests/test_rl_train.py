@@ -63,11 +63,14 @@ def members():
 
 
 @pytest.fixture(scope="module")
-def alignment(members):
-    return build_alignment(
-        [m.tokenizer for m in members],
-        vocab_sizes=[m.config.vocab_size for m in members],
-        use_cache=False,
+def ensemble(members):
+    return Ensemble(
+        members,
+        build_alignment(
+            [m.tokenizer for m in members],
+            vocab_sizes=[m.config.vocab_size for m in members],
+            use_cache=False,
+        ),
     )
 
 
@@ -81,11 +84,11 @@ def leaves(state):
     return [np.asarray(x) for x in jax.tree.leaves(checkpoint_items(state))]
 
 
-def test_resume_equals_an_uninterrupted_run(members, alignment, examples, tmp_path):
+def test_resume_equals_an_uninterrupted_run(ensemble, examples, tmp_path):
     """4 updates, save, drop all, resume from disk to 8 == 8 updates in one go (same seed)."""
     first = RLAETrainer(
         CONFIG,
-        Ensemble(members, alignment),
+        ensemble,
         SYNTHETIC,
         examples,
         tmp_path / "resumed",
@@ -95,7 +98,7 @@ def test_resume_equals_an_uninterrupted_run(members, alignment, examples, tmp_pa
     del first
     resumed = RLAETrainer(
         CONFIG,
-        Ensemble(members, alignment),
+        ensemble,
         SYNTHETIC,
         examples,
         tmp_path / "resumed",
@@ -105,7 +108,7 @@ def test_resume_equals_an_uninterrupted_run(members, alignment, examples, tmp_pa
     resumed_state = resumed.train(progress=False)
     straight = RLAETrainer(
         CONFIG,
-        Ensemble(members, alignment),
+        ensemble,
         SYNTHETIC,
         examples,
         tmp_path / "straight",
@@ -122,7 +125,7 @@ def test_resume_equals_an_uninterrupted_run(members, alignment, examples, tmp_pa
 
 @pytest.mark.slow  # minutes on 2 cores: the slow job runs it
 def test_mappo_killed_between_checkpoints_resumes_from_the_last_one(
-    members, alignment, examples, tmp_path, monkeypatch
+    ensemble, examples, tmp_path, monkeypatch
 ):
     """MAPPO checkpointing every 2 updates dies inside update 4 (row 3 written, no checkpoint since
     2); the rerun resumes from 2, drops row 3 and redoes it: parameters and metrics.jsonl equal an
@@ -142,7 +145,7 @@ def test_mappo_killed_between_checkpoints_resumes_from_the_last_one(
     monkeypatch.setattr(trainer_module, "train_step_jit", dies_in_update_4)
     killed = RLAETrainer(
         config,
-        Ensemble(members, alignment),
+        ensemble,
         SYNTHETIC,
         examples,
         tmp_path / "killed",
@@ -156,7 +159,7 @@ def test_mappo_killed_between_checkpoints_resumes_from_the_last_one(
     assert [row["update"] for row in read("killed")] == [1, 2, 3]
     resumed = RLAETrainer(
         config,
-        Ensemble(members, alignment),
+        ensemble,
         SYNTHETIC,
         examples,
         tmp_path / "killed",
@@ -166,7 +169,7 @@ def test_mappo_killed_between_checkpoints_resumes_from_the_last_one(
     resumed_state = resumed.train(progress=False)
     straight = RLAETrainer(
         config,
-        Ensemble(members, alignment),
+        ensemble,
         SYNTHETIC,
         examples,
         tmp_path / "straight",
@@ -179,9 +182,7 @@ def test_mappo_killed_between_checkpoints_resumes_from_the_last_one(
     assert read("killed") == read("straight")
 
 
-def test_a_workdir_in_use_is_refused_and_a_stale_lock_taken_over(
-    members, alignment, examples, tmp_path
-):
+def test_a_workdir_in_use_is_refused_and_a_stale_lock_taken_over(ensemble, examples, tmp_path):
     """The lock names a live process of this host: refused in one line before config.json is
     touched. Once that process is gone, its lock is stale and the next run takes it over."""
     live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
@@ -193,12 +194,12 @@ def test_a_workdir_in_use_is_refused_and_a_stale_lock_taken_over(
             match=rf"^{tmp_path} is in use by another run \(pid {live.pid} on host "
             rf"{socket.gethostname()}, lock file {tmp_path}/lock\); wait",
         ):
-            RLAETrainer(CONFIG, Ensemble(members, alignment), SYNTHETIC, examples, tmp_path)
+            RLAETrainer(CONFIG, ensemble, SYNTHETIC, examples, tmp_path)
         assert (tmp_path / "config.json").read_text() == "{}"
     finally:
         live.kill()
         live.wait()
-    trainer = RLAETrainer(CONFIG, Ensemble(members, alignment), SYNTHETIC, examples, tmp_path)
+    trainer = RLAETrainer(CONFIG, ensemble, SYNTHETIC, examples, tmp_path)
     assert (tmp_path / "lock").read_text().split() == [
         str(trainer_module.os.getpid()),
         socket.gethostname(),
@@ -211,7 +212,7 @@ def test_a_workdir_in_use_is_refused_and_a_stale_lock_taken_over(
     # a dead pid elsewhere proves nothing
     (other_host / "lock").write_text(f"{live.pid} some-other-host\n")
     with pytest.raises(RuntimeError, match=r"pid \d+ on host some-other-host"):
-        RLAETrainer(CONFIG, Ensemble(members, alignment), SYNTHETIC, examples, other_host)
+        RLAETrainer(CONFIG, ensemble, SYNTHETIC, examples, other_host)
 
 
 def tensorboard_tags(folder) -> set[str]:
@@ -230,10 +231,8 @@ def tensorboard_tags(folder) -> set[str]:
     return tags
 
 
-def test_batches_hold_k_samples_of_each_question_question_major(
-    members, alignment, examples, tmp_path
-):
-    trainer = RLAETrainer(CONFIG, Ensemble(members, alignment), SYNTHETIC, examples, tmp_path)
+def test_batches_hold_k_samples_of_each_question_question_major(ensemble, examples, tmp_path):
+    trainer = RLAETrainer(CONFIG, ensemble, SYNTHETIC, examples, tmp_path)
     prompts, targets = trainer.batch(0)
     k = CONFIG.samples_per_question
     questions = np.asarray(targets).reshape(CONFIG.batch_size // k, k, -1)
@@ -246,12 +245,12 @@ def test_batches_hold_k_samples_of_each_question_question_major(
 
 
 def test_diagnostics_are_recorded_per_update_and_the_agent_restores_bit_identically(
-    members, alignment, examples, tmp_path
+    ensemble, members, examples, tmp_path
 ):
     """metrics.jsonl and TensorBoard hold every diagnostic of every update; the checkpoint holds
     the observation stats the rollouts gathered, and restoring gives back every leaf bit for bit."""
     trainer = RLAETrainer(
-        CONFIG, Ensemble(members, alignment), SYNTHETIC, examples, tmp_path, checkpoint_every=2
+        CONFIG, ensemble, SYNTHETIC, examples, tmp_path, checkpoint_every=2
     )
     state = trainer.train(num_updates=2, progress=False)
     rows = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
@@ -284,15 +283,15 @@ def test_diagnostics_are_recorded_per_update_and_the_agent_restores_bit_identica
         np.testing.assert_array_equal(saved, loaded)
 
 
-def test_a_checkpoint_from_another_config_is_refused(members, alignment, examples, tmp_path):
+def test_a_checkpoint_from_another_config_is_refused(ensemble, examples, tmp_path):
     RLAETrainer(
-        CONFIG, Ensemble(members, alignment), SYNTHETIC, examples, tmp_path, checkpoint_every=1
+        CONFIG, ensemble, SYNTHETIC, examples, tmp_path, checkpoint_every=1
     ).train(num_updates=1, progress=False)
     other = dataclasses.replace(CONFIG, learning_rate=5e-4)
     with pytest.raises(
         ValueError, match=r"checkpoint from a different config \(differs in: learning_rate\)"
     ):
-        RLAETrainer(other, Ensemble(members, alignment), SYNTHETIC, examples, tmp_path)
+        RLAETrainer(other, ensemble, SYNTHETIC, examples, tmp_path)
 
 
 class NaNTask:
@@ -307,17 +306,17 @@ class NaNTask:
         return np.full(len(completions), np.nan, np.float32)
 
 
-def test_nan_reward_stops_training_naming_the_update(members, alignment, examples, tmp_path):
+def test_nan_reward_stops_training_naming_the_update(ensemble, examples, tmp_path):
     config = dataclasses.replace(CONFIG, reward="correctness")  # the task's own reward
     trainer = RLAETrainer(
-        config, Ensemble(members, alignment), NaNTask(), examples, tmp_path, checkpoint_every=1
+        config, ensemble, NaNTask(), examples, tmp_path, checkpoint_every=1
     )
     with pytest.raises(FloatingPointError, match="update 1:"):
         trainer.train(num_updates=3, progress=False)
 
 
 @pytest.mark.slow  # minutes on 2 cores: the slow job runs it
-def test_seeds_can_be_vmapped_over_the_train_step(members, alignment, examples):
+def test_seeds_can_be_vmapped_over_the_train_step(ensemble, members, examples):
     samples = CONFIG.samples_per_question
     prompts_examples = examples[: CONFIG.batch_size // samples]
     from rlae_jax.engine import tokenize_for_members
@@ -327,11 +326,11 @@ def test_seeds_can_be_vmapped_over_the_train_step(members, alignment, examples):
     )
     rows = [e for e in prompts_examples for _ in range(samples)]  # K decoded rows per question
     targets = jnp.asarray(target_bytes(rows, 32))
-    reward_fn = InGraphReward.for_alignment(alignment, exact=False)
+    reward_fn = InGraphReward.for_alignment(ensemble.alignment, exact=False)
     setup = CONFIG.setup(members)
     states = [initial_train_state(dataclasses.replace(CONFIG, seed=s), members) for s in (0, 1)]
     singles = [
-        train_step_jit(s, Ensemble(members, alignment), prompts, reward_fn, targets, setup)[0]
+        train_step_jit(s, ensemble, prompts, reward_fn, targets, setup)[0]
         for s in states
     ]
     stack = lambda *xs: jnp.stack(xs)
@@ -343,7 +342,7 @@ def test_seeds_can_be_vmapped_over_the_train_step(members, alignment, examples):
     )
     vmapped = jax.jit(
         jax.vmap(train_step, in_axes=(0, None, None, None, None, None)), static_argnums=(5,)
-    )(stacked, Ensemble(members, alignment), prompts, reward_fn, targets, setup)[0]
+    )(stacked, ensemble, prompts, reward_fn, targets, setup)[0]
     for index, single in enumerate(singles):
         for field in ("params", "obs_stats"):
             per_seed = [np.asarray(x)[index] for x in jax.tree.leaves(getattr(vmapped, field))]

@@ -92,14 +92,30 @@ def tiny_members() -> list[Member]:
     ]
 
 
-def decode_result(members, alignment, prompts, key, temperature, config, weights=None):
+def tiny_ensemble(members) -> Ensemble:
+    return Ensemble(
+        members,
+        build_alignment(
+            [m.tokenizer for m in members],
+            vocab_sizes=[m.config.vocab_size for m in members],
+            use_cache=False,
+        ),
+    )
+
+
+def sharded_ensemble(ensemble: Ensemble, mesh) -> Ensemble:
+    """The ensemble's members placed by the rules table and its alignment replicated."""
+    sharded = sharding.shard_ensemble(ensemble, mesh)
+    return Ensemble(sharded.members, sharding.replicate(ensemble.alignment, mesh))
+
+
+def decode_result(ensemble, prompts, key, temperature, config, weights=None):
     """The engine's DecodeResult with uniform weights, or fixed `weights`."""
     weight_fn = resolve_strategy(
-        "uniform" if weights is None else "fixed", len(members), weights
+        "uniform" if weights is None else "fixed", len(ensemble), weights
     )
     return decode_jit(
-        members,
-        alignment,
+        ensemble,
         prompts,
         weight_fn,
         key,
@@ -109,10 +125,8 @@ def decode_result(members, alignment, prompts, key, temperature, config, weights
     )
 
 
-def decode_tokens(members, alignment, prompts, key, temperature, config):
-    return np.asarray(
-        decode_result(members, alignment, prompts, key, temperature, config).union_ids
-    )
+def decode_tokens(ensemble, prompts, key, temperature, config):
+    return np.asarray(decode_result(ensemble, prompts, key, temperature, config).union_ids)
 
 
 # ---- in this process (1 device) -----------------------------------------------------------------
@@ -159,18 +173,13 @@ def test_rules_table_shards_every_matrix_of_both_families(members):
 
 
 def test_one_device_mesh_changes_nothing(members):
-    alignment = build_alignment(
-        [m.tokenizer for m in members],
-        vocab_sizes=[m.config.vocab_size for m in members],
-        use_cache=False,
-    )
+    ensemble = tiny_ensemble(members)
     config = DecodeConfig(max_new_tokens=NEW_TOKENS, span_length=2, record_features=False)
     prompts = tokenize_for_members(members, PROMPTS[:3], NEW_TOKENS)
-    plain = decode_tokens(members, alignment, prompts, jax.random.key(0), 0.0, config)
+    plain = decode_tokens(ensemble, prompts, jax.random.key(0), 0.0, config)
     mesh = sharding.make_mesh(1, 1)
     sharded = decode_tokens(
-        [sharding.shard_member(m, mesh) for m in members],
-        sharding.replicate(alignment, mesh),
+        sharded_ensemble(ensemble, mesh),
         sharding.shard_batch(prompts, mesh),
         jax.random.key(0),
         0.0,
@@ -241,7 +250,7 @@ def test_bad_mesh_is_refused_before_compiling(eight_devices, case, message):
     assert eight_devices["compiled_during_errors"] == 0
 
 
-def trainer_difference(rl, members, alignment, examples, mesh) -> float:
+def trainer_difference(rl, ensemble, examples, mesh) -> float:
     """Largest parameter difference after 2 updates of the whole trainer (batches, checkpoints)
     on `mesh` against one device."""
     import tempfile
@@ -254,7 +263,7 @@ def trainer_difference(rl, members, alignment, examples, mesh) -> float:
         for name, trainer_mesh in (("one", None), ("mesh", mesh)):
             trainer = RLAETrainer(
                 rl,
-                Ensemble(members, alignment),
+                ensemble,
                 SYNTHETIC,
                 examples,
                 pathlib.Path(folder) / name,
@@ -276,36 +285,26 @@ def run_eight_device_checks() -> dict:
     began = time.perf_counter()
     out = {"devices": jax.device_count()}
     members = tiny_members()
-    alignment = build_alignment(
-        [m.tokenizer for m in members],
-        vocab_sizes=[m.config.vocab_size for m in members],
-        use_cache=False,
-    )
+    ensemble = tiny_ensemble(members)
     mesh = sharding.make_mesh(data=4, model=2)
-    sharded_members = [sharding.shard_member(m, mesh) for m in members]
-    sharded_alignment = sharding.replicate(alignment, mesh)
+    sharded = sharded_ensemble(ensemble, mesh)
     out["sharded_specs"] = [
         str(p.sharding.spec)
         for p in (
             sharding.shard_batch(tokenize_for_members(members, PROMPTS, 4), mesh).input_ids[0],
-            sharded_members[1].state["layers"][0]["k_proj"]["kernel"][...],
+            sharded.members[1].state["layers"][0]["k_proj"]["kernel"][...],
         )
     ]
 
     config = DecodeConfig(max_new_tokens=NEW_TOKENS, span_length=2, record_features=False)
     prompts = tokenize_for_members(members, PROMPTS, NEW_TOKENS)
     for mode, temperature in (("greedy", 0.0), ("sampled", 1.0)):
-        plain = decode_tokens(members, alignment, prompts, jax.random.key(3), temperature, config)
-        sharded = decode_tokens(
-            sharded_members,
-            sharded_alignment,
-            sharding.shard_batch(prompts, mesh),
-            jax.random.key(3),
-            temperature,
-            config,
+        plain = decode_tokens(ensemble, prompts, jax.random.key(3), temperature, config)
+        on_mesh = decode_tokens(
+            sharded, sharding.shard_batch(prompts, mesh), jax.random.key(3), temperature, config
         )
-        out[f"{mode}_tokens_equal"] = bool(np.array_equal(plain, sharded))
-        out[f"{mode}_tokens"] = [plain.tolist(), sharded.tolist()]
+        out[f"{mode}_tokens_equal"] = bool(np.array_equal(plain, on_mesh))
+        out[f"{mode}_tokens"] = [plain.tolist(), on_mesh.tolist()]
         out[f"{mode}_generated"] = int((plain >= 0).sum())
     # 64 new tokens: the caches start at one slot per union token and grow mid-loop (two phases);
     # the byte-level member spells some of the metaspace member's pieces in several tokens
@@ -315,10 +314,10 @@ def run_eight_device_checks() -> dict:
     grown_prompts = tokenize_for_members(members, PROMPTS, 64)
     grown = [
         # mostly metaspace
-        decode_result(m, a, p, jax.random.key(3), 0.0, grown_config, weights=[0.2, 0.8])
-        for m, a, p in (
-            (members, alignment, grown_prompts),
-            (sharded_members, sharded_alignment, sharding.shard_batch(grown_prompts, mesh)),
+        decode_result(e, p, jax.random.key(3), 0.0, grown_config, weights=[0.2, 0.8])
+        for e, p in (
+            (ensemble, grown_prompts),
+            (sharded, sharding.shard_batch(grown_prompts, mesh)),
         )
     ]
     out["grown_tokens_equal"] = bool(np.array_equal(*(np.asarray(r.union_ids) for r in grown)))
@@ -331,7 +330,7 @@ def run_eight_device_checks() -> dict:
     )
     targets = jnp.asarray(target_bytes(examples, 24))
     # untrained members: partial credit
-    reward_fn = InGraphReward.for_alignment(alignment, exact=False)
+    reward_fn = InGraphReward.for_alignment(ensemble.alignment, exact=False)
     for kind in ("ppo", "mappo"):
         rl = RLConfig(
             kind=kind,
@@ -348,19 +347,17 @@ def run_eight_device_checks() -> dict:
             reward="char_accuracy",
         )
         setup, state = rl.setup(members), initial_train_state(rl, members)
-        plain, _ = train_step_jit(
-            state, Ensemble(members, alignment), rl_prompts, reward_fn, targets, setup
-        )
-        sharded, _ = train_step_jit(
+        plain, _ = train_step_jit(state, ensemble, rl_prompts, reward_fn, targets, setup)
+        on_mesh, _ = train_step_jit(
             sharding.shard_train_state(state, mesh),
-            Ensemble(sharded_members, sharded_alignment),
+            sharded,
             sharding.shard_prompts(rl_prompts, mesh),
             sharding.replicate(reward_fn, mesh),
             sharding.shard_batch(targets, mesh),
             setup,
         )
         difference = jax.tree.map(
-            lambda a, b: float(jnp.max(jnp.abs(a - b))), plain.params, sharded.params
+            lambda a, b: float(jnp.max(jnp.abs(a - b))), plain.params, on_mesh.params
         )
         changed = jax.tree.map(
             lambda a, b: float(jnp.max(jnp.abs(a - b))), plain.params, state.params
@@ -368,9 +365,7 @@ def run_eight_device_checks() -> dict:
         out[kind] = {
             "max_param_difference": max(jax.tree.leaves(difference)),
             "params_changed": max(jax.tree.leaves(changed)),
-            "trainer_max_param_difference": trainer_difference(
-                rl, members, alignment, examples, mesh
-            ),
+            "trainer_max_param_difference": trainer_difference(rl, ensemble, examples, mesh),
         }
         print(f"{kind} checks done at {time.perf_counter() - began:.1f} s", file=sys.stderr)
 

@@ -62,19 +62,20 @@ def trained(tmp_path_factory):
         for name, pair in pairs.items()
     }
     members = pairs["a"]
-    alignment = build_alignment(
-        [m.tokenizer for m in members],
-        vocab_sizes=[m.config.vocab_size for m in members],
-        use_cache=False,
+    ensemble = Ensemble(
+        members,
+        build_alignment(
+            [m.tokenizer for m in members],
+            vocab_sizes=[m.config.vocab_size for m in members],
+            use_cache=False,
+        ),
     )
     examples = SYNTHETIC.load("train", limit=16)
     workdirs = {}
     for kind in ("ppo", "mappo"):
         workdirs[kind] = root / kind
         config = dataclasses.replace(CONFIG, kind=kind)
-        trainer = RLAETrainer(
-            config, Ensemble(members, alignment), SYNTHETIC, examples, workdirs[kind]
-        )
+        trainer = RLAETrainer(config, ensemble, SYNTHETIC, examples, workdirs[kind])
         trainer.train(progress=False)
     return folders, workdirs
 

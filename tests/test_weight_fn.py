@@ -35,7 +35,7 @@ def test_a_tuple_where_a_weight_fn_belongs_is_named():
     with pytest.raises(TypeError, match=r"strategy 'both': " + message):
         run_strategies({"both": (pair, DecodeConfig())}, None, None, [])
     with pytest.raises(TypeError, match=r"decode: " + message):
-        decode(None, None, None, pair, None, 0.0, 1.0, DecodeConfig())
+        decode(None, None, pair, None, 0.0, 1.0, DecodeConfig())
     with pytest.raises(TypeError, match=r"strategy: " + message):
         resolve_strategy(pair, 2)  # what `generate` does with its strategy
 

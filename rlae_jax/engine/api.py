@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import warnings
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -25,9 +25,10 @@ from rlae_jax.engine.state import (
 )
 from rlae_jax.engine.strategies import resolve_strategy
 from rlae_jax.models.member import Member
-from rlae_jax.models.prompts import (
-    encode_prompts,
-)
+from rlae_jax.models.prompts import encode_prompts
+
+if TYPE_CHECKING:  # rlae_jax.ensemble imports the engine
+    from rlae_jax.ensemble import Ensemble
 
 # `generate` keywords that configure a strategy given by name (see `resolve_strategy`)
 STRATEGY_OPTIONS = ("weights", "threshold", "primary", "top_k", "packllm_temperature")
@@ -99,8 +100,7 @@ def batch_of_token_lists(
 
 
 def generate(
-    members: Sequence[Member],
-    alignment: Alignment,
+    ensemble: Ensemble,
     prompts: Sequence[str] | Sequence[Sequence[str]],
     strategy: Any = "uniform",
     max_new_tokens: int = 64,
@@ -110,7 +110,9 @@ def generate(
     seed: int = 0,
     **options,
 ) -> EnsembleOutput:
-    """Ensemble-generate continuations of `prompts` (B strings, or one list of B per member).
+    """Ensemble-generate continuations of `prompts` (B strings, or one list of B per member) with
+    `ensemble` (an `rlae_jax.Ensemble`; `Ensemble.generate` does the same and prefills the prompts'
+    shared prefix once).
 
     `strategy`: a weight_fn object (`FixedWeights`, `ThresholdGating`, `PackLLMWeights`, an RL
     agent, see `rlae_jax.engine.strategies`) or a name: "uniform", "fixed" (with `weights=[...]`),
@@ -121,10 +123,9 @@ def generate(
     `max_new_tokens`, or when a member's context window is full (stop reason 'context_window', with
     a warning naming the member); caches grow as needed (`decode_growing`).
     """
-    batch = tokenize_for_members(members, prompts, max_new_tokens)
+    batch = tokenize_for_members(ensemble.members, prompts, max_new_tokens)
     return generate_from_batch(
-        members,
-        alignment,
+        ensemble,
         batch,
         strategy,
         max_new_tokens,
@@ -136,8 +137,7 @@ def generate(
 
 
 def generate_from_batch(
-    members: Sequence[Member],
-    alignment: Alignment,
+    ensemble: Ensemble,
     batch: PromptBatch,
     strategy: Any = "uniform",
     max_new_tokens: int = 64,
@@ -149,13 +149,11 @@ def generate_from_batch(
 ) -> EnsembleOutput:
     """`generate` on an already tokenised PromptBatch (e.g. `Ensemble.batch`, with a shared
     prefix)."""
-    members = list(members)
     named = {k: options.pop(k) for k in STRATEGY_OPTIONS if k in options}
-    weight_fn = resolve_strategy(strategy, len(members), **named)
+    weight_fn = resolve_strategy(strategy, len(ensemble.members), **named)
     config = DecodeConfig(max_new_tokens=max_new_tokens, **options)
     result = decode_growing(
-        members,
-        alignment,
+        ensemble,
         batch,
         weight_fn,
         jax.random.key(seed),
@@ -163,7 +161,7 @@ def generate_from_batch(
         jnp.float32(top_p),
         config=config,
     )
-    return to_host(result, alignment, config, [m.name or m.config.model_type for m in members])
+    return to_host(result, ensemble.alignment, config, ensemble.names)
 
 
 def warn_early_stops(result: DecodeResult, config: DecodeConfig, member_names=None) -> None:

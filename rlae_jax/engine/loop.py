@@ -6,7 +6,7 @@ the host and grows a member's KV cache when its re-spellings need more room."""
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -41,6 +41,9 @@ from rlae_jax.engine.state import (
 from rlae_jax.models.member import Member
 from rlae_jax.runtime.compile_options import decode_loop_options
 
+if TYPE_CHECKING:  # rlae_jax.ensemble imports the engine
+    from rlae_jax.ensemble import Ensemble
+
 
 @struct.dataclass
 class DecodeContext:
@@ -57,6 +60,14 @@ class DecodeContext:
     prompt_nll: jax.Array | None = None
     config: DecodeConfig = struct.field(pytree_node=False, default=DecodeConfig())
     bounded_room: bool = struct.field(pytree_node=False, default=False)
+
+    @classmethod
+    def start(
+        cls, ensemble: Ensemble, weight_fn, sampling: Sampling, config: DecodeConfig
+    ) -> DecodeContext:
+        """The context of a decode of `ensemble` (an `rlae_jax.Ensemble`: its members and alignment)
+        before its prefill, which adds the prompt summaries and NLL."""
+        return cls(tuple(ensemble.members), ensemble.alignment, weight_fn, sampling, config=config)
 
     def features(self, dists, hidden, span_index, previous_weights) -> SpanFeatures:
         return span_features(
@@ -253,17 +264,18 @@ def finish(state: DecodeState, prompts: PromptBatch) -> DecodeResult:
     )
 
 
-def decode(members, alignment, prompts, weight_fn, key, temperature, top_p, config) -> DecodeResult:
-    """Generate up to `config.max_new_tokens` union tokens for `prompts` (a PromptBatch); pure and
+def decode(
+    ensemble: Ensemble, prompts: PromptBatch, weight_fn, key, temperature, top_p, config
+) -> DecodeResult:
+    """Generate up to `config.max_new_tokens` union tokens for `prompts` (a PromptBatch) with the
+    members of `ensemble` (an `rlae_jax.Ensemble`, a pytree: pass it into jit); pure and
     jittable. Its caches are bounded by `config.room_per_token` slots per union token: it runs with
     the first rung's caches while they suffice, then with the last (`compiled_rungs`), where a row
     a member's cache cannot hold stops ('room'); `decode_growing` grows instead."""
     check_weight_fn(weight_fn, "decode")
-    ladder = room_ladder(members, alignment, prompts, config, config.room_per_token)
+    ladder = room_ladder(ensemble, prompts, config, config.room_per_token)
     rungs = compiled_rungs(ladder)
-    context = DecodeContext(
-        tuple(members), alignment, weight_fn, Sampling(key, temperature, top_p), config=config
-    )
+    context = DecodeContext.start(ensemble, weight_fn, Sampling(key, temperature, top_p), config)
     context, state = prefill(context, prompts, rungs[0])
     for lengths in rungs[1:]:
         state = grow(run(context, state), lengths)
@@ -281,17 +293,15 @@ run_jit = jax.jit(run, compiler_options=decode_loop_options())
 
 
 def decode_growing(
-    members, alignment, prompts, weight_fn, key, temperature, top_p, config
+    ensemble: Ensemble, prompts: PromptBatch, weight_fn, key, temperature, top_p, config
 ) -> DecodeResult:
     """`decode` driven from the host: the loop runs with the first rung's caches and, when it stops
     because members need room, only those members' caches double (up to their rung cap) and it goes
     on. Each new set of cache lengths compiles the loop once more (at most log2 of a member's
     growth times); memory follows what the generation uses. Same result as `decode_jit`."""
     check_weight_fn(weight_fn, "decode_growing")
-    ladder = room_ladder(members, alignment, prompts, config)
-    context = DecodeContext(
-        tuple(members), alignment, weight_fn, Sampling(key, temperature, top_p), config=config
-    )
+    ladder = room_ladder(ensemble, prompts, config)
+    context = DecodeContext.start(ensemble, weight_fn, Sampling(key, temperature, top_p), config)
     context, state = prefill_jit(context, prompts, lengths=ladder[0])
     return run_growing(context, state, prompts, ladder)
 

@@ -3,15 +3,17 @@ each growth, and the checks on the members that these static shapes rely on."""
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
-from rlae_jax.align import Alignment
 from rlae_jax.engine.state import DecodeConfig, PromptBatch
-from rlae_jax.models.member import Member
+
+if TYPE_CHECKING:  # rlae_jax.ensemble imports the engine
+    from rlae_jax.ensemble import Ensemble
 
 
-def check_members(members: Sequence[Member], alignment: Alignment) -> None:
-    """Raise when the alignment was not built for these members' vocabularies."""
+def check_members(ensemble: Ensemble) -> None:
+    """Raise when the ensemble's alignment was not built for its members' vocabularies."""
+    members, alignment = ensemble.members, ensemble.alignment
     if len(members) != alignment.num_members:
         raise ValueError(
             f"alignment has {alignment.num_members} members but {len(members)} members were given"
@@ -26,8 +28,7 @@ def check_members(members: Sequence[Member], alignment: Alignment) -> None:
 
 
 def room_ladder(
-    members: Sequence[Member],
-    alignment: Alignment,
+    ensemble: Ensemble,
     prompts: PromptBatch,
     config: DecodeConfig,
     room_per_token: int | None = None,
@@ -36,10 +37,10 @@ def room_ladder(
     `expansion_budget` slots per union token, doubled at each rung up to what the member can ever
     need (its longest re-spelling per union token, or its context window), or to `room_per_token`
     slots per union token when given (the in-graph `decode`)."""
-    check_members(members, alignment)  # static shapes: checked while tracing, free at run time
-    spelling_lengths = alignment.vocab.union_to_member_len.max(axis=1)
+    check_members(ensemble)  # static shapes: checked while tracing, free at run time
+    spelling_lengths = ensemble.alignment.vocab.union_to_member_len.max(axis=1)
     firsts, caps = [], []
-    for index, member in enumerate(members):
+    for index, member in enumerate(ensemble.members):
         per_token = max(int(spelling_lengths[index]), 1)
         if room_per_token is not None:
             per_token = min(per_token, room_per_token)

@@ -79,12 +79,14 @@ def demo_ensemble(config) -> Ensemble:
     (default ~/.cache/rlae_jax) or built and cached."""
     cache = config.cache_dir or None
     members = load_members("demo", member_steps=config.member_steps, cache_dir=cache)
-    alignment = build_alignment(
-        [m.tokenizer for m in members],
-        vocab_sizes=[m.config.vocab_size for m in members],
-        cache_dir=None if cache is None else pathlib.Path(cache) / "alignments",
+    return Ensemble(
+        members,
+        build_alignment(
+            [m.tokenizer for m in members],
+            vocab_sizes=[m.config.vocab_size for m in members],
+            cache_dir=None if cache is None else pathlib.Path(cache) / "alignments",
+        ),
     )
-    return Ensemble(members, alignment)
 
 
 def baseline_results(ensemble, test_examples, config) -> dict[str, list]:

@@ -144,16 +144,16 @@ def check_strategies(strategies: Mapping[str, tuple[Any, DecodeConfig]]) -> None
 def decode_strategies(strategies, ensemble, prompts: PromptBatch) -> dict[str, tuple[Any, float]]:
     """One prefill of `prompts`, then every strategy decodes from it → name → (DecodeResult,
     seconds of the prefill plus its decode)."""
-    members, alignment = ensemble.members, ensemble.alignment
     (_, config), *_ = strategies.values()
-    uniform = FixedWeights(jnp.full((len(members),), 1.0 / len(members), jnp.float32))
+    count = len(ensemble.members)
+    uniform = FixedWeights(jnp.full((count,), 1.0 / count, jnp.float32))
     with_nll = any(reads_prompt_nll(weight_fn) for weight_fn, _ in strategies.values())
     sampling = Sampling(jax.random.key(0), jnp.float32(0), jnp.float32(1))
-    ladder = room_ladder(members, alignment, prompts, config)
+    ladder = room_ladder(ensemble, prompts, config)
     began = time.perf_counter()
     context, state = jax.block_until_ready(
         prefill_jit(
-            DecodeContext(tuple(members), alignment, uniform, sampling, config=config),
+            DecodeContext.start(ensemble, uniform, sampling, config),
             prompts,
             lengths=ladder[0],
             with_prompt_nll=with_nll,

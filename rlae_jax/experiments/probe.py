@@ -257,8 +257,8 @@ def member_texts(member, prompts: Sequence[str], batch_size: int, max_new_tokens
 
 
 class Probe:
-    """The ensemble (members, alignment, formats), the loaded splits and the report while the
-    probe runs."""
+    """The ensemble (members with their alignment and formats), the loaded splits and the report
+    while the probe runs."""
 
     def __init__(self, config):
         self.config, self.output = config, pathlib.Path(config.output_dir).absolute()

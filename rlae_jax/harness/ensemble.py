@@ -193,8 +193,7 @@ class HarnessEnsemble:
         key_index)."""
         key = jax.random.fold_in(jax.random.key(self.seed), key_index)
         return decode_growing(
-            self.ensemble.members,
-            self.ensemble.alignment,
+            self.ensemble,
             batch,
             self.weight_fn,
             key,
@@ -282,12 +281,8 @@ class HarnessEnsemble:
             ids.shape[1] + bucket_length(int(f), 8) for ids, f in zip(prompts.input_ids, fed)
         )
         sampling = Sampling(jax.random.key(0), jnp.float32(0.0), jnp.float32(1.0))  # unused
-        context = DecodeContext(
-            self.ensemble.members,
-            alignment,
-            self.weight_fn,
-            sampling,
-            config=self.decode_config(width),
+        context = DecodeContext.start(
+            self.ensemble, self.weight_fn, sampling, self.decode_config(width)
         )
         log_probs, greedy = TOKEN_SCORE(
             context, prompts, jnp.asarray(table), jnp.asarray(lengths), cache_lengths=cache_lengths

@@ -101,9 +101,9 @@ def forced_step(
     """Score union token `step` of every row's spelling and feed it to every member (the last token
     of a row is scored, not fed). spellings `[B, N, J]`: the continuation in union ids as member n
     spells it; lengths `[B, N]`: how many of those are used."""
-    s, members, alignment = carry.decode, context.members, context.alignment
+    s, alignment = carry.decode, context.alignment
     dists = member_distributions(
-        [m.next_token_logits(h) for m, h in zip(members, s.hidden)], alignment
+        [m.next_token_logits(h) for m, h in zip(context.members, s.hidden)], alignment
     )
     spans = jax.lax.cond(
         s.step // context.config.span_length > s.spans.started,
@@ -120,7 +120,7 @@ def forced_step(
     tokens, counts = alignment.retokenize(union_ids)
     feeds = live & (s.step + 1 < row_length)
     hidden, caches = feed_members(
-        members, s.hidden, s.caches, tokens, jnp.where(feeds[:, None], counts, 0)
+        context.members, s.hidden, s.caches, tokens, jnp.where(feeds[:, None], counts, 0)
     )
     return carry.replace(
         decode=s.replace(step=s.step + 1, hidden=hidden, caches=caches, spans=spans, done=~feeds),

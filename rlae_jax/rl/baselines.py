@@ -303,8 +303,7 @@ def prefix_features(
         rows = [list(own[start : start + batch_size]) for own in prefixes]
         rows = [own + own[-1:] * (batch_size - len(own)) for own in rows]
         result = decode_jit(
-            ensemble.members,
-            ensemble.alignment,
+            ensemble,
             tokenize_for_members(ensemble.members, rows, 1),
             recorder,
             jax.random.key(0),

@@ -340,16 +340,7 @@ def rollout(
     def episodes(prompts, families, policy_key, decode_key):
         weight_fn = policy_weight_fn(train_state, setup, policy_key, family=families)
         greedy, top_p = jnp.float32(0.0), jnp.float32(1.0)  # the weights are what is sampled
-        return decode(
-            ensemble.members,
-            ensemble.alignment,
-            prompts,
-            weight_fn,
-            decode_key,
-            greedy,
-            top_p,
-            setup.decode,
-        )
+        return decode(ensemble, prompts, weight_fn, decode_key, greedy, top_p, setup.decode)
 
     if prompts.input_ids[0].ndim == 2:
         return episodes(prompts, families, policy_key, decode_key)

@@ -404,8 +404,8 @@ class RLAETrainer:
     ):
         if not isinstance(ensemble, Ensemble):
             raise TypeError(
-                f"RLAETrainer takes an rlae_jax.Ensemble (members, alignment and prompt formats), "
-                f"got {type(ensemble).__name__}"
+                "RLAETrainer takes an rlae_jax.Ensemble (members, their alignment and prompt "
+                f"formats), got {type(ensemble).__name__}"
             )
         self.mesh, self.shots = mesh, list(shots)
         if mesh is not None:

@@ -8,9 +8,9 @@ mesh axis), so every family shares one table. The engine and the RL train step n
 `data` × `model`).
 
     mesh = make_mesh(data=4, model=2)
-    members = [shard_member(m, mesh) for m in members]
-    prompts = shard_batch(tokenize_for_members(members, texts, 32), mesh)
-    result = decode_jit(members, alignment, prompts, ...)
+    ensemble = shard_ensemble(ensemble, mesh)
+    prompts = shard_batch(tokenize_for_members(ensemble.members, texts, 32), mesh)
+    result = decode_jit(ensemble, prompts, ...)
 
 Every `shard_*` function validates the mesh against the shapes first and raises a ValueError
 naming the offending size before anything is placed or compiled.

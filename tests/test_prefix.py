@@ -1,6 +1,8 @@
 """Shared-prefix prefill and K samples per prompt: exactly what a full prefill and separate episodes
 give, and a prefix is never reused for other token ids."""
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -63,7 +65,7 @@ def tokenizer():
     "family",
     [
         pytest.param("llama3", marks=pytest.mark.slow),  # the plain decoder: mistral covers it
-        "mistral",
+        pytest.param("mistral", marks=pytest.mark.slow),  # Gemma 3's local layers cover windows
         pytest.param("qwen3", marks=pytest.mark.slow),
         "gpt2",
         "gemma3",
@@ -71,12 +73,14 @@ def tokenizer():
 )
 def test_prefix_prefill_equals_the_full_prefill(family, tokenizer, tmp_path):
     """Next-token logits, prompt summary, prompt NLL and the next decode step after a shared-prefix
-    prefill equal a full prefill of the same left-padded rows of different lengths (≤ 1e-5)."""
+    prefill equal a full prefill of the same left-padded rows of different lengths (≤ 1e-5); the
+    prefix itself left-padded by 7 slots (as `encode_splits` pads splits' prefixes to one shape)."""
     save_tiny_model(family, tmp_path, tokenizer)
     member = from_pretrained(str(tmp_path))
     token_lists = encode_prompts(member.tokenizer, PROMPTS)
     encoded = encode_prompts_once([member], [token_lists], 8)
     assert len(encoded.prefix_ids[0]) > 20
+    encoded = dataclasses.replace(encoded, prefix_slots=(len(encoded.prefix_ids[0]) + 7,))
     batch = PrefixStates([member]).batch(encoded, range(len(PROMPTS)))
     ids, mask = map(jnp.asarray, left_pad(token_lists, member.tokenizer.pad_token_id))
     full = member.prefill(ids, mask, ids.shape[1] + 8)
@@ -146,21 +150,31 @@ def test_greedy_ensemble_answers_are_identical_with_a_shared_prefix(ensemble):
     )
 
 
-def test_splits_encoded_together_share_one_shape_and_keep_every_row_exact(ensemble):
-    """Two splits whose prompts share prefixes of different lengths: one prefix length and one
-    padded length per member, and every row is still exactly its prefix + rest."""
+def test_splits_encoded_together_share_one_shape_and_decode_as_each_alone(ensemble):
+    """Two splits whose prompts share prefixes of different lengths: each keeps its whole prefix
+    (left-padded to one slot count per member), the rests one padded length, every row is exactly
+    its prefix + rest, and greedy answers equal the split's own encoding without padding."""
     splits = [PROMPTS, ["Worked examples differ here. " * 3 + p for p in PROMPTS[:2]]]
     token_lists = [
         [encode_prompts(m.tokenizer, texts) for m in ensemble.members] for texts in splits
     ]
     encoded = encode_splits(ensemble.members, token_lists, 8)
     for n in range(len(ensemble)):
-        assert len({len(e.prefix_ids[n]) for e in encoded}) == 1
+        assert len({len(e.padded_prefix(n)[0]) for e in encoded}) == 1
         assert len({e.lengths[n] for e in encoded}) == 1
         for split, e in zip(token_lists, encoded):
+            assert len(e.prefix_ids[n]) == shared_prefix_length(split[n]) > 10
             for row, rest in zip(split[n], e.rest[n]):
                 assert list(e.prefix_ids[n]) + list(rest) == row
-    assert len(encoded[0].prefix_ids[0]) == shared_prefix_length(token_lists[0][0]) > 10
+    assert len(encoded[1].prefix_ids[0]) > len(encoded[0].prefix_ids[0])  # split 0's is padded
+    config = DecodeConfig(max_new_tokens=8, span_length=2)
+    uniform = FixedWeights(jnp.array([0.5, 0.5]))
+    rows = range(len(PROMPTS))
+    alone = encode_prompts_once(ensemble.members, token_lists[0], 8)
+    want = decode_greedy(ensemble, ensemble.batch(alone, rows), uniform, config)
+    got = decode_greedy(ensemble, ensemble.batch(encoded[0], rows), uniform, config)
+    np.testing.assert_array_equal(got.union_ids, want.union_ids)
+    assert int(np.asarray(want.lengths).min()) > 0
 
 
 def test_a_prefix_is_reused_for_equal_ids_and_never_for_other_ids(ensemble):

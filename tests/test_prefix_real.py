@@ -55,7 +55,7 @@ def test_real_members_prefix_prefill_and_greedy_answers_equal_the_full_prefill(e
     whole = tokenize_for_members(ensemble.members, prompts, 32)
     assert int(np.asarray(whole.attention_mask[1]).sum(1).max()) > 512  # crosses the window
     for n, member in enumerate(ensemble.members):
-        assert shared.prefix_length(n) > 30, member.name
+        assert shared.prefix_of(n).slots > 30, member.name
         ids, mask = whole.input_ids[n], whole.attention_mask[n]
         full = member.prefill(ids, mask, ids.shape[1]).step.logits
         part = member.prefill(

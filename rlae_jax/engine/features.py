@@ -180,7 +180,7 @@ def prompt_nll(
     else:
         last = prefix.last_hidden.astype(predictors.dtype)
         predictors = jnp.where(previous[..., None], predictors, last)
-        scored, nll, count = mask, prefix.nll_sum, prefix.length - 1
+        scored, nll, count = mask, prefix.nll_sum, prefix.tokens - 1
     log_probs = member.token_log_probs(predictors, input_ids)
     total = nll - jnp.where(scored, log_probs, 0.0).sum(-1)
     return total / jnp.maximum(scored.sum(-1) + count, 1)

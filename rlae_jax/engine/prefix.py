@@ -36,13 +36,16 @@ def shared_prefix_length(token_lists: Sequence[Sequence[int]]) -> int:
 @dataclasses.dataclass(frozen=True)
 class EncodedPrompts:
     """A split's prompts tokenised once for every member: `prefix_ids[n]` `[P_n]` (shared by every
-    row; empty when `shared_prefix=False` or nothing is shared), `rest[n][e]` the ids after it, and
-    `lengths[n]` the padded length of the rests (a power of two, fixed for the split)."""
+    row; empty when `shared_prefix=False` or nothing is shared), `rest[n][e]` the ids after it,
+    `lengths[n]` the padded length of the rests (a power of two, fixed for the split) and
+    `prefix_slots[n]` the cache slots the prefix takes, left-padded (empty: exactly P_n), so that
+    splits with prefixes of different lengths share one compiled shape."""
 
     prefix_ids: tuple[np.ndarray, ...]
     rest: tuple[tuple[tuple[int, ...], ...], ...]
     lengths: tuple[int, ...]
     pad_ids: tuple[int, ...]
+    prefix_slots: tuple[int, ...] = ()
 
     def __len__(self) -> int:
         return len(self.rest[0])
@@ -63,6 +66,13 @@ class EncodedPrompts:
         rows = [self.rest[member][i] for i in indices]
         return left_pad(rows, self.pad_ids[member], self.lengths[member])
 
+    def padded_prefix(self, member: int) -> tuple[np.ndarray, np.ndarray]:
+        """Member `member`'s prefix left-padded to its slots → ids int32, valid bool `[slots]`."""
+        ids = self.prefix_ids[member]
+        pad = max((self.prefix_slots or (0,) * len(self.prefix_ids))[member] - len(ids), 0)
+        filler = np.full(pad, self.pad_ids[member], np.int32)
+        return np.concatenate([filler, ids]).astype(np.int32), np.arange(pad + len(ids)) >= pad
+
 
 def encode_prompts_once(
     members: Sequence[Member],
@@ -73,8 +83,8 @@ def encode_prompts_once(
 ) -> EncodedPrompts:
     """`token_lists[n][e]`: member n's prompt ids of problem e → EncodedPrompts. ValueError when a
     prompt plus `max_new_tokens` exceeds a member's context. `prefix_caps[n]`: member n's shared
-    prefix holds at most this many tokens (0: none); `lengths[n]`: pad member n's rests to at
-    least this many positions (both so that several splits share one compiled shape)."""
+    prefix holds at most this many tokens (0: none; None: no cap); `lengths[n]`: pad member n's
+    rests to at least this many positions (so that several splits share one compiled shape)."""
     prefixes, rests, padded = [], [], []
     for index, (member, lists) in enumerate(zip(members, token_lists)):
         check_context(
@@ -84,7 +94,7 @@ def encode_prompts_once(
             member.name or member.config.model_type,
         )
         shared = shared_prefix_length(lists) if len(lists) > 1 else 0
-        if prefix_caps is not None:
+        if prefix_caps is not None and prefix_caps[index] is not None:
             shared = min(shared, prefix_caps[index])
         prefixes.append(np.asarray(lists[0][:shared], np.int32))
         rests.append(tuple(tuple(t[shared:]) for t in lists))
@@ -99,25 +109,29 @@ def encode_splits(
     members: Sequence[Member], splits: Sequence[Sequence[Sequence[Sequence[int]]]], max_new_tokens
 ) -> list[EncodedPrompts]:
     """Several splits (`splits[s][n][e]`, as `encode_prompts_once` takes one) encoded to one
-    compiled shape: each split's prefix cut to the shortest split's (per member; still shared by
-    all its rows) and its rests padded to the longest split's length. Every strategy then compiles
-    once for all of them (e.g. each family's test split in the study), not once per split."""
-    caps = [min(shared_prefix_length(split[n]) for split in splits) for n in range(len(members))]
+    compiled shape: each split keeps its whole shared prefix, left-padded to the longest split's
+    (per member; a member with no prefix in some split gets none in any), and its rests are padded
+    to the longest split's length. Every strategy then compiles once for all of them (e.g. each
+    family's test split in the study), and a row prefills only its own question."""
+    count = len(members)
+    shares = [min(shared_prefix_length(split[n]) for split in splits) > 0 for n in range(count)]
+    caps = [None if share else 0 for share in shares]
     encoded = [encode_prompts_once(members, split, max_new_tokens, caps) for split in splits]
-    lengths = tuple(max(e.lengths[n] for e in encoded) for n in range(len(members)))
-    return [dataclasses.replace(e, lengths=lengths) for e in encoded]
+    lengths = tuple(max(e.lengths[n] for e in encoded) for n in range(count))
+    slots = tuple(max(len(e.prefix_ids[n]) for e in encoded) for n in range(count))
+    return [dataclasses.replace(e, lengths=lengths, prefix_slots=slots) for e in encoded]
 
 
-prefill_prefix_jit = jax.jit(lambda member, ids: member.prefill_prefix(ids))
+prefill_prefix_jit = jax.jit(lambda member, ids, valid: member.prefill_prefix(ids, valid))
 
 
 class PrefixStates:
     """Each member's prefilled shared prefix, computed once and kept, keyed by (member index, the
-    prefix's token ids). Belongs to one set of members (an `Ensemble`)."""
+    prefix's token ids and padding). Belongs to one set of members (an `Ensemble`)."""
 
     def __init__(self, members: Sequence[Member]):
         self.members = tuple(members)
-        self.states: dict[tuple[int, bytes], PrefixState] = {}
+        self.states: dict[tuple[int, bytes, int], PrefixState] = {}
         self.prefills = 0  # prefixes prefilled so far (tests count reuse with it)
 
     def get(self, encoded: EncodedPrompts) -> tuple[PrefixState | None, ...] | None:
@@ -125,15 +139,18 @@ class PrefixStates:
         when no member does)."""
         if not any(len(ids) for ids in encoded.prefix_ids):
             return None
-        return tuple(self.state(n, ids) for n, ids in enumerate(encoded.prefix_ids))
+        return tuple(self.state(encoded, n) for n in range(len(self.members)))
 
-    def state(self, member: int, ids: np.ndarray) -> PrefixState | None:
-        if not len(ids):
+    def state(self, encoded: EncodedPrompts, member: int) -> PrefixState | None:
+        if not len(encoded.prefix_ids[member]):
             return None
-        key = (member, ids.tobytes())
+        ids, valid = encoded.padded_prefix(member)
+        key = (member, encoded.prefix_ids[member].tobytes(), len(ids))
         if key not in self.states:
             self.prefills += 1
-            self.states[key] = prefill_prefix_jit(self.members[member], jnp.asarray(ids))
+            self.states[key] = prefill_prefix_jit(
+                self.members[member], jnp.asarray(ids), jnp.asarray(valid)
+            )
         return self.states[key]
 
     def batch(self, encoded: EncodedPrompts, indices: Sequence[int]) -> PromptBatch:

@@ -78,19 +78,19 @@ class PromptBatch(NamedTuple):
     attention_mask: tuple[jax.Array, ...]
     prefix: tuple[PrefixState | None, ...] | None = None
 
-    def prefix_length(self, member: int) -> int:
-        """Tokens of member `member`'s shared prefix (0 without one)."""
-        if self.prefix is None or self.prefix[member] is None:
-            return 0
-        return self.prefix[member].length
+    def prefix_of(self, member: int) -> PrefixState | None:
+        """Member `member`'s shared prefix (None without one)."""
+        return None if self.prefix is None else self.prefix[member]
 
     def prompt_slots(self, member: int) -> int:
         """Cache slots member `member`'s prompts take: the prefix's plus the padded rows'."""
-        return self.prefix_length(member) + self.input_ids[member].shape[1]
+        prefix = self.prefix_of(member)
+        return (0 if prefix is None else prefix.slots) + self.input_ids[member].shape[1]
 
     def prompt_lengths(self, member: int) -> jax.Array:
-        """`[B]` each row's prompt tokens for member `member`, prefix included."""
-        return self.attention_mask[member].sum(-1) + self.prefix_length(member)
+        """`[B]` each row's prompt tokens for member `member`, prefix included (not its padding)."""
+        prefix, own = self.prefix_of(member), self.attention_mask[member].sum(-1)
+        return own if prefix is None else own + prefix.tokens
 
 
 def stack_groups(batches: Sequence[PromptBatch]) -> PromptBatch:

@@ -53,19 +53,27 @@ class Prefill(NamedTuple):
 @struct.dataclass
 class PrefixState:
     """A prompt prefix that many rows share, prefilled once at batch 1 (`Member.prefill_prefix`):
-    its ids `[P]` int32, its `cache` (exactly P slots), the float32 sum of its hidden states `[H]`
-    and its last one `[H]` (which predicts a row's first token after it), and `nll_sum []`, the
-    negative log-likelihood of its tokens after the first."""
+    its ids `[P]` int32 and `valid [P]` bool (False on the left padding that gives prefixes of
+    different lengths one shape), its `cache` (exactly P slots), the float32 sum of its tokens'
+    hidden states `[H]` and its last one `[H]` (which predicts a row's first token after it), and
+    `nll_sum []`, the negative log-likelihood of its tokens after the first."""
 
     ids: jax.Array
+    valid: jax.Array
     cache: KVCache
     hidden_sum: jax.Array
     last_hidden: jax.Array
     nll_sum: jax.Array
 
     @property
-    def length(self) -> int:
+    def slots(self) -> int:
+        """Cache slots it takes (static)."""
         return self.ids.shape[0]
+
+    @property
+    def tokens(self) -> jax.Array:
+        """int32 [] its tokens (slots less the padding)."""
+        return self.valid.sum(dtype=jnp.int32)
 
 
 @struct.dataclass
@@ -157,7 +165,7 @@ class Member:
             cache, start_sum, start_count = self.init_cache(batch, cache_length), 0.0, 0
         else:
             cache = prefix.cache.repeat_rows(batch).grow(cache_length)
-            start_sum, start_count = prefix.hidden_sum, prefix.cache.length
+            start_sum, start_count = prefix.hidden_sum, prefix.tokens
         hidden, cache = self.model(input_ids, valid, cache)
         weights = valid[..., None].astype(jnp.float32)
         total = start_sum + (hidden.astype(jnp.float32) * weights).sum(1)
@@ -165,17 +173,21 @@ class Member:
         last = hidden[:, -1]
         return Prefill(StepOutput(self.next_token_logits(last), last), summary, cache, hidden)
 
-    def prefill_prefix(self, ids: jax.Array) -> "PrefixState":
+    def prefill_prefix(self, ids: jax.Array, valid: jax.Array | None = None) -> "PrefixState":
         """Prefill a prompt prefix `ids [P]` that many rows share, once, at batch 1 → PrefixState
-        (its cache of exactly P slots, the sum of its hidden states and its tokens' NLL)."""
-        out = self.prefill(ids[None], jnp.ones((1, ids.shape[0]), jnp.int32), ids.shape[0])
-        log_probs = self.token_log_probs(out.hidden_states[:, :-1], ids[None, 1:])
+        (its cache of exactly P slots, the sum of its hidden states and its tokens' NLL). `valid
+        [P]`: False on left padding (positions and the sums skip it; default: no padding)."""
+        valid = jnp.ones(ids.shape, bool) if valid is None else valid.astype(bool)
+        out = self.prefill(ids[None], valid[None], ids.shape[0])
+        log_probs = self.token_log_probs(out.hidden_states[:, :-1], ids[None, 1:])[0]
+        weights = valid[:, None].astype(jnp.float32)
         return PrefixState(
             ids=ids,
+            valid=valid,
             cache=out.cache,
-            hidden_sum=out.hidden_states[0].astype(jnp.float32).sum(0),
+            hidden_sum=(out.hidden_states[0].astype(jnp.float32) * weights).sum(0),
             last_hidden=out.step.hidden[0],
-            nll_sum=-log_probs.sum(),
+            nll_sum=-jnp.where(valid[:-1] & valid[1:], log_probs, 0.0).sum(),
         )
 
     def token_log_probs(self, hidden: jax.Array, targets: jax.Array, chunk: int = 16):

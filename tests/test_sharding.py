@@ -1,6 +1,7 @@
 """Sharding: the rules table, a 1-device mesh, and — in a subprocess with 8 simulated CPU devices —
 sharded generation, PPO/MAPPO updates and the whole trainer equal to one device, and bad meshes
-refused before compiling.
+refused before compiling. The 8-device checks are in the slow job (their subprocess compiles for
+~3.5 min on 2 cores).
 
 Run `python tests/test_sharding.py` to see the 8-device checks' raw results (JSON on the last line).
 """
@@ -214,6 +215,7 @@ def eight_devices():
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.slow
 def test_sharded_generation_equals_one_device(eight_devices):
     assert eight_devices["devices"] == 8
     assert eight_devices["sharded_specs"] == ["P('data', None)", "P(None, 'model')"]
@@ -226,6 +228,7 @@ def test_sharded_generation_equals_one_device(eight_devices):
     )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["ppo", "mappo"])
 def test_sharded_update_equals_one_device(eight_devices, kind):
     result = eight_devices[kind]
@@ -234,6 +237,7 @@ def test_sharded_update_equals_one_device(eight_devices, kind):
     assert result["trainer_max_param_difference"] < 1e-5, result  # RLAETrainer(mesh=...), 2 updates
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "case, message",
     [

@@ -97,7 +97,6 @@ def test_quick_study_runs_on_the_real_members(tmp_path):
         "top-4 union (UniTE)",
         "PackLLM (prompt ppl)",
         "tuned fixed weights",
-        "supervised router",
         "member oracle",
         "family oracle",
         *learners,

@@ -14,8 +14,6 @@ import jax
 import numpy as np
 import pytest
 
-from rlae_jax.ensemble import Ensemble
-from rlae_jax.align import build_alignment
 from rlae_jax.engine.loop import DecodeConfig
 from rlae_jax.engine.strategies import resolve_strategy
 from rlae_jax.experiments.evaluation import run_strategy
@@ -36,7 +34,7 @@ from rlae_jax.toy.tokenizer_trainer import train_byte_level_bpe, train_metaspace
 
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
 from test_sharding import tiny_member  # noqa: E402
-from tiny_models import CORPUS  # noqa: E402
+from tiny_models import CORPUS, uncached_ensemble  # noqa: E402
 
 PROMPTS = [
     "Once upon a time",
@@ -81,14 +79,7 @@ def case():
         tiny_member("gpt2", train_byte_level_bpe(CORPUS, 300), 0, "peaked"),
         uniform_member(tiny_member("llama", train_metaspace_bpe(CORPUS, 120), 1, "uniform")),
     ]
-    ensemble = Ensemble(
-        members,
-        build_alignment(
-            [m.tokenizer for m in members],
-            vocab_sizes=[m.config.vocab_size for m in members],
-            use_cache=False,
-        ),
-    )
+    ensemble = uncached_ensemble(members)
     task = ExactTask()
     blank = [Example(id=str(i), prompt=p, answer="", aliases=("",)) for i, p in enumerate(PROMPTS)]
     alone = resolve_strategy("single", 2, primary=0)

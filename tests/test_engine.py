@@ -30,7 +30,7 @@ from rlae_jax.engine.state import STOP_EOS, STOP_LENGTH, Sampling
 from rlae_jax.models.sampling import select_tokens, top_p_filter
 from rlae_jax.toy.tokenizer_trainer import train_byte_level_bpe, train_metaspace_unigram
 from conftest import fixture_path
-from tiny_models import CORPUS, random_member
+from tiny_models import CORPUS, prefill_jit, random_member, uncached_ensemble
 from tokenizer_fixtures import REAL_TOKENIZERS, load_real_tokenizer
 
 PROMPTS = ["Once upon a time there was a little robot who", "Hello world!", "The quick brown fox"]
@@ -51,14 +51,7 @@ def members():
 
 @pytest.fixture(scope="module")
 def ensemble(members):
-    return Ensemble(
-        members,
-        build_alignment(
-            [m.tokenizer for m in members],
-            vocab_sizes=[m.config.vocab_size for m in members],
-            use_cache=False,
-        ),
-    )
+    return uncached_ensemble(members)
 
 
 @pytest.fixture(scope="module")
@@ -729,7 +722,7 @@ def test_re_spellings_fed_column_by_column_equal_one_append(members):
     batch = rlae_jax.engine.tokenize_for_members(members, PROMPTS, 16)
     hidden, caches = [], []
     for member, ids, mask in zip(members, batch.input_ids, batch.attention_mask):
-        filled = member.prefill(ids, mask, ids.shape[1] + 16)
+        filled = prefill_jit(member, ids, mask, ids.shape[1] + 16)
         out, cache = filled.step, filled.cache
         hidden.append(out.hidden)
         caches.append(cache)
@@ -1018,7 +1011,7 @@ def test_256_tokens_of_cjk_text_finish_with_a_byte_fallback_member(real_trio):
             lambda path, x: x * keep if "lm_head" in jax.tree_util.keystr(path) else x, gpt2.state
         )
     )
-    trio = [writer] + members[1:]
+    trio = [writer, *members[1:]]
     grown = []
     compiled = loop.run_jit._cache_size()
     original_grow = loop.grow

@@ -19,7 +19,12 @@ from rlae_jax.models import Member, build_model, config_from_hf, from_pretrained
 from rlae_jax.models.presets import PRESETS, PUBLISHED_PARAM_COUNTS, preset_hf_config  # noqa: E402
 from rlae_jax.models.prompts import left_pad  # noqa: E402
 from rlae_jax.models.sampling import first_argmax  # noqa: E402
-from tiny_models import hf_config, save_tiny_model, train_byte_level_tokenizer  # noqa: E402
+from tiny_models import (  # noqa: E402
+    hf_config,
+    prefill_jit,
+    save_tiny_model,
+    train_byte_level_tokenizer,
+)
 
 FAMILIES = ["llama3", "mistral", "qwen2", "gpt2", "qwen3", "qwen3_tied", "gemma3"]
 # the decode loop's sampling and recompilation do not depend on the port: checked on the first four
@@ -82,7 +87,7 @@ def test_cached_decode_equals_full_forward(tiny, tokenizer):
     rng = np.random.RandomState(1)
     token_lists = [tokenizer.encode(p) for p in PROMPTS]
     ids, mask = left_pad(token_lists, tokenizer.pad_token_id)
-    filled = member.prefill(jnp.asarray(ids), jnp.asarray(mask), ids.shape[1] + 40)
+    filled = prefill_jit(member, jnp.asarray(ids), jnp.asarray(mask), ids.shape[1] + 40)
     out, cache = filled.step, filled.cache
     logits = out.logits
     sequences = [list(t) for t in token_lists]

@@ -9,8 +9,6 @@ import numpy as np
 import pytest
 from flax import struct
 
-from rlae_jax import Ensemble
-from rlae_jax.align import build_alignment
 from rlae_jax.engine import (
     DecodeConfig,
     FixedWeights,
@@ -30,7 +28,14 @@ from rlae_jax.models import from_pretrained
 from rlae_jax.models.prompts import encode_prompts, left_pad
 from rlae_jax.rl.distributions import Dirichlet
 from rlae_jax.toy.tokenizer_trainer import train_byte_level_bpe, train_metaspace_unigram
-from tiny_models import CORPUS, random_member, save_tiny_model, train_byte_level_tokenizer
+from tiny_models import (
+    CORPUS,
+    prefill_jit,
+    random_member,
+    save_tiny_model,
+    train_byte_level_tokenizer,
+    uncached_ensemble,
+)
 
 SHARED = "You answer briefly.\n\nExample: what is 2 + 2? The answer is 4.\n\nQuestion: "
 QUESTIONS = [
@@ -83,24 +88,22 @@ def test_prefix_prefill_equals_the_full_prefill(family, tokenizer, tmp_path):
     encoded = dataclasses.replace(encoded, prefix_slots=(len(encoded.prefix_ids[0]) + 7,))
     batch = PrefixStates([member]).batch(encoded, range(len(PROMPTS)))
     ids, mask = map(jnp.asarray, left_pad(token_lists, member.tokenizer.pad_token_id))
-    full = member.prefill(ids, mask, ids.shape[1] + 8)
-    part = member.prefill(
-        batch.input_ids[0], batch.attention_mask[0], batch.prompt_slots(0) + 8, batch.prefix[0]
-    )
+    full = prefill_jit(member, ids, mask, ids.shape[1] + 8)
+    rows, rows_mask, prefix = batch.input_ids[0], batch.attention_mask[0], batch.prefix[0]
+    part = prefill_jit(member, rows, rows_mask, batch.prompt_slots(0) + 8, prefix)
     close = dict(atol=1e-5, rtol=0)
     np.testing.assert_allclose(part.step.logits, full.step.logits, **close)
     np.testing.assert_allclose(part.summary, full.summary, **close)
     np.testing.assert_array_equal(part.cache.next_position, full.cache.next_position)
     token = jnp.argmax(full.step.logits, -1)
-    np.testing.assert_allclose(
-        member.step(part.cache, token)[0].logits, member.step(full.cache, token)[0].logits, **close
-    )
+    step = jax.jit(lambda cache: member.step(cache, token)[0].logits)
+    np.testing.assert_allclose(step(part.cache), step(full.cache), **close)
     scored = np.asarray(mask[:, 1:] * mask[:, :-1], np.float32)
-    two_pass = -(np.asarray(token_log_probs(member, ids, mask)) * scored).sum(-1) / scored.sum(-1)
-    np.testing.assert_allclose(prompt_nll(member, full.hidden_states, ids, mask), two_pass, **close)
-    after_prefix = prompt_nll(
-        member, part.hidden_states, batch.input_ids[0], batch.attention_mask[0], batch.prefix[0]
-    )
+    log_probs = np.asarray(jax.jit(token_log_probs)(member, ids, mask))
+    two_pass = -(log_probs * scored).sum(-1) / scored.sum(-1)
+    nll = jax.jit(prompt_nll)
+    np.testing.assert_allclose(nll(member, full.hidden_states, ids, mask), two_pass, **close)
+    after_prefix = nll(member, part.hidden_states, rows, rows_mask, prefix)
     np.testing.assert_allclose(after_prefix, two_pass, **close)
 
 
@@ -112,12 +115,7 @@ def ensemble():
         random_member("gpt2", train_byte_level_bpe(CORPUS, 384), 0, "bpe"),
         random_member("llama", train_metaspace_unigram(CORPUS, 200), 1, "unigram"),
     ]
-    return Ensemble(
-        members,
-        build_alignment(
-            [m.tokenizer for m in members], [m.config.vocab_size for m in members], use_cache=False
-        ),
-    )
+    return uncached_ensemble(members)
 
 
 def decode_greedy(ensemble, batch, weight_fn, config, key=0, temperature=0.0):

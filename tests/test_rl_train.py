@@ -17,9 +17,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from rlae_jax.ensemble import Ensemble
-from rlae_jax.align import build_alignment
 from rlae_jax.toy.members import demo_model_config
+from tiny_models import uncached_ensemble
 from rlae_jax.models import Member, build_model
 from rlae_jax.rl import trainer as trainer_module
 from rlae_jax.rl.rollout import InGraphReward, train_step, train_step_jit
@@ -64,14 +63,7 @@ def members():
 
 @pytest.fixture(scope="module")
 def ensemble(members):
-    return Ensemble(
-        members,
-        build_alignment(
-            [m.tokenizer for m in members],
-            vocab_sizes=[m.config.vocab_size for m in members],
-            use_cache=False,
-        ),
-    )
+    return uncached_ensemble(members)
 
 
 @pytest.fixture(scope="module")

@@ -20,14 +20,13 @@ import pytest
 
 from rlae_jax.ensemble import Ensemble
 from rlae_jax.runtime import sharding
-from rlae_jax.align import build_alignment
 from rlae_jax.engine import decode_jit, resolve_strategy, tokenize_for_members
 from rlae_jax.engine.loop import DecodeConfig
 from rlae_jax.models import Member, ModelConfig, build_model
 from rlae_jax.toy.tokenizer_trainer import train_byte_level_bpe, train_metaspace_bpe
 
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
-from tiny_models import CORPUS  # noqa: E402
+from tiny_models import CORPUS, uncached_ensemble  # noqa: E402
 
 PROMPTS = [
     "Once upon a time there was",
@@ -91,17 +90,6 @@ def tiny_members() -> list[Member]:
         tiny_member("gpt2", train_byte_level_bpe(CORPUS, 300), 0, "bpe"),
         tiny_member("llama", train_metaspace_bpe(CORPUS, 120), 1, "metaspace"),
     ]
-
-
-def tiny_ensemble(members) -> Ensemble:
-    return Ensemble(
-        members,
-        build_alignment(
-            [m.tokenizer for m in members],
-            vocab_sizes=[m.config.vocab_size for m in members],
-            use_cache=False,
-        ),
-    )
 
 
 def sharded_ensemble(ensemble: Ensemble, mesh) -> Ensemble:
@@ -174,7 +162,7 @@ def test_rules_table_shards_every_matrix_of_both_families(members):
 
 
 def test_one_device_mesh_changes_nothing(members):
-    ensemble = tiny_ensemble(members)
+    ensemble = uncached_ensemble(members)
     config = DecodeConfig(max_new_tokens=NEW_TOKENS, span_length=2, record_features=False)
     prompts = tokenize_for_members(members, PROMPTS[:3], NEW_TOKENS)
     plain = decode_tokens(ensemble, prompts, jax.random.key(0), 0.0, config)
@@ -289,7 +277,7 @@ def run_eight_device_checks() -> dict:
     began = time.perf_counter()
     out = {"devices": jax.device_count()}
     members = tiny_members()
-    ensemble = tiny_ensemble(members)
+    ensemble = uncached_ensemble(members)
     mesh = sharding.make_mesh(data=4, model=2)
     sharded = sharded_ensemble(ensemble, mesh)
     out["sharded_specs"] = [

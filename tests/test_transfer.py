@@ -13,9 +13,8 @@ import sys
 
 import pytest
 
-from rlae_jax.ensemble import Ensemble
-from rlae_jax.align import build_alignment
 from rlae_jax.toy.members import demo_model_config
+from tiny_models import uncached_ensemble
 from rlae_jax.models import Member, build_model, save_pretrained
 from rlae_jax.rl.trainer import RLAETrainer, RLConfig, check_transfer
 from rlae_jax.tasks.synthetic import SYNTHETIC, tokenizer_corpus
@@ -62,14 +61,7 @@ def trained(tmp_path_factory):
         for name, pair in pairs.items()
     }
     members = pairs["a"]
-    ensemble = Ensemble(
-        members,
-        build_alignment(
-            [m.tokenizer for m in members],
-            vocab_sizes=[m.config.vocab_size for m in members],
-            use_cache=False,
-        ),
-    )
+    ensemble = uncached_ensemble(members)
     examples = SYNTHETIC.load("train", limit=16)
     workdirs = {}
     for kind in ("ppo", "mappo"):

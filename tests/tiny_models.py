@@ -7,8 +7,13 @@ import pathlib
 
 import jax
 
+from rlae_jax.align import build_alignment
+from rlae_jax.ensemble import Ensemble
 from rlae_jax.models import Member, ModelConfig, build_model
 from rlae_jax.toy.tokenizer_trainer import train_byte_level_bpe
+
+# Member.prefill compiled (eagerly, each of the model's ops compiles on its own: hundreds of them)
+prefill_jit = jax.jit(Member.prefill, static_argnums=3)
 
 CORPUS = [
     "Once upon a time there was a little robot who liked to count numbers.",
@@ -152,3 +157,15 @@ def random_member(model_type: str, tokenizer, seed: int, name: str, context: int
         lambda path, x: x * 40.0 if "lm_head" in jax.tree_util.keystr(path) else x, member.state
     )
     return member.replace(state=state)
+
+
+def uncached_ensemble(members) -> Ensemble:
+    """The members with their alignment built here (never read from or written to the cache)."""
+    return Ensemble(
+        members,
+        build_alignment(
+            [m.tokenizer for m in members],
+            vocab_sizes=[m.config.vocab_size for m in members],
+            use_cache=False,
+        ),
+    )

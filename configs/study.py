@@ -84,6 +84,8 @@ def finalize(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
         config.eval_examples = 16
         config.eval_batch_size = 16
         config.eval_actions = ("mean",)  # each evaluation action is one more compile
+        # PPO and the family-id ablation: MAPPO's trainer runs end to end in tests/test_demo.py
+        config.learners = tuple(learner for learner in config.learners if learner[1] == "ppo")
         config.tune_fixed_resolution = 1
         config.tune_examples = 16
         config.router_examples = 0  # 1.8 of its 10.6 min; tests/test_baselines.py pins the router

@@ -47,7 +47,7 @@ PROMPTS = [SHARED + q for q in QUESTIONS]
 
 
 def test_encoded_prompts_must_hold_one_row_per_example():
-    encoded = EncodedPrompts((np.zeros(0, np.int32),), (((1, 2), (3,)),), (16,), (0,))
+    encoded = EncodedPrompts((np.zeros(0, np.int32),), (((1, 2), (3,)),), (16,), (0,), (0,))
     assert encoded.check_count(2) is encoded and len(encoded.head(1)) == 1
     with pytest.raises(ValueError, match="encoded prompts hold 2 rows for 3 examples"):
         encoded.check_count(3)

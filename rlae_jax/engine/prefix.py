@@ -38,14 +38,14 @@ class EncodedPrompts:
     """A split's prompts tokenised once for every member: `prefix_ids[n]` `[P_n]` (shared by every
     row; empty when `shared_prefix=False` or nothing is shared), `rest[n][e]` the ids after it,
     `lengths[n]` the padded length of the rests (a power of two, fixed for the split) and
-    `prefix_slots[n]` the cache slots the prefix takes, left-padded (empty: exactly P_n), so that
-    splits with prefixes of different lengths share one compiled shape."""
+    `prefix_slots[n]` the cache slots the prefix takes, left-padded (≥ P_n), so that splits with
+    prefixes of different lengths share one compiled shape."""
 
     prefix_ids: tuple[np.ndarray, ...]
     rest: tuple[tuple[tuple[int, ...], ...], ...]
     lengths: tuple[int, ...]
     pad_ids: tuple[int, ...]
-    prefix_slots: tuple[int, ...] = ()
+    prefix_slots: tuple[int, ...]
 
     def __len__(self) -> int:
         return len(self.rest[0])
@@ -69,7 +69,7 @@ class EncodedPrompts:
     def padded_prefix(self, member: int) -> tuple[np.ndarray, np.ndarray]:
         """Member `member`'s prefix left-padded to its slots → ids int32, valid bool `[slots]`."""
         ids = self.prefix_ids[member]
-        pad = max((self.prefix_slots or (0,) * len(self.prefix_ids))[member] - len(ids), 0)
+        pad = self.prefix_slots[member] - len(ids)
         filler = np.full(pad, self.pad_ids[member], np.int32)
         return np.concatenate([filler, ids]).astype(np.int32), np.arange(pad + len(ids)) >= pad
 
@@ -100,9 +100,9 @@ def encode_prompts_once(
         rests.append(tuple(tuple(t[shared:]) for t in lists))
         length = bucket_length(max(map(len, rests[-1])))
         padded.append(length if lengths is None else max(length, lengths[index]))
-    return EncodedPrompts(
-        tuple(prefixes), tuple(rests), tuple(padded), tuple(pad_id_of(m.tokenizer) for m in members)
-    )
+    pad_ids = tuple(pad_id_of(m.tokenizer) for m in members)
+    slots = tuple(len(ids) for ids in prefixes)
+    return EncodedPrompts(tuple(prefixes), tuple(rests), tuple(padded), pad_ids, slots)
 
 
 def encode_splits(

@@ -4,11 +4,14 @@ per-member prompts, reasoning-gym tasks, and tricky reward cases."""
 import dataclasses
 import importlib.util
 import json
+import os
 import pathlib
 import re
+import subprocess
 import sys
 import threading
 import types
+import warnings
 from decimal import Decimal
 
 import numpy as np
@@ -554,6 +557,60 @@ def test_reasoning_gym_splits_are_disjoint_and_deterministic():
     assert {e.id for e in test[:2]} <= {f"rg/basic_arithmetic:easy/test/{i}" for i in range(1000)}
     other_seed = dataclasses.replace(task, seed=1).load("train", limit=50)
     assert [e.prompt for e in other_seed] != [e.prompt for e in train[:50]]
+
+
+HASHED_PROBLEMS = """
+import hashlib, sys
+from configs import control, probe, study
+from rlae_jax.tasks import get_task
+specs = list(probe.FAMILIES)
+for config in (study.get_config(), control.get_config()):
+    specs += [spec for _, spec in (*config.families, *config.holdout)]
+for spec in specs:
+    problems = repr(get_task(spec).load("train", limit=8)).encode()
+    print(spec, hashlib.md5(problems).hexdigest())
+"""
+
+
+@needs_gym
+def test_every_configured_family_generates_the_same_problems_under_any_hash_seed():
+    """ransom_note draws letters from a set of strings: without `with_sorted_sets` its problems
+    changed from process to process (Python's hash seed), and so did the study's transfer row."""
+    repo = pathlib.Path(__file__).parents[1]
+
+    def problems(seed: str) -> list[str]:
+        env = {**os.environ, "PYTHONHASHSEED": seed, "PYTHONPATH": str(repo)}
+        run = subprocess.run(
+            [sys.executable, "-c", HASHED_PROBLEMS], env=env, capture_output=True, text=True
+        )
+        assert run.returncode == 0, run.stderr[-2000:]
+        return run.stdout.splitlines()
+
+    first = problems("1")
+    assert len(first) >= 30 and any("ransom_note" in line for line in first)
+    assert problems("2") == first
+
+
+@needs_gym
+def test_sorted_sets_iterate_in_order_and_keep_their_type():
+    letters = rgym.SortedSet("dbca")
+    assert list(letters) == ["a", "b", "c", "d"] and list(letters - {"b"}) == ["a", "c", "d"]
+    assert isinstance(letters | {"e"}, rgym.SortedSet)
+    assert isinstance(letters & {"a"}, rgym.SortedSet)
+    dataset = types.SimpleNamespace(letters={"b", "a"}, sizes={3, 1})
+    rgym.with_sorted_sets(dataset)
+    assert isinstance(dataset.letters, rgym.SortedSet) and type(dataset.sizes) is set
+
+
+@needs_gym
+def test_a_hash_seeded_dataset_warns_unless_the_hash_seed_is_set(monkeypatch):
+    monkeypatch.delenv("PYTHONHASHSEED", raising=False)
+    with pytest.warns(UserWarning, match="word_ladder problems change .* PYTHONHASHSEED"):
+        reasoning_gym_task("word_ladder")
+    monkeypatch.setenv("PYTHONHASHSEED", "0")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        reasoning_gym_task("word_ladder")
 
 
 @needs_gym

@@ -22,8 +22,10 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import os
 import re
 import threading
+import warnings
 from typing import Any, Mapping
 
 from rlae_jax.tasks.base import BaseTask, Example, check_disjoint
@@ -36,6 +38,9 @@ INSTRUCTION = 'Finish with "The answer is X." where X is the answer.'
 ANSWER_FORMATS = {"sentence": INSTRUCTION, "bare": "Reply with only the answer."}
 SPLIT_INDEX = {"train": 0, "validation": 1, "test": 2}
 SEED_STRIDE = 10**9
+# reasoning-gym 0.1.25 datasets whose problems change with Python's hash seed even after
+# `with_sorted_sets` (found by generating every dataset under two PYTHONHASHSEED values)
+HASH_SEEDED = frozenset({"knight_swap", "polynomial_multiplication", "word_ladder"})
 NUMERIC_ANSWER = re.compile(r"[-−]?(?:\d+(?:\.\d+)?|\.\d+)(?:/\d+)?")
 FRACTION = re.compile(r"(?<![\w.])[-−]?\d+\s*/\s*\d+(?![\d.])")
 EASY = {  # configs a 100M-class instruct model can answer in a few tokens
@@ -101,11 +106,13 @@ class ReasoningGymTask(BaseTask):
             )
         if size > SEED_STRIDE:
             raise ValueError(f"{self.name}: {size} items exceed the seed stride {SEED_STRIDE}")
-        return require("reasoning_gym").create_dataset(
-            self.dataset,
-            size=size,
-            seed=self.seed + SPLIT_INDEX[split] * SEED_STRIDE,
-            **dict(self.config),
+        return with_sorted_sets(
+            require("reasoning_gym").create_dataset(
+                self.dataset,
+                size=size,
+                seed=self.seed + SPLIT_INDEX[split] * SEED_STRIDE,
+                **dict(self.config),
+            )
         )
 
     def example(self, split: str, index: int, entry: Mapping[str, Any]) -> Example:
@@ -172,6 +179,33 @@ class ReasoningGymTask(BaseTask):
         return float(same_number(example.answer, answer))
 
 
+class SortedSet(set):
+    """A set that iterates in sorted order, and whose differences, unions and intersections are
+    SortedSets: `rng.choice(list(s))` then draws the same element under every PYTHONHASHSEED."""
+
+    def __iter__(self):
+        return iter(sorted(set.__iter__(self)))
+
+    def __sub__(self, other):
+        return SortedSet(set.__sub__(self, other))
+
+    def __or__(self, other):
+        return SortedSet(set.__or__(self, other))
+
+    def __and__(self, other):
+        return SortedSet(set.__and__(self, other))
+
+
+def with_sorted_sets(dataset):
+    """`dataset` with each set-of-strings attribute made a SortedSet. Why: some generators draw from
+    such a set (ransom_note: `rng.choice(list(self.letters))`), whose order — and so the problems —
+    changes with Python's per-process hash seed."""
+    for key, value in vars(dataset).items():
+        if isinstance(value, (set, frozenset)) and all(isinstance(v, str) for v in value):
+            setattr(dataset, key, SortedSet(value))
+    return dataset
+
+
 @functools.lru_cache(maxsize=64)
 def scorer(dataset: str, config: tuple[tuple[str, Any], ...]):
     """The `score_answer(answer, entry) -> float` of `dataset` under `config`."""
@@ -207,6 +241,12 @@ def reasoning_gym_task(dataset: str, name: str | None = None, **config) -> Reaso
     if dataset not in known:
         raise ValueError(
             f"unknown reasoning-gym dataset {dataset!r}; known: {', '.join(sorted(known))}"
+        )
+    if dataset in HASH_SEEDED and os.environ.get("PYTHONHASHSEED", "random") == "random":
+        warnings.warn(
+            f"reasoning-gym's {dataset} problems change from process to process unless "
+            "PYTHONHASHSEED is set (e.g. PYTHONHASHSEED=0)",
+            stacklevel=2,
         )
     fields = {f.name for f in dataclasses.fields(ReasoningGymTask)} - {"name", "dataset", "config"}
     task_fields = {key: config.pop(key) for key in list(config) if key in fields}

@@ -53,11 +53,15 @@ def test_cell_stats_by_hand():
         "gemma": np.array([0, 1, 1, 0]),
         UNIFORM: np.array([0, 1, 0, 0]),
     }
-    answers = {"smol": ["3", "5", "9", None], "gemma": ["2", "5", "3", "3"],
-               UNIFORM: ["2", "5", "1", "1"]}
+    answers = {
+        "smol": ["3", "5", "9", None],
+        "gemma": ["2", "5", "3", "3"],
+        UNIFORM: ["2", "5", "1", "1"],
+    }
     stats = cell_stats(scores, answers, ["3", "5", "3", "8"], ["3"], MEMBERS)
     assert stats["accuracy"] == {"smol": 0.5, "gemma": 0.5, UNIFORM: 0.25}
     assert stats["oracle"] == 0.75
+    assert stats["any_strategy"] == 0.75  # uniform is right only where a member is
     assert stats["constant"] == {"answer": "3", "accuracy": 0.5}
     assert stats["counts"] == {"both": 1, "only_a": 1, "only_b": 1, "neither": 1}
     assert stats["weights_matter"] == 0.5  # problems 0 and 2: the members disagree
@@ -71,8 +75,11 @@ def test_cell_table_rows_match_the_header():
     stats = cell_stats(scores, answers, ["4", "5"], [], MEMBERS)
     lines = cell_table({"bare/0-shot": {"rg/x": stats}}, MEMBERS)
     assert len({line.count("|") for line in lines}) == 1
-    assert lines[2] == ("| rg/x | bare/0-shot | 2 | 0.50 | 0.00 | 1.00 | 0.50 | 0.50 | 1.00 "
-                        "| 0/1/0/1 | 1.00 | – / – (–) |")
+    # uniform is right on problem 1, where neither member is: any strategy 1.00, oracle 0.50
+    assert lines[2] == (
+        "| rg/x | bare/0-shot | 2 | 0.50 | 0.00 | 1.00 | 0.50 | 0.50 | 1.00 "
+        "| 1.00 | 0/1/0/1 | 1.00 | – / – (–) |"
+    )
 
 
 def stats_of(smol: float, gemma: float, constant: float) -> dict:
@@ -134,8 +141,11 @@ def test_select_mixture_says_why_it_fails():
 
 def test_select_mixture_needs_a_family_each_member_leads():
     # smol leads "fa" and "fd"; pooling them leaves room (gap 1/8) but gemma leads nowhere
-    scores = {"fa": SCORES["fa"], "fc": SCORES["fc"],
-              "fd": {"smol": [1, 1, 1, 0], "gemma": [0, 0, 0, 1], UNIFORM: [0, 0, 0, 0]}}
+    scores = {
+        "fa": SCORES["fa"],
+        "fc": SCORES["fc"],
+        "fd": {"smol": [1, 1, 1, 0], "gemma": [0, 0, 0, 1], UNIFORM: [0, 0, 0, 0]},
+    }
     stats = {f: s for f, s in family_stats().items() if f != "fb"}
     stats["fd"] = {"accuracy": {"smol": 0.75, "gemma": 0.25}, "constant": {"accuracy": 0.25}}
     chosen = select_mixture(stats, scores, MEMBERS, margin=0.05, min_gap=0.08)
@@ -144,13 +154,21 @@ def test_select_mixture_needs_a_family_each_member_leads():
 
 def test_promising_takes_each_members_best_families_in_turn():
     def cell(smol, gemma, matter=0.0, constant=0.0):
-        return {"accuracy": {"smol": smol, "gemma": gemma}, "weights_matter": matter,
-                "constant": {"accuracy": constant}}
+        return {
+            "accuracy": {"smol": smol, "gemma": gemma},
+            "weights_matter": matter,
+            "constant": {"accuracy": constant},
+        }
 
     # gemma leads everywhere; smol's best families are those it trails least; on "a" gemma only
     # matches the constant answer, so its lead there counts for nothing
-    stats = {"a": cell(0.0, 0.5, constant=0.5), "b": cell(0.2, 0.3), "c": cell(0.1, 0.4),
-             "d": cell(0.2, 0.3, matter=0.5), "e": cell(0.0, 0.2)}
+    stats = {
+        "a": cell(0.0, 0.5, constant=0.5),
+        "b": cell(0.2, 0.3),
+        "c": cell(0.1, 0.4),
+        "d": cell(0.2, 0.3, matter=0.5),
+        "e": cell(0.0, 0.2),
+    }
     assert promising(stats, MEMBERS, 3) == ["d", "c", "b"]
     assert promising(stats, MEMBERS, 10) == ["d", "c", "b", "e", "a"]
 
@@ -159,7 +177,10 @@ def test_with_fields_writes_a_spec_get_task_reads():
     assert with_fields("rg/gcd:easy", train_size=2000) == 'rg/gcd:easy{"train_size": 2000}'
     own = 'rg/lcm:{"max_value": 40, "train_size": 300}'
     assert json.loads(with_fields(own, dict(train_size=2000), answer_format="bare")[7:]) == {
-        "answer_format": "bare", "max_value": 40, "train_size": 300}
+        "answer_format": "bare",
+        "max_value": 40,
+        "train_size": 300,
+    }
     with pytest.raises(ValueError, match="not JSON"):
         with_fields("rg/gcd:{oops", train_size=1)
 

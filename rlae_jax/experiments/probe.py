@@ -100,6 +100,9 @@ def cell_stats(
         "accuracy": {name: float(np.mean(s)) for name, s in scores.items()},
         "constant": {"answer": answer, "accuracy": share},
         "oracle": float(np.mean(np.maximum(a, b))),
+        # a problem counts when any measured strategy (either member, uniform, fixed weights) is
+        # right: where mixing beats both members, the room for weights chosen per problem
+        "any_strategy": float(np.mean(np.max([np.asarray(s) for s in scores.values()], axis=0))),
         "counts": outcome_counts(a, b),
         "weights_matter": weights_matter(np.stack([np.asarray(s) for s in scores.values()])),
         "copy_rate": {name: copy_rate(answers[name], shot_answers) for name in answers},
@@ -174,15 +177,21 @@ def select_mixture(
     best = max(covering, key=lambda m: (m.gap, len(m.families)), default=None)
     if best is None:
         who = sorted({m for m in leaders.values() if m})
-        return {"families": [], "holdout": [], "leaders": leaders, "meets_rule": False,
-                "reason": f"members leading somewhere: {who or 'none'}; the rule needs both"}
+        return {
+            "families": [],
+            "holdout": [],
+            "leaders": leaders,
+            "meets_rule": False,
+            "reason": f"members leading somewhere: {who or 'none'}; the rule needs both",
+        }
     result = dataclasses.asdict(best) | {"gap": best.gap, "leaders": leaders}
     result["families"] = list(best.families)
     result["holdout"] = holdout(stats, members, exclude=best.families)
     result["meets_rule"] = best.gap >= min_gap and bool(result["holdout"])
     if not result["meets_rule"]:
         result["reason"] = (
-            f"best mixture's gap {best.gap:.3f} < {min_gap}" if best.gap < min_gap
+            f"best mixture's gap {best.gap:.3f} < {min_gap}"
+            if best.gap < min_gap
             else "no family left to hold out"
         )
     return result
@@ -266,14 +275,20 @@ class Probe:
         self.names = list(config.members)
         self.ensemble = Ensemble([from_pretrained(name, name=name) for name in self.names])
         decode = DecodeConfig(
-            max_new_tokens=config.max_new_tokens, span_length=config.span_length,
+            max_new_tokens=config.max_new_tokens,
+            span_length=config.span_length,
             record_features=False,
         )
         self.uniform = ensemble_strategies(len(self.names), decode, ())
         self.with_grid = ensemble_strategies(len(self.names), decode, config.fixed_grid)
         self.splits: dict[tuple, list] = {}
-        self.report = {"config": config.to_dict(), "members": self.names, "skipped": {},
-                       "stages": {}, "machine": machine()}
+        self.report = {
+            "config": config.to_dict(),
+            "members": self.names,
+            "skipped": {},
+            "stages": {},
+            "machine": machine(),
+        }
         # measured cells by (family, setting, problems, strategies), kept across runs so a
         # stopped probe resumes where it stopped
         self.done_path = self.output / "cells.json"
@@ -281,8 +296,9 @@ class Probe:
 
     def spec(self, spec: str, answer_format: str) -> str:
         """The full task spec: the family with its answer format and training-split size."""
-        return with_fields(spec, dict(train_size=self.config.train_size),
-                           answer_format=answer_format)
+        return with_fields(
+            spec, dict(train_size=self.config.train_size), answer_format=answer_format
+        )
 
     def split(self, spec: str, answer_format: str, split: str, count: int) -> list:
         """The first `count` problems of a split, loaded once per family and format."""
@@ -308,12 +324,15 @@ class Probe:
 
     def measure(self, spec: str, setting: Setting, start: int, count: int, strategies) -> tuple:
         """`measure_once`, or its result from an earlier run of the same output folder."""
-        key = json.dumps([spec, setting.name, start, count, self.config.max_new_tokens,
-                          sorted(strategies)])
+        key = json.dumps(
+            [spec, setting.name, start, count, self.config.max_new_tokens, sorted(strategies)]
+        )
         if key not in self.done:
             stats, scores = self.measure_once(spec, setting, start, count, strategies)
-            self.done[key] = [stats, {n: np.asarray(s).astype(int).tolist()
-                                      for n, s in scores.items()}]
+            self.done[key] = [
+                stats,
+                {n: np.asarray(s).astype(int).tolist() for n, s in scores.items()},
+            ]
             self.done_path.write_text(json.dumps(self.done))
         stats, scores = self.done[key]
         return stats, {name: np.asarray(s) for name, s in scores.items()}
@@ -328,22 +347,35 @@ class Probe:
         shots = self.split(spec, setting.answer_format, "train", setting.shots)
         size, tokens = self.config.batch_size, self.config.max_new_tokens
         prompts = self.ensemble.prompts(task, examples, shots)
-        texts = {name: member_texts(member, own, size, tokens)
-                 for name, member, own in zip(self.names, self.ensemble.members, prompts)}
-        results = run_strategies(strategies, self.ensemble, task, examples, size, shots,
-                                 shared_prefix=False, progress=False)
+        texts = {
+            name: member_texts(member, own, size, tokens)
+            for name, member, own in zip(self.names, self.ensemble.members, prompts)
+        }
+        results = run_strategies(
+            strategies,
+            self.ensemble,
+            task,
+            examples,
+            size,
+            shots,
+            shared_prefix=False,
+            progress=False,
+        )
         texts.update({name: r.texts for name, r in results.items()})
         scores = {name: task.rewards(own, examples) for name, own in texts.items()}
         answers = {name: [task.answer_of(t) for t in own] for name, own in texts.items()}
         stats = cell_stats(
             scores, answers, [e.answer for e in examples], [s.answer for s in shots], self.names
         )
-        stats["samples"] = [{"target": e.answer, **{n: t[i] for n, t in texts.items()}}
-                            for i, e in enumerate(examples[:2])]
+        stats["samples"] = [
+            {"target": e.answer, **{n: t[i] for n, t in texts.items()}}
+            for i, e in enumerate(examples[:2])
+        ]
         return stats, scores
 
-    def stage(self, label: str, cells: Sequence[tuple[Setting, str]], start: int, count: int,
-              strategies) -> tuple[dict, dict]:
+    def stage(
+        self, label: str, cells: Sequence[tuple[Setting, str]], start: int, count: int, strategies
+    ) -> tuple[dict, dict]:
         """Every (setting, family) cell → (stats, scores), each [setting name][family]; the
         report is saved after every cell."""
         stats, scores = collections.defaultdict(dict), collections.defaultdict(dict)
@@ -402,6 +434,7 @@ def promising(stats: Mapping[str, dict], members: Sequence[str], count: int) -> 
     lead over the better of the other member and the constant answer (`leader`'s criterion; ties:
     more problems where the weights matter), so both members' best families get looked at even
     where one member leads nowhere."""
+
     def ranking(mine, other):
         def key(spec):
             accuracy, constant = stats[spec]["accuracy"], stats[spec]["constant"]["accuracy"]
@@ -417,8 +450,9 @@ def best_setting(stats: dict, scores: dict, families: Sequence[str], names, rule
     """The setting whose selection (`select_mixture` over `families`) ranks highest → (its name,
     every setting's selection)."""
     choices = {
-        setting: select_mixture({f: cells[f] for f in families if f in cells},
-                                scores[setting], names, *rule)
+        setting: select_mixture(
+            {f: cells[f] for f in families if f in cells}, scores[setting], names, *rule
+        )
         for setting, cells in stats.items()
     }
     return max(choices, key=lambda s: ranked(choices[s])), choices
@@ -436,26 +470,39 @@ def run_probe(config) -> dict:
     families = probe.loadable(
         config.families, formats, config.screen_problems + config.confirm_problems
     )
-    stats, scores = probe.stage("screen", [(s, f) for s in screen for f in families], 0,
-                                config.screen_problems, probe.uniform)
+    stats, scores = probe.stage(
+        "screen",
+        [(s, f) for s in screen for f in families],
+        0,
+        config.screen_problems,
+        probe.uniform,
+    )
     swept = promising(stats[screen[0].name], names, config.sweep_families)
     if sweep:
-        more = probe.stage("sweep", [(s, f) for s in sweep for f in swept], 0,
-                           config.screen_problems, probe.uniform)
+        more = probe.stage(
+            "sweep",
+            [(s, f) for s in sweep for f in swept],
+            0,
+            config.screen_problems,
+            probe.uniform,
+        )
         stats, scores = {**stats, **more[0]}, {**scores, **more[1]}
     best, choices = best_setting(stats, scores, swept, names, rule)
     setting = next(s for s in screen + sweep if s.name == best)
     confirm_stats, confirm_scores = probe.stage(
         "confirm",
         [(setting, f) for f in promising(stats[best], names, config.confirm_families)],
-        config.screen_problems, config.confirm_problems, probe.with_grid,
+        config.screen_problems,
+        config.confirm_problems,
+        probe.with_grid,
     )
     mixture = select_mixture(confirm_stats[best], confirm_scores[best], names, *rule)
     mixture.update(setting=best, shots=setting.shots, answer_format=setting.answer_format)
     for key in ("families", "holdout"):
         mixture[f"{key}_specs"] = [probe.spec(f, setting.answer_format) for f in mixture[key]]
-    probe.report.update(setting_selection=choices, mixture=mixture,
-                        minutes=(time.time() - started) / 60)
+    probe.report.update(
+        setting_selection=choices, mixture=mixture, minutes=(time.time() - started) / 60
+    )
     probe.save()
     (probe.output / "mixture.json").write_text(json.dumps(mixture, indent=1))
     text = markdown(probe.report)
@@ -477,7 +524,8 @@ def cell_row(spec: str, setting: str, stats: dict, members: Sequence[str]) -> st
         f"| {spec} | {setting} | {stats['problems']} | "
         + " | ".join(percent(accuracy[m]) for m in members)
         + f" | {percent(accuracy[UNIFORM])} | {percent(stats['constant']['accuracy'])} "
-        f"| {percent(stats['oracle'])} | {percent(accuracy[best])} "
+        f"| {percent(stats['oracle'])} | {percent(stats['any_strategy'])} "
+        f"| {percent(accuracy[best])} "
         f"| {counts['both']}/{counts['only_a']}/{counts['only_b']}/{counts['neither']} "
         f"| {percent(stats['weights_matter'])} | "
         + " / ".join(percent(copy[m]) for m in members)
@@ -489,10 +537,11 @@ def cell_table(cells: Mapping[str, Mapping[str, dict]], members: Sequence[str]) 
     """Markdown table of every (setting, family) cell, family by family."""
     short = [m.split("-")[0] for m in members]
     lines = [
-        f"| family | setting | n | {' | '.join(short)} | uniform | constant | oracle | best fixed "
+        f"| family | setting | n | {' | '.join(short)} | uniform | constant | oracle "
+        "| any strategy | best fixed "
         f"| both/only {short[0]}/only {short[1]}/neither | weights matter "
         f"| copy {' / '.join(short)} (targets) |",
-        "|---|---|" + "---|" * (len(members) + 8),
+        "|---|---|" + "---|" * (len(members) + 9),
     ]
     specs = dict.fromkeys(spec for stats in cells.values() for spec in stats)
     for spec in specs:
@@ -516,9 +565,12 @@ def markdown(report: dict) -> str:
         f"**Mixture** ({mixture['setting']}): {', '.join(mixture['families']) or 'none'}; "
         f"held out: {', '.join(mixture['holdout']) or 'none'}; meets the rule: "
         f"{mixture['meets_rule']}"
-        + (f" (oracle {mixture['oracle']:.3f} − best fixed {mixture['best_fixed']} "
-           f"{mixture['best_fixed_accuracy']:.3f} = {mixture['gap']:.3f})" if "gap" in mixture
-           else "")
+        + (
+            f" (oracle {mixture['oracle']:.3f} − best fixed {mixture['best_fixed']} "
+            f"{mixture['best_fixed_accuracy']:.3f} = {mixture['gap']:.3f})"
+            if "gap" in mixture
+            else ""
+        )
         + (f"; {mixture['reason']}" if "reason" in mixture else ""),
         "",
         "```json",
@@ -526,9 +578,12 @@ def markdown(report: dict) -> str:
         "```",
     ]
     for label, stage in stages.items():
-        lines += ["", f"### {label}: {stage['problems']} validation problems per cell "
-                  f"(from #{stage['first_problem']}), {stage.get('minutes', 0):.1f} min this run",
-                  ""]
+        lines += [
+            "",
+            f"### {label}: {stage['problems']} validation problems per cell "
+            f"(from #{stage['first_problem']}), {stage.get('minutes', 0):.1f} min this run",
+            "",
+        ]
         lines += cell_table(stage["cells"], members)
     if report["skipped"]:
         lines += ["", "Skipped:", ""] + [f"- {k}: {v}" for k, v in report["skipped"].items()]

@@ -2,6 +2,7 @@
 in the slow job, the quick study on the real members end to end (`python -m launch.study
 --config.quick=True`)."""
 
+import importlib
 import json
 import os
 import pathlib
@@ -12,6 +13,8 @@ import numpy as np
 import pytest
 
 from rlae_jax.experiments import statistics
+from rlae_jax.rl.trainer import RLConfig
+from rlae_jax.tasks import get_task
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -133,3 +136,23 @@ def test_quick_study_runs_on_the_real_members(tmp_path):
     assert payload["splits_encoded"] == 8
     for name in ("results.md", "learning_curves.png", "weights_along_answers.png"):
         assert (out / name).stat().st_size > 0
+
+
+@pytest.mark.parametrize("module", ["study", "control", "study_zero_shot", "demo"])
+def test_study_configs_name_real_tasks_and_valid_rl_settings(module):
+    """A typo in a study config's task spec or RL key fails here, not minutes into a run."""
+    pytest.importorskip("reasoning_gym", reason="the tasks extra: pip install 'rlae_jax[tasks]'")
+    config = importlib.import_module(f"configs.{module}")
+    config = config.finalize(config.get_config())
+    for _, spec in (*config.families, *config.holdout):
+        assert get_task(spec).name == spec
+    rl = RLConfig.from_dict(config.rl, ignore=("checkpoint_every",), kind="ppo", seed=0)
+    assert rl.max_new_tokens >= rl.span_length
+
+
+@pytest.mark.parametrize("module", ["probe", "probe_zero_shot"])
+def test_probe_configs_name_real_tasks(module):
+    pytest.importorskip("reasoning_gym", reason="the tasks extra: pip install 'rlae_jax[tasks]'")
+    config = importlib.import_module(f"configs.{module}")
+    config = config.finalize(config.get_config())
+    assert [get_task(spec).name for spec in config.families] == list(config.families)

@@ -561,10 +561,10 @@ def test_reasoning_gym_splits_are_disjoint_and_deterministic():
 
 HASHED_PROBLEMS = """
 import hashlib, sys
-from configs import control, probe, study
+from configs import control, probe, probe_zero_shot, study, study_zero_shot
 from rlae_jax.tasks import get_task
-specs = list(probe.FAMILIES)
-for config in (study.get_config(), control.get_config()):
+specs = list(probe.FAMILIES) + list(probe_zero_shot.get_config().families)
+for config in (study.get_config(), control.get_config(), study_zero_shot.get_config()):
     specs += [spec for _, spec in (*config.families, *config.holdout)]
 for spec in specs:
     problems = repr(get_task(spec).load("train", limit=8)).encode()
@@ -611,6 +611,14 @@ def test_a_hash_seeded_dataset_warns_unless_the_hash_seed_is_set(monkeypatch):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         reasoning_gym_task("word_ladder")
+
+
+@needs_gym
+def test_a_limit_of_zero_loads_nothing():
+    """`limit=0` (a study with no worked examples) once loaded the whole training split as shots."""
+    task = get_task("rg/gcd:easy")
+    assert task.load("train", limit=0) == [] and task.load("test", limit=0) == []
+    assert get_task("synthetic").load("validation", limit=0) == []
 
 
 @needs_gym

@@ -128,7 +128,11 @@ class ReasoningGymTask(BaseTask):
         """`limit` problems of `split` (default: train_size for train, else test_size)."""
         if source is not None:
             raise ValueError(f"{self.name} generates its problems; source must be None")
-        count = limit or (self.train_size if split == "train" else self.test_size)
+        count = (
+            limit if limit is not None else self.train_size if split == "train" else self.test_size
+        )
+        if count == 0 and split in SPLIT_INDEX:  # no worked examples, say
+            return []
         if split == "train":
             if count > self.train_size:
                 raise ValueError(

@@ -129,7 +129,7 @@ class SyntheticTask(BaseTask):
         """Deterministic examples of a split ('train', 'validation', 'test'; `source` is unused):
         problems whose prompt `split_of` assigns to the split, so no split shares a prompt. A split
         other than train is checked against the demo's training split (`training_prompts`)."""
-        examples = self.sample(split, limit or 256)
+        examples = self.sample(split, 256 if limit is None else limit)
         if split != "train":
             check_disjoint(self.name, split, examples, training_prompts())
         return examples

@@ -80,12 +80,8 @@ def test_one_hot_weights_reproduce_the_member_alone_while_the_other_ingests_ever
 
 
 def test_single_strategy_equals_one_hot_fixed_by_name_or_object(ensemble):
-    single = generate(
-        ensemble, PROMPTS, strategy="single", primary=1, max_new_tokens=NEW_TOKENS
-    )
-    fixed = generate(
-        ensemble, PROMPTS, strategy="fixed", weights=[0, 1], max_new_tokens=NEW_TOKENS
-    )
+    single = generate(ensemble, PROMPTS, strategy="single", primary=1, max_new_tokens=NEW_TOKENS)
+    fixed = generate(ensemble, PROMPTS, strategy="fixed", weights=[0, 1], max_new_tokens=NEW_TOKENS)
     as_object = generate(ensemble, PROMPTS, FixedWeights([0.0, 1.0]), NEW_TOKENS)
     assert single.union_ids == fixed.union_ids == as_object.union_ids
 
@@ -188,9 +184,7 @@ def test_threshold_extremes(ensemble):
     primary's own output); τ > 1 → never alone (the ensemble). (Issue 4's must-show list states
     these two extremes the other way round; its own definition of the gate, followed here, implies
     this.)"""
-    primary = generate(
-        ensemble, PROMPTS, strategy="single", primary=0, max_new_tokens=NEW_TOKENS
-    )
+    primary = generate(ensemble, PROMPTS, strategy="single", primary=0, max_new_tokens=NEW_TOKENS)
     mixed = generate(ensemble, PROMPTS, strategy="uniform", max_new_tokens=NEW_TOKENS)
     above_one = generate(
         ensemble,
@@ -240,9 +234,7 @@ def test_top_k_union_with_k_equal_to_the_vocabulary_equals_the_full_union(ensemb
         top_k=max(m.config.vocab_size for m in members),
         max_new_tokens=NEW_TOKENS,
     )
-    narrow = generate(
-        ensemble, PROMPTS, strategy="topk", top_k=1, max_new_tokens=NEW_TOKENS
-    )
+    narrow = generate(ensemble, PROMPTS, strategy="topk", top_k=1, max_new_tokens=NEW_TOKENS)
     assert every.union_ids == full.union_ids
     assert len(narrow.union_ids) == len(PROMPTS)
 
@@ -343,9 +335,7 @@ def test_sampling_is_seeded(ensemble):
 
 
 def test_same_bucket_does_not_recompile(ensemble):
-    generate(
-        ensemble, ["Hello world!", "Once upon"], strategy="uniform", max_new_tokens=8
-    )
+    generate(ensemble, ["Hello world!", "Once upon"], strategy="uniform", max_new_tokens=8)
     compiled = loop.run_jit._cache_size()
     generate(
         ensemble,
@@ -377,9 +367,7 @@ def test_a_member_context_window_stops_the_row_with_a_reason_naming_it(
             max_new_tokens=NEW_TOKENS,
         )
     assert "context_window" in out.stop_reasons
-    full = generate(
-        ensemble, prompts, strategy="single", primary=0, max_new_tokens=NEW_TOKENS
-    )
+    full = generate(ensemble, prompts, strategy="single", primary=0, max_new_tokens=NEW_TOKENS)
     ingested = np.asarray(out.result.ingested)
     for row, prompt in enumerate(prompts):
         kept = len(out.union_ids[row])
@@ -593,9 +581,7 @@ def test_nan_weights_from_a_weight_fn_fall_back_to_uniform_with_a_warning(ensemb
         return jnp.where(features.span_index[:, None] == 1, jnp.nan, jnp.asarray([[1.0, 0.0]]))
 
     with pytest.warns(UserWarning, match="NaN/negative/all-zero"):
-        out = generate(
-            ensemble, PROMPTS, strategy=broken, max_new_tokens=8, span_length=2
-        )
+        out = generate(ensemble, PROMPTS, strategy=broken, max_new_tokens=8, span_length=2)
     np.testing.assert_allclose(out.span_weights[0][1], [0.5, 0.5])
     assert np.all(np.isfinite(np.concatenate(out.span_weights)))
 
@@ -653,8 +639,8 @@ def test_certified_candidate_shortcut_equals_the_full_union(ensemble):
 
 
 def test_nan_logits_stop_the_row_with_a_reason(alignment, members):
-    """A member whose weights hold a NaN: its rows stop at once with a named reason and a warning.
-    """
+    """A member whose weights hold a NaN: its rows stop at once with a named reason and a
+    warning."""
     broken = members[1].replace(
         state=jax.tree_util.tree_map_with_path(
             lambda path, x: (
@@ -919,8 +905,8 @@ REAL_PROMPTS = [
 
 @pytest.fixture(scope="module")
 def real_trio():
-    """Three random members (contexts of 4096) with the GPT-2, Llama 2 and NeoX fixture tokenizers.
-    """
+    """Three random members (contexts of 4096) with the GPT-2, Llama 2 and NeoX fixture
+    tokenizers."""
     names = ("gpt2", "llama2", "neox")
     tokenizers = [
         load_real_tokenizer(n, fixture_path("tokenizers", REAL_TOKENIZERS[n])) for n in names

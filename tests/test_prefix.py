@@ -137,8 +137,9 @@ def test_greedy_ensemble_answers_are_identical_with_a_shared_prefix(ensemble):
     encoded = ensemble.encode_texts(PROMPTS, 32)
     assert all(len(ids) > 10 for ids in encoded.prefix_ids)
     shared = ensemble.batch(encoded, range(len(PROMPTS)))
-    want, got = decode_greedy(ensemble, whole, uniform, config), decode_greedy(
-        ensemble, shared, uniform, config
+    want, got = (
+        decode_greedy(ensemble, whole, uniform, config),
+        decode_greedy(ensemble, shared, uniform, config),
     )
     np.testing.assert_array_equal(got.union_ids, want.union_ids)
     np.testing.assert_array_equal(got.ingested, want.ingested)

@@ -241,9 +241,7 @@ def test_diagnostics_are_recorded_per_update_and_the_agent_restores_bit_identica
 ):
     """metrics.jsonl and TensorBoard hold every diagnostic of every update; the checkpoint holds
     the observation stats the rollouts gathered, and restoring gives back every leaf bit for bit."""
-    trainer = RLAETrainer(
-        CONFIG, ensemble, SYNTHETIC, examples, tmp_path, checkpoint_every=2
-    )
+    trainer = RLAETrainer(CONFIG, ensemble, SYNTHETIC, examples, tmp_path, checkpoint_every=2)
     state = trainer.train(num_updates=2, progress=False)
     rows = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
     assert [r["update"] for r in rows] == [1, 2]
@@ -276,9 +274,9 @@ def test_diagnostics_are_recorded_per_update_and_the_agent_restores_bit_identica
 
 
 def test_a_checkpoint_from_another_config_is_refused(ensemble, examples, tmp_path):
-    RLAETrainer(
-        CONFIG, ensemble, SYNTHETIC, examples, tmp_path, checkpoint_every=1
-    ).train(num_updates=1, progress=False)
+    RLAETrainer(CONFIG, ensemble, SYNTHETIC, examples, tmp_path, checkpoint_every=1).train(
+        num_updates=1, progress=False
+    )
     other = dataclasses.replace(CONFIG, learning_rate=5e-4)
     with pytest.raises(
         ValueError, match=r"checkpoint from a different config \(differs in: learning_rate\)"
@@ -300,9 +298,7 @@ class NaNTask:
 
 def test_nan_reward_stops_training_naming_the_update(ensemble, examples, tmp_path):
     config = dataclasses.replace(CONFIG, reward="correctness")  # the task's own reward
-    trainer = RLAETrainer(
-        config, ensemble, NaNTask(), examples, tmp_path, checkpoint_every=1
-    )
+    trainer = RLAETrainer(config, ensemble, NaNTask(), examples, tmp_path, checkpoint_every=1)
     with pytest.raises(FloatingPointError, match="update 1:"):
         trainer.train(num_updates=3, progress=False)
 
@@ -321,10 +317,7 @@ def test_seeds_can_be_vmapped_over_the_train_step(ensemble, members, examples):
     reward_fn = InGraphReward.for_alignment(ensemble.alignment, exact=False)
     setup = CONFIG.setup(members)
     states = [initial_train_state(dataclasses.replace(CONFIG, seed=s), members) for s in (0, 1)]
-    singles = [
-        train_step_jit(s, ensemble, prompts, reward_fn, targets, setup)[0]
-        for s in states
-    ]
+    singles = [train_step_jit(s, ensemble, prompts, reward_fn, targets, setup)[0] for s in states]
     stack = lambda *xs: jnp.stack(xs)
     stacked = states[0].replace(
         **{

@@ -100,9 +100,7 @@ def sharded_ensemble(ensemble: Ensemble, mesh) -> Ensemble:
 
 def decode_result(ensemble, prompts, key, temperature, config, weights=None):
     """The engine's DecodeResult with uniform weights, or fixed `weights`."""
-    weight_fn = resolve_strategy(
-        "uniform" if weights is None else "fixed", len(ensemble), weights
-    )
+    weight_fn = resolve_strategy("uniform" if weights is None else "fixed", len(ensemble), weights)
     return decode_jit(
         ensemble,
         prompts,

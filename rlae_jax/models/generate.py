@@ -1,5 +1,5 @@
-"""Single-member generation: prefill + one jitted `lax.while_loop` (greedy or sampled, EOS per row).
-"""
+"""Single-member generation: prefill + one jitted `lax.while_loop` (greedy or sampled, EOS per
+row)."""
 
 from __future__ import annotations
 

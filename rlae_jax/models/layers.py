@@ -13,6 +13,7 @@ from flax import nnx
 from rlae_jax.models.config import ModelConfig
 from rlae_jax.models.kv_cache import EMPTY, KVCache, write_layer
 
+
 def gelu_tanh(x: jax.Array) -> jax.Array:
     """GELU's tanh approximation `x/2 · (1 + tanh(u))`, written as the equal `x · sigmoid(2u)`:
     XLA:CPU's tanh is a coarse rational approximation, and on Gemma 3's large activations it moved

@@ -6,6 +6,7 @@ Messages are dicts {"role": "system" | "user" | "assistant", "content": str} end
 turn. A tokenizer with a chat template formats them itself (`add_generation_prompt=True`); without
 one (base models) they take the plain format of `plain_prompt`.
 """
+
 from __future__ import annotations
 
 from typing import Mapping, Sequence
@@ -23,8 +24,9 @@ def bucket_length(length: int, minimum: int = MIN_BUCKET) -> int:
     return bucket
 
 
-def left_pad(token_lists: Sequence[Sequence[int]], pad_id: int, length: int | None = None
-             ) -> tuple[np.ndarray, np.ndarray]:
+def left_pad(
+    token_lists: Sequence[Sequence[int]], pad_id: int, length: int | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """Left-pad id lists to `length` (default: their bucket). Returns ids and mask, int32
     `[B, T]`."""
     longest = max(len(t) for t in token_lists)
@@ -33,8 +35,8 @@ def left_pad(token_lists: Sequence[Sequence[int]], pad_id: int, length: int | No
     mask = np.zeros((len(token_lists), length), np.int32)
     for row, tokens in enumerate(token_lists):
         if len(tokens):
-            ids[row, length - len(tokens):] = tokens
-            mask[row, length - len(tokens):] = 1
+            ids[row, length - len(tokens) :] = tokens
+            mask[row, length - len(tokens) :] = 1
     return ids, mask
 
 
@@ -60,9 +62,11 @@ def plain_prompt(messages: Sequence[Mapping[str, str]]) -> str:
         elif role == "assistant" and previous == "user":
             blocks[-1] += f" {content}"
         else:
-            raise ValueError(f"message {index} ({role!r}) breaks the plain format: one optional "
-                             "system turn first, then user/assistant pairs, ending with a user "
-                             "turn")
+            raise ValueError(
+                f"message {index} ({role!r}) breaks the plain format: one optional "
+                "system turn first, then user/assistant pairs, ending with a user "
+                "turn"
+            )
     return "\n\n".join(blocks)
 
 
@@ -90,13 +94,19 @@ def chat_prompt(
             "for the plain 'question\\nAnswer:' format"
         )
     if own and template is not False:
-        return tokenizer.apply_chat_template(list(messages), tokenize=False,
-                                             add_generation_prompt=True)
+        return tokenizer.apply_chat_template(
+            list(messages), tokenize=False, add_generation_prompt=True
+        )
     return plain_prompt(messages)
 
 
-def member_prompts(members: Sequence, task, examples: Sequence, shots: Sequence = (),
-                   formats: Sequence[bool | None] | None = None) -> list[list[str]]:
+def member_prompts(
+    members: Sequence,
+    task,
+    examples: Sequence,
+    shots: Sequence = (),
+    formats: Sequence[bool | None] | None = None,
+) -> list[list[str]]:
     """Each member's prompt texts for `examples`, `[N][B]`: the task's messages formatted by the
     member's own `chat_prompt(messages, formats[n])` when it has one (`formats[n]`: None its
     template when it has one, True require it, False the plain format), else by `chat_prompt`
@@ -106,18 +116,22 @@ def member_prompts(members: Sequence, task, examples: Sequence, shots: Sequence 
     for member, form in zip(members, formats):
         own = getattr(member, "chat_prompt", None)
         if not callable(own):
-            own = (lambda messages, form=None, tokenizer=member.tokenizer:
-                   chat_prompt(messages, tokenizer, form))
+            own = lambda messages, form=None, tokenizer=member.tokenizer: chat_prompt(
+                messages, tokenizer, form
+            )
 
         def formatter(messages, own=own, form=form):
             return own(messages) if form is None else own(messages, form)
-        prompts.append([task.render(example, shots=shots, formatter=formatter)
-                        for example in examples])
+
+        prompts.append(
+            [task.render(example, shots=shots, formatter=formatter) for example in examples]
+        )
     return prompts
 
 
-def encode_prompts(tokenizer, prompts: Sequence[str], add_special_tokens: bool = True
-                   ) -> list[list[int]]:
+def encode_prompts(
+    tokenizer, prompts: Sequence[str], add_special_tokens: bool = True
+) -> list[list[int]]:
     """Token ids of every prompt; raises on an empty prompt list or a prompt that encodes to
     nothing. A prompt that already starts with the tokenizer's BOS text (chat templates that write
     it) gets no special tokens added, so it holds one BOS, not two."""
@@ -126,8 +140,12 @@ def encode_prompts(tokenizer, prompts: Sequence[str], add_special_tokens: bool =
     if len(prompts) == 0:
         raise ValueError("empty prompt list: give at least one prompt")
     bos = getattr(tokenizer, "bos_token", None)
-    token_lists = [tokenizer.encode(p, add_special_tokens=add_special_tokens and not (
-        bos and p.startswith(bos))) for p in prompts]
+    token_lists = [
+        tokenizer.encode(
+            p, add_special_tokens=add_special_tokens and not (bos and p.startswith(bos))
+        )
+        for p in prompts
+    ]
     for row, tokens in enumerate(token_lists):
         if not tokens:
             raise ValueError(f"prompt {row} ({prompts[row]!r}) encodes to no tokens")
@@ -141,7 +159,8 @@ def check_context(longest_prompt: int, max_new_tokens: int, context: int, who: s
             f"{who}: longest prompt has {longest_prompt} tokens; with "
             f"max_new_tokens={max_new_tokens} that needs "
             f"{longest_prompt + max_new_tokens} positions but the model's context is {context}. "
-            "Shorten the prompt or lower max_new_tokens.")
+            "Shorten the prompt or lower max_new_tokens."
+        )
 
 
 def pad_id_of(tokenizer) -> int:

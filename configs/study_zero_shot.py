@@ -40,6 +40,8 @@ def get_config():
     config.tune_fixed_resolution = 4
     config.tune_examples = 64
     config.router_examples = 0
+    config.rl.batch_size = 48  # 12 questions × 4 samples: four questions per family
+    config.rl.num_updates = 42  # 2,016 episodes per run
     config.rl.max_new_tokens = 12  # " 2 + 3 = 5" and its line end
     config.rl.span_length = 4  # three weight decisions per answer
     return config

@@ -148,6 +148,9 @@ def test_study_configs_name_real_tasks_and_valid_rl_settings(module):
         assert get_task(spec).name == spec
     rl = RLConfig.from_dict(config.rl, ignore=("checkpoint_every",), kind="ppo", seed=0)
     assert rl.max_new_tokens >= rl.span_length
+    questions = rl.batch_size // rl.samples_per_question  # each update draws every family evenly
+    assert questions * rl.samples_per_question == rl.batch_size
+    assert questions % len(config.families) == 0
 
 
 @pytest.mark.parametrize("module", ["probe", "probe_zero_shot"])

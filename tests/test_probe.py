@@ -226,6 +226,7 @@ def test_quick_probe_end_to_end_on_the_real_pair(tmp_path):
             assert accuracy == pytest.approx(np.mean(scores[name]))
         smol, gemma = (np.array(scores[m]) for m in report["members"])
         assert stats["counts"]["only_a"] == int(np.sum((smol > 0) & (gemma == 0)))
+        assert stats["any_strategy"] == pytest.approx(np.mean(np.max(list(scores.values()), 0)))
     swept = saved["stages"]["sweep"]["cells"]["bare/0-shot"]
     assert all(stats["copy_rate"][report["members"][0]] is None for stats in swept.values())
     mixture = json.loads((folder / "mixture.json").read_text())

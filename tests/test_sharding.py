@@ -220,7 +220,10 @@ def test_sharded_update_equals_one_device(eight_devices, kind):
     result = eight_devices[kind]
     assert result["params_changed"] > 1e-4, result  # the update really moved the agent
     assert result["max_param_difference"] < 1e-5, result
-    assert result["trainer_max_param_difference"] < 1e-5, result  # RLAETrainer(mesh=...), 2 updates
+    # RLAETrainer(mesh=...), 2 updates: Adam divides by the gradient's running scale, so a
+    # parameter whose gradient is near 0 turns the sharded reductions' float32 noise into a visible
+    # step on some CPUs (benchmarks/RESULTS.md); a missing all-reduce moves it as far as training
+    assert result["trainer_max_param_difference"] < 1e-3 * result["trainer_moved"], result
 
 
 @pytest.mark.slow
@@ -240,12 +243,12 @@ def test_bad_mesh_is_refused_before_compiling(eight_devices, case, message):
     assert eight_devices["compiled_during_errors"] == 0
 
 
-def trainer_difference(rl, ensemble, examples, mesh) -> float:
+def trainer_difference(rl, ensemble, examples, mesh) -> tuple[float, float]:
     """Largest parameter difference after 2 updates of the whole trainer (batches, checkpoints)
-    on `mesh` against one device."""
+    on `mesh` against one device, and the largest move of a parameter in the one-device run."""
     import tempfile
 
-    from rlae_jax.rl.trainer import RLAETrainer
+    from rlae_jax.rl.trainer import RLAETrainer, initial_train_state
     from rlae_jax.tasks.synthetic import SYNTHETIC
 
     params = []
@@ -261,7 +264,12 @@ def trainer_difference(rl, ensemble, examples, mesh) -> float:
                 mesh=trainer_mesh,
             )
             params.append(trainer.train(num_updates=2, progress=False).params)
-    return max(jax.tree.leaves(jax.tree.map(lambda a, b: float(jnp.max(jnp.abs(a - b))), *params)))
+    initial = initial_train_state(rl, ensemble.members).params
+
+    def largest(a, b) -> float:
+        return max(jax.tree.leaves(jax.tree.map(lambda x, y: float(jnp.max(jnp.abs(x - y))), a, b)))
+
+    return largest(*params), largest(params[0], initial)
 
 
 def run_eight_device_checks() -> dict:
@@ -355,8 +363,9 @@ def run_eight_device_checks() -> dict:
         out[kind] = {
             "max_param_difference": max(jax.tree.leaves(difference)),
             "params_changed": max(jax.tree.leaves(changed)),
-            "trainer_max_param_difference": trainer_difference(rl, ensemble, examples, mesh),
         }
+        difference, moved = trainer_difference(rl, ensemble, examples, mesh)
+        out[kind].update(trainer_max_param_difference=difference, trainer_moved=moved)
         print(f"{kind} checks done at {time.perf_counter() - began:.1f} s", file=sys.stderr)
 
     compiled = decode_jit._cache_size() + train_step_jit._cache_size()

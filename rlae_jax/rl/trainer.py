@@ -534,7 +534,7 @@ class RLAETrainer:
 
     def train(self, num_updates: int | None = None, progress: bool = True) -> ppo.TrainState:
         """Run until `num_updates` (default: the config's) updates are done → the final state."""
-        target = num_updates or self.config.num_updates
+        target = self.config.num_updates if num_updates is None else num_updates
         self.acquire()
         state = self.restore_or_init()
         start = int(state.update_count)

@@ -1,11 +1,11 @@
 """The probe's zero-shot cells re-measured at study size: `python -m launch.probe
 --config=configs/probe_zero_shot.py`.
 
-With no worked example (bare answers, 0 shots) the probe's 16-problem sweep found the uniform
-mixture beating both members on one-digit sums (docs/probe.md), the setting where weights changed
-the reward most often. Leads measured on 16–32 problems did not hold on the study's 200-problem test
-split, so here every family is screened on 200 validation problems and the most promising ones are
-confirmed on 200 more before the selection rule reads them.
+With no worked example (bare answers, 0 shots) the probe's small sweep found the uniform mixture
+beating both members on one-digit sums (docs/probe.md), the setting where weights changed the reward
+most often. Leads measured on a few dozen problems did not hold on the study's test split, so here
+every family is screened on 200 validation problems and the most promising ones are confirmed on
+200 more before the selection rule reads them (results: docs/probe.md, "Zero-shot cells").
 """
 
 from configs.probe import finalize

@@ -2,19 +2,19 @@
 --config=configs/study_zero_shot.py`.
 
 With no worked example, bare answers, the token-level mixture beats both members on one-digit sums
-and products by 0.25–0.38 on 200 validation problems per family, and the weights change the reward
-on 53–80% of problems (configs/probe_zero_shot.py, docs/probe_zero_shot/). The agent must learn
-when to mix, not only whom to trust. Answers of up to 12 tokens with a weight decision every 4.
+and products, and the weights change the reward on most problems (configs/probe_zero_shot.py;
+measurements in docs/probe.md). The agent must learn when to mix, not only whom to trust.
+Answers of up to 12 tokens with a weight decision every 4.
 One-digit a + b and a × b have 100 distinct problems each, so 40 are training problems and their
 validation and test problems repeat (never a training problem).
 """
 
+from configs.probe_zero_shot import ONE_DIGIT
 from configs.study import finalize
 from configs.study import get_config as study_config
 
 __all__ = ["finalize", "get_config"]
 
-ONE_DIGIT = '"max_digits": 1, "max_terms": 2, "min_digits": 1, "min_terms": 2, "train_size": 40'
 BARE = '"answer_format": "bare"'
 
 
